@@ -1,0 +1,106 @@
+"""`pyunionfs`: fuse-overlayfs's command line.
+
+    pyunionfs [-f] [-d] [-o OPTS]... [SOURCE] MOUNTPOINT
+
+Exit status: 0 once the mount is live (or, in the foreground, after a clean unmount); 1 when the layers
+or the mountpoint are refused; 2 for a malformed command line. Every refusal is one line on stderr.
+"""
+import sys
+
+from . import __version__
+from .options import OptionError, build, parse_o, validate
+
+USAGE = "usage: pyunionfs [-f] [-d] [-o lowerdir=L1:L2,upperdir=U,workdir=W[,OPT...]] [SOURCE] MOUNTPOINT"
+
+HELP = USAGE + """
+
+Mount the directories L1:L2:... (L1 on top) as one merged view at MOUNTPOINT, with the semantics of
+the kernel's overlayfs. Changes go to upperdir U; workdir W is an empty directory on the same
+filesystem as U. Without upperdir and workdir the union is read-only.
+
+options:
+  -f                 stay in the foreground and log to stderr
+  -d                 debug log (implies -f)
+  -o OPT[,OPT...]    mount options:
+       lowerdir=DIRS   lower layers, topmost first, separated by ':' (escape ':' and ',' with '\\')
+       upperdir=DIR    layer that takes every change
+       workdir=DIR     staging directory, same filesystem as upperdir
+       userxattr       write user.overlay.* markers instead of trusted.overlay.*
+       timeout=SECS    how long the kernel caches names and attributes (default 300)
+       ro              read-only union even when upperdir is given
+       fsname=NAME     source shown in /proc/mounts (default overlay)
+     generic mount options (rw, noatime, nodev, nosuid, ...) are accepted.
+  -h, --help         show this help
+  -V, --version      show the version
+"""
+
+
+class UsageError(Exception):
+    pass
+
+
+def parse_argv(argv):
+    """-> (MountOptions before validation). Raises UsageError or OptionError."""
+    o_strings, positional = [], []
+    foreground = debug = False
+    args = list(argv)
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg in ("-h", "--help"):
+            print(HELP)
+            raise SystemExit(0)
+        if arg in ("-V", "--version"):
+            print("pyunionfs", __version__)
+            raise SystemExit(0)
+        if arg == "-f":
+            foreground = True
+        elif arg == "-d":
+            debug = foreground = True
+        elif arg == "-o":
+            if i + 1 >= len(args):
+                raise UsageError("-o needs an argument")
+            o_strings.append(args[i + 1])
+            i += 1
+        elif arg.startswith("-o"):
+            o_strings.append(arg[2:])
+        elif arg == "--":
+            positional.extend(args[i + 1:])
+            break
+        elif arg.startswith("-") and len(arg) > 1:
+            raise UsageError("unknown flag %s" % arg)
+        else:
+            positional.append(arg)
+        i += 1
+    if not positional:
+        raise UsageError("no mountpoint given")
+    if len(positional) > 2:
+        raise UsageError("too many arguments: %s" % " ".join(positional))
+    opts = build(parse_o(o_strings))
+    opts.mountpoint = positional[-1]  # a first positional is mount(8)'s SOURCE, shown as fsname
+    if len(positional) == 2 and "fsname=" not in ",".join(o_strings):
+        opts.fsname = positional[0]
+    opts.foreground, opts.debug = foreground, debug
+    return opts
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        opts = validate(parse_argv(argv))
+    except UsageError as exc:
+        print("pyunionfs: %s (see pyunionfs --help)" % exc, file=sys.stderr)
+        return 2
+    except OptionError as exc:
+        print("pyunionfs: %s" % exc, file=sys.stderr)
+        return 1
+    from .mount import MountError, run  # pyfuse3 is imported only when mounting
+    try:
+        return run(opts)
+    except MountError as exc:
+        print("pyunionfs: %s" % exc, file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,850 @@
+"""The union engine: kernel-overlayfs semantics over layer directories, with no FUSE in sight.
+
+Every method works on nodes of the merged view and raises OSError with the errno a user must see.
+Changes land in the upper layer only; a lower entry is copied up before its first change; removing a
+lower entry leaves a char 0/0 whiteout; new entries are prepared in the work dir and renamed into place.
+The engine is single-threaded: only `CopyUpJob.copy_data` may run in another thread.
+"""
+import errno
+import itertools
+import os
+import stat
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from . import _sys, copyup, xattrs
+from .layers import O_PATH_DIR, Layer, join
+from .nodes import Node, NodeTable
+from .whiteout import (TRUSTED_PREFIX, USER_PREFIX, is_opaque_dir, is_whiteout, make_whiteout,
+                       proc_path, set_opaque)
+
+NAME_MAX = 255
+_ACCMODE = os.O_RDONLY | os.O_WRONLY | os.O_RDWR
+# Flags that are the kernel's business (it already created/checked the file) or ours to choose.
+_OPEN_DROP = os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_APPEND | os.O_TRUNC
+
+
+@dataclass
+class Caller:
+    """Who asks: new entries get this owner (when the daemon may chown)."""
+    uid: int
+    gid: int
+
+
+class FileHandle:
+    """An open regular file: a descriptor on its backing in one layer."""
+    __slots__ = ("fd", "node", "layer", "writable")
+
+    def __init__(self, fd, node, layer, writable):
+        self.fd, self.node, self.layer, self.writable = fd, node, layer, writable
+
+
+class CopyUpJob:
+    """One copy-up in flight (see copyup.py); created by Union.copy_up_begin."""
+    __slots__ = ("node", "src_layer", "src_st", "src_fd", "tmp_name", "dst_fd", "with_data")
+
+    def __init__(self, node, src_layer, src_st):
+        self.node, self.src_layer, self.src_st = node, src_layer, src_st
+        self.src_fd = self.dst_fd = -1
+        self.tmp_name = None
+        self.with_data = False
+
+    @property
+    def data_size(self) -> int:
+        return self.src_st.st_size if self.with_data else 0
+
+    def copy_data(self) -> None:
+        """The blocking part; touches nothing but the two fds, so it may run in a worker thread."""
+        if self.with_data:
+            copyup.copy_data(self.src_fd, self.dst_fd, self.src_st.st_size)
+
+    def close(self):
+        for fd in (self.src_fd, self.dst_fd):
+            if fd >= 0:
+                os.close(fd)
+        self.src_fd = self.dst_fd = -1
+
+
+class Union:
+    """A merged view of `lowers` (topmost first) under an optional `upper` that takes every change."""
+
+    def __init__(self, lowers, upper=None, work=None, *, userxattr=False):
+        if not lowers:
+            raise ValueError("at least one lower layer is needed")
+        if (upper is None) != (work is None):
+            raise ValueError("upper and work go together")
+        self.layers = []
+        if upper is not None:
+            self.layers.append(Layer(0, upper, writable=True))
+        for path in lowers:
+            self.layers.append(Layer(len(self.layers), path, writable=False))
+        self.upper = self.layers[0] if upper is not None else None
+        self.as_root = os.geteuid() == 0
+        self.marker_prefix = USER_PREFIX if (userxattr or not self.as_root) else TRUSTED_PREFIX
+        self.work = None
+        if work is not None:
+            self.work = _open_work_dir(work)
+        self._tmp_counter = itertools.count(1)
+        top = self.layers[0]
+        single_dev = len({layer.dev for layer in self.layers}) == 1
+        self.nodes = NodeTable((0, top.dev, top.root_ino), tuple(range(len(self.layers))), single_dev)
+
+    def close(self):
+        for layer in self.layers:
+            layer.close()
+        if self.work is not None:
+            self.work.close()
+
+    @property
+    def root(self) -> Node:
+        return self.nodes.root
+
+    # ------------------------------------------------------------------ resolution
+
+    def _check_name(self, name: bytes) -> None:
+        if len(name) > NAME_MAX:
+            raise OSError(errno.ENAMETOOLONG, os.strerror(errno.ENAMETOOLONG))
+        if not name or b"/" in name or name in (b".", b".."):
+            raise OSError(errno.EINVAL, "bad name")
+
+    def _resolve(self, parent: Node, name: bytes):
+        """Look *name* up top-down across the layers merged into *parent*.
+
+        Returns (layer index, lstat of the topmost entry, merged layers) or None when the name is absent
+        or whited out.
+        """
+        rel = join(parent.path(), name)
+        top = None
+        merge = []
+        layers = parent.merge
+        for pos, index in enumerate(layers):
+            layer = self.layers[index]
+            try:
+                st = layer.lstat(rel)
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            except OSError as exc:
+                if exc.errno == errno.ELOOP:  # a symlink where a directory was: not ours to follow
+                    continue
+                raise
+            if is_whiteout(st):
+                break
+            is_dir = stat.S_ISDIR(st.st_mode)
+            if top is None:
+                top = (index, st)
+            elif not is_dir:
+                break  # a non-directory below a directory stops the merge
+            if not is_dir:
+                break
+            merge.append(index)
+            if pos + 1 < len(layers) and self._is_opaque(layer, rel):
+                break
+        if top is None:
+            return None
+        return top[0], top[1], tuple(merge)
+
+    def _is_opaque(self, layer: Layer, rel: bytes) -> bool:
+        try:
+            fd = layer.open(rel, O_PATH_DIR)
+        except OSError:
+            return False
+        try:
+            return is_opaque_dir(fd)
+        finally:
+            os.close(fd)
+
+    def _attach(self, parent, name, index, st, merge) -> Node:
+        node = self.nodes.attach(parent, name, (index, st.st_dev, st.st_ino), stat.S_ISDIR(st.st_mode),
+                                 index, merge)
+        node.shared_lower = index != 0 or self.upper is None
+        node.shared_lower = node.shared_lower and not node.is_dir and st.st_nlink > 1
+        return node
+
+    def child(self, parent: Node, name: bytes) -> Node:
+        """The node of parent/name without taking a lookup reference; ENOENT if absent."""
+        if not parent.is_dir:
+            raise OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
+        self._check_name(name)
+        node = parent.children.get(name)
+        if node is not None:
+            return node
+        found = self._resolve(parent, name)
+        if found is None:
+            raise OSError(errno.ENOENT, os.strerror(errno.ENOENT))
+        return self._attach(parent, name, *found)
+
+    def lookup(self, parent: Node, name: bytes):
+        """(node, stat) of parent/name, counting one kernel lookup of the node."""
+        if name == b".":
+            node = parent
+        elif name == b"..":
+            node = parent.parent or self.root
+        else:
+            node = self.child(parent, name)
+            self.nodes.prefer_name(node, parent, name)
+        st = self.getattr(node)
+        node.lookups += 1
+        return node, st
+
+    def forget(self, node_id: int, count: int) -> None:
+        node = self.nodes.by_id.get(node_id)
+        if node is not None:
+            self.nodes.forget(node, count)
+
+    def getattr(self, node: Node) -> os.stat_result:
+        if not node.names and node is not self.root:
+            for handle in node.handles:  # unlinked but still open
+                return os.fstat(handle.fd)
+            raise OSError(errno.ENOENT, os.strerror(errno.ENOENT))
+        return self.layers[node.layer].lstat(node.path())
+
+    def reported_nlink(self, node: Node, st: os.stat_result) -> int:
+        # As the kernel: a merged directory reports 1 ("find" then does not count subdirectories).
+        if node.is_dir and len(node.merge) > 1:
+            return 1
+        return st.st_nlink
+
+    # ------------------------------------------------------------------ directories
+
+    def listdir(self, node: Node):
+        """The merged names of a directory: each once, upper first, whiteouts and what they hide left out."""
+        if not node.is_dir:
+            raise OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
+        rel = node.path()
+        names = {}
+        for index in node.merge:
+            try:
+                fd = self.layers[index].open(rel, os.O_RDONLY | os.O_DIRECTORY)
+            except OSError as exc:
+                if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+                    continue
+                raise
+            try:
+                with os.scandir(fd) as entries:
+                    for entry in entries:
+                        name = os.fsencode(entry.name)
+                        if name in names:
+                            continue
+                        names[name] = not _is_whiteout_entry(entry)
+            finally:
+                os.close(fd)
+        return [name for name, visible in names.items() if visible]
+
+    def is_empty_dir(self, node: Node) -> bool:
+        return not self.listdir(node)
+
+    # ------------------------------------------------------------------ copy-up
+
+    def is_upper(self, node: Node) -> bool:
+        return node.layer == 0 and self.upper is not None
+
+    def _require_upper(self):
+        if self.upper is None:
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+    def _tmp_name(self) -> bytes:
+        return b"#%x" % next(self._tmp_counter)
+
+    def ensure_upper_dir(self, node: Node) -> None:
+        """Copy a directory and its missing parents up (metadata only, not contents, not opaque)."""
+        self._require_upper()
+        if node.merge and node.merge[0] == 0:
+            return
+        parent = node.parent
+        if parent is None:
+            raise OSError(errno.ESTALE, "directory is no longer reachable")
+        self.ensure_upper_dir(parent)
+        self._copy_up_entry(node, with_data=False)
+
+    def copy_up(self, node: Node, with_data: bool = True) -> None:
+        """Synchronous copy-up (library use; the FUSE adapter runs copy_data in a thread)."""
+        if self.is_upper(node):
+            return
+        if node.is_dir:
+            self.ensure_upper_dir(node)
+            return
+        job = self.copy_up_begin(node, with_data)
+        try:
+            job.copy_data()
+            self.copy_up_commit(job)
+        finally:
+            self.copy_up_abort(job)
+
+    def copy_up_begin(self, node: Node, with_data: bool = True) -> CopyUpJob:
+        self._require_upper()
+        if node.parent is None:
+            raise OSError(errno.ENOENT, "file has no name left")
+        self.ensure_upper_dir(node.parent)
+        layer = self.layers[node.layer]
+        rel = node.path()
+        src_st = layer.lstat(rel)
+        job = CopyUpJob(node, layer, src_st)
+        job.tmp_name = self._tmp_name()
+        try:
+            if stat.S_ISREG(src_st.st_mode):
+                job.with_data = with_data and src_st.st_size > 0
+                job.src_fd = layer.open(rel, os.O_RDONLY)
+                job.dst_fd = os.open(job.tmp_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
+                                     0o600, dir_fd=self.work.root_fd)
+            else:
+                self._make_special(job.tmp_name, src_st, layer, rel)
+        except BaseException:
+            self.copy_up_abort(job)
+            raise
+        return job
+
+    def _make_special(self, tmp_name, st, layer, rel):
+        work_fd = self.work.root_fd
+        if stat.S_ISLNK(st.st_mode):
+            parent, _, name = rel.rpartition(b"/")
+            with layer.dir(parent) as dfd:
+                target = os.readlink(name, dir_fd=dfd)
+            os.symlink(target, tmp_name, dir_fd=work_fd)
+        elif stat.S_ISDIR(st.st_mode):
+            os.mkdir(tmp_name, 0o700, dir_fd=work_fd)
+        else:
+            os.mknod(tmp_name, stat.S_IFMT(st.st_mode) | 0o600, st.st_rdev, dir_fd=work_fd)
+
+    def copy_up_commit(self, job: CopyUpJob) -> None:
+        node = job.node
+        src_parent, _, name = node.path().rpartition(b"/")
+        with job.src_layer.dir(src_parent) as src_dfd:
+            copyup.set_owner_mode_times(self.work.root_fd, job.tmp_name, job.src_st, as_root=self.as_root,
+                                        src_xattr_path=proc_path(src_dfd, name))
+        self._rename_into_upper(job.tmp_name, node.parent, name, keep_parent_times=True)
+        job.tmp_name = None
+        upper_st = self.upper.lstat(node.path())
+        node.layer = 0
+        if node.is_dir:
+            node.merge = (0,) + tuple(node.merge)
+        self.nodes.rekey(node, (0, upper_st.st_dev, upper_st.st_ino))
+        node.shared_lower = False
+        if len(node.names) > 1:
+            # Copy-up splits a lower hard link (index=off): the other names stay the lower file.
+            for parent, other in node.names[1:]:
+                self.nodes.detach(parent, other)
+
+    def copy_up_abort(self, job: CopyUpJob) -> None:
+        job.close()
+        if job.tmp_name is not None:
+            _remove_tree(self.work.root_fd, job.tmp_name)
+            job.tmp_name = None
+
+    def _copy_up_entry(self, node: Node, with_data: bool) -> None:
+        job = self.copy_up_begin(node, with_data)
+        try:
+            job.copy_data()
+            self.copy_up_commit(job)
+        finally:
+            self.copy_up_abort(job)
+
+    def _rename_into_upper(self, tmp_name: bytes, parent: Node, name: bytes, *, replace=False,
+                           keep_parent_times=False) -> None:
+        """Move a prepared work-dir entry to parent/name in the upper."""
+        with self.upper.dir(parent.path()) as dfd:
+            before = os.fstat(dfd) if keep_parent_times else None
+            if replace:
+                os.rename(tmp_name, name, src_dir_fd=self.work.root_fd, dst_dir_fd=dfd)
+            else:
+                _sys.renameat2(self.work.root_fd, tmp_name, dfd, name, _sys.RENAME_NOREPLACE)
+            if before is not None:
+                # Copy-up does not change the merged parent's times, as in the kernel.
+                os.utime(proc_path(dfd), ns=(before.st_atime_ns, before.st_mtime_ns))
+
+    # ------------------------------------------------------------------ helpers for changes
+
+    def _lower_visible(self, parent: Node, name: bytes) -> bool:
+        """Whether a lower layer merged into *parent* shows *name* (so removing it needs a whiteout)."""
+        rel = join(parent.path(), name)
+        for index in parent.merge:
+            if index == 0:
+                continue
+            try:
+                st = self.layers[index].lstat(rel)
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            except OSError as exc:
+                if exc.errno == errno.ELOOP:
+                    continue
+                raise
+            return not is_whiteout(st)
+        return False
+
+    def _upper_whiteout(self, parent_dfd: int, name: bytes) -> bool:
+        try:
+            return is_whiteout(os.stat(name, dir_fd=parent_dfd, follow_symlinks=False))
+        except FileNotFoundError:
+            return False
+
+    def _new_owner(self, parent: Node, caller: Caller, mode: int):
+        """Owner and mode of a new entry: the caller's, with a setgid parent's group inherited."""
+        gid = caller.gid
+        parent_st = self.upper.lstat(parent.path())
+        if parent_st.st_mode & stat.S_ISGID:
+            gid = parent_st.st_gid
+            if stat.S_ISDIR(mode):
+                mode |= stat.S_ISGID
+        return caller.uid, gid, mode
+
+    def _prepare_create(self, parent: Node, name: bytes):
+        self._require_upper()
+        if not parent.is_dir:
+            raise OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
+        self._check_name(name)
+        try:
+            self.child(parent, name)
+        except FileNotFoundError:
+            pass
+        else:
+            raise OSError(errno.EEXIST, os.strerror(errno.EEXIST))
+        self.ensure_upper_dir(parent)
+
+    def _finish_create(self, tmp_name: bytes, parent: Node, name: bytes, is_dir: bool,
+                       uid: int, gid: int, mode: int) -> Node:
+        """Set owner and mode of a work-dir entry, then move it to parent/name (over a whiteout)."""
+        work_fd = self.work.root_fd
+        try:
+            if self.as_root:
+                os.chown(tmp_name, uid, gid, dir_fd=work_fd, follow_symlinks=False)
+            if mode is not None:
+                os.chmod(tmp_name, stat.S_IMODE(mode), dir_fd=work_fd)
+            with self.upper.dir(parent.path()) as dfd:
+                over_whiteout = self._upper_whiteout(dfd, name)
+                if is_dir and over_whiteout:
+                    # As the kernel: a directory made where a name was deleted hides what lay below.
+                    with _opened(work_fd, tmp_name, O_PATH_DIR) as fd:
+                        set_opaque(fd, self.marker_prefix)
+                    _sys.renameat2(work_fd, tmp_name, dfd, name, _sys.RENAME_EXCHANGE)
+                    os.unlink(tmp_name, dir_fd=work_fd)  # now the old whiteout
+                elif over_whiteout:
+                    os.rename(tmp_name, name, src_dir_fd=work_fd, dst_dir_fd=dfd)
+                else:
+                    _sys.renameat2(work_fd, tmp_name, dfd, name, _sys.RENAME_NOREPLACE)
+                st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+        except BaseException:
+            _remove_tree(work_fd, tmp_name)
+            raise
+        merge = (0,)
+        return self._attach(parent, name, 0, st, merge)
+
+    # ------------------------------------------------------------------ creating
+
+    def create(self, parent: Node, name: bytes, mode: int, flags: int, caller: Caller):
+        """Create and open a regular file: (node, FileHandle, stat); counts one lookup."""
+        self._prepare_create(parent, name)
+        uid, gid, mode = self._new_owner(parent, caller, stat.S_IFREG | (mode & 0o7777))
+        tmp = self._tmp_name()
+        open_flags = (flags & ~_OPEN_DROP) | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
+        if flags & _ACCMODE == os.O_RDONLY:
+            open_flags = (open_flags & ~_ACCMODE) | os.O_RDONLY
+        fd = os.open(tmp, open_flags, stat.S_IMODE(mode), dir_fd=self.work.root_fd)
+        try:
+            node = self._finish_create(tmp, parent, name, False, uid, gid,
+                                       mode if mode & 0o7000 else None)
+        except BaseException:
+            os.close(fd)
+            raise
+        handle = self._new_handle(fd, node, 0, flags)
+        node.lookups += 1
+        return node, handle, os.fstat(fd)
+
+    def mkdir(self, parent: Node, name: bytes, mode: int, caller: Caller):
+        self._prepare_create(parent, name)
+        uid, gid, mode = self._new_owner(parent, caller, stat.S_IFDIR | (mode & 0o7777))
+        tmp = self._tmp_name()
+        os.mkdir(tmp, 0o700, dir_fd=self.work.root_fd)
+        node = self._finish_create(tmp, parent, name, True, uid, gid, mode)
+        node.lookups += 1
+        return node, self.getattr(node)
+
+    def mknod(self, parent: Node, name: bytes, mode: int, rdev: int, caller: Caller):
+        self._prepare_create(parent, name)
+        uid, gid, mode = self._new_owner(parent, caller, mode)
+        tmp = self._tmp_name()
+        os.mknod(tmp, stat.S_IFMT(mode) | 0o600, rdev, dir_fd=self.work.root_fd)
+        node = self._finish_create(tmp, parent, name, False, uid, gid, mode)
+        node.lookups += 1
+        return node, self.getattr(node)
+
+    def symlink(self, parent: Node, name: bytes, target: bytes, caller: Caller):
+        self._prepare_create(parent, name)
+        uid, gid, _ = self._new_owner(parent, caller, stat.S_IFLNK | 0o777)
+        tmp = self._tmp_name()
+        os.symlink(target, tmp, dir_fd=self.work.root_fd)
+        node = self._finish_create(tmp, parent, name, False, uid, gid, None)
+        node.lookups += 1
+        return node, self.getattr(node)
+
+    def link(self, node: Node, new_parent: Node, new_name: bytes):
+        if node.is_dir:
+            raise OSError(errno.EPERM, os.strerror(errno.EPERM))
+        self._prepare_create(new_parent, new_name)
+        self.copy_up(node)
+        src_parent, _, src_name = node.path().rpartition(b"/")
+        tmp = self._tmp_name()
+        with self.upper.dir(src_parent) as sdfd:
+            os.link(src_name, tmp, src_dir_fd=sdfd, dst_dir_fd=self.work.root_fd, follow_symlinks=False)
+        with self.upper.dir(new_parent.path()) as dfd:
+            try:
+                replace = self._upper_whiteout(dfd, new_name)
+                if replace:
+                    os.rename(tmp, new_name, src_dir_fd=self.work.root_fd, dst_dir_fd=dfd)
+                else:
+                    _sys.renameat2(self.work.root_fd, tmp, dfd, new_name, _sys.RENAME_NOREPLACE)
+            except BaseException:
+                _remove_tree(self.work.root_fd, tmp)
+                raise
+            st = os.stat(new_name, dir_fd=dfd, follow_symlinks=False)
+        linked = self._attach(new_parent, new_name, 0, st, ())
+        linked.lookups += 1
+        return linked, st
+
+    # ------------------------------------------------------------------ removing
+
+    def unlink(self, parent: Node, name: bytes) -> None:
+        self._require_upper()
+        node = self.child(parent, name)
+        if node.is_dir:
+            raise OSError(errno.EISDIR, os.strerror(errno.EISDIR))
+        self._remove_entry(parent, name, node)
+
+    def rmdir(self, parent: Node, name: bytes) -> None:
+        self._require_upper()
+        node = self.child(parent, name)
+        if not node.is_dir:
+            raise OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
+        if node is self.root:
+            raise OSError(errno.EBUSY, os.strerror(errno.EBUSY))
+        if not self.is_empty_dir(node):
+            raise OSError(errno.ENOTEMPTY, os.strerror(errno.ENOTEMPTY))
+        self._remove_entry(parent, name, node)
+
+    def _remove_entry(self, parent: Node, name: bytes, node: Node) -> None:
+        self.ensure_upper_dir(parent)
+        needs_whiteout = self._lower_visible(parent, name)
+        work_fd = self.work.root_fd
+        with self.upper.dir(parent.path()) as dfd:
+            if self.is_upper(node):
+                tmp = self._tmp_name()
+                if needs_whiteout:
+                    # Swap the entry for a whiteout in one step, then clear the old entry away.
+                    make_whiteout(work_fd, tmp)
+                    _sys.renameat2(work_fd, tmp, dfd, name, _sys.RENAME_EXCHANGE)
+                    _remove_tree(work_fd, tmp)
+                elif node.is_dir:
+                    os.rename(name, tmp, src_dir_fd=dfd, dst_dir_fd=work_fd)
+                    _remove_tree(work_fd, tmp)
+                else:
+                    os.unlink(name, dir_fd=dfd)
+            else:
+                make_whiteout(dfd, name)
+        self.nodes.detach(parent, name)
+
+    # ------------------------------------------------------------------ rename
+
+    def rename(self, parent: Node, name: bytes, new_parent: Node, new_name: bytes, flags: int = 0):
+        self._require_upper()
+        if flags & ~_sys.RENAME_NOREPLACE:
+            raise OSError(errno.EINVAL, "only RENAME_NOREPLACE is supported")
+        self._check_name(new_name)
+        node = self.child(parent, name)
+        if not new_parent.is_dir:
+            raise OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
+        try:
+            target = self.child(new_parent, new_name)
+        except FileNotFoundError:
+            target = None
+        if target is not None and flags & _sys.RENAME_NOREPLACE:
+            raise OSError(errno.EEXIST, os.strerror(errno.EEXIST))
+        if target is node:
+            return  # the same file (or the same name): nothing to do, as rename(2)
+        if node.is_dir:
+            if not (self.is_upper(node) and len(node.merge) == 1):
+                raise OSError(errno.EXDEV, os.strerror(errno.EXDEV))  # redirect_dir=off
+            anc = new_parent
+            while anc is not None:
+                if anc is node:
+                    raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+                anc = anc.parent
+        if target is not None:
+            if node.is_dir and not target.is_dir:
+                raise OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
+            if not node.is_dir and target.is_dir:
+                raise OSError(errno.EISDIR, os.strerror(errno.EISDIR))
+            if target.is_dir and not self.is_empty_dir(target):
+                raise OSError(errno.ENOTEMPTY, os.strerror(errno.ENOTEMPTY))
+        self.copy_up(node)
+        self.ensure_upper_dir(new_parent)
+        leave_whiteout = self._lower_visible(parent, name)
+        work_fd = self.work.root_fd
+        with self.upper.dir(parent.path()) as sdfd, self.upper.dir(new_parent.path()) as ddfd:
+            if node.is_dir and len(new_parent.merge) > 1:
+                # As the kernel: a directory moved into a merged directory must not merge below.
+                with _opened(sdfd, name, O_PATH_DIR) as fd:
+                    set_opaque(fd, self.marker_prefix)
+            try:
+                existing = os.stat(new_name, dir_fd=ddfd, follow_symlinks=False)
+            except FileNotFoundError:
+                existing = None
+            if existing is not None and stat.S_ISDIR(existing.st_mode):
+                # An upper directory that is empty in the merged view holds only whiteouts: clear them.
+                with _opened(ddfd, new_name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW) as tfd:
+                    for entry in os.listdir(tfd):
+                        _remove_tree(tfd, os.fsencode(entry))
+            if node.is_dir and existing is not None and not stat.S_ISDIR(existing.st_mode):
+                # Directory over a whiteout: exchange, then the whiteout sits at the old name.
+                _sys.renameat2(sdfd, name, ddfd, new_name, _sys.RENAME_EXCHANGE)
+                if not leave_whiteout:
+                    os.unlink(name, dir_fd=sdfd)
+            elif leave_whiteout:
+                try:
+                    _sys.renameat2(sdfd, name, ddfd, new_name, _sys.RENAME_WHITEOUT)
+                except OSError as exc:
+                    if exc.errno not in (errno.EINVAL, errno.EPERM, errno.ENOSYS):
+                        raise
+                    # No RENAME_WHITEOUT here: a whiteout is prepared and exchanged in afterwards.
+                    os.rename(name, new_name, src_dir_fd=sdfd, dst_dir_fd=ddfd)
+                    tmp = self._tmp_name()
+                    make_whiteout(work_fd, tmp)
+                    os.rename(tmp, name, src_dir_fd=work_fd, dst_dir_fd=sdfd)
+            else:
+                os.rename(name, new_name, src_dir_fd=sdfd, dst_dir_fd=ddfd)
+        if target is not None:
+            self.nodes.detach(new_parent, new_name)
+        self.nodes.move(node, parent, name, new_parent, new_name)
+        if node.is_dir:
+            node.merge = (0,)
+
+    # ------------------------------------------------------------------ files
+
+    def _new_handle(self, fd, node, layer, flags) -> FileHandle:
+        handle = FileHandle(fd, node, layer, flags & _ACCMODE != os.O_RDONLY)
+        node.opens += 1
+        node.handles.append(handle)
+        return handle
+
+    def open(self, node: Node, flags: int) -> FileHandle:
+        if node.is_dir:
+            raise OSError(errno.EISDIR, os.strerror(errno.EISDIR))
+        writing = flags & _ACCMODE != os.O_RDONLY or flags & os.O_TRUNC
+        if writing:
+            self._require_upper()
+            self.copy_up(node, with_data=not flags & os.O_TRUNC)
+        fd = self.layers[node.layer].open(node.path(), (flags & ~_OPEN_DROP) | (flags & os.O_TRUNC))
+        return self._new_handle(fd, node, node.layer, flags)
+
+    def read(self, handle: FileHandle, offset: int, size: int) -> bytes:
+        if handle.layer != handle.node.layer and not handle.writable and handle.node.names:
+            # The file was copied up after this read-only open: read the new copy, as the kernel does.
+            fd = self.layers[handle.node.layer].open(handle.node.path(), os.O_RDONLY)
+            os.close(handle.fd)
+            handle.fd, handle.layer = fd, handle.node.layer
+        return os.pread(handle.fd, size, offset)
+
+    def write(self, handle: FileHandle, offset: int, data: bytes) -> int:
+        return os.pwrite(handle.fd, data, offset)
+
+    def fsync(self, handle: FileHandle, datasync: bool) -> None:
+        (os.fdatasync if datasync else os.fsync)(handle.fd)
+
+    def release(self, handle: FileHandle) -> None:
+        node = handle.node
+        os.close(handle.fd)
+        handle.fd = -1
+        try:
+            node.handles.remove(handle)
+        except ValueError:
+            pass
+        node.opens -= 1
+        self.nodes.maybe_drop(node)
+
+    def opendir(self, node: Node) -> None:
+        if not node.is_dir:
+            raise OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
+        node.opens += 1
+
+    def releasedir(self, node: Node) -> None:
+        node.opens -= 1
+        self.nodes.maybe_drop(node)
+
+    def readlink(self, node: Node) -> bytes:
+        parent, _, name = node.path().rpartition(b"/")
+        with self.layers[node.layer].dir(parent) as dfd:
+            return os.readlink(name, dir_fd=dfd)
+
+    # ------------------------------------------------------------------ attributes
+
+    def setattr(self, node: Node, *, size=None, mode=None, uid=None, gid=None, atime_ns=None,
+                mtime_ns=None, handle: FileHandle = None) -> os.stat_result:
+        self._require_upper()
+        if size is not None and node.is_dir:
+            raise OSError(errno.EISDIR, os.strerror(errno.EISDIR))
+        if not self.is_upper(node):
+            self.copy_up(node, with_data=size != 0)
+        rel = node.path()
+        with _layer_fd(self.upper, rel, os.O_PATH) as fd:
+            st = os.fstat(fd)
+            is_link = stat.S_ISLNK(st.st_mode)
+            if size is not None:
+                if not stat.S_ISREG(st.st_mode):
+                    raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+                if handle is not None and handle.writable and handle.layer == 0:
+                    os.ftruncate(handle.fd, size)
+                else:
+                    with _layer_fd(self.upper, rel, os.O_WRONLY) as wfd:
+                        os.ftruncate(wfd, size)
+            if uid is not None or gid is not None:
+                os.chown(proc_path(fd), -1 if uid is None else uid, -1 if gid is None else gid,
+                         follow_symlinks=not is_link)
+            if mode is not None:
+                if is_link:
+                    raise OSError(errno.EOPNOTSUPP, os.strerror(errno.EOPNOTSUPP))
+                os.chmod(proc_path(fd), stat.S_IMODE(mode))
+            if atime_ns is not None or mtime_ns is not None:
+                if atime_ns is None or mtime_ns is None:
+                    st = os.fstat(fd)
+                    atime_ns = st.st_atime_ns if atime_ns is None else atime_ns
+                    mtime_ns = st.st_mtime_ns if mtime_ns is None else mtime_ns
+                parent, _, name = rel.rpartition(b"/")
+                if rel:
+                    with self.upper.dir(parent) as dfd:
+                        os.utime(name, ns=(atime_ns, mtime_ns), dir_fd=dfd, follow_symlinks=False)
+                else:
+                    os.utime(proc_path(fd), ns=(atime_ns, mtime_ns))
+            return os.fstat(fd)
+
+    def statfs(self) -> os.statvfs_result:
+        return os.statvfs(proc_path(self.layers[0].root_fd))
+
+    # ------------------------------------------------------------------ xattrs
+
+    def _xattr_path(self, layer: Layer, node: Node):
+        """(context manager of) a /proc path that reaches the entry without following a symlink."""
+        rel = node.path()
+        if not rel:
+            return _ProcPath(layer, b"", None)
+        parent, _, name = rel.rpartition(b"/")
+        return _ProcPath(layer, parent, name)
+
+    def getxattr(self, node: Node, name: bytes) -> bytes:
+        stored = xattrs.to_stored(name)
+        with self._xattr_path(self.layers[node.layer], node) as (path, follow):
+            try:
+                return os.getxattr(path, stored, follow_symlinks=follow)
+            except OSError as exc:
+                if exc.errno == errno.ENOTSUP:
+                    raise OSError(errno.ENODATA, os.strerror(errno.ENODATA)) from None
+                raise
+
+    def listxattr(self, node: Node):
+        with self._xattr_path(self.layers[node.layer], node) as (path, follow):
+            try:
+                stored = os.listxattr(path, follow_symlinks=follow)
+            except OSError as exc:
+                if exc.errno == errno.ENOTSUP:
+                    return []
+                raise
+        names = []
+        for item in stored:
+            visible = xattrs.to_visible(os.fsencode(item))
+            if visible is not None:
+                names.append(visible)
+        return names
+
+    def setxattr(self, node: Node, name: bytes, value: bytes, flags: int = 0) -> None:
+        self._require_upper()
+        self.copy_up(node)
+        with self._xattr_path(self.upper, node) as (path, follow):
+            os.setxattr(path, xattrs.to_stored(name), value, flags, follow_symlinks=follow)
+
+    def removexattr(self, node: Node, name: bytes) -> None:
+        self._require_upper()
+        self.getxattr(node, name)  # ENODATA before any copy-up, as the kernel
+        self.copy_up(node)
+        with self._xattr_path(self.upper, node) as (path, follow):
+            os.removexattr(path, xattrs.to_stored(name), follow_symlinks=follow)
+
+
+class _ProcPath:
+    def __init__(self, layer, parent, name):
+        self.layer, self.parent, self.name, self.fd = layer, parent, name, -1
+
+    def __enter__(self):
+        if self.name is None:
+            self.fd = self.layer.open(b"", O_PATH_DIR)
+            return proc_path(self.fd), True
+        self.fd = self.layer.open(self.parent, O_PATH_DIR)
+        return proc_path(self.fd, self.name), False
+
+    def __exit__(self, *exc):
+        os.close(self.fd)
+
+
+@contextmanager
+def _opened(dir_fd: int, name: bytes, flags: int):
+    """An fd of name under dir_fd, never through a symlink."""
+    fd = os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def _layer_fd(layer: Layer, rel: bytes, flags: int):
+    fd = layer.open(rel, flags)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def _remove_tree(dir_fd: int, name: bytes) -> None:
+    """Remove name (a file or a whole tree) under dir_fd without following symlinks."""
+    try:
+        os.unlink(name, dir_fd=dir_fd)
+        return
+    except FileNotFoundError:
+        return
+    except (IsADirectoryError, PermissionError):
+        pass
+    except OSError as exc:
+        if exc.errno not in (errno.EISDIR, errno.EPERM):
+            raise
+    fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+    try:
+        for entry in os.listdir(fd):
+            _remove_tree(fd, os.fsencode(entry))
+    finally:
+        os.close(fd)
+    os.rmdir(name, dir_fd=dir_fd)
+
+
+def _is_whiteout_entry(entry: os.DirEntry) -> bool:
+    # d_type answers for the common kinds without a stat; only special files need one.
+    if entry.is_dir(follow_symlinks=False) or entry.is_file(follow_symlinks=False) or entry.is_symlink():
+        return False
+    return is_whiteout(entry.stat(follow_symlinks=False))
+
+
+WORK_SUBDIR = "work"
+
+
+def _open_work_dir(workdir: str) -> Layer:
+    """The staging dir W/work (the kernel's name too), emptied of what a crash left behind."""
+    base = os.open(workdir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        try:
+            os.mkdir(WORK_SUBDIR, 0o700, dir_fd=base)
+        except FileExistsError:
+            pass
+        work = Layer(-1, os.path.join(workdir, WORK_SUBDIR), writable=True)
+    finally:
+        os.close(base)
+    fd = work.open(b"", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for entry in os.listdir(fd):
+            _remove_tree(work.root_fd, os.fsencode(entry))
+    finally:
+        os.close(fd)
+    return work

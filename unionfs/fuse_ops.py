@@ -1,0 +1,343 @@
+"""The pyfuse3 adapter: FUSE requests in, union engine calls out.
+
+Handlers stay a few lines each. `_boundary` is the one error edge: OSError becomes its errno, any other
+exception becomes EIO plus an ERROR log line with the traceback, so the mount never dies.
+Copy-up of large files runs its byte copy in a worker thread under a per-node lock, so other requests go
+on while it runs and two opens of one file never copy it twice.
+"""
+import errno
+import functools
+import itertools
+import logging
+import os
+
+import pyfuse3
+import trio
+
+from .engine import Caller, Union
+
+log = logging.getLogger("unionfs")
+
+# Copies smaller than this are done inline: a thread round trip costs more than the copy.
+THREAD_COPY_MIN = 1 << 20
+
+
+def _boundary(handler):
+    @functools.wraps(handler)
+    async def wrapper(self, *args):
+        try:
+            return await handler(self, *args)
+        except pyfuse3.FUSEError:
+            raise
+        except OSError as exc:
+            raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
+        except Exception:
+            log.exception("ERROR in %s%r", handler.__name__, args[:3])
+            raise pyfuse3.FUSEError(errno.EIO) from None
+    return wrapper
+
+
+class _DirHandle:
+    __slots__ = ("node", "names")
+
+    def __init__(self, node):
+        self.node = node
+        self.names = None  # taken at the first readdir from offset 0 (and again at rewinddir)
+
+
+class UnionOperations(pyfuse3.Operations):
+    supports_dot_lookup = True
+    enable_writeback_cache = False
+
+    def __init__(self, union: Union, timeout: float = 300.0):
+        super().__init__()
+        self.union = union
+        self.timeout = timeout
+        self._files = {}
+        self._dirs = {}
+        self._fh = itertools.count(1)
+        self._copy_locks = {}
+        self._copy_limiter = trio.CapacityLimiter(4)
+
+    # ----------------------------------------------------------- helpers
+
+    def _node(self, node_id):
+        return self.union.nodes.get(node_id)
+
+    def _entry(self, node, st) -> pyfuse3.EntryAttributes:
+        attr = pyfuse3.EntryAttributes()
+        attr.st_ino = node.id
+        attr.generation = 0
+        # A lower file with several names is split by copy-up; a zero entry timeout makes the kernel ask
+        # for the name each time, so the daemon knows which name is being changed.
+        attr.entry_timeout = 0 if node.shared_lower else self.timeout
+        attr.attr_timeout = self.timeout
+        attr.st_mode = st.st_mode
+        attr.st_nlink = self.union.reported_nlink(node, st)
+        attr.st_uid = st.st_uid
+        attr.st_gid = st.st_gid
+        attr.st_rdev = st.st_rdev
+        attr.st_size = st.st_size
+        attr.st_blksize = st.st_blksize
+        attr.st_blocks = st.st_blocks
+        attr.st_atime_ns = st.st_atime_ns
+        attr.st_mtime_ns = st.st_mtime_ns
+        attr.st_ctime_ns = st.st_ctime_ns
+        return attr
+
+    async def _copy_up(self, node, with_data=True):
+        """Copy a node up unless it is there already; big copies run in a worker thread."""
+        union = self.union
+        if union.is_upper(node):
+            return
+        if node.is_dir:
+            union.ensure_upper_dir(node)
+            return
+        lock = self._copy_locks.setdefault(node.id, trio.Lock())
+        try:
+            async with lock:
+                if union.is_upper(node):
+                    return
+                job = union.copy_up_begin(node, with_data)
+                try:
+                    if job.data_size >= THREAD_COPY_MIN:
+                        await trio.to_thread.run_sync(job.copy_data, limiter=self._copy_limiter)
+                    else:
+                        job.copy_data()
+                    union.copy_up_commit(job)
+                finally:
+                    union.copy_up_abort(job)
+        finally:
+            if not lock.locked() and lock.statistics().tasks_waiting == 0:
+                self._copy_locks.pop(node.id, None)
+
+    async def _settled(self, node):
+        """Wait for a copy-up of this node in flight (before removing or renaming it)."""
+        lock = self._copy_locks.get(node.id)
+        if lock is not None:
+            async with lock:
+                pass
+
+    async def _settled_child(self, parent, name):
+        try:
+            child = self.union.child(parent, name)
+        except OSError:
+            return None
+        await self._settled(child)
+        return child
+
+    # ----------------------------------------------------------- lookup and attributes
+
+    @_boundary
+    async def lookup(self, parent_inode, name, ctx=None):
+        parent = self._node(parent_inode)
+        try:
+            node, st = self.union.lookup(parent, name)
+        except FileNotFoundError:
+            negative = pyfuse3.EntryAttributes()
+            negative.st_ino = 0
+            negative.entry_timeout = self.timeout
+            return negative
+        return self._entry(node, st)
+
+    async def forget(self, inode_list):
+        for node_id, count in inode_list:
+            try:
+                self.union.forget(node_id, count)
+            except Exception:
+                log.exception("ERROR in forget(%d, %d)", node_id, count)
+
+    @_boundary
+    async def getattr(self, inode, ctx=None):
+        node = self._node(inode)
+        return self._entry(node, self.union.getattr(node))
+
+    @_boundary
+    async def setattr(self, inode, attr, fields, fh, ctx):
+        node = self._node(inode)
+        size = attr.st_size if fields.update_size else None
+        await self._settled(node)
+        if self.union.upper is not None:
+            await self._copy_up(node, with_data=size != 0)
+        st = self.union.setattr(
+            node,
+            size=size,
+            mode=attr.st_mode if fields.update_mode else None,
+            uid=attr.st_uid if fields.update_uid else None,
+            gid=attr.st_gid if fields.update_gid else None,
+            atime_ns=attr.st_atime_ns if fields.update_atime else None,
+            mtime_ns=attr.st_mtime_ns if fields.update_mtime else None,
+            handle=self._files.get(fh) if fh is not None else None,
+        )
+        return self._entry(node, st)
+
+    @_boundary
+    async def readlink(self, inode, ctx):
+        return self.union.readlink(self._node(inode))
+
+    @_boundary
+    async def statfs(self, ctx):
+        vfs = self.union.statfs()
+        out = pyfuse3.StatvfsData()
+        for field in ("f_bsize", "f_frsize", "f_blocks", "f_bfree", "f_bavail", "f_files", "f_ffree",
+                      "f_favail", "f_namemax"):
+            setattr(out, field, getattr(vfs, field))
+        return out
+
+    # ----------------------------------------------------------- directories
+
+    @_boundary
+    async def opendir(self, inode, ctx):
+        node = self._node(inode)
+        self.union.opendir(node)
+        fh = next(self._fh)
+        self._dirs[fh] = _DirHandle(node)
+        return fh
+
+    @_boundary
+    async def readdir(self, fh, start_id, token):
+        handle = self._dirs[fh]
+        node = handle.node
+        if start_id == 0 or handle.names is None:
+            handle.names = [b".", b".."] + self.union.listdir(node)
+        names = handle.names
+        for index in range(start_id, len(names)):
+            name = names[index]
+            if name == b"." or name == b"..":
+                # The kernel takes no lookup reference for these two.
+                target = node if name == b"." else (node.parent or self.union.root)
+                attrs = self._entry(target, self.union.getattr(target))
+                if not pyfuse3.readdir_reply(token, name, attrs, index + 1):
+                    return
+                continue
+            try:
+                child, st = self.union.lookup(node, name)
+            except OSError:
+                continue  # removed since the listing was taken
+            if not pyfuse3.readdir_reply(token, name, self._entry(child, st), index + 1):
+                self.union.forget(child.id, 1)
+                return
+
+    @_boundary
+    async def releasedir(self, fh):
+        handle = self._dirs.pop(fh)
+        self.union.releasedir(handle.node)
+
+    @_boundary
+    async def fsyncdir(self, fh, datasync):
+        pass
+
+    @_boundary
+    async def mkdir(self, parent_inode, name, mode, ctx):
+        node, st = self.union.mkdir(self._node(parent_inode), name, mode, Caller(ctx.uid, ctx.gid))
+        return self._entry(node, st)
+
+    @_boundary
+    async def rmdir(self, parent_inode, name, ctx):
+        parent = self._node(parent_inode)
+        await self._settled_child(parent, name)
+        self.union.rmdir(parent, name)
+
+    # ----------------------------------------------------------- names
+
+    @_boundary
+    async def mknod(self, parent_inode, name, mode, rdev, ctx):
+        node, st = self.union.mknod(self._node(parent_inode), name, mode, rdev, Caller(ctx.uid, ctx.gid))
+        return self._entry(node, st)
+
+    @_boundary
+    async def symlink(self, parent_inode, name, target, ctx):
+        node, st = self.union.symlink(self._node(parent_inode), name, target, Caller(ctx.uid, ctx.gid))
+        return self._entry(node, st)
+
+    @_boundary
+    async def link(self, inode, new_parent_inode, new_name, ctx):
+        node = self._node(inode)
+        await self._settled(node)
+        await self._copy_up(node)
+        linked, st = self.union.link(node, self._node(new_parent_inode), new_name)
+        return self._entry(linked, st)
+
+    @_boundary
+    async def unlink(self, parent_inode, name, ctx):
+        parent = self._node(parent_inode)
+        await self._settled_child(parent, name)
+        self.union.unlink(parent, name)
+
+    @_boundary
+    async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
+        parent = self._node(parent_inode_old)
+        new_parent = self._node(parent_inode_new)
+        node = await self._settled_child(parent, name_old)
+        await self._settled_child(new_parent, name_new)
+        if node is not None and not node.is_dir and self.union.upper is not None:
+            await self._copy_up(node)
+        self.union.rename(parent, name_old, new_parent, name_new, flags)
+
+    # ----------------------------------------------------------- files
+
+    def _file_info(self, handle) -> pyfuse3.FileInfo:
+        fh = next(self._fh)
+        self._files[fh] = handle
+        return pyfuse3.FileInfo(fh=fh, keep_cache=True)
+
+    @_boundary
+    async def open(self, inode, flags, ctx):
+        node = self._node(inode)
+        if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC) and self.union.upper is not None:
+            await self._settled(node)
+            await self._copy_up(node, with_data=not flags & os.O_TRUNC)
+        return self._file_info(self.union.open(node, flags))
+
+    @_boundary
+    async def create(self, parent_inode, name, mode, flags, ctx):
+        node, handle, st = self.union.create(self._node(parent_inode), name, mode, flags,
+                                             Caller(ctx.uid, ctx.gid))
+        return self._file_info(handle), self._entry(node, st)
+
+    @_boundary
+    async def read(self, fh, off, size):
+        return self.union.read(self._files[fh], off, size)
+
+    @_boundary
+    async def write(self, fh, off, buf):
+        return self.union.write(self._files[fh], off, buf)
+
+    @_boundary
+    async def flush(self, fh):
+        pass
+
+    @_boundary
+    async def fsync(self, fh, datasync):
+        self.union.fsync(self._files[fh], datasync)
+
+    @_boundary
+    async def release(self, fh):
+        self.union.release(self._files.pop(fh))
+
+    # ----------------------------------------------------------- xattrs
+
+    @_boundary
+    async def getxattr(self, inode, name, ctx):
+        return self.union.getxattr(self._node(inode), name)
+
+    @_boundary
+    async def listxattr(self, inode, ctx):
+        return self.union.listxattr(self._node(inode))
+
+    @_boundary
+    async def setxattr(self, inode, name, value, ctx):
+        node = self._node(inode)
+        await self._settled(node)
+        if self.union.upper is not None:
+            await self._copy_up(node)
+        self.union.setxattr(node, name, value)
+
+    @_boundary
+    async def removexattr(self, inode, name, ctx):
+        node = self._node(inode)
+        await self._settled(node)
+        self.union.getxattr(node, name)  # ENODATA before any copy-up, as the kernel
+        if self.union.upper is not None:
+            await self._copy_up(node)
+        self.union.removexattr(node, name)

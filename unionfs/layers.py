@@ -1,0 +1,93 @@
+"""A layer: one directory of the stack, reached only through its root fd.
+
+Every path the daemon uses inside a layer is relative bytes, resolved under the root fd with openat2
+(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS), so a symlink planted or swapped in anywhere inside a layer is
+never followed and nothing outside the layer is ever reached. Without openat2 (kernels before 5.6) the
+same guarantee comes from walking one component at a time with O_NOFOLLOW.
+"""
+import errno
+import os
+from contextlib import contextmanager
+
+from . import _sys
+
+O_PATH_DIR = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class Layer:
+    """One directory of the stack. Index 0 is the top (the upper when there is one)."""
+
+    def __init__(self, index: int, path: str, writable: bool):
+        self.index = index
+        self.path = path
+        self.writable = writable
+        self.root_fd = os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        st = os.fstat(self.root_fd)
+        self.dev = st.st_dev
+        self.root_ino = st.st_ino
+
+    def __repr__(self):
+        return f"Layer({self.index}, {self.path!r}, writable={self.writable})"
+
+    def close(self):
+        if self.root_fd >= 0:
+            os.close(self.root_fd)
+            self.root_fd = -1
+
+    def open(self, rel: bytes, flags: int = os.O_PATH | os.O_NOFOLLOW, mode: int = 0) -> int:
+        """Open *rel* (b"" is the root) without following any symlink; the caller closes the fd."""
+        flags |= os.O_NOFOLLOW | os.O_CLOEXEC
+        if not rel:
+            return os.open(".", (flags & ~os.O_NOFOLLOW), dir_fd=self.root_fd)
+        try:
+            return _sys.openat2(self.root_fd, rel, flags, mode)
+        except OSError as exc:
+            if exc.errno != errno.ENOSYS:
+                if exc.errno == errno.EXDEV:  # RESOLVE_BENEATH refused to leave the layer
+                    raise OSError(errno.ELOOP, "path escapes the layer", rel) from None
+                raise
+        return self._open_walk(rel, flags, mode)
+
+    def _open_walk(self, rel: bytes, flags: int, mode: int) -> int:
+        parts = rel.split(b"/")
+        fd = os.open(".", O_PATH_DIR & ~os.O_NOFOLLOW, dir_fd=self.root_fd)
+        try:
+            for part in parts[:-1]:
+                if part in (b"", b".", b".."):
+                    raise OSError(errno.EINVAL, "bad path component", rel)
+                nxt = os.open(part, O_PATH_DIR, dir_fd=fd)
+                os.close(fd)
+                fd = nxt
+            if parts[-1] in (b"", b".", b".."):
+                raise OSError(errno.EINVAL, "bad path component", rel)
+            return os.open(parts[-1], flags, mode, dir_fd=fd)
+        finally:
+            os.close(fd)
+
+    @contextmanager
+    def dir(self, rel: bytes):
+        """An O_PATH fd of the directory *rel*, usable as dir_fd for *at calls."""
+        fd = self.open(rel, O_PATH_DIR)
+        try:
+            yield fd
+        finally:
+            os.close(fd)
+
+    def lstat(self, rel: bytes) -> os.stat_result:
+        if not rel:
+            return os.fstat(self.root_fd)
+        fd = self.open(rel)
+        try:
+            return os.fstat(fd)
+        finally:
+            os.close(fd)
+
+
+def join(parent: bytes, name: bytes) -> bytes:
+    return parent + b"/" + name if parent else name
+
+
+def split(rel: bytes):
+    """(parent, name) of a non-root relative path."""
+    head, _, tail = rel.rpartition(b"/")
+    return head, tail

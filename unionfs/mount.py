@@ -1,0 +1,116 @@
+"""Mount and serve: open the layers, mount through pyfuse3, go to the background, serve until unmounted.
+
+Mount first, then daemonize, then run the loop: when `pyunionfs` returns, the mount is live.
+SIGINT, SIGTERM and SIGHUP end the loop; the mount is always closed on the way out.
+"""
+import logging
+import logging.handlers
+import os
+import resource
+import signal
+import sys
+
+import pyfuse3
+import trio
+
+from .engine import Union
+from .fuse_ops import UnionOperations
+
+log = logging.getLogger("unionfs")
+
+
+class MountError(Exception):
+    """The mount could not be made; the message is one line for the user."""
+
+
+def fuse_options(opts) -> set:
+    out = set(pyfuse3.default_options)
+    out.add("fsname=" + opts.fsname.replace("\\", "\\\\").replace(",", "\\,"))
+    out.add("subtype=pyunionfs")
+    out.add("default_permissions")  # the kernel checks permissions against the attributes we report
+    if os.geteuid() == 0:
+        out.add("allow_other")  # as fuse-overlayfs: a root mount serves every user
+    if opts.upper is None:
+        out.add("ro")
+    out.update(opts.fuse_options)
+    return out
+
+
+def _setup_logging(opts, to_stderr: bool):
+    level = logging.DEBUG if opts.debug else logging.INFO
+    if to_stderr:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    elif os.path.exists("/dev/log"):
+        handler = logging.handlers.SysLogHandler(address="/dev/log")
+        handler.setFormatter(logging.Formatter("pyunionfs[%(process)d]: %(levelname)s %(message)s"))
+    else:
+        handler = logging.NullHandler()
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    logging.getLogger("pyfuse3").setLevel(logging.DEBUG if opts.debug else logging.WARNING)
+
+
+def _raise_fd_limit():
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def _daemonize():
+    pid = os.fork()
+    if pid:
+        os._exit(0)
+    os.setsid()
+    os.chdir("/")
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    os.close(devnull)
+
+
+async def _serve():
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_stop_on_signal)
+        await pyfuse3.main()
+        nursery.cancel_scope.cancel()
+
+
+async def _stop_on_signal():
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
+        async for signum in signals:
+            log.info("signal %d: unmounting", signum)
+            pyfuse3.terminate()
+            return
+
+
+def run(opts) -> int:
+    os.umask(0)  # modes of new entries come from the caller (the kernel applied its umask)
+    _raise_fd_limit()
+    _setup_logging(opts, to_stderr=True)
+    try:
+        union = Union(opts.lowers, opts.upper, opts.work, userxattr=opts.userxattr)
+    except OSError as exc:
+        raise MountError("cannot open the layers: %s" % exc) from None
+    ops = UnionOperations(union, timeout=opts.timeout)
+    try:
+        pyfuse3.init(ops, opts.mountpoint, fuse_options(opts))
+    except Exception as exc:
+        union.close()
+        raise MountError("cannot mount %s: %s" % (opts.mountpoint, exc)) from None
+    if not opts.foreground:
+        _daemonize()
+        _setup_logging(opts, to_stderr=False)
+    log.info("mounted %s", opts.mountpoint)
+    try:
+        trio.run(_serve)
+    except BaseException:
+        log.exception("ERROR: the request loop failed")
+        pyfuse3.close(unmount=True)
+        union.close()
+        return 1
+    pyfuse3.close(unmount=True)
+    union.close()
+    log.info("unmounted %s", opts.mountpoint)
+    return 0

@@ -1,0 +1,194 @@
+"""The node table: the merged view's inodes, their names, ids and lookup counts.
+
+A node is one object of the merged view. Non-directories are keyed by their backing file
+(layer, st_dev, st_ino), so all names of one file share one node and one st_ino, as on the kernel.
+Directories have exactly one name.
+
+Node ids are what the kernel sees as both the FUSE node id and st_ino (pyfuse3 cannot tell them apart).
+An id is derived from the backing file's inode number, so it stays the same when the kernel forgets a
+node and looks it up again, and matches the layer's own numbering when all layers share one filesystem
+(like the kernel's samefs case). When that id is already held by a different live node (after a copy-up
+changed a node's backing, or a file with inode number 1), a fresh id from a private range is used, so two
+live nodes never share an st_ino.
+
+A node stays in the table while the kernel holds a lookup of it, a file handle is open on it, or a child
+node names it as a parent (the pyfuse3 "Lookup Counts" rule).
+"""
+import errno
+
+ROOT_ID = 1
+_FALLBACK_BASE = 1 << 48
+_INO_MASK = (1 << 48) - 1
+
+
+class Node:
+    __slots__ = ("id", "is_dir", "names", "layer", "merge", "key", "lookups", "opens", "children",
+                 "shared_lower", "handles", "__weakref__")
+
+    def __init__(self, node_id, is_dir, layer, merge, key):
+        self.id = node_id
+        self.is_dir = is_dir
+        self.names = []          # [(parent Node, name bytes)], the first one is used to reach the file
+        self.layer = layer       # index of the topmost layer that holds this entry
+        self.merge = merge       # directories: layers merged into this one, top first
+        self.key = key           # (layer, st_dev, st_ino) of the backing entry
+        self.lookups = 0         # kernel lookup count
+        self.opens = 0           # open file and directory handles
+        self.children = {}       # name -> live child Node (directories)
+        self.shared_lower = False  # a lower file with other names (hard links): see fuse_ops
+        self.handles = []        # open FileHandles, to stat a file whose last name is gone
+
+    def __repr__(self):
+        return f"Node({self.id}, {self.path()!r}, layer={self.layer}, merge={self.merge})"
+
+    @property
+    def parent(self):
+        return self.names[0][0] if self.names else None
+
+    def path(self) -> bytes:
+        """Relative path in every layer of the merge (no redirects)."""
+        if not self.names:
+            return b""
+        parts = []
+        node = self
+        while node.names:
+            parent, name = node.names[0]
+            parts.append(name)
+            node = parent
+        if node.id != ROOT_ID:
+            raise OSError(errno.ESTALE, "node is no longer reachable")
+        parts.reverse()
+        return b"/".join(parts)
+
+
+class NodeTable:
+    def __init__(self, root_key, root_merge, single_dev: bool):
+        self.single_dev = single_dev
+        self._dev_index = {}
+        self._next_fallback = _FALLBACK_BASE
+        self.by_id = {}
+        self.by_key = {}
+        self.root = Node(ROOT_ID, True, root_merge[0], root_merge, root_key)
+        self.root.lookups = 1  # the kernel never forgets the root
+        self.by_id[ROOT_ID] = self.root
+        self.by_key[root_key] = self.root
+
+    def __len__(self):
+        return len(self.by_id)
+
+    def get(self, node_id: int) -> Node:
+        try:
+            return self.by_id[node_id]
+        except KeyError:
+            raise OSError(errno.ESTALE, "unknown node id %d" % node_id) from None
+
+    def _new_id(self, key) -> int:
+        _layer, dev, ino = key
+        if self.single_dev:
+            wanted = ino
+        else:
+            index = self._dev_index.setdefault(dev, len(self._dev_index) + 1)
+            wanted = (index << 48) | (ino & _INO_MASK) if index < 0x7FFF and ino <= _INO_MASK else 0
+        if wanted and wanted != ROOT_ID and wanted < (1 << 63) and wanted not in self.by_id:
+            return wanted
+        while self._next_fallback in self.by_id:
+            self._next_fallback += 1
+        self._next_fallback += 1
+        return self._next_fallback - 1
+
+    def attach(self, parent: Node, name: bytes, key, is_dir: bool, layer: int, merge) -> Node:
+        """The node for parent/name, resolved to the backing *key*; reuses a live node of that key."""
+        node = parent.children.get(name)
+        if node is not None and node.key == key and node.is_dir == is_dir:
+            node.layer, node.merge = layer, merge
+            return node
+        if node is not None:
+            self.detach(parent, name)
+        node = self.by_key.get(key)
+        if node is not None and node.is_dir == is_dir:
+            if is_dir:
+                # A directory has one name: it was moved behind our back; follow it.
+                for old_parent, old_name in list(node.names):
+                    self._unname(node, old_parent, old_name)
+            node.layer, node.merge = layer, merge
+        else:
+            node = Node(self._new_id(key), is_dir, layer, merge, key)
+            self.by_id[node.id] = node
+            self.by_key[key] = node
+        node.names.insert(0, (parent, name))
+        parent.children[name] = node
+        return node
+
+    def rekey(self, node: Node, key) -> None:
+        """The node's backing entry changed (copy-up); its id stays."""
+        if self.by_key.get(node.key) is node:
+            del self.by_key[node.key]
+        node.key = key
+        other = self.by_key.get(key)
+        if other is not None and other is not node:
+            # A stale node claimed this backing; the fresh one wins.
+            del self.by_key[key]
+        self.by_key[key] = node
+
+    def prefer_name(self, node: Node, parent: Node, name: bytes) -> None:
+        """Make parent/name the name used to reach the node (the one most recently looked up)."""
+        if node.names and node.names[0] != (parent, name):
+            try:
+                node.names.remove((parent, name))
+            except ValueError:
+                pass
+            node.names.insert(0, (parent, name))
+
+    def _unname(self, node: Node, parent: Node, name: bytes) -> None:
+        if parent.children.get(name) is node:
+            del parent.children[name]
+        try:
+            node.names.remove((parent, name))
+        except ValueError:
+            pass
+        self.maybe_drop(parent)
+
+    def detach(self, parent: Node, name: bytes):
+        """parent/name no longer names its node (unlink, rmdir, rename away)."""
+        node = parent.children.get(name)
+        if node is None:
+            return None
+        self._unname(node, parent, name)
+        if not node.names and self.by_key.get(node.key) is node:
+            # The backing may be reused by another file; this node keeps its id until forgotten.
+            del self.by_key[node.key]
+        self.maybe_drop(node)
+        return node
+
+    def move(self, node: Node, parent: Node, name: bytes, new_parent: Node, new_name: bytes) -> None:
+        self.detach(new_parent, new_name)
+        if parent.children.get(name) is node:
+            del parent.children[name]
+        node.names = [(new_parent, new_name) if n == (parent, name) else n for n in node.names]
+        if (new_parent, new_name) not in node.names:
+            node.names.insert(0, (new_parent, new_name))
+        new_parent.children[new_name] = node
+        self.maybe_drop(parent)
+
+    def forget(self, node: Node, count: int) -> None:
+        node.lookups = max(0, node.lookups - count)
+        self.maybe_drop(node)
+
+    def maybe_drop(self, node: Node) -> None:
+        while (node is not None and node.lookups == 0 and node.opens == 0 and not node.children
+               and node.id != ROOT_ID):
+            if self.by_id.get(node.id) is node:
+                del self.by_id[node.id]
+            if self.by_key.get(node.key) is node:
+                del self.by_key[node.key]
+            parents = node.names
+            node.names = []
+            nxt = None
+            for parent, name in parents:
+                if parent.children.get(name) is node:
+                    del parent.children[name]
+                nxt = parent
+            if len(parents) > 1:
+                for parent, _ in parents[:-1]:
+                    self.maybe_drop(parent)
+            node = nxt

@@ -1,0 +1,203 @@
+"""Mount options: fuse-overlayfs's command line turned into a MountOptions, and its validation.
+
+Everything here is checked before anything is created, so a refused invocation writes nothing.
+"""
+import os
+import re
+from dataclasses import dataclass, field
+
+MAX_LOWERS = 500  # the kernel's limit
+
+# Generic mount(8) options that mount.fuse3 forwards: accepted; the ones FUSE knows are passed on.
+PASSED_TO_FUSE = {"allow_other", "allow_root", "default_permissions", "dev", "nodev", "suid", "nosuid",
+                  "exec", "noexec", "atime", "noatime", "relatime", "norelatime", "strictatime",
+                  "nostrictatime", "lazytime", "nolazytime", "sync", "async", "dirsync"}
+IGNORED = {"rw", "auto", "noauto", "user", "nouser", "users", "_netdev", "nofail", "defaults", "x-systemd",
+           "volatile", "silent", "loud"}
+# Kernel overlay options whose default we implement; other values are refused, not silently ignored.
+KERNEL_DEFAULTS = {"redirect_dir": {"off", "nofollow"}, "index": {"off"}, "metacopy": {"off"},
+                   "xino": {"off", "auto"}, "nfs_export": {"off"}}
+
+
+class OptionError(Exception):
+    """Bad invocation; the message is one line for the user."""
+
+
+@dataclass
+class MountOptions:
+    lowers: list
+    upper: str = None
+    work: str = None
+    mountpoint: str = None
+    foreground: bool = False
+    debug: bool = False
+    readonly: bool = False
+    userxattr: bool = False
+    timeout: float = 300.0
+    fsname: str = "overlay"
+    fuse_options: list = field(default_factory=list)
+
+
+def split_escaped(text: str, sep: str) -> list:
+    """Split on *sep* not preceded by a backslash; `\\x` stands for x."""
+    parts, cur, i = [], [], 0
+    while i < len(text):
+        ch = text[i]
+        if ch == "\\":
+            if i + 1 >= len(text):
+                raise OptionError("unbalanced escape at the end of %r" % text)
+            cur.append(text[i:i + 2])
+            i += 2
+            continue
+        if ch == sep:
+            parts.append("".join(cur))
+            cur = []
+        else:
+            cur.append(ch)
+        i += 1
+    parts.append("".join(cur))
+    return parts
+
+
+def unescape(text: str) -> str:
+    out, i = [], 0
+    while i < len(text):
+        if text[i] == "\\" and i + 1 < len(text):
+            out.append(text[i + 1])
+            i += 2
+        else:
+            out.append(text[i])
+            i += 1
+    return "".join(out)
+
+
+def parse_o(opts: list) -> dict:
+    """Merge every -o string into {key: value or True}; later ones win, as with mount(8)."""
+    result = {}
+    for text in opts:
+        for item in split_escaped(text, ","):
+            if not item:
+                continue
+            key, eq, value = item.partition("=")
+            result[key] = value if eq else True
+    return result
+
+
+def build(o: dict) -> MountOptions:
+    if "lowerdir" not in o or o["lowerdir"] is True or not o["lowerdir"]:
+        raise OptionError("no lowerdir given (use -o lowerdir=DIR[:DIR...])")
+    raw = split_escaped(o.pop("lowerdir"), ":")
+    if any(not part for part in raw):
+        raise OptionError("lowerdir has an empty component")
+    lowers = [unescape(part) for part in raw]
+    if len(lowers) > MAX_LOWERS:
+        raise OptionError("too many lower layers: %d (at most %d)" % (len(lowers), MAX_LOWERS))
+    opts = MountOptions(lowers=lowers)
+    for key in ("upperdir", "workdir"):
+        value = o.pop(key, None)
+        if value is True or value == "":
+            raise OptionError("%s needs a directory" % key)
+        setattr(opts, key[:-3] if key == "upperdir" else "work", unescape(value) if value else None)
+    if (opts.upper is None) != (opts.work is None):
+        raise OptionError("upperdir and workdir must be given together")
+    for key, value in o.items():
+        if key in ("ro",):
+            opts.readonly = True
+        elif key == "userxattr":
+            opts.userxattr = True
+        elif key == "timeout":
+            try:
+                opts.timeout = float(value)
+            except (TypeError, ValueError):
+                raise OptionError("timeout needs a number of seconds") from None
+            if opts.timeout < 0:
+                raise OptionError("timeout needs a number of seconds")
+        elif key == "fsname":
+            opts.fsname = str(value)
+        elif key == "subtype":
+            pass
+        elif key in KERNEL_DEFAULTS:
+            if value not in KERNEL_DEFAULTS[key]:
+                raise OptionError("option %s=%s is not supported (only %s)"
+                                  % (key, value, "/".join(sorted(KERNEL_DEFAULTS[key]))))
+        elif key in PASSED_TO_FUSE and value is True:
+            opts.fuse_options.append(key)
+        elif key in IGNORED or key.startswith("x-") or key == "context" or key.endswith("context"):
+            pass
+        else:
+            raise OptionError("unknown option: %s" % (key if value is True else "%s=%s" % (key, value)))
+    if opts.readonly:
+        opts.upper = opts.work = None
+    return opts
+
+
+def _real(path: str, what: str) -> str:
+    if not os.path.exists(path):
+        raise OptionError("%s %s does not exist" % (what, path))
+    if not os.path.isdir(path):
+        raise OptionError("%s %s is not a directory" % (what, path))
+    if not os.access(path, os.R_OK | os.X_OK):
+        raise OptionError("%s %s is not readable" % (what, path))
+    return os.path.realpath(path)
+
+
+def _inside(child: str, parent: str) -> bool:
+    return child == parent or child.startswith(parent.rstrip("/") + "/")
+
+
+def _mount_points() -> set:
+    points = set()
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) > 4:
+                    points.add(re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4]))
+    except OSError:
+        pass
+    return points
+
+
+def validate(opts: MountOptions) -> MountOptions:
+    """Check every path; returns opts with absolute, real paths. Raises OptionError."""
+    lowers = [_real(p, "lowerdir") for p in opts.lowers]
+    layers = [("lowerdir", p) for p in lowers]
+    if opts.upper is not None:
+        upper = _real(opts.upper, "upperdir")
+        work = _real(opts.work, "workdir")
+        if not os.access(upper, os.W_OK):
+            raise OptionError("upperdir %s is not writable" % upper)
+        if os.stat(upper).st_dev != os.stat(work).st_dev:
+            raise OptionError("workdir %s is not on the same filesystem as upperdir %s" % (work, upper))
+        leftovers = sorted(set(os.listdir(work)) - {"work", "index"})
+        if leftovers:
+            raise OptionError("workdir %s is not empty (holds %s)" % (work, leftovers[0]))
+        for name in ("work", "index"):
+            path = os.path.join(work, name)
+            if os.path.lexists(path) and (os.path.islink(path) or not os.path.isdir(path)):
+                raise OptionError("workdir %s holds a %s that is not a directory" % (work, name))
+        for what, path in layers:
+            if _inside(upper, path) or _inside(path, upper):
+                raise OptionError("upperdir %s and %s %s overlap" % (upper, what, path))
+            if _inside(work, path) or _inside(path, work):
+                raise OptionError("workdir %s and %s %s overlap" % (work, what, path))
+        if _inside(work, upper) or _inside(upper, work):
+            raise OptionError("workdir %s and upperdir %s overlap" % (work, upper))
+        opts.upper, opts.work = upper, work
+        layers.append(("upperdir", upper))
+    opts.lowers = lowers
+    if opts.mountpoint is None:
+        raise OptionError("no mountpoint given")
+    if not os.path.exists(opts.mountpoint):
+        raise OptionError("mountpoint %s does not exist" % opts.mountpoint)
+    if not os.path.isdir(opts.mountpoint):
+        raise OptionError("mountpoint %s is not a directory" % opts.mountpoint)
+    mnt = os.path.realpath(opts.mountpoint)
+    if mnt in _mount_points():
+        raise OptionError("mountpoint %s is already a mount point" % mnt)
+    for what, path in layers:
+        if _inside(mnt, path):
+            # The daemon would reach its own mount through the layer and deadlock.
+            raise OptionError("mountpoint %s is inside %s %s" % (mnt, what, path))
+    opts.mountpoint = mnt
+    return opts
