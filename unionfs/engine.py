@@ -90,6 +90,7 @@ class Union:
         self.nodes = NodeTable((0, top.dev, top.root_ino), tuple(range(len(self.layers))), single_dev)
 
     def close(self):
+        """Close the layer fds (idempotent)."""
         for layer in self.layers:
             layer.close()
         if self.work is not None:

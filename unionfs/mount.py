@@ -30,7 +30,7 @@ def fuse_options(opts) -> set:
     out.add("default_permissions")  # the kernel checks permissions against the attributes we report
     if os.geteuid() == 0:
         out.add("allow_other")  # as fuse-overlayfs: a root mount serves every user
-    if opts.upper is None:
+    if opts.upper is None or opts.readonly:
         out.add("ro")
     out.update(opts.fuse_options)
     return out
@@ -70,10 +70,12 @@ def _daemonize():
     os.close(devnull)
 
 
-async def _serve():
+async def _serve(union):
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_stop_on_signal)
         await pyfuse3.main()
+        # Let go of the layers at once: `umount LOWER` right after `umount MNT` must not find them busy.
+        union.close()
         nursery.cancel_scope.cancel()
 
 
@@ -89,8 +91,12 @@ def run(opts) -> int:
     os.umask(0)  # modes of new entries come from the caller (the kernel applied its umask)
     _raise_fd_limit()
     _setup_logging(opts, to_stderr=True)
+    lowers, upper, work = opts.lowers, opts.upper, opts.work
+    if opts.readonly and upper is not None:
+        # `ro` with an upper: the upper is shown as the topmost layer and nothing is written.
+        lowers, upper, work = [upper] + lowers, None, None
     try:
-        union = Union(opts.lowers, opts.upper, opts.work, userxattr=opts.userxattr)
+        union = Union(lowers, upper, work, userxattr=opts.userxattr)
     except OSError as exc:
         raise MountError("cannot open the layers: %s" % exc) from None
     ops = UnionOperations(union, timeout=opts.timeout)
@@ -104,7 +110,7 @@ def run(opts) -> int:
         _setup_logging(opts, to_stderr=False)
     log.info("mounted %s", opts.mountpoint)
     try:
-        trio.run(_serve)
+        trio.run(_serve, union)
     except BaseException:
         log.exception("ERROR: the request loop failed")
         pyfuse3.close(unmount=True)

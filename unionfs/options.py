@@ -8,12 +8,14 @@ from dataclasses import dataclass, field
 
 MAX_LOWERS = 500  # the kernel's limit
 
-# Generic mount(8) options that mount.fuse3 forwards: accepted; the ones FUSE knows are passed on.
+# Generic mount(8) options that mount.fuse3 forwards. The ones libfuse takes are passed on; the rest
+# are accepted and ignored (atime handling is the kernel's: libfuse refuses relatime, lazytime, ...).
 PASSED_TO_FUSE = {"allow_other", "allow_root", "default_permissions", "dev", "nodev", "suid", "nosuid",
-                  "exec", "noexec", "atime", "noatime", "relatime", "norelatime", "strictatime",
-                  "nostrictatime", "lazytime", "nolazytime", "sync", "async", "dirsync"}
+                  "exec", "noexec", "noatime", "nodiratime", "norelatime", "nostrictatime", "sync",
+                  "async", "dirsync", "symfollow", "nosymfollow"}
 IGNORED = {"rw", "auto", "noauto", "user", "nouser", "users", "_netdev", "nofail", "defaults", "x-systemd",
-           "volatile", "silent", "loud"}
+           "volatile", "silent", "loud", "atime", "diratime", "relatime", "strictatime", "lazytime",
+           "nolazytime", "iversion", "noiversion", "mand", "nomand"}
 # Kernel overlay options whose default we implement; other values are refused, not silently ignored.
 KERNEL_DEFAULTS = {"redirect_dir": {"off", "nofollow"}, "index": {"off"}, "metacopy": {"off"},
                    "xino": {"off", "auto"}, "nfs_export": {"off"}}
@@ -126,8 +128,6 @@ def build(o: dict) -> MountOptions:
             pass
         else:
             raise OptionError("unknown option: %s" % (key if value is True else "%s=%s" % (key, value)))
-    if opts.readonly:
-        opts.upper = opts.work = None
     return opts
 
 

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Idempotent development/CI setup: system packages for FUSE and overlay tests,
+# a virtualenv in .venv and an editable install of the package with its test extra.
+# Safe to run repeatedly; needs root (or sudo-less root) only when packages are missing.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+PYTHON="${PYTHON:-python3}"
+
+log() { printf 'setup: %s\n' "$*" >&2; }
+
+# --- Debian packages -------------------------------------------------------
+want=(fuse3 libfuse3-dev pkg-config attr fuse-overlayfs)
+# pyfuse3 is built from source: it needs a C compiler and the Python headers,
+# and a Debian system Python needs python3-venv for `-m venv`.
+if ! command -v gcc >/dev/null 2>&1; then want+=(gcc); fi
+if ! "$PYTHON" -c 'import ensurepip, venv' >/dev/null 2>&1; then want+=(python3-venv); fi
+if ! "$PYTHON" -c 'import os, sysconfig, sys; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' >/dev/null 2>&1; then
+    want+=(python3-dev)
+fi
+
+missing=()
+for pkg in "${want[@]}"; do
+    if ! dpkg -s "$pkg" >/dev/null 2>&1; then missing+=("$pkg"); fi
+done
+if ((${#missing[@]})); then
+    if [[ $(id -u) -ne 0 ]]; then
+        log "missing Debian packages: ${missing[*]} (run as root to install them)"
+        exit 1
+    fi
+    log "installing Debian packages: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq </dev/null
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" </dev/null >/dev/null
+fi
+
+# --- virtualenv -------------------------------------------------------------
+if [[ ! -x .venv/bin/python ]]; then
+    log "creating .venv with $(command -v "$PYTHON")"
+    rm -rf .venv
+    "$PYTHON" -m venv .venv
+fi
+
+# Reinstall only when the project metadata changed since the last install.
+stamp=.venv/.unionfs-installed
+if [[ ! -f $stamp ]] || [[ pyproject.toml -nt $stamp ]] || ! .venv/bin/python -c 'import unionfs, pyfuse3, trio, pytest, hypothesis, pytest_timeout' >/dev/null 2>&1; then
+    log "installing unionfs[test] into .venv"
+    PIP_DISABLE_PIP_VERSION_CHECK=1 .venv/bin/python -m pip install -qq -e '.[test]' </dev/null
+    touch "$stamp"
+fi

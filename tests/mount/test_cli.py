@@ -1,0 +1,536 @@
+"""The command line contract: bad input, background mounts, signals, mount helpers, generic options."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.util import (DIR, hash_tree, is_mountpoint, mount_entry, mount_kernel_overlay,
+                        mount_pyunionfs, mounts_under, escape_layer_path, kernel_overlay_skip_reason, unmount)
+
+SPEC = {
+    "lower0": {"f": "lower f\n", "file": "a file\n", "sub": DIR, "sub/x": "x\n", "wdir": DIR},
+    "lower1": {"g": "lower g\n"},
+    "upper": {"u": "upper u\n", "usub": DIR},
+}
+
+PYTHON_M = [sys.executable, "-m", "unionfs"]
+
+
+def unionfs_pids() -> set:
+    """PIDs of processes whose command line mentions unionfs (our daemons)."""
+    pids = set()
+    for d in os.listdir("/proc"):
+        if not d.isdigit() or int(d) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{d}/cmdline", "rb") as f:
+                cmd = f.read()
+        except OSError:
+            continue
+        args = cmd.split(b"\0")
+        if b"unionfs" in args or any(os.path.basename(a) == b"pyunionfs" for a in args[:2]):
+            pids.add(int(d))
+    return pids
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1][0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def wait_pids_gone(pids, timeout=15.0) -> set:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        alive = {p for p in pids if pid_alive(p)}
+        if not alive:
+            return set()
+        time.sleep(0.05)
+    return {p for p in pids if pid_alive(p)}
+
+
+@pytest.fixture(autouse=True)
+def no_stray_daemons(tmp_path):
+    """Whatever a test does, leave no mount under tmp_path and no new unionfs process behind."""
+    before = unionfs_pids()
+    yield
+    left_mounts = mounts_under(tmp_path, ("fuse",))
+    for m in left_mounts:
+        unmount(m.mountpoint)
+    stray = wait_pids_gone(unionfs_pids() - before, 10)
+    for p in stray:
+        try:
+            os.kill(p, signal.SIGKILL)
+        except OSError:
+            pass
+    assert not left_mounts, f"FUSE mounts left behind: {[m.mountpoint for m in left_mounts]}"
+    assert not stray, f"unionfs processes still running after unmount: {sorted(stray)}"
+
+
+@pytest.fixture
+def L(layers):
+    return layers(SPEC)
+
+
+def opts(L, **kw) -> str:
+    d = {"lowerdir": ":".join(escape_layer_path(l) for l in L.lowers),
+         "upperdir": escape_layer_path(L.upper), "workdir": escape_layer_path(L.work)}
+    d.update(kw)
+    return ",".join(f"{k}={v}" if v is not True else k for k, v in d.items() if v is not None)
+
+
+def run_cli(args, *, cwd=None, timeout=30, env=None):
+    """Run the CLI with stdout/stderr in files (a daemon that keeps them open can't hang us)."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        proc = subprocess.run([*PYTHON_M, *map(str, args)], stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                              cwd=cwd, timeout=timeout, env=env)
+        out.seek(0)
+        err.seek(0)
+        return subprocess.CompletedProcess(proc.args, proc.returncode, out.read().decode(errors="replace"),
+                                           err.read().decode(errors="replace"))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Bad input: one `pyunionfs: ` line on stderr, non-zero exit, nothing written, nothing mounted
+# ---------------------------------------------------------------------------------------------------
+
+def _other_fs_dir(tmp_path: Path) -> Path:
+    for base in ("/dev/shm", "/run"):
+        if os.path.isdir(base) and os.stat(base).st_dev != os.stat(tmp_path).st_dev:
+            return Path(tempfile.mkdtemp(prefix="unionfs-otherfs.", dir=base))
+    pytest.skip("no directory on another filesystem (/dev/shm, /run) to test a cross-filesystem workdir")
+
+
+BAD = {}
+
+
+def bad(name):
+    def deco(fn):
+        BAD[name] = fn
+        return fn
+    return deco
+
+
+@bad("missing lowerdir")
+def _(L, tmp, extra):
+    return ["-o", opts(L, lowerdir=None), L.mnt]
+
+
+@bad("lowerdir does not exist")
+def _(L, tmp, extra):
+    return ["-o", opts(L, lowerdir=tmp / "nope"), L.mnt]
+
+
+@bad("one of several lowers does not exist")
+def _(L, tmp, extra):
+    return ["-o", opts(L, lowerdir=f"{L.lowers[0]}:{tmp / 'nope'}:{L.lowers[1]}"), L.mnt]
+
+
+@bad("lowerdir is a file")
+def _(L, tmp, extra):
+    return ["-o", opts(L, lowerdir=L.lowers[0] / "file"), L.mnt]
+
+
+@bad("upperdir does not exist")
+def _(L, tmp, extra):
+    return ["-o", opts(L, upperdir=tmp / "nope"), L.mnt]
+
+
+@bad("upperdir is a file")
+def _(L, tmp, extra):
+    (tmp / "ufile").write_text("x")
+    extra.append(tmp / "ufile")
+    return ["-o", opts(L, upperdir=tmp / "ufile"), L.mnt]
+
+
+@bad("workdir does not exist")
+def _(L, tmp, extra):
+    return ["-o", opts(L, workdir=tmp / "nope"), L.mnt]
+
+
+@bad("upperdir without workdir")
+def _(L, tmp, extra):
+    return ["-o", opts(L, workdir=None), L.mnt]
+
+
+@bad("workdir without upperdir")
+def _(L, tmp, extra):
+    return ["-o", opts(L, upperdir=None), L.mnt]
+
+
+@bad("workdir not empty")
+def _(L, tmp, extra):
+    (L.work / "junk").write_text("junk\n")
+    return ["-o", opts(L), L.mnt]
+
+
+@bad("workdir on another filesystem")
+def _(L, tmp, extra):
+    w = _other_fs_dir(tmp)
+    extra.append(w)
+    return ["-o", opts(L, workdir=w), L.mnt]
+
+
+@bad("upperdir inside a lower")
+def _(L, tmp, extra):
+    return ["-o", opts(L, upperdir=L.lowers[0] / "sub"), L.mnt]
+
+
+@bad("upperdir equals a lower")
+def _(L, tmp, extra):
+    return ["-o", opts(L, upperdir=L.lowers[1]), L.mnt]
+
+
+@bad("workdir inside upperdir")
+def _(L, tmp, extra):
+    return ["-o", opts(L, workdir=L.upper / "usub"), L.mnt]
+
+
+@bad("workdir inside a lower")
+def _(L, tmp, extra):
+    return ["-o", opts(L, workdir=L.lowers[0] / "wdir"), L.mnt]
+
+
+@bad("mountpoint does not exist")
+def _(L, tmp, extra):
+    return ["-o", opts(L), tmp / "nomnt"]
+
+
+@bad("mountpoint is a file")
+def _(L, tmp, extra):
+    (tmp / "mfile").write_text("x")
+    extra.append(tmp / "mfile")
+    return ["-o", opts(L), tmp / "mfile"]
+
+
+@bad("mountpoint already mounted")
+def _(L, tmp, extra):
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(L.mnt)], check=True, timeout=30)
+    return ["-o", opts(L), L.mnt]
+
+
+@bad("unknown option")
+def _(L, tmp, extra):
+    return ["-o", opts(L) + ",no_such_option_xyz", L.mnt]
+
+
+@bad("unknown option with value")
+def _(L, tmp, extra):
+    return ["-o", opts(L) + ",no_such_option_xyz=3", L.mnt]
+
+
+@bad("empty lowerdir component")
+def _(L, tmp, extra):
+    return ["-o", opts(L, lowerdir=f"{L.lowers[0]}::{L.lowers[1]}"), L.mnt]
+
+
+@bad("empty lowerdir")
+def _(L, tmp, extra):
+    return ["-o", opts(L, lowerdir=""), L.mnt]
+
+
+@bad("no mountpoint")
+def _(L, tmp, extra):
+    return ["-o", opts(L)]
+
+
+@bad("too many arguments")
+def _(L, tmp, extra):
+    return ["-o", opts(L), "overlay", L.mnt, tmp / "third"]
+
+
+@bad("unknown flag")
+def _(L, tmp, extra):
+    return ["--no-such-flag", "-o", opts(L), L.mnt]
+
+
+def _hash_all(paths) -> dict:
+    out = {}
+    for p in paths:
+        p = Path(p)
+        if p.is_dir() and not p.is_symlink():
+            out[str(p)] = hash_tree(p)
+        elif os.path.lexists(p):
+            out[str(p)] = (os.lstat(p).st_mode, p.read_bytes() if p.is_file() else None)
+        else:
+            out[str(p)] = None
+    return out
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("case", list(BAD))
+@pytest.mark.parametrize("foreground", [False, True], ids=["bg", "fg"])
+def test_bad_input(L, tmp_path, case, foreground):
+    extra = []
+    args = BAD[case](L, tmp_path, extra)
+    watched = [*L.dirs(), L.mnt, tmp_path / "nope", tmp_path / "nomnt", *extra]
+    premounted = is_mountpoint(L.mnt)
+    try:
+        before = _hash_all(watched)
+        res = run_cli((["-f"] if foreground else []) + args)
+        after = _hash_all(watched)
+        mounted_after = mounts_under(tmp_path, ("fuse",))
+    finally:
+        unmount(L.mnt, fuse=False) if premounted else unmount(L.mnt)
+        for e in extra:
+            if str(e).startswith(("/dev/shm/", "/run/")):
+                shutil.rmtree(e, ignore_errors=True)
+    lines = res.stderr.splitlines()
+    assert res.returncode in (1, 2), f"exit {res.returncode}; stderr: {res.stderr!r}"
+    assert len(lines) == 1 and lines[0].startswith("pyunionfs: "), f"stderr must be one 'pyunionfs: ' line: {res.stderr!r}"
+    assert not mounted_after, f"something got mounted: {mounted_after}"
+    assert after == before, f"{case}: files changed: " + ", ".join(k for k in before if before[k] != after[k])
+
+
+def test_usage_errors_exit_2(L, tmp_path):
+    for args in (["--no-such-flag", "-o", opts(L), L.mnt], ["-o", opts(L)]):
+        res = run_cli(args)
+        assert res.returncode == 2, (args, res.returncode, res.stderr)
+
+
+def test_console_script_name(L, tmp_path):
+    script = Path(sys.executable).parent / "pyunionfs"
+    if not script.exists():
+        pytest.skip(f"console script not installed next to {sys.executable}")
+    res = subprocess.run([str(script), "-o", opts(L, lowerdir=tmp_path / "nope"), str(L.mnt)],
+                         stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30)
+    assert res.returncode == 1
+    assert res.stderr.startswith("pyunionfs: ") and res.stderr.count("\n") == 1
+
+
+# ---------------------------------------------------------------------------------------------------
+# Successful mounts
+# ---------------------------------------------------------------------------------------------------
+
+def _check_live(L):
+    m = L.mnt
+    assert is_mountpoint(m)
+    e = mount_entry(m)
+    assert e.fstype == "fuse.pyunionfs", e
+    assert sorted(os.listdir(m)) == ["f", "file", "g", "sub", "u", "usub", "wdir"]
+    assert (m / "g").read_bytes() == b"lower g\n"
+    (m / "new").write_bytes(b"new\n")
+    assert (L.upper / "new").read_bytes() == b"new\n"
+
+
+@pytest.mark.timeout(60)
+def test_background_mount(L):
+    before = unionfs_pids()
+    res = run_cli(["-o", opts(L), L.mnt])
+    try:
+        assert res.returncode == 0, res.stderr
+        assert is_mountpoint(L.mnt), "mount must be live when the command returns"
+        _check_live(L)
+        e = mount_entry(L.mnt)
+        assert e.source == "overlay"
+        if os.geteuid() == 0:
+            assert "allow_other" in e.options.split(","), e.options
+        daemons = unionfs_pids() - before
+        assert daemons, "no daemon process found"
+    finally:
+        r = subprocess.run(["fusermount3", "-u", str(L.mnt)], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    assert not is_mountpoint(L.mnt)
+    assert not wait_pids_gone(daemons), "daemon still running after fusermount3 -u"
+
+
+@pytest.mark.timeout(60)
+def test_background_mount_detaches_stdio(L):
+    """`out=$(pyunionfs ...)` must not hang: the background daemon lets go of the caller's pipes."""
+    try:
+        res = subprocess.run([*PYTHON_M, "-o", opts(L), str(L.mnt)], stdin=subprocess.DEVNULL,
+                             capture_output=True, text=True, timeout=20)
+        assert res.returncode == 0, res.stderr
+        assert is_mountpoint(L.mnt)
+    except subprocess.TimeoutExpired:
+        pytest.fail("command with captured stdout/stderr did not return: the daemon keeps the pipes open")
+    finally:
+        unmount(L.mnt)
+
+
+@pytest.mark.timeout(60)
+def test_background_relative_paths(L):
+    """Relative layer paths and mountpoint are resolved before the daemon leaves the caller's cwd."""
+    rel = lambda p: os.path.relpath(p, L.root)  # noqa: E731
+    before = unionfs_pids()
+    o = f"lowerdir={rel(L.lowers[0])}:{rel(L.lowers[1])},upperdir={rel(L.upper)},workdir={rel(L.work)}"
+    res = run_cli(["-o", o, "mnt"], cwd=L.root)
+    try:
+        assert res.returncode == 0, res.stderr
+        _check_live(L)
+        (L.mnt / "sub/y").write_bytes(b"y\n")
+        assert (L.upper / "sub/y").read_bytes() == b"y\n"
+    finally:
+        unmount(L.mnt)
+    assert not wait_pids_gone(unionfs_pids() - before)
+
+
+@pytest.mark.timeout(60)
+def test_umount_command_stops_daemon(L):
+    with mount_pyunionfs(L.mnt, L.lowers, L.upper, L.work) as d:
+        _check_live(L)
+        r = subprocess.run(["umount", str(L.mnt)], capture_output=True, text=True, timeout=30)
+        assert r.returncode == 0, r.stderr
+        assert d.proc.wait(timeout=15) == 0
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_unmounts_foreground_daemon(L, sig):
+    with mount_pyunionfs(L.mnt, L.lowers, L.upper, L.work) as d:
+        _check_live(L)
+        os.kill(d.proc.pid, sig)
+        rc = d.proc.wait(timeout=15)
+        assert rc == 0, f"exit status {rc} after {sig.name}"
+        assert not is_mountpoint(L.mnt), f"still mounted after {sig.name}"
+
+
+GENERIC = ["rw", "dev", "suid", "exec", "atime", "noatime", "relatime", "strictatime", "lazytime",
+           "nolazytime", "async", "dirsync", "auto", "noauto", "nouser", "_netdev", "nofail", "defaults",
+           "allow_other", "default_permissions"]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("group", [["rw", "noatime", "lazytime", "dev", "suid"], GENERIC,
+                                   ["nodev", "nosuid", "noexec", "sync", "users", "user", "allow_root"]],
+                         ids=["brief", "all", "restrictive"])
+def test_generic_options_accepted(L, group):
+    with mount_pyunionfs(L.mnt, L.lowers, L.upper, L.work, group):
+        _check_live(L)
+
+
+@pytest.mark.timeout(60)
+def test_fsname_option(L):
+    with mount_pyunionfs(L.mnt, L.lowers, L.upper, L.work, ["fsname=mylayers"]):
+        assert mount_entry(L.mnt).source == "mylayers"
+
+
+@pytest.mark.timeout(60)
+def test_several_o_options_merged(L):
+    args = ["-o", f"lowerdir={L.lowers[0]}:{L.lowers[1]}", "-o", f"upperdir={L.upper}", "-o",
+            f"workdir={L.work},noatime"]
+    before = unionfs_pids()
+    res = run_cli(args + [L.mnt])
+    try:
+        assert res.returncode == 0, res.stderr
+        _check_live(L)
+    finally:
+        unmount(L.mnt)
+    assert not wait_pids_gone(unionfs_pids() - before)
+
+
+@pytest.mark.timeout(60)
+def test_source_argument_accepted(L):
+    before = unionfs_pids()
+    res = run_cli(["-o", opts(L), "overlay", L.mnt])
+    try:
+        assert res.returncode == 0, res.stderr
+        _check_live(L)
+    finally:
+        unmount(L.mnt)
+    assert not wait_pids_gone(unionfs_pids() - before)
+
+
+@pytest.mark.timeout(60)
+def test_paths_with_colon_and_comma(layers):
+    L = layers({"lower0": {"a": "a\n"}, "lower1": {"b": "b\n"}})
+    # rename the layer dirs to names that need escaping
+    new_lowers = []
+    for l, n in zip(L.lowers, ["lo:w,0", "lo,w:1"]):
+        l.rename(l.with_name(n))
+        new_lowers.append(l.with_name(n))
+    up, wk = L.upper.with_name("up,per"), L.work.with_name("wo:rk")
+    L.upper.rename(up)
+    L.work.rename(wk)
+    with mount_pyunionfs(L.mnt, new_lowers, up, wk):
+        assert sorted(os.listdir(L.mnt)) == ["a", "b"]
+        (L.mnt / "c").write_bytes(b"c\n")
+    assert (up / "c").read_bytes() == b"c\n"
+
+
+@pytest.mark.timeout(60)
+def test_workdir_left_by_kernel_is_accepted(L):
+    """A workdir that kernel overlayfs used before (it leaves work/ and maybe index/) is fine."""
+    if kernel_overlay_skip_reason():
+        os.mkdir(L.work / "work")
+    else:
+        with mount_kernel_overlay(L.mnt, L.lowers, L.upper, L.work):
+            os.listdir(L.mnt)
+    assert os.listdir(L.work)
+    with mount_pyunionfs(L.mnt, L.lowers, L.upper, L.work):
+        _check_live(L)
+    with mount_pyunionfs(L.mnt, L.lowers, L.upper, L.work):  # and one left by ourselves
+        assert (L.mnt / "new").read_bytes() == b"new\n"
+
+
+def _path_with_pyunionfs(tmp_path: Path) -> str:
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    script = Path(sys.executable).parent / "pyunionfs"
+    if script.exists():
+        (bindir / "pyunionfs").symlink_to(script)
+    else:
+        (bindir / "pyunionfs").write_text(f'#!/bin/sh\nexec "{sys.executable}" -m unionfs "$@"\n')
+        (bindir / "pyunionfs").chmod(0o755)
+    return f"{bindir}:{os.environ.get('PATH', '/usr/bin:/bin')}"
+
+
+@pytest.mark.timeout(60)
+def test_mount_fuse3_helper(L, tmp_path):
+    helper = shutil.which("mount.fuse3") or next(
+        (p for p in ("/sbin/mount.fuse3", "/usr/sbin/mount.fuse3") if os.path.exists(p)), None)
+    if helper is None:
+        pytest.skip("mount.fuse3 not installed")
+    env = dict(os.environ, PATH=_path_with_pyunionfs(tmp_path))
+    before = unionfs_pids()
+    try:
+        res = subprocess.run([helper, "overlay", str(L.mnt), "-t", "pyunionfs", "-o", opts(L)],
+                             env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30)
+        assert res.returncode == 0, res.stderr
+        _check_live(L)
+    finally:
+        unmount(L.mnt)
+    assert not wait_pids_gone(unionfs_pids() - before)
+
+
+SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+@pytest.mark.timeout(60)
+def test_mount_t_fuse_pyunionfs(L, tmp_path):
+    """mount(8) -t fuse.pyunionfs runs mount.fuse3, which runs `pyunionfs` from a fixed system PATH.
+
+    So the console script must be on that PATH: where it is not, the test links it into
+    /usr/local/bin for its own duration (what `pip install` outside a venv would do).
+    """
+    if not shutil.which("mount") or not (shutil.which("mount.fuse") or os.path.exists("/sbin/mount.fuse")):
+        pytest.skip("mount(8) or mount.fuse not installed")
+    link = None
+    if shutil.which("pyunionfs", path=SYSTEM_PATH) is None:
+        if os.geteuid() != 0:
+            pytest.skip("pyunionfs is not on the system PATH and only root may link it there")
+        script = Path(sys.executable).parent / "pyunionfs"
+        link = Path("/usr/local/bin/pyunionfs")
+        link.symlink_to(script)
+    before = unionfs_pids()
+    try:
+        res = subprocess.run(["mount", "-t", "fuse.pyunionfs", "overlay", str(L.mnt), "-o", opts(L)],
+                             stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30)
+        assert res.returncode == 0, res.stderr
+        _check_live(L)
+    finally:
+        unmount(L.mnt)
+        if link is not None:
+            link.unlink()
+    assert not wait_pids_gone(unionfs_pids() - before)

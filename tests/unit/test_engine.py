@@ -1,0 +1,330 @@
+"""Fast tests of the union engine on plain directories: no FUSE, no mount."""
+import errno
+import os
+import stat
+
+import pytest
+
+from unionfs.engine import Caller, Union
+
+ROOT = Caller(0, 0)
+
+
+def write(path, data=b"", mode=None):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(data)
+    if mode is not None:
+        os.chmod(path, mode)
+
+
+def whiteout(path):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    os.mknod(path, stat.S_IFCHR, 0)
+
+
+@pytest.fixture
+def stack(tmp_path):
+    """lower0 (top) .. lower2 (bottom), upper, work; returns a function that opens the union."""
+    dirs = {name: tmp_path / name for name in ("lower0", "lower1", "lower2", "upper", "work")}
+    for d in dirs.values():
+        d.mkdir()
+    opened = []
+
+    def open_union(readonly=False, **kw):
+        lowers = [str(dirs["lower0"]), str(dirs["lower1"]), str(dirs["lower2"])]
+        if readonly:
+            u = Union(lowers, **kw)
+        else:
+            u = Union(lowers, str(dirs["upper"]), str(dirs["work"]), **kw)
+        opened.append(u)
+        return u
+
+    open_union.dirs = {k: str(v) for k, v in dirs.items()}
+    yield open_union
+    for u in opened:
+        u.close()
+
+
+def walk(u, node, path=b""):
+    """{path: (kind, content-or-None)} of the merged view, through the engine."""
+    out = {}
+    for name in sorted(u.listdir(node)):
+        child, st = u.lookup(node, name)
+        rel = path + b"/" + name if path else name
+        if stat.S_ISDIR(st.st_mode):
+            out[rel] = ("d", None)
+            out.update(walk(u, child, rel))
+        elif stat.S_ISLNK(st.st_mode):
+            out[rel] = ("l", u.readlink(child))
+        else:
+            h = u.open(child, os.O_RDONLY)
+            out[rel] = ("f", u.read(h, 0, 1 << 20))
+            u.release(h)
+    return out
+
+
+def test_precedence_whiteouts_and_opaque(stack):
+    d = stack.dirs
+    write(f"{d['lower2']}/a", b"bottom")
+    write(f"{d['lower1']}/a", b"middle")
+    write(f"{d['lower2']}/gone", b"x")
+    whiteout(f"{d['lower1']}/gone")
+    write(f"{d['lower2']}/dir/deep", b"deep")
+    write(f"{d['lower1']}/dir/mid", b"mid")
+    write(f"{d['lower2']}/op/hidden", b"h")
+    write(f"{d['lower1']}/op/shown", b"s")
+    os.setxattr(f"{d['lower1']}/op", "trusted.overlay.opaque", b"y")
+    write(f"{d['lower2']}/uop/hidden", b"h")
+    write(f"{d['lower0']}/uop/shown", b"s")
+    os.setxattr(f"{d['lower0']}/uop", "user.overlay.opaque", b"y")
+    write(f"{d['upper']}/a", b"upper")
+    u = stack()
+    assert walk(u, u.root) == {
+        b"a": ("f", b"upper"),
+        b"dir": ("d", None), b"dir/deep": ("f", b"deep"), b"dir/mid": ("f", b"mid"),
+        b"op": ("d", None), b"op/shown": ("f", b"s"),
+        b"uop": ("d", None), b"uop/shown": ("f", b"s"),
+    }
+
+
+def test_non_directory_stops_merge(stack):
+    d = stack.dirs
+    write(f"{d['lower2']}/x/inner", b"i")
+    write(f"{d['lower1']}/x", b"file in the middle")
+    os.makedirs(f"{d['lower0']}/x")
+    u = stack()
+    node, st = u.lookup(u.root, b"x")
+    assert stat.S_ISDIR(st.st_mode)
+    assert u.listdir(node) == []
+    assert node.merge == (1,)
+
+
+def test_copy_up_keeps_metadata_and_makes_parents(stack):
+    d = stack.dirs
+    write(f"{d['lower1']}/p/q/f", b"data", mode=0o4751)
+    os.chown(f"{d['lower1']}/p/q/f", 1234, 4321)
+    os.chmod(f"{d['lower1']}/p/q/f", 0o4751)
+    os.chmod(f"{d['lower1']}/p/q", 0o710)
+    os.setxattr(f"{d['lower1']}/p/q/f", "user.tag", b"v")
+    os.utime(f"{d['lower1']}/p/q/f", ns=(1_000_000_000, 2_000_000_123))
+    os.utime(f"{d['lower1']}/p/q", ns=(3_000_000_000, 4_000_000_000))
+    u = stack()
+    p, _ = u.lookup(u.root, b"p")
+    q, _ = u.lookup(p, b"q")
+    f, _ = u.lookup(q, b"f")
+    h = u.open(f, os.O_WRONLY)
+    u.write(h, 4, b"+more")
+    u.release(h)
+    st = os.lstat(f"{d['upper']}/p/q/f")
+    assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (0o4751, 1234, 4321)
+    assert os.getxattr(f"{d['upper']}/p/q/f", "user.tag") == b"v"
+    assert open(f"{d['upper']}/p/q/f", "rb").read() == b"data+more"
+    assert open(f"{d['lower1']}/p/q/f", "rb").read() == b"data"
+    qst = os.lstat(f"{d['upper']}/p/q")
+    assert stat.S_IMODE(qst.st_mode) == 0o710
+    assert qst.st_mtime_ns == 4_000_000_000  # copy-up of the child left the parent's times alone
+    assert not os.listxattr(f"{d['upper']}/p/q")  # parents are not opaque
+    assert os.listdir(f"{d['work']}/work") == []
+
+
+def test_copy_up_times_preserved_and_sparse(stack):
+    d = stack.dirs
+    path = f"{d['lower0']}/sparse"
+    with open(path, "wb") as fh:
+        fh.truncate(64 << 20)
+        fh.seek(32 << 20)
+        fh.write(b"middle")
+    os.utime(path, ns=(5, 7_000_000_000))
+    u = stack()
+    node, _ = u.lookup(u.root, b"sparse")
+    u.setattr(node, mode=0o600)
+    st = os.lstat(f"{d['upper']}/sparse")
+    assert st.st_size == 64 << 20 and st.st_mtime_ns == 7_000_000_000
+    assert st.st_blocks * 512 < 1 << 20  # holes stayed holes
+    with open(f"{d['upper']}/sparse", "rb") as fh:
+        fh.seek(32 << 20)
+        assert fh.read(6) == b"middle"
+
+
+def test_unlink_and_rmdir_leave_whiteouts(stack):
+    d = stack.dirs
+    write(f"{d['lower0']}/f", b"lower")
+    write(f"{d['upper']}/f", b"upper")
+    write(f"{d['upper']}/only", b"u")
+    write(f"{d['lower1']}/dir/x", b"x")
+    u = stack()
+    u.unlink(u.root, b"f")
+    st = os.lstat(f"{d['upper']}/f")
+    assert stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
+    u.unlink(u.root, b"only")
+    assert not os.path.lexists(f"{d['upper']}/only")
+    dirnode, _ = u.lookup(u.root, b"dir")
+    with pytest.raises(OSError) as exc:
+        u.rmdir(u.root, b"dir")
+    assert exc.value.errno == errno.ENOTEMPTY
+    u.unlink(dirnode, b"x")
+    u.rmdir(u.root, b"dir")
+    st = os.lstat(f"{d['upper']}/dir")
+    assert stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
+    assert sorted(u.listdir(u.root)) == []
+    with pytest.raises(FileNotFoundError):
+        u.lookup(u.root, b"dir")
+    assert os.listdir(f"{d['work']}/work") == []
+
+
+def test_mkdir_over_whiteout_is_opaque(stack):
+    d = stack.dirs
+    write(f"{d['lower0']}/d/old", b"o")
+    u = stack()
+    dnode, _ = u.lookup(u.root, b"d")
+    u.unlink(dnode, b"old")
+    u.rmdir(u.root, b"d")
+    node, _ = u.mkdir(u.root, b"d", 0o755, ROOT)
+    assert os.getxattr(f"{d['upper']}/d", "trusted.overlay.opaque") == b"y"
+    assert u.listdir(node) == []
+    # The marker is the overlay's own: invisible through the engine.
+    assert u.listxattr(node) == []
+
+
+def test_create_owner_and_setgid_inheritance(stack):
+    d = stack.dirs
+    os.makedirs(f"{d['lower0']}/sg")
+    os.chown(f"{d['lower0']}/sg", 0, 777)
+    os.chmod(f"{d['lower0']}/sg", 0o2775)
+    u = stack()
+    sg, _ = u.lookup(u.root, b"sg")
+    node, h, st = u.create(sg, b"new", 0o640, os.O_WRONLY, Caller(1000, 1000))
+    u.release(h)
+    sub, st2 = u.mkdir(sg, b"sub", 0o755, Caller(1000, 1000))
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (1000, 777, 0o640)
+    assert (st2.st_uid, st2.st_gid, stat.S_IMODE(st2.st_mode)) == (1000, 777, 0o2755)
+    with pytest.raises(FileExistsError):
+        u.create(sg, b"new", 0o640, os.O_WRONLY, ROOT)
+
+
+def test_rename_rules(stack):
+    d = stack.dirs
+    write(f"{d['lower0']}/lowerfile", b"L")
+    write(f"{d['lower0']}/lowerdir/x", b"x")
+    u = stack()
+    target, _ = u.mkdir(u.root, b"newdir", 0o755, ROOT)
+    u.rename(u.root, b"lowerfile", target, b"moved")
+    assert stat.S_ISCHR(os.lstat(f"{d['upper']}/lowerfile").st_mode)
+    assert open(f"{d['upper']}/newdir/moved", "rb").read() == b"L"
+    with pytest.raises(OSError) as exc:
+        u.rename(u.root, b"lowerdir", u.root, b"elsewhere")
+    assert exc.value.errno == errno.EXDEV
+    u.rename(u.root, b"newdir", u.root, b"renamed")  # upper-only directories move
+    assert sorted(u.listdir(u.root)) == [b"lowerdir", b"renamed"]
+    node, _ = u.lookup(u.root, b"renamed")
+    assert u.listdir(node) == [b"moved"]
+
+
+def test_readonly_union_refuses_changes(stack):
+    write(f"{stack.dirs['lower0']}/f", b"x")
+    u = stack(readonly=True)
+    node, _ = u.lookup(u.root, b"f")
+    for call in (lambda: u.open(node, os.O_WRONLY), lambda: u.unlink(u.root, b"f"),
+                 lambda: u.mkdir(u.root, b"d", 0o755, ROOT), lambda: u.setattr(node, mode=0o600),
+                 lambda: u.setxattr(node, b"user.x", b"1")):
+        with pytest.raises(OSError) as exc:
+            call()
+        assert exc.value.errno == errno.EROFS
+
+
+def test_lower_hard_links_share_a_node_until_copy_up(stack):
+    d = stack.dirs
+    write(f"{d['lower0']}/a", b"same")
+    os.link(f"{d['lower0']}/a", f"{d['lower0']}/b")
+    u = stack()
+    a, sta = u.lookup(u.root, b"a")
+    b, stb = u.lookup(u.root, b"b")
+    assert a is b and sta.st_nlink == 2
+    u.lookup(u.root, b"a")  # the most recently looked-up name is the one changed
+    h = u.open(a, os.O_WRONLY | os.O_TRUNC)
+    u.write(h, 0, b"changed")
+    u.release(h)
+    b2, _ = u.lookup(u.root, b"b")
+    assert b2 is not a and b2.id != a.id  # split, as the kernel with index=off
+    h = u.open(b2, os.O_RDONLY)
+    assert u.read(h, 0, 100) == b"same"
+    u.release(h)
+    assert open(f"{d['upper']}/a", "rb").read() == b"changed"
+
+
+def test_private_xattrs_are_escaped(stack):
+    write(f"{stack.dirs['lower0']}/d/x", b"")
+    write(f"{stack.dirs['lower1']}/d/y", b"")
+    u = stack()
+    node, _ = u.lookup(u.root, b"d")
+    u.setxattr(node, b"user.overlay.opaque", b"y")
+    u.setxattr(node, b"trusted.overlay.opaque", b"y")
+    assert sorted(u.listxattr(node)) == [b"trusted.overlay.opaque", b"user.overlay.opaque"]
+    assert u.getxattr(node, b"user.overlay.opaque") == b"y"
+    u2 = stack()
+    node2, _ = u2.lookup(u2.root, b"d")
+    assert sorted(u2.listdir(node2)) == [b"x", b"y"]  # nobody forged an opaque marker
+
+
+def test_symlinked_directories_inside_layers_are_not_followed(stack, tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret").write_bytes(b"s")
+    d = stack.dirs
+    os.symlink(str(outside), f"{d['lower0']}/link")
+    os.makedirs(f"{d['lower1']}/link")
+    write(f"{d['lower1']}/link/inner", b"i")
+    u = stack()
+    node, st = u.lookup(u.root, b"link")
+    assert stat.S_ISLNK(st.st_mode)
+    with pytest.raises(OSError):
+        u.child(node, b"secret")
+    # Swap the upper's directory for a symlink behind the engine's back: writes must not escape.
+    os.makedirs(f"{d['upper']}/sub")
+    sub, _ = u.lookup(u.root, b"sub")
+    os.rmdir(f"{d['upper']}/sub")
+    os.symlink(str(outside), f"{d['upper']}/sub")
+    with pytest.raises(OSError):
+        u.create(sub, b"escape", 0o644, os.O_WRONLY, ROOT)
+    assert sorted(os.listdir(outside)) == ["secret"]
+
+
+def test_forget_drops_nodes(stack):
+    for i in range(50):
+        write(f"{stack.dirs['lower0']}/dir/f{i}", b"")
+    u = stack()
+    d, _ = u.lookup(u.root, b"dir")
+    nodes = [u.lookup(d, b"f%d" % i)[0] for i in range(50)]
+    assert len(u.nodes) == 52
+    for n in nodes:
+        u.forget(n.id, 1)
+    assert len(u.nodes) == 2
+    u.forget(d.id, 1)
+    assert len(u.nodes) == 1
+
+
+def test_ids_are_stable_across_forget(stack):
+    write(f"{stack.dirs['lower0']}/f", b"")
+    u = stack()
+    n, st = u.lookup(u.root, b"f")
+    first = n.id
+    u.forget(n.id, 1)
+    n2, _ = u.lookup(u.root, b"f")
+    assert n2.id == first == os.lstat(f"{stack.dirs['lower0']}/f").st_ino
+
+
+def test_work_dir_leftovers_are_cleaned(stack):
+    os.makedirs(f"{stack.dirs['work']}/work/#1/deep")
+    write(f"{stack.dirs['work']}/work/#2", b"half a copy")
+    stack()
+    assert os.listdir(f"{stack.dirs['work']}/work") == []
+
+
+def test_names_too_long(stack):
+    u = stack()
+    with pytest.raises(OSError) as exc:
+        u.create(u.root, b"x" * 256, 0o644, os.O_WRONLY, ROOT)
+    assert exc.value.errno == errno.ENAMETOOLONG
+    node, h, _ = u.create(u.root, b"y" * 255, 0o644, os.O_WRONLY, ROOT)
+    u.release(h)

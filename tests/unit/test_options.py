@@ -1,0 +1,47 @@
+"""The command line and option parsing, without mounting."""
+import pytest
+
+from unionfs.cli import UsageError, parse_argv
+from unionfs.options import OptionError, build, parse_o, split_escaped, unescape
+
+
+def test_escaped_lowerdir():
+    opts = build(parse_o([r"lowerdir=/a\:b:/c\,d:/e,upperdir=/u,workdir=/w"]))
+    assert opts.lowers == ["/a:b", "/c,d", "/e"]
+    assert (opts.upper, opts.work) == ("/u", "/w")
+
+
+def test_several_o_and_mount_helper_form():
+    opts = parse_argv(["overlay", "/mnt", "-o", "rw,noatime,lowerdir=/l", "-o", "upperdir=/u,workdir=/w",
+                       "-o", "dev,suid,lazytime"])
+    assert opts.mountpoint == "/mnt" and opts.fsname == "overlay"
+    assert opts.lowers == ["/l"] and "noatime" in opts.fuse_options
+
+
+@pytest.mark.parametrize("text,message", [
+    ("upperdir=/u,workdir=/w", "no lowerdir"),
+    ("lowerdir=/a::/b", "empty component"),
+    ("lowerdir=/a:", "empty component"),
+    ("lowerdir=/a,upperdir=/u", "together"),
+    ("lowerdir=/a,bogus", "unknown option: bogus"),
+    ("lowerdir=/a,redirect_dir=on", "not supported"),
+    ("lowerdir=" + ":".join("/l%d" % i for i in range(501)), "too many"),
+])
+def test_refused(text, message):
+    with pytest.raises(OptionError, match=message):
+        build(parse_o([text]))
+
+
+def test_unbalanced_escape():
+    with pytest.raises(OptionError, match="escape"):
+        split_escaped("lowerdir=/a\\", ",")
+    assert unescape(r"a\\b") == "a\\b"
+
+
+def test_usage_errors():
+    with pytest.raises(UsageError):
+        parse_argv(["-o", "lowerdir=/a"])
+    with pytest.raises(UsageError):
+        parse_argv(["-x", "/mnt"])
+    with pytest.raises(UsageError):
+        parse_argv(["a", "b", "c"])

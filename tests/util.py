@@ -1,0 +1,734 @@
+"""Test helpers: skip reasons, real mounts (ours and the kernel's), layer builders, tree snapshots.
+
+Everything here works on real directories and real mounts; nothing imports the `unionfs` package,
+so these helpers also serve the differential tests that compare pyunionfs with kernel overlayfs.
+
+Mounts are always started in a subprocess (pyfuse3 holds one FUSE session per process) and are always
+unmounted in a `finally`. A watchdog kills a daemon that outlives its mount's time budget, which aborts
+the FUSE connection so that a test blocked in a system call on a hung mount fails instead of hanging.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import namedtuple
+from pathlib import Path
+from typing import Iterator, Optional, Sequence
+
+__all__ = [
+    "FUSE_SKIP_REASON",
+    "kernel_overlay_skip_reason",
+    "mount_pyunionfs",
+    "mount_kernel_overlay",
+    "Daemon",
+    "KernelMount",
+    "mounts_under",
+    "is_mountpoint",
+    "unmount",
+    "tree_snapshot",
+    "hash_tree",
+    "Entry",
+    "KERNEL_BOOKKEEPING_XATTRS",
+    "make_layers",
+    "copy_layers",
+    "Layers",
+    "DIR",
+    "WHITEOUT",
+    "File",
+    "Dir",
+    "Symlink",
+    "Opaque",
+    "Fifo",
+    "Hardlink",
+    "Whiteout",
+    "escape_layer_path",
+]
+
+FUSERMOUNT = shutil.which("fusermount3") or "fusermount3"
+
+
+# --------------------------------------------------------------------------------------------------
+# Skip reasons
+# --------------------------------------------------------------------------------------------------
+
+def _fuse_skip_reason() -> Optional[str]:
+    if not os.path.exists("/dev/fuse"):
+        return "FUSE unavailable: /dev/fuse does not exist"
+    if shutil.which("fusermount3") is None:
+        return "FUSE unavailable: fusermount3 not found on PATH (install the fuse3 package)"
+    try:
+        fd = os.open("/dev/fuse", os.O_RDWR)
+    except OSError as exc:
+        if os.geteuid() != 0:
+            # fusermount3 is setuid root and opens /dev/fuse itself; what matters then is that it
+            # is setuid and that /dev/fuse is usable by root.
+            fm = os.stat(shutil.which("fusermount3"))
+            if not fm.st_mode & stat.S_ISUID:
+                return f"FUSE unavailable: not root, fusermount3 is not setuid and /dev/fuse: {exc.strerror}"
+            return None
+        return f"FUSE unavailable: cannot open /dev/fuse: {exc.strerror}"
+    else:
+        os.close(fd)
+    return None
+
+
+FUSE_SKIP_REASON: Optional[str] = _fuse_skip_reason()
+
+_kernel_reason_cache: list = []
+
+
+def kernel_overlay_skip_reason() -> Optional[str]:
+    """Why kernel overlayfs can't be mounted here (tried once with a throwaway mount), or None."""
+    if _kernel_reason_cache:
+        return _kernel_reason_cache[0]
+    reason: Optional[str] = None
+    if os.geteuid() != 0:
+        reason = "kernel overlayfs needs root"
+    elif shutil.which("mount") is None:
+        reason = "mount(8) not found"
+    else:
+        with tempfile.TemporaryDirectory(prefix="unionfs-kprobe.") as tmp:
+            for d in ("l", "u", "w", "m"):
+                os.mkdir(os.path.join(tmp, d))
+            m = os.path.join(tmp, "m")
+            res = subprocess.run(
+                ["mount", "-t", "overlay", "overlay", "-o",
+                 f"lowerdir={tmp}/l,upperdir={tmp}/u,workdir={tmp}/w", m],
+                stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30)
+            if res.returncode != 0:
+                reason = f"kernel overlayfs mount failed: {(res.stderr or res.stdout).strip()}"
+            else:
+                if subprocess.run(["umount", m], capture_output=True, timeout=30).returncode != 0:
+                    subprocess.run(["umount", "-l", m], capture_output=True, timeout=30)
+    _kernel_reason_cache.append(reason)
+    return reason
+
+
+# --------------------------------------------------------------------------------------------------
+# Mount table
+# --------------------------------------------------------------------------------------------------
+
+def _unescape_mountinfo(field: str) -> str:
+    # /proc/self/mountinfo escapes space, tab, newline and backslash as \ooo octal.
+    out, i = [], 0
+    while i < len(field):
+        c = field[i]
+        if c == "\\" and i + 4 <= len(field) and field[i + 1:i + 4].isdigit():
+            out.append(chr(int(field[i + 1:i + 4], 8)))
+            i += 4
+        else:
+            out.append(c)
+            i += 1
+    return "".join(out)
+
+
+MountEntry = namedtuple("MountEntry", "mountpoint fstype source options")
+
+
+def mount_table() -> list:
+    """Parsed /proc/self/mountinfo (never stats a mount point, so a hung FUSE mount can't block)."""
+    entries = []
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
+        for line in f:
+            fields = line.split()
+            sep = fields.index("-")
+            entries.append(MountEntry(
+                mountpoint=_unescape_mountinfo(fields[4]),
+                fstype=fields[sep + 1],
+                source=_unescape_mountinfo(fields[sep + 2]),
+                options=fields[5] + "," + (fields[sep + 3] if len(fields) > sep + 3 else ""),
+            ))
+    return entries
+
+
+def _abs(path) -> str:
+    # realpath of the parent only: the mount point itself may be a hung FUSE mount.
+    p = os.path.abspath(os.fspath(path))
+    return os.path.join(os.path.realpath(os.path.dirname(p)), os.path.basename(p))
+
+
+def is_mountpoint(path) -> bool:
+    p = _abs(path)
+    return any(m.mountpoint == p for m in mount_table())
+
+
+def mount_entry(path) -> Optional[MountEntry]:
+    p = _abs(path)
+    found = [m for m in mount_table() if m.mountpoint == p]
+    return found[-1] if found else None
+
+
+def mounts_under(root, fstypes: Sequence[str] = ("fuse", "overlay")) -> list:
+    """Mounts at or below `root` whose type is (or starts with) one of `fstypes`."""
+    r = os.path.realpath(os.fspath(root))
+    return [m for m in mount_table()
+            if (m.mountpoint == r or m.mountpoint.startswith(r.rstrip("/") + "/"))
+            and any(m.fstype == t or m.fstype.startswith(t + ".") for t in fstypes)]
+
+
+def unmount(path, *, fuse: bool = True) -> None:
+    """Unmount `path` if mounted: normal unmount first, then a lazy one."""
+    p = _abs(path)
+    if not is_mountpoint(p):
+        return
+    if fuse and (m := mount_entry(p)) and m.fstype.startswith("fuse"):
+        cmds = [[FUSERMOUNT, "-u", p], [FUSERMOUNT, "-uz", p], ["umount", "-l", p]]
+    else:
+        cmds = [["umount", p], ["umount", "-l", p]]
+    for cmd in cmds:
+        try:
+            subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        if not is_mountpoint(p):
+            return
+
+
+def escape_layer_path(path) -> str:
+    """A layer path as written inside -o lowerdir=/upperdir=/workdir= (`\\:` and `\\,` escaped)."""
+    return os.fspath(path).replace(":", "\\:").replace(",", "\\,")
+
+
+def overlay_options(lowers, upper=None, work=None, options: Sequence[str] = ()) -> str:
+    if isinstance(lowers, (str, os.PathLike)):
+        lowers = [lowers]
+    opts = ["lowerdir=" + ":".join(escape_layer_path(l) for l in lowers)]
+    if upper is not None:
+        opts.append("upperdir=" + escape_layer_path(upper))
+    if work is not None:
+        opts.append("workdir=" + escape_layer_path(work))
+    opts.extend(options)
+    return ",".join(opts)
+
+
+# --------------------------------------------------------------------------------------------------
+# pyunionfs as a subprocess
+# --------------------------------------------------------------------------------------------------
+
+class Daemon:
+    """A running `python -m unionfs -f` process and its mount point."""
+
+    def __init__(self, proc: subprocess.Popen, mnt: str, log_path: str, argv: list):
+        self.proc = proc
+        self.mnt = mnt
+        self.log_path = log_path
+        self.argv = argv
+        self.watchdog_fired = False
+
+    def log_text(self) -> str:
+        try:
+            with open(self.log_path, encoding="utf-8", errors="replace") as f:
+                return f.read()
+        except FileNotFoundError:
+            return ""
+
+    @property
+    def mounted(self) -> bool:
+        return is_mountpoint(self.mnt)
+
+    def __repr__(self):
+        return f"<Daemon pid={self.proc.pid} mnt={self.mnt!r}>"
+
+
+def _daemon_log_problems(text: str) -> list:
+    return [line for line in text.splitlines() if "Traceback" in line or " ERROR " in line
+            or line.startswith("ERROR ")]
+
+
+def _wait_mounted(mnt: str, proc: subprocess.Popen, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if is_mountpoint(mnt):
+            return True
+        if proc.poll() is not None:
+            # It may have mounted and exited at once; look one last time.
+            return is_mountpoint(mnt)
+        time.sleep(0.02)
+    return False
+
+
+def _stop_process(proc: subprocess.Popen, timeout: float) -> Optional[str]:
+    """Wait for `proc`; terminate, then kill it if needed. Returns a complaint or None."""
+    try:
+        proc.wait(timeout=timeout)
+        return None
+    except subprocess.TimeoutExpired:
+        pass
+    proc.terminate()
+    try:
+        proc.wait(timeout=5)
+        return f"daemon still running {timeout:g}s after unmount; SIGTERM ended it"
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=10)
+        return f"daemon still running {timeout:g}s after unmount and ignored SIGTERM; killed"
+
+
+def _add_note(exc: BaseException, note: str) -> None:
+    if hasattr(exc, "add_note"):
+        exc.add_note(note)
+
+
+@contextlib.contextmanager
+def mount_pyunionfs(mnt, lowers, upper=None, work=None, options: Sequence[str] = (), timeout: float = 20,
+                    *, expect_errors: bool = False, check_exit: bool = True, watchdog: float = 150,
+                    extra_args: Sequence[str] = (), env: Optional[dict] = None) -> Iterator[Daemon]:
+    """Mount pyunionfs (`python -m unionfs -f -o ... MNT`) for the duration of the block.
+
+    Yields a `Daemon`. On exit: unmounts (fusermount3 -u, then -uz), waits for the daemon (SIGTERM,
+    then SIGKILL after `timeout`), and raises AssertionError if the daemon log shows a traceback or
+    an ` ERROR ` line (unless `expect_errors`), or if the daemon did not exit with status 0 (unless
+    `check_exit=False`). `watchdog` seconds after mounting, a still-mounted daemon is killed so that
+    a hung mount can't hang the test run.
+    """
+    mnt = _abs(mnt)
+    argv = [sys.executable, "-m", "unionfs", "-f", *extra_args,
+            "-o", overlay_options(lowers, upper, work, options), mnt]
+    fd, log_path = tempfile.mkstemp(prefix="pyunionfs-", suffix=".log")
+    proc = None
+    daemon = None
+    timer = None
+    try:
+        with os.fdopen(fd, "wb") as logf:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
+                                    env=env, start_new_session=True)
+        daemon = Daemon(proc, mnt, log_path, argv)
+        if not _wait_mounted(mnt, proc, timeout):
+            rc = proc.poll()
+            state = f"exited with status {rc}" if rc is not None else f"not mounted after {timeout}s"
+            raise RuntimeError(f"pyunionfs failed to mount ({state}): {' '.join(argv)}\n"
+                               f"--- daemon log ---\n{daemon.log_text()}")
+
+        def fire():
+            if proc.poll() is None:
+                daemon.watchdog_fired = True
+                with contextlib.suppress(OSError):
+                    proc.kill()
+        timer = threading.Timer(watchdog, fire)
+        timer.daemon = True
+        timer.start()
+    except BaseException:
+        if proc is not None:
+            unmount(mnt)
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(timeout=10)
+        with contextlib.suppress(OSError):
+            os.unlink(log_path)
+        raise
+
+    failing = False
+    try:
+        yield daemon
+    except BaseException as exc:
+        failing = True
+        _add_note(exc, f"--- pyunionfs daemon log ({daemon.proc.pid}) ---\n{daemon.log_text()}")
+        raise
+    finally:
+        timer.cancel()
+        problems = []
+        unmount(mnt)
+        if is_mountpoint(mnt):
+            problems.append(f"{mnt} is still mounted after fusermount3 -u / -uz")
+        complaint = _stop_process(proc, timeout)
+        if complaint:
+            problems.append(complaint)
+        if daemon.watchdog_fired:
+            problems.append(f"watchdog killed the daemon after {watchdog}s (hung mount?)")
+        elif check_exit and not complaint and proc.returncode != 0:
+            problems.append(f"daemon exited with status {proc.returncode} (expected 0)")
+        text = daemon.log_text()
+        if not expect_errors:
+            bad = _daemon_log_problems(text)
+            if bad:
+                problems.append("daemon log has errors: " + "; ".join(bad[:5]))
+        with contextlib.suppress(OSError):
+            os.unlink(log_path)
+        if problems and not failing:
+            raise AssertionError("\n".join(problems) + f"\n--- daemon log ---\n{text}")
+
+
+# --------------------------------------------------------------------------------------------------
+# Kernel overlayfs
+# --------------------------------------------------------------------------------------------------
+
+class KernelMount:
+    def __init__(self, mnt: str, argv: list):
+        self.mnt = mnt
+        self.argv = argv
+
+    def log_text(self) -> str:
+        return ""
+
+
+@contextlib.contextmanager
+def mount_kernel_overlay(mnt, lowers, upper=None, work=None, options: Sequence[str] = ()) -> Iterator[KernelMount]:
+    """Mount kernel overlayfs for the block; read-only when `upper` is None.
+
+    The kernel refuses a read-only overlay with a single lower ("at least 2 lowerdir are needed while
+    upperdir nonexistent"), so an empty bottom lower is added in that case; it changes nothing visible.
+    """
+    mnt = _abs(mnt)
+    if isinstance(lowers, (str, os.PathLike)):
+        lowers = [lowers]
+    lowers = [os.path.abspath(os.fspath(l)) for l in lowers]
+    upper = os.path.abspath(os.fspath(upper)) if upper is not None else None
+    work = os.path.abspath(os.fspath(work)) if work is not None else None
+    extra_empty = None
+    if upper is None and len(lowers) == 1:
+        extra_empty = tempfile.mkdtemp(prefix="unionfs-empty-lower.")
+        lowers = lowers + [extra_empty]
+    argv = ["mount", "-t", "overlay", "overlay", "-o", overlay_options(lowers, upper, work, options), mnt]
+    try:
+        res = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30)
+        if res.returncode != 0:
+            raise RuntimeError(f"kernel overlay mount failed: {' '.join(argv)}\n{res.stderr}{res.stdout}")
+        try:
+            yield KernelMount(mnt, argv)
+        finally:
+            unmount(mnt, fuse=False)
+            if is_mountpoint(mnt):
+                raise AssertionError(f"kernel overlay still mounted at {mnt}")
+    finally:
+        if extra_empty:
+            shutil.rmtree(extra_empty, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# Tree snapshots
+# --------------------------------------------------------------------------------------------------
+
+Entry = namedtuple("Entry", "type mode uid gid size sha256 target rdev xattrs")
+Entry.__doc__ = """One entry of a tree snapshot. type is one of 'f','d','l','c','b','p','s'; mode is the
+permission bits (S_IMODE); size and sha256 only for regular files; target only for symlinks; rdev only for
+devices (as (major, minor)); xattrs is a sorted tuple of (name, value bytes) pairs."""
+
+# xattrs the kernel writes for its own bookkeeping (index=off, xino=off), which pyunionfs need not
+# reproduce; pass as `ignore_xattrs` when comparing an upper written by the kernel with ours.
+KERNEL_BOOKKEEPING_XATTRS = (
+    "trusted.overlay.origin", "trusted.overlay.impure", "trusted.overlay.uuid",
+    "trusted.overlay.nlink", "trusted.overlay.upper", "trusted.overlay.metacopy",
+    "user.overlay.origin", "user.overlay.impure", "user.overlay.uuid",
+    "user.overlay.nlink", "user.overlay.upper", "user.overlay.metacopy",
+)
+
+_TYPE_CHARS = ((stat.S_ISREG, "f"), (stat.S_ISDIR, "d"), (stat.S_ISLNK, "l"), (stat.S_ISCHR, "c"),
+               (stat.S_ISBLK, "b"), (stat.S_ISFIFO, "p"), (stat.S_ISSOCK, "s"))
+
+
+def _type_char(mode: int) -> str:
+    for test, ch in _TYPE_CHARS:
+        if test(mode):
+            return ch
+    return "?"
+
+
+def _xattrs(path: str, ignore: Sequence[str]) -> tuple:
+    try:
+        names = os.listxattr(path, follow_symlinks=False)
+    except OSError as exc:
+        if exc.errno in (errno.ENOTSUP, errno.EPERM):
+            return ()
+        raise
+    out = []
+    for name in sorted(names):
+        if any(name == i or (i.endswith(".") and name.startswith(i)) for i in ignore):
+            continue
+        try:
+            out.append((name, os.getxattr(path, name, follow_symlinks=False)))
+        except OSError as exc:
+            if exc.errno == errno.ENODATA:
+                continue
+            raise
+    return tuple(out)
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    flags = os.O_RDONLY | os.O_NOFOLLOW | (os.O_NOATIME if os.geteuid() == 0 else 0)
+    fd = os.open(path, flags)
+    try:
+        while True:
+            chunk = os.read(fd, 1 << 20)
+            if not chunk:
+                break
+            h.update(chunk)
+    finally:
+        os.close(fd)
+    return h.hexdigest()
+
+
+def entry_of(path, *, with_xattrs: bool = True, ignore_xattrs: Sequence[str] = ()) -> Entry:
+    path = os.fspath(path)
+    st = os.lstat(path)
+    t = _type_char(st.st_mode)
+    return Entry(
+        type=t,
+        mode=stat.S_IMODE(st.st_mode),
+        uid=st.st_uid,
+        gid=st.st_gid,
+        size=st.st_size if t == "f" else None,
+        sha256=_sha256(path) if t == "f" else None,
+        target=os.readlink(path) if t == "l" else None,
+        rdev=(os.major(st.st_rdev), os.minor(st.st_rdev)) if t in "cb" else None,
+        xattrs=_xattrs(path, ignore_xattrs) if with_xattrs else (),
+    )
+
+
+def tree_snapshot(root, *, with_xattrs: bool = True, ignore_xattrs: Sequence[str] = (),
+                  ignore: Sequence[str] = ()) -> dict:
+    """Map each relative path under `root` ('.' for root itself) to an `Entry`; symlinks not followed.
+
+    `ignore_xattrs`: xattr names to leave out (a name ending in '.' is a prefix).
+    `ignore`: relative paths to leave out together with everything below them (e.g. 'work' in a workdir).
+    """
+    root = os.fspath(root)
+    snap = {".": entry_of(root, with_xattrs=with_xattrs, ignore_xattrs=ignore_xattrs)}
+    ignore = set(ignore)
+
+    def walk(dirpath: str, rel: str):
+        with os.scandir(dirpath) as it:
+            names = sorted(e.name for e in it)
+        for name in names:
+            r = name if not rel else rel + "/" + name
+            if r in ignore:
+                continue
+            p = os.path.join(dirpath, name)
+            e = entry_of(p, with_xattrs=with_xattrs, ignore_xattrs=ignore_xattrs)
+            snap[r] = e
+            if e.type == "d":
+                walk(p, r)
+
+    walk(root, "")
+    return snap
+
+
+def hash_tree(root, **kw) -> str:
+    """One sha256 over `tree_snapshot(root)`: equal hashes mean equal trees (content, metadata, xattrs)."""
+    h = hashlib.sha256()
+    for rel, e in sorted(tree_snapshot(root, **kw).items()):
+        h.update(repr((rel, tuple(e))).encode("utf-8", "surrogateescape"))
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def diff_snapshots(before: dict, after: dict) -> list:
+    """Human-readable differences between two snapshots (for assertion messages)."""
+    out = []
+    for k in sorted(set(before) | set(after)):
+        a, b = before.get(k), after.get(k)
+        if a != b:
+            out.append(f"{k}: {a} -> {b}")
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Layer builder
+# --------------------------------------------------------------------------------------------------
+
+class _Marker:
+    def __init__(self, name):
+        self.name = name
+
+    def __repr__(self):
+        return self.name
+
+
+DIR = _Marker("DIR")
+WHITEOUT = _Marker("WHITEOUT")
+
+
+class File:
+    def __init__(self, data=b"", mode: int = 0o644, uid: Optional[int] = None, gid: Optional[int] = None,
+                 xattrs: Optional[dict] = None, mtime_ns: Optional[int] = None):
+        self.data = data.encode() if isinstance(data, str) else bytes(data)
+        self.mode, self.uid, self.gid = mode, uid, gid
+        self.xattrs = dict(xattrs or {})
+        self.mtime_ns = mtime_ns
+
+
+class Dir:
+    def __init__(self, mode: int = 0o755, uid: Optional[int] = None, gid: Optional[int] = None,
+                 xattrs: Optional[dict] = None, mtime_ns: Optional[int] = None):
+        self.mode, self.uid, self.gid = mode, uid, gid
+        self.xattrs = dict(xattrs or {})
+        self.mtime_ns = mtime_ns
+
+
+class Opaque(Dir):
+    """A directory marked opaque: `trusted.overlay.opaque=y` (or `user.overlay.opaque=y` with user=True)."""
+
+    def __init__(self, *, user: bool = False, **kw):
+        super().__init__(**kw)
+        self.xattrs[("user" if user else "trusted") + ".overlay.opaque"] = b"y"
+
+
+class Symlink:
+    def __init__(self, target, uid: Optional[int] = None, gid: Optional[int] = None):
+        self.target = os.fspath(target)
+        self.uid, self.gid = uid, gid
+
+
+class Fifo:
+    def __init__(self, mode: int = 0o644):
+        self.mode = mode
+
+
+class Whiteout:
+    """A kernel-format whiteout: character device 0/0, mode 0."""
+
+
+class Hardlink:
+    """Another name for `other` (a path in the same layer)."""
+
+    def __init__(self, other):
+        self.other = os.fspath(other)
+
+
+class Layers:
+    """Layer directories for one union: `lowers` (topmost first), `upper`, `work`, `mnt`."""
+
+    def __init__(self, root: Path, lowers: list, upper: Optional[Path], work: Optional[Path], mnt: Path):
+        self.root = Path(root)
+        self.lowers = [Path(l) for l in lowers]
+        self.upper = Path(upper) if upper is not None else None
+        self.work = Path(work) if work is not None else None
+        self.mnt = Path(mnt)
+
+    @property
+    def lower(self) -> Path:
+        return self.lowers[0]
+
+    def dirs(self) -> list:
+        """Every layer directory (lowers, upper, work) that exists."""
+        return [d for d in [*self.lowers, self.upper, self.work] if d is not None]
+
+    def lower_snapshots(self, **kw) -> list:
+        return [tree_snapshot(l, **kw) for l in self.lowers]
+
+    def lower_hashes(self) -> list:
+        return [hash_tree(l) for l in self.lowers]
+
+    def mount_args(self) -> tuple:
+        return (self.mnt, self.lowers, self.upper, self.work)
+
+    def __repr__(self):
+        return f"Layers(lowers={self.lowers}, upper={self.upper}, work={self.work}, mnt={self.mnt})"
+
+
+def _chown(path, uid, gid):
+    if uid is not None or gid is not None:
+        os.chown(path, -1 if uid is None else uid, -1 if gid is None else gid, follow_symlinks=False)
+
+
+def _populate(layer: Path, entries: dict) -> None:
+    dir_meta = []
+    later = []
+    for rel, content in sorted(entries.items(), key=lambda kv: kv[0]):
+        rel = rel.strip("/")
+        p = layer / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(content, (bytes, bytearray, str)):
+            content = File(content)
+        if content is WHITEOUT or isinstance(content, Whiteout) or content is Whiteout:
+            os.mknod(p, stat.S_IFCHR | 0o000, os.makedev(0, 0))
+        elif content is DIR:
+            p.mkdir(exist_ok=True)
+        elif isinstance(content, Dir):
+            p.mkdir(exist_ok=True)
+            dir_meta.append((p, content))
+        elif isinstance(content, File):
+            p.write_bytes(content.data)
+            for k, v in content.xattrs.items():
+                os.setxattr(p, k, v.encode() if isinstance(v, str) else v, follow_symlinks=False)
+            _chown(p, content.uid, content.gid)
+            os.chmod(p, content.mode)
+            if content.mtime_ns is not None:
+                os.utime(p, ns=(content.mtime_ns, content.mtime_ns))
+        elif isinstance(content, Symlink):
+            os.symlink(content.target, p)
+            _chown(p, content.uid, content.gid)
+        elif isinstance(content, Fifo):
+            os.mkfifo(p, content.mode)
+            os.chmod(p, content.mode)
+        elif isinstance(content, Hardlink):
+            later.append((p, content))
+        else:
+            raise TypeError(f"{layer.name}/{rel}: unknown layer entry {content!r}")
+    for p, link in later:
+        os.link(layer / link.other.strip("/"), p, follow_symlinks=False)
+    # Directory metadata last, deepest first: creating children changes a directory's mtime.
+    for p, d in sorted(dir_meta, key=lambda x: -len(x[0].parts)):
+        for k, v in d.xattrs.items():
+            os.setxattr(p, k, v.encode() if isinstance(v, str) else v)
+        _chown(p, d.uid, d.gid)
+        os.chmod(p, d.mode)
+        if d.mtime_ns is not None:
+            os.utime(p, ns=(d.mtime_ns, d.mtime_ns))
+
+
+def make_layers(tmp_path, spec: dict, *, readonly: bool = False) -> Layers:
+    """Build layer directories under `tmp_path` from `spec`.
+
+    spec: {"lower0": {...}, "lower1": {...}, "upper": {...}}; lower0 is the topmost lower. Each layer
+    maps a relative path to bytes/str (a file), `DIR`, `Dir(...)`, `File(...)`, `Symlink(target)`,
+    `WHITEOUT`, `Opaque()`, `Fifo()` or `Hardlink(other)`. Missing parents are created as plain
+    directories. A union is read-only (no upper, no work) if `readonly` or spec["upper"] is None.
+    Returns `Layers` with `lowers`, `upper`, `work` and an empty `mnt` directory.
+    """
+    root = Path(tmp_path)
+    root.mkdir(parents=True, exist_ok=True)
+    unknown = [k for k in spec if k != "upper" and not (k.startswith("lower") and k[5:].isdigit())]
+    if unknown:
+        raise ValueError(f"unknown layer names {unknown}: use lower0, lower1, ... and upper")
+    n = max([int(k[5:]) + 1 for k in spec if k.startswith("lower")] or [1])
+    lowers = []
+    for i in range(n):
+        d = root / f"lower{i}"
+        d.mkdir()
+        _populate(d, spec.get(f"lower{i}") or {})
+        lowers.append(d)
+    if readonly or ("upper" in spec and spec["upper"] is None):
+        upper = work = None
+    else:
+        upper = root / "upper"
+        upper.mkdir()
+        _populate(upper, spec.get("upper") or {})
+        work = root / "work"
+        work.mkdir()
+    mnt = root / "mnt"
+    mnt.mkdir()
+    return Layers(root, lowers, upper, work, mnt)
+
+
+def copy_layers(layers: Layers, dest_tmp) -> Layers:
+    """An exact duplicate of `layers` under `dest_tmp` (cp -a: whiteouts, xattrs, owners, hard links)."""
+    dest = Path(dest_tmp)
+    dest.mkdir(parents=True, exist_ok=True)
+
+    def cp(src: Optional[Path]) -> Optional[Path]:
+        if src is None:
+            return None
+        target = dest / src.name
+        if target.exists():
+            raise FileExistsError(target)
+        subprocess.run(["cp", "-a", "--", str(src), str(target)], check=True, stdin=subprocess.DEVNULL,
+                       capture_output=True, timeout=120)
+        return target
+
+    lowers = [cp(l) for l in layers.lowers]
+    upper = cp(layers.upper)
+    work = cp(layers.work)
+    mnt = dest / "mnt"
+    mnt.mkdir()
+    return Layers(dest, lowers, upper, work, mnt)
