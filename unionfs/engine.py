@@ -15,13 +15,15 @@ from dataclasses import dataclass
 from . import _sys, copyup, xattrs
 from .layers import O_PATH_DIR, Layer, join
 from .nodes import Node, NodeTable
-from .whiteout import (TRUSTED_PREFIX, USER_PREFIX, is_opaque_dir, is_whiteout, make_whiteout,
-                       proc_path, set_opaque)
+from .whiteout import (TRUSTED_PREFIX, USER_PREFIX, is_opaque_dir, is_opaque_entry, is_whiteout,
+                       make_whiteout, proc_path, set_opaque)
 
 NAME_MAX = 255
 _ACCMODE = os.O_RDONLY | os.O_WRONLY | os.O_RDWR
-# Flags that are the kernel's business (it already created/checked the file) or ours to choose.
-_OPEN_DROP = os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_APPEND | os.O_TRUNC
+# The open flags passed on to the backing file. The rest are the kernel's business (it created and
+# checked the file, it positions O_APPEND writes), would break unaligned I/O (O_DIRECT), or are not
+# open(2) flags at all: the kernel sends __FMODE_EXEC (0o40) on exec, which openat2 refuses (EINVAL).
+_OPEN_KEEP = _ACCMODE | os.O_SYNC | os.O_DSYNC | getattr(os, "O_LARGEFILE", 0)
 
 
 @dataclass
@@ -207,13 +209,12 @@ class Union:
 
     # ------------------------------------------------------------------ directories
 
-    def listdir(self, node: Node):
-        """The merged names of a directory: each once, upper first, whiteouts and what they hide left out."""
+    def _layer_entries(self, node: Node):
+        """(position in node.merge, layer index, dir fd, DirEntry) for every entry of every merged layer."""
         if not node.is_dir:
             raise OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
         rel = node.path()
-        names = {}
-        for index in node.merge:
+        for pos, index in enumerate(node.merge):
             try:
                 fd = self.layers[index].open(rel, os.O_RDONLY | os.O_DIRECTORY)
             except OSError as exc:
@@ -223,13 +224,56 @@ class Union:
             try:
                 with os.scandir(fd) as entries:
                     for entry in entries:
-                        name = os.fsencode(entry.name)
-                        if name in names:
-                            continue
-                        names[name] = not _is_whiteout_entry(entry)
+                        yield pos, index, fd, entry
             finally:
                 os.close(fd)
+
+    def listdir(self, node: Node):
+        """The merged names of a directory: each once, upper first, whiteouts and what they hide left out."""
+        names = {}
+        for _pos, _index, _fd, entry in self._layer_entries(node):
+            name = os.fsencode(entry.name)
+            if name not in names:
+                names[name] = not _is_whiteout_entry(entry)
         return [name for name, visible in names.items() if visible]
+
+    def scan(self, node: Node):
+        """The merged listing with each name resolved: [(name, layer index, lstat, merged layers)].
+
+        One pass over each layer's directory answers what a lookup of every name would, with one
+        fstatat per visible name instead of a path resolution per name and layer (readdirplus).
+        """
+        last = len(node.merge) - 1
+        found = {}    # name -> [layer index, stat, merge list, merge stopped]
+        hidden = set()
+        for pos, index, fd, entry in self._layer_entries(node):
+            name = os.fsencode(entry.name)
+            rec = found.get(name)
+            if rec is None:
+                if name in hidden:
+                    continue
+                st = entry.stat(follow_symlinks=False)
+                if is_whiteout(st):
+                    hidden.add(name)
+                    continue
+                is_dir = stat.S_ISDIR(st.st_mode)
+                stopped = not is_dir or (pos < last and is_opaque_entry(fd, name))
+                found[name] = [index, st, [index] if is_dir else None, stopped]
+            elif not rec[3]:
+                if entry.is_dir(follow_symlinks=False):
+                    rec[2].append(index)
+                    rec[3] = pos < last and is_opaque_entry(fd, name)
+                else:
+                    rec[3] = True  # a whiteout or a non-directory below stops the merge
+        return [(name, rec[0], rec[1], tuple(rec[2]) if rec[2] else ()) for name, rec in found.items()]
+
+    def lookup_scanned(self, parent: Node, scanned):
+        """(node, stat) for one entry of `scan`, counting one kernel lookup, like `lookup`."""
+        name, index, st, merge = scanned
+        node = self._attach(parent, name, index, st, merge)
+        self.nodes.prefer_name(node, parent, name)
+        node.lookups += 1
+        return node, st
 
     def is_empty_dir(self, node: Node) -> bool:
         return not self.listdir(node)
@@ -435,7 +479,7 @@ class Union:
         self._prepare_create(parent, name)
         uid, gid, mode = self._new_owner(parent, caller, stat.S_IFREG | (mode & 0o7777))
         tmp = self._tmp_name()
-        open_flags = (flags & ~_OPEN_DROP) | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
+        open_flags = (flags & _OPEN_KEEP) | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
         if flags & _ACCMODE == os.O_RDONLY:
             open_flags = (open_flags & ~_ACCMODE) | os.O_RDONLY
         fd = os.open(tmp, open_flags, stat.S_IMODE(mode), dir_fd=self.work.root_fd)
@@ -545,9 +589,12 @@ class Union:
 
     def rename(self, parent: Node, name: bytes, new_parent: Node, new_name: bytes, flags: int = 0):
         self._require_upper()
-        if flags & ~_sys.RENAME_NOREPLACE:
-            raise OSError(errno.EINVAL, "only RENAME_NOREPLACE is supported")
+        if flags & ~(_sys.RENAME_NOREPLACE | _sys.RENAME_EXCHANGE) or flags == (
+                _sys.RENAME_NOREPLACE | _sys.RENAME_EXCHANGE):
+            raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
         self._check_name(new_name)
+        if flags & _sys.RENAME_EXCHANGE:
+            return self._exchange(parent, name, new_parent, new_name)
         node = self.child(parent, name)
         if not new_parent.is_dir:
             raise OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
@@ -559,14 +606,7 @@ class Union:
             raise OSError(errno.EEXIST, os.strerror(errno.EEXIST))
         if target is node:
             return  # the same file (or the same name): nothing to do, as rename(2)
-        if node.is_dir:
-            if not (self.is_upper(node) and len(node.merge) == 1):
-                raise OSError(errno.EXDEV, os.strerror(errno.EXDEV))  # redirect_dir=off
-            anc = new_parent
-            while anc is not None:
-                if anc is node:
-                    raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
-                anc = anc.parent
+        self._check_movable(node, new_parent)
         if target is not None:
             if node.is_dir and not target.is_dir:
                 raise OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
@@ -616,6 +656,39 @@ class Union:
         if node.is_dir:
             node.merge = (0,)
 
+    def _check_movable(self, node: Node, new_parent: Node) -> None:
+        if not node.is_dir:
+            return
+        if not (self.is_upper(node) and len(node.merge) == 1):
+            raise OSError(errno.EXDEV, os.strerror(errno.EXDEV))  # a lower directory: redirect_dir=off
+        anc = new_parent
+        while anc is not None:
+            if anc is node:  # into itself
+                raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+            anc = anc.parent
+
+    def _exchange(self, parent: Node, name: bytes, new_parent: Node, new_name: bytes) -> None:
+        """RENAME_EXCHANGE: both entries are copied up and swap names in the upper."""
+        node = self.child(parent, name)
+        if not new_parent.is_dir:
+            raise OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
+        other = self.child(new_parent, new_name)
+        if other is node:
+            return
+        self._check_movable(node, new_parent)
+        self._check_movable(other, parent)
+        self.copy_up(node)
+        self.copy_up(other)
+        self.ensure_upper_dir(parent)
+        self.ensure_upper_dir(new_parent)
+        with self.upper.dir(parent.path()) as sdfd, self.upper.dir(new_parent.path()) as ddfd:
+            for moving, dfd, entry, dest in ((node, sdfd, name, new_parent), (other, ddfd, new_name, parent)):
+                if moving.is_dir and len(dest.merge) > 1:
+                    with _opened(dfd, entry, O_PATH_DIR) as fd:
+                        set_opaque(fd, self.marker_prefix)
+            _sys.renameat2(sdfd, name, ddfd, new_name, _sys.RENAME_EXCHANGE)
+        self.nodes.exchange(node, parent, name, other, new_parent, new_name)
+
     # ------------------------------------------------------------------ files
 
     def _new_handle(self, fd, node, layer, flags) -> FileHandle:
@@ -631,7 +704,7 @@ class Union:
         if writing:
             self._require_upper()
             self.copy_up(node, with_data=not flags & os.O_TRUNC)
-        fd = self.layers[node.layer].open(node.path(), (flags & ~_OPEN_DROP) | (flags & os.O_TRUNC))
+        fd = self.layers[node.layer].open(node.path(), (flags & _OPEN_KEEP) | (flags & os.O_TRUNC))
         return self._new_handle(fd, node, node.layer, flags)
 
     def read(self, handle: FileHandle, offset: int, size: int) -> bytes:
@@ -683,7 +756,11 @@ class Union:
         if not self.is_upper(node):
             self.copy_up(node, with_data=size != 0)
         rel = node.path()
-        with _layer_fd(self.upper, rel, os.O_PATH) as fd:
+        parent, _, name = rel.rpartition(b"/")
+        with _layer_fd(self.upper, rel, os.O_PATH) as fd, _layer_fd(self.upper, parent, O_PATH_DIR) as dfd:
+            # The entry is reached as name under its parent with AT_SYMLINK_NOFOLLOW, or (the root,
+            # chmod of a non-symlink) through its own O_PATH fd: never through a symlink.
+            target, where = (name, dfd) if rel else (proc_path(fd), None)
             st = os.fstat(fd)
             is_link = stat.S_ISLNK(st.st_mode)
             if size is not None:
@@ -695,8 +772,8 @@ class Union:
                     with _layer_fd(self.upper, rel, os.O_WRONLY) as wfd:
                         os.ftruncate(wfd, size)
             if uid is not None or gid is not None:
-                os.chown(proc_path(fd), -1 if uid is None else uid, -1 if gid is None else gid,
-                         follow_symlinks=not is_link)
+                os.chown(target, -1 if uid is None else uid, -1 if gid is None else gid, dir_fd=where,
+                         follow_symlinks=where is None)
             if mode is not None:
                 if is_link:
                     raise OSError(errno.EOPNOTSUPP, os.strerror(errno.EOPNOTSUPP))
@@ -706,12 +783,7 @@ class Union:
                     st = os.fstat(fd)
                     atime_ns = st.st_atime_ns if atime_ns is None else atime_ns
                     mtime_ns = st.st_mtime_ns if mtime_ns is None else mtime_ns
-                parent, _, name = rel.rpartition(b"/")
-                if rel:
-                    with self.upper.dir(parent) as dfd:
-                        os.utime(name, ns=(atime_ns, mtime_ns), dir_fd=dfd, follow_symlinks=False)
-                else:
-                    os.utime(proc_path(fd), ns=(atime_ns, mtime_ns))
+                os.utime(target, ns=(atime_ns, mtime_ns), dir_fd=where, follow_symlinks=where is None)
             return os.fstat(fd)
 
     def statfs(self) -> os.statvfs_result:

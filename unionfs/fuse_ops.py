@@ -42,12 +42,13 @@ class _DirHandle:
 
     def __init__(self, node):
         self.node = node
-        self.names = None  # taken at the first readdir from offset 0 (and again at rewinddir)
+        self.names = None  # union.scan(), taken at the first readdir from offset 0 (and at rewinddir)
 
 
 class UnionOperations(pyfuse3.Operations):
     supports_dot_lookup = True
     enable_writeback_cache = False
+    enable_acl = True
 
     def __init__(self, union: Union, timeout: float = 300.0):
         super().__init__()
@@ -199,22 +200,19 @@ class UnionOperations(pyfuse3.Operations):
         handle = self._dirs[fh]
         node = handle.node
         if start_id == 0 or handle.names is None:
-            handle.names = [b".", b".."] + self.union.listdir(node)
-        names = handle.names
-        for index in range(start_id, len(names)):
-            name = names[index]
-            if name == b"." or name == b"..":
+            handle.names = [b".", b".."] + self.union.scan(node)
+        entries = handle.names
+        for index in range(start_id, len(entries)):
+            entry = entries[index]
+            if entry == b"." or entry == b"..":
                 # The kernel takes no lookup reference for these two.
-                target = node if name == b"." else (node.parent or self.union.root)
+                target = node if entry == b"." else (node.parent or self.union.root)
                 attrs = self._entry(target, self.union.getattr(target))
-                if not pyfuse3.readdir_reply(token, name, attrs, index + 1):
+                if not pyfuse3.readdir_reply(token, entry, attrs, index + 1):
                     return
                 continue
-            try:
-                child, st = self.union.lookup(node, name)
-            except OSError:
-                continue  # removed since the listing was taken
-            if not pyfuse3.readdir_reply(token, name, self._entry(child, st), index + 1):
+            child, st = self.union.lookup_scanned(node, entry)
+            if not pyfuse3.readdir_reply(token, entry[0], self._entry(child, st), index + 1):
                 self.union.forget(child.id, 1)
                 return
 

@@ -170,6 +170,13 @@ class NodeTable:
         new_parent.children[new_name] = node
         self.maybe_drop(parent)
 
+    def exchange(self, a: Node, a_parent: Node, a_name: bytes, b: Node, b_parent: Node, b_name: bytes):
+        """a and b swapped names (RENAME_EXCHANGE)."""
+        a.names = [(b_parent, b_name) if n == (a_parent, a_name) else n for n in a.names]
+        b.names = [(a_parent, a_name) if n == (b_parent, b_name) else n for n in b.names]
+        b_parent.children[b_name] = a
+        a_parent.children[a_name] = b
+
     def forget(self, node: Node, count: int) -> None:
         node.lookups = max(0, node.lookups - count)
         self.maybe_drop(node)

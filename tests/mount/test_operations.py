@@ -619,6 +619,21 @@ def test_mknod_fifo(L, impl):
     assert stat.S_ISFIFO(os.lstat(L.upper / "dir_lo/fifo").st_mode)
 
 
+def test_exec_lower_and_upper_programs(L, impl):
+    """exec opens with __FMODE_EXEC among the flags; the daemon once passed it to openat2 (EINVAL)."""
+    import shutil
+    true_bin = shutil.which("true")
+    with open(true_bin, "rb") as f:
+        program = f.read()
+    (L.lowers[0] / "prog").write_bytes(program)
+    os.chmod(L.lowers[0] / "prog", 0o755)
+    with union_mount(impl, L):
+        assert subprocess.run([str(L.mnt / "prog")], timeout=30).returncode == 0
+        (L.mnt / "dir_up/prog2").write_bytes(program)
+        os.chmod(L.mnt / "dir_up/prog2", 0o755)
+        assert subprocess.run([str(L.mnt / "dir_up/prog2")], timeout=30).returncode == 0
+
+
 def test_hardlink_lower_file(L, impl):
     with union_mount(impl, L):
         os.link(L.mnt / "lo_file", L.mnt / "dir_up/hl")

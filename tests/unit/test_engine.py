@@ -328,3 +328,31 @@ def test_names_too_long(stack):
     assert exc.value.errno == errno.ENAMETOOLONG
     node, h, _ = u.create(u.root, b"y" * 255, 0o644, os.O_WRONLY, ROOT)
     u.release(h)
+
+
+def test_scan_resolves_like_lookup(stack):
+    """readdirplus resolves names from one pass over the layers; it must agree with lookup."""
+    d = stack.dirs
+    write(f"{d['lower2']}/dir/deep", b"deep")
+    write(f"{d['lower1']}/dir/mid", b"mid")
+    os.makedirs(f"{d['lower0']}/dir")
+    write(f"{d['lower2']}/op/hidden", b"h")
+    os.makedirs(f"{d['lower1']}/op")
+    os.setxattr(f"{d['lower1']}/op", "user.overlay.opaque", b"y")
+    os.makedirs(f"{d['lower0']}/op")
+    write(f"{d['lower2']}/x/inner", b"i")
+    write(f"{d['lower1']}/x", b"file in the middle")
+    os.makedirs(f"{d['upper']}/x")
+    write(f"{d['lower2']}/gone", b"g")
+    whiteout(f"{d['lower1']}/gone")
+    os.makedirs(f"{d['lower2']}/wdir")
+    whiteout(f"{d['lower1']}/wdir")
+    os.makedirs(f"{d['upper']}/wdir")
+    write(f"{d['lower0']}/f", b"top")
+    write(f"{d['lower2']}/f", b"bottom")
+    u = stack()
+    scanned = {entry[0]: entry for entry in u.scan(u.root)}
+    assert sorted(scanned) == sorted(u.listdir(u.root)) == [b"dir", b"f", b"op", b"wdir", b"x"]
+    for name, (_, index, st, merge) in scanned.items():
+        node, lst = u.lookup(u.root, name)
+        assert (node.layer, node.merge, st.st_ino) == (index, merge, lst.st_ino), name
