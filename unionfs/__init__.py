@@ -6,4 +6,7 @@ __version__ = "0.1.0"
 
 from .engine import Caller, Union  # noqa: E402
 
-__all__ = ["Union", "Caller", "__version__"]
+from .api import DaemonDied, MountError, UnionMount, mount  # noqa: E402  (mount from Python)
+from .paths import UnionFS  # noqa: E402  (path-based engine API, no FUSE)
+
+__all__ = ["Union", "Caller", "UnionFS", "mount", "UnionMount", "MountError", "DaemonDied", "__version__"]

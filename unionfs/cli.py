@@ -94,7 +94,7 @@ def main(argv=None):
     except OptionError as exc:
         print("pyunionfs: %s" % exc, file=sys.stderr)
         return 1
-    from .mount import MountError, run  # pyfuse3 is imported only when mounting
+    from .daemon import MountError, run  # pyfuse3 is imported only when mounting
     try:
         return run(opts)
     except MountError as exc:

@@ -104,6 +104,15 @@ def run(opts) -> int:
         pyfuse3.init(ops, opts.mountpoint, fuse_options(opts))
     except Exception as exc:
         union.close()
+        if not os.access("/dev/fuse", os.R_OK | os.W_OK):
+            # libfuse printed its reason on a line of its own; the one line must say it.
+            try:
+                mode = "%o" % (os.stat("/dev/fuse").st_mode & 0o7777)
+            except OSError:
+                raise MountError("cannot mount %s: /dev/fuse is missing (is the fuse module loaded?)"
+                                 % opts.mountpoint) from None
+            raise MountError("cannot mount %s: /dev/fuse is not usable by this user (mode %s)"
+                             % (opts.mountpoint, mode)) from None
         raise MountError("cannot mount %s: %s" % (opts.mountpoint, exc)) from None
     if not opts.foreground:
         _daemonize()
