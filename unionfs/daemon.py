@@ -13,7 +13,7 @@ import sys
 import pyfuse3
 import trio
 
-from .engine import Union
+from .engine import LayerInUse, Union
 from .fuse_ops import UnionOperations
 
 log = logging.getLogger("unionfs")
@@ -97,6 +97,8 @@ def run(opts) -> int:
         lowers, upper, work = [upper] + lowers, None, None
     try:
         union = Union(lowers, upper, work, userxattr=opts.userxattr)
+    except LayerInUse as exc:
+        raise MountError(exc.strerror) from None
     except OSError as exc:
         raise MountError("cannot open the layers: %s" % exc) from None
     ops = UnionOperations(union, timeout=opts.timeout)

@@ -6,6 +6,7 @@ lower entry leaves a char 0/0 whiteout; new entries are prepared in the work dir
 The engine is single-threaded: only `CopyUpJob.copy_data` may run in another thread.
 """
 import errno
+import fcntl
 import itertools
 import os
 import stat
@@ -84,8 +85,16 @@ class Union:
         self.as_root = os.geteuid() == 0
         self.marker_prefix = USER_PREFIX if (userxattr or not self.as_root) else TRUSTED_PREFIX
         self.work = None
+        self._locks = []
         if work is not None:
-            self.work = _open_work_dir(work)
+            try:
+                # One mount at a time per upper and work dir (as the kernel's "in use" check): held by
+                # this process until it ends, so a crashed daemon frees them.
+                self._locks = [_lock_dir(upper, "upperdir"), _lock_dir(work, "workdir")]
+                self.work = _open_work_dir(work)
+            except BaseException:
+                self.close()
+                raise
         self._tmp_counter = itertools.count(1)
         top = self.layers[0]
         single_dev = len({layer.dev for layer in self.layers}) == 1
@@ -97,6 +106,9 @@ class Union:
             layer.close()
         if self.work is not None:
             self.work.close()
+        for fd in self._locks:
+            os.close(fd)
+        self._locks = []
 
     @property
     def root(self) -> Node:
@@ -901,6 +913,20 @@ def _is_whiteout_entry(entry: os.DirEntry) -> bool:
 
 
 WORK_SUBDIR = "work"
+
+
+class LayerInUse(OSError):
+    """An upper or work dir that another live mount holds."""
+
+
+def _lock_dir(path: str, what: str) -> int:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise LayerInUse(errno.EBUSY, "%s %s is in use by another mount" % (what, path)) from None
+    return fd
 
 
 def _open_work_dir(workdir: str) -> Layer:

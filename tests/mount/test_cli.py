@@ -534,3 +534,27 @@ def test_mount_t_fuse_pyunionfs(L, tmp_path):
         if link is not None:
             link.unlink()
     assert not wait_pids_gone(unionfs_pids() - before)
+
+
+@pytest.mark.timeout(90)
+def test_second_mount_on_same_upper_refused_until_first_is_gone(L, tmp_path):
+    """A live mount holds its upper and work dirs; a crashed one (SIGKILL) frees them."""
+    other_mnt = tmp_path / "mnt2"
+    other_mnt.mkdir()
+    with mount_pyunionfs(L.mnt, L.lowers, L.upper, L.work, check_exit=False) as d:
+        _check_live(L)
+        layers_before = {p: hash_tree(p) for p in [*L.lowers, L.upper]}
+        res = run_cli(["-f", "-o", opts(L), other_mnt])
+        assert res.returncode == 1
+        lines = res.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("pyunionfs: ") and "in use" in lines[0], res.stderr
+        assert not is_mountpoint(other_mnt)
+        assert {p: hash_tree(p) for p in [*L.lowers, L.upper]} == layers_before
+        os.kill(d.proc.pid, signal.SIGKILL)
+        d.proc.wait(timeout=15)
+        subprocess.run(["fusermount3", "-uz", str(L.mnt)], capture_output=True, timeout=30)
+    with mount_pyunionfs(other_mnt, L.lowers, L.upper, L.work):
+        assert (other_mnt / "new").read_bytes() == b"new\n"  # written through the crashed mount
+        assert (other_mnt / "g").read_bytes() == b"lower g\n"
+        (other_mnt / "after-crash").write_bytes(b"ok\n")
+    assert (L.upper / "after-crash").read_bytes() == b"ok\n"

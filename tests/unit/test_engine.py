@@ -262,6 +262,7 @@ def test_private_xattrs_are_escaped(stack):
     u.setxattr(node, b"trusted.overlay.opaque", b"y")
     assert sorted(u.listxattr(node)) == [b"trusted.overlay.opaque", b"user.overlay.opaque"]
     assert u.getxattr(node, b"user.overlay.opaque") == b"y"
+    u.close()
     u2 = stack()
     node2, _ = u2.lookup(u2.root, b"d")
     assert sorted(u2.listdir(node2)) == [b"x", b"y"]  # nobody forged an opaque marker
@@ -356,3 +357,17 @@ def test_scan_resolves_like_lookup(stack):
     for name, (_, index, st, merge) in scanned.items():
         node, lst = u.lookup(u.root, name)
         assert (node.layer, node.merge, st.st_ino) == (index, merge, lst.st_ino), name
+
+
+def test_upper_and_work_are_locked_while_in_use(stack, tmp_path):
+    from unionfs.engine import LayerInUse
+    first = stack()
+    with pytest.raises(LayerInUse) as exc:
+        stack()
+    assert exc.value.errno == errno.EBUSY and "upperdir" in str(exc.value)
+    other_upper = tmp_path / "upper2"
+    other_upper.mkdir()
+    with pytest.raises(LayerInUse, match="workdir"):
+        Union([stack.dirs["lower0"]], str(other_upper), stack.dirs["work"])
+    first.close()
+    stack().close()  # free again once the first is gone
