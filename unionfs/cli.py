@@ -15,23 +15,46 @@ USAGE = "usage: pyunionfs [-f] [-d] [-o lowerdir=L1:L2,upperdir=U,workdir=W[,OPT
 HELP = USAGE + """
 
 Mount the directories L1:L2:... (L1 on top) as one merged view at MOUNTPOINT, with the semantics of
-the kernel's overlayfs. Changes go to upperdir U; workdir W is an empty directory on the same
-filesystem as U. Without upperdir and workdir the union is read-only.
+the kernel's overlayfs: names resolve top-down; the upper layer U takes every change; a lower file is
+copied up before it is changed; deleting a lower entry leaves a character device 0/0 (a whiteout) in U;
+a directory marked opaque hides what lies below it. W is an empty directory on U's filesystem where
+new entries are prepared before they are renamed into U. Without upperdir and workdir the union is
+read-only. The layers written are the kernel's format: the kernel can mount them too.
 
-options:
-  -f                 stay in the foreground and log to stderr
+OPTIONS
+  -f                 stay in the foreground and log to stderr (SIGINT/SIGTERM unmount)
   -d                 debug log (implies -f)
-  -o OPT[,OPT...]    mount options:
+  -o OPT[,OPT...]    mount options; several -o are merged:
        lowerdir=DIRS   lower layers, topmost first, separated by ':' (escape ':' and ',' with '\\')
-       upperdir=DIR    layer that takes every change
-       workdir=DIR     staging directory, same filesystem as upperdir
-       userxattr       write user.overlay.* markers instead of trusted.overlay.*
+       upperdir=DIR    the layer that takes every change
+       workdir=DIR     staging directory on upperdir's filesystem, empty or left by an earlier mount
+       userxattr       write opaque markers as user.overlay.opaque (default when not root:
+                       trusted.overlay.opaque otherwise); both forms are always read
        timeout=SECS    how long the kernel caches names and attributes (default 300)
-       ro              read-only union even when upperdir is given
-       fsname=NAME     source shown in /proc/mounts (default overlay)
-     generic mount options (rw, noatime, nodev, nosuid, ...) are accepted.
+       ro              read-only union, the upper shown as the topmost layer
+       fsname=NAME     the source column of /proc/mounts (default: SOURCE, or overlay)
+       redirect_dir=off, index=off, metacopy=off, xino=off|auto
+                       accepted: they are what pyunionfs does; other values are refused
+       rw, noatime, nodev, nosuid, noexec, sync, lazytime, ...
+                       generic mount options (mount.fuse3 forwards them) are accepted
   -h, --help         show this help
   -V, --version      show the version
+
+  Started by root, the mount is made with allow_other,default_permissions: every user reaches it and
+  the kernel checks permissions; new entries belong to the calling user.
+
+EXIT STATUS
+  0  the mount is live (the daemon went to the background), or a foreground daemon ended cleanly
+  1  the layers, the mountpoint or the options were refused (one line on stderr; nothing written)
+  2  a malformed command line
+
+EXAMPLES
+  pyunionfs -o lowerdir=lower,upperdir=upper,workdir=work merged
+  mount -t fuse.pyunionfs overlay merged -o lowerdir=l1:l2,upperdir=upper,workdir=work
+  fusermount3 -u merged
+
+SEE ALSO
+  pyunionfs-layer(diff, export, import), fuse-overlayfs(1), the kernel's overlayfs documentation.
 """
 
 
