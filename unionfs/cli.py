@@ -33,6 +33,11 @@ OPTIONS
        timeout=SECS    how long the kernel caches names and attributes (default 300)
        ro              read-only union, the upper shown as the topmost layer
        fsname=NAME     the source column of /proc/mounts (default: SOURCE, or overlay)
+       uidmapping=HOST:TO:LEN[:HOST:TO:LEN...], gidmapping=...
+                       fuse-overlayfs's mapping: an id HOST+k in the layers shows as TO+k and a
+                       caller TO+k writes HOST+k; ids outside every range are 65534
+       squash_to_root, squash_to_uid=N, squash_to_gid=N
+                       every entry shows as owned by 0 (or N); stored owners do not change
        redirect_dir=off, index=off, metacopy=off, xino=off|auto
                        accepted: they are what pyunionfs does; other values are refused
        rw, noatime, nodev, nosuid, noexec, sync, lazytime, ...

@@ -101,7 +101,7 @@ def run(opts) -> int:
         raise MountError(exc.strerror) from None
     except OSError as exc:
         raise MountError("cannot open the layers: %s" % exc) from None
-    ops = UnionOperations(union, timeout=opts.timeout)
+    ops = UnionOperations(union, timeout=opts.timeout, uid_map=opts.uid_map, gid_map=opts.gid_map)
     try:
         pyfuse3.init(ops, opts.mountpoint, fuse_options(opts))
     except Exception as exc:

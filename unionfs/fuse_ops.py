@@ -15,6 +15,7 @@ import pyfuse3
 import trio
 
 from .engine import Caller, Union
+from .idmap import IdMap
 
 log = logging.getLogger("unionfs")
 
@@ -50,10 +51,12 @@ class UnionOperations(pyfuse3.Operations):
     enable_writeback_cache = False
     enable_acl = True
 
-    def __init__(self, union: Union, timeout: float = 300.0):
+    def __init__(self, union: Union, timeout: float = 300.0, uid_map: IdMap = None, gid_map: IdMap = None):
         super().__init__()
         self.union = union
         self.timeout = timeout
+        self.uid_map = uid_map or IdMap()
+        self.gid_map = gid_map or IdMap()
         self._files = {}
         self._dirs = {}
         self._fh = itertools.count(1)
@@ -75,8 +78,8 @@ class UnionOperations(pyfuse3.Operations):
         attr.attr_timeout = self.timeout
         attr.st_mode = st.st_mode
         attr.st_nlink = self.union.reported_nlink(node, st)
-        attr.st_uid = st.st_uid
-        attr.st_gid = st.st_gid
+        attr.st_uid = self.uid_map.shown(st.st_uid)
+        attr.st_gid = self.gid_map.shown(st.st_gid)
         attr.st_rdev = st.st_rdev
         attr.st_size = st.st_size
         attr.st_blksize = st.st_blksize
@@ -127,6 +130,10 @@ class UnionOperations(pyfuse3.Operations):
         await self._settled(child)
         return child
 
+    def _caller(self, ctx) -> Caller:
+        """The owner new entries get on disk (after uidmapping/gidmapping)."""
+        return Caller(self.uid_map.stored(ctx.uid), self.gid_map.stored(ctx.gid))
+
     # ----------------------------------------------------------- lookup and attributes
 
     @_boundary
@@ -164,8 +171,8 @@ class UnionOperations(pyfuse3.Operations):
             node,
             size=size,
             mode=attr.st_mode if fields.update_mode else None,
-            uid=attr.st_uid if fields.update_uid else None,
-            gid=attr.st_gid if fields.update_gid else None,
+            uid=self.uid_map.stored(attr.st_uid) if fields.update_uid else None,
+            gid=self.gid_map.stored(attr.st_gid) if fields.update_gid else None,
             atime_ns=attr.st_atime_ns if fields.update_atime else None,
             mtime_ns=attr.st_mtime_ns if fields.update_mtime else None,
             handle=self._files.get(fh) if fh is not None else None,
@@ -227,7 +234,7 @@ class UnionOperations(pyfuse3.Operations):
 
     @_boundary
     async def mkdir(self, parent_inode, name, mode, ctx):
-        node, st = self.union.mkdir(self._node(parent_inode), name, mode, Caller(ctx.uid, ctx.gid))
+        node, st = self.union.mkdir(self._node(parent_inode), name, mode, self._caller(ctx))
         return self._entry(node, st)
 
     @_boundary
@@ -240,12 +247,12 @@ class UnionOperations(pyfuse3.Operations):
 
     @_boundary
     async def mknod(self, parent_inode, name, mode, rdev, ctx):
-        node, st = self.union.mknod(self._node(parent_inode), name, mode, rdev, Caller(ctx.uid, ctx.gid))
+        node, st = self.union.mknod(self._node(parent_inode), name, mode, rdev, self._caller(ctx))
         return self._entry(node, st)
 
     @_boundary
     async def symlink(self, parent_inode, name, target, ctx):
-        node, st = self.union.symlink(self._node(parent_inode), name, target, Caller(ctx.uid, ctx.gid))
+        node, st = self.union.symlink(self._node(parent_inode), name, target, self._caller(ctx))
         return self._entry(node, st)
 
     @_boundary
@@ -290,7 +297,7 @@ class UnionOperations(pyfuse3.Operations):
     @_boundary
     async def create(self, parent_inode, name, mode, flags, ctx):
         node, handle, st = self.union.create(self._node(parent_inode), name, mode, flags,
-                                             Caller(ctx.uid, ctx.gid))
+                                             self._caller(ctx))
         return self._file_info(handle), self._entry(node, st)
 
     @_boundary

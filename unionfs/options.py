@@ -6,6 +6,8 @@ import os
 import re
 from dataclasses import dataclass, field
 
+from .idmap import IdMap, IdMapError
+
 MAX_LOWERS = 500  # the kernel's limit
 
 # Generic mount(8) options that mount.fuse3 forwards. The ones libfuse takes are passed on; the rest
@@ -38,6 +40,8 @@ class MountOptions:
     timeout: float = 300.0
     fsname: str = "overlay"
     fuse_options: list = field(default_factory=list)
+    uid_map: IdMap = field(default_factory=IdMap)
+    gid_map: IdMap = field(default_factory=IdMap)
 
 
 def split_escaped(text: str, sep: str) -> list:
@@ -102,6 +106,7 @@ def build(o: dict) -> MountOptions:
         setattr(opts, key[:-3] if key == "upperdir" else "work", unescape(value) if value else None)
     if (opts.upper is None) != (opts.work is None):
         raise OptionError("upperdir and workdir must be given together")
+    squash_root, squash = False, {}
     for key, value in o.items():
         if key in ("ro",):
             opts.readonly = True
@@ -114,6 +119,20 @@ def build(o: dict) -> MountOptions:
                 raise OptionError("timeout needs a number of seconds") from None
             if opts.timeout < 0:
                 raise OptionError("timeout needs a number of seconds")
+        elif key in ("uidmapping", "gidmapping"):
+            if value is True:
+                raise OptionError("%s needs HOST:TO:LEN triples" % key)
+            try:
+                parsed = IdMap.parse(value, key)
+            except IdMapError as exc:
+                raise OptionError(str(exc)) from None
+            (opts.uid_map if key == "uidmapping" else opts.gid_map).ranges = parsed.ranges
+        elif key == "squash_to_root":
+            squash_root = True
+        elif key in ("squash_to_uid", "squash_to_gid"):
+            if value is True or not value.isdigit():
+                raise OptionError("%s needs a numeric id" % key)
+            squash[key] = int(value)
         elif key == "fsname":
             opts.fsname = str(value)
         elif key == "subtype":
@@ -128,6 +147,9 @@ def build(o: dict) -> MountOptions:
             pass
         else:
             raise OptionError("unknown option: %s" % (key if value is True else "%s=%s" % (key, value)))
+    # As fuse-overlayfs: squash_to_uid/gid take precedence over squash_to_root.
+    opts.uid_map.squash = squash.get("squash_to_uid", 0 if squash_root else None)
+    opts.gid_map.squash = squash.get("squash_to_gid", 0 if squash_root else None)
     return opts
 
 
