@@ -8,6 +8,7 @@ The engine is single-threaded: only `CopyUpJob.copy_data` may run in another thr
 import errno
 import fcntl
 import itertools
+import logging
 import os
 import stat
 from contextlib import contextmanager
@@ -18,6 +19,8 @@ from .layers import O_PATH_DIR, Layer, join
 from .nodes import Node, NodeTable
 from .whiteout import (TRUSTED_PREFIX, USER_PREFIX, is_opaque_dir, is_opaque_entry, is_whiteout,
                        make_whiteout, proc_path, set_opaque)
+
+log = logging.getLogger("unionfs")
 
 NAME_MAX = 255
 _ACCMODE = os.O_RDONLY | os.O_WRONLY | os.O_RDWR
@@ -71,7 +74,7 @@ class CopyUpJob:
 class Union:
     """A merged view of `lowers` (topmost first) under an optional `upper` that takes every change."""
 
-    def __init__(self, lowers, upper=None, work=None, *, userxattr=False):
+    def __init__(self, lowers, upper=None, work=None, *, userxattr=False, whiteout_files=False):
         if not lowers:
             raise ValueError("at least one lower layer is needed")
         if (upper is None) != (work is None):
@@ -95,6 +98,12 @@ class Union:
             except BaseException:
                 self.close()
                 raise
+        # `.wh.NAME` files and `.wh..wh..opq` are read as markers when asked (OCI layers) and whenever
+        # this daemon cannot make char 0/0 whiteouts, in which case it writes them too.
+        self.write_wh_files = self.work is not None and not _can_make_whiteouts(self.work.root_fd)
+        self.read_wh_files = whiteout_files or self.write_wh_files
+        if self.write_wh_files:
+            log.warning("cannot create char 0/0 whiteouts here: writing .wh.NAME files instead")
         self._tmp_counter = itertools.count(1)
         top = self.layers[0]
         single_dev = len({layer.dev for layer in self.layers}) == 1
@@ -122,27 +131,43 @@ class Union:
         if not name or b"/" in name or name in (b".", b".."):
             raise OSError(errno.EINVAL, "bad name")
 
+    def _in_layer(self, layer: Layer, parent_rel: bytes, name: bytes):
+        """What one layer holds at parent/name: its lstat, WHITED_OUT, or None."""
+        try:
+            st = layer.lstat(join(parent_rel, name))
+        except (FileNotFoundError, NotADirectoryError):
+            st = None
+        except OSError as exc:
+            if exc.errno != errno.ELOOP:  # ELOOP: a symlink where a directory was, not ours to follow
+                raise
+            return None
+        if st is not None:
+            return WHITED_OUT if is_whiteout(st) else st
+        if self.read_wh_files:
+            try:
+                layer.lstat(join(parent_rel, WH_PREFIX + name))
+                return WHITED_OUT
+            except OSError:
+                pass
+        return None
+
     def _resolve(self, parent: Node, name: bytes):
         """Look *name* up top-down across the layers merged into *parent*.
 
         Returns (layer index, lstat of the topmost entry, merged layers) or None when the name is absent
         or whited out.
         """
-        rel = join(parent.path(), name)
+        parent_rel = parent.path()
+        rel = join(parent_rel, name)
         top = None
         merge = []
         layers = parent.merge
         for pos, index in enumerate(layers):
             layer = self.layers[index]
-            try:
-                st = layer.lstat(rel)
-            except (FileNotFoundError, NotADirectoryError):
+            st = self._in_layer(layer, parent_rel, name)
+            if st is None:
                 continue
-            except OSError as exc:
-                if exc.errno == errno.ELOOP:  # a symlink where a directory was: not ours to follow
-                    continue
-                raise
-            if is_whiteout(st):
+            if st is WHITED_OUT:
                 break
             is_dir = stat.S_ISDIR(st.st_mode)
             if top is None:
@@ -164,7 +189,7 @@ class Union:
         except OSError:
             return False
         try:
-            return is_opaque_dir(fd)
+            return is_opaque_dir(fd) or (self.read_wh_files and _has_opq_file(fd))
         finally:
             os.close(fd)
 
@@ -183,6 +208,8 @@ class Union:
         node = parent.children.get(name)
         if node is not None:
             return node
+        if self.read_wh_files and name.startswith(WH_PREFIX):
+            raise OSError(errno.ENOENT, os.strerror(errno.ENOENT))  # markers, not entries
         found = self._resolve(parent, name)
         if found is None:
             raise OSError(errno.ENOENT, os.strerror(errno.ENOENT))
@@ -243,8 +270,17 @@ class Union:
     def listdir(self, node: Node):
         """The merged names of a directory: each once, upper first, whiteouts and what they hide left out."""
         names = {}
-        for _pos, _index, _fd, entry in self._layer_entries(node):
+        pending, layer_pos = [], None
+        for pos, _index, _fd, entry in self._layer_entries(node):
+            if pos != layer_pos:
+                for marked in pending:  # a layer's .wh. files hide what the layers below hold
+                    names.setdefault(marked, False)
+                pending, layer_pos = [], pos
             name = os.fsencode(entry.name)
+            if self.read_wh_files and name.startswith(WH_PREFIX):
+                if name != WH_OPAQUE:
+                    pending.append(name[len(WH_PREFIX):])
+                continue
             if name not in names:
                 names[name] = not _is_whiteout_entry(entry)
         return [name for name, visible in names.items() if visible]
@@ -258,8 +294,22 @@ class Union:
         last = len(node.merge) - 1
         found = {}    # name -> [layer index, stat, merge list, merge stopped]
         hidden = set()
+        pending, layer_pos = [], None
+        read_wh = self.read_wh_files
         for pos, index, fd, entry in self._layer_entries(node):
+            if pos != layer_pos:
+                for marked in pending:  # a layer's .wh. files hide what the layers below hold
+                    rec = found.get(marked)
+                    if rec is None:
+                        hidden.add(marked)
+                    else:
+                        rec[3] = True
+                pending, layer_pos = [], pos
             name = os.fsencode(entry.name)
+            if read_wh and name.startswith(WH_PREFIX):
+                if name != WH_OPAQUE:
+                    pending.append(name[len(WH_PREFIX):])
+                continue
             rec = found.get(name)
             if rec is None:
                 if name in hidden:
@@ -269,15 +319,27 @@ class Union:
                     hidden.add(name)
                     continue
                 is_dir = stat.S_ISDIR(st.st_mode)
-                stopped = not is_dir or (pos < last and is_opaque_entry(fd, name))
+                stopped = not is_dir or (pos < last and self._opaque_entry(fd, name))
                 found[name] = [index, st, [index] if is_dir else None, stopped]
             elif not rec[3]:
                 if entry.is_dir(follow_symlinks=False):
                     rec[2].append(index)
-                    rec[3] = pos < last and is_opaque_entry(fd, name)
+                    rec[3] = pos < last and self._opaque_entry(fd, name)
                 else:
                     rec[3] = True  # a whiteout or a non-directory below stops the merge
         return [(name, rec[0], rec[1], tuple(rec[2]) if rec[2] else ()) for name, rec in found.items()]
+
+    def _opaque_entry(self, dir_fd: int, name: bytes) -> bool:
+        if is_opaque_entry(dir_fd, name):
+            return True
+        if not self.read_wh_files:
+            return False
+        try:
+            fd = _sys.openat2(dir_fd, name + b"/" + WH_OPAQUE, os.O_PATH | os.O_NOFOLLOW)
+        except OSError:
+            return False
+        os.close(fd)
+        return True
 
     def lookup_scanned(self, parent: Node, scanned):
         """(node, stat) for one entry of `scan`, counting one kernel lookup, like `lookup`."""
@@ -412,26 +474,59 @@ class Union:
 
     def _lower_visible(self, parent: Node, name: bytes) -> bool:
         """Whether a lower layer merged into *parent* shows *name* (so removing it needs a whiteout)."""
-        rel = join(parent.path(), name)
+        parent_rel = parent.path()
         for index in parent.merge:
             if index == 0:
                 continue
-            try:
-                st = self.layers[index].lstat(rel)
-            except (FileNotFoundError, NotADirectoryError):
-                continue
-            except OSError as exc:
-                if exc.errno == errno.ELOOP:
-                    continue
-                raise
-            return not is_whiteout(st)
+            st = self._in_layer(self.layers[index], parent_rel, name)
+            if st is not None:
+                return st is not WHITED_OUT
         return False
 
-    def _upper_whiteout(self, parent_dfd: int, name: bytes) -> bool:
+    def _upper_whiteout(self, parent_dfd: int, name: bytes):
+        """The kind of whiteout the upper holds at name: "dev" (char 0/0), "file" (.wh.NAME) or None."""
         try:
-            return is_whiteout(os.stat(name, dir_fd=parent_dfd, follow_symlinks=False))
+            if is_whiteout(os.stat(name, dir_fd=parent_dfd, follow_symlinks=False)):
+                return "dev"
+            return None
         except FileNotFoundError:
-            return False
+            pass
+        if self.read_wh_files:
+            try:
+                os.stat(WH_PREFIX + name, dir_fd=parent_dfd, follow_symlinks=False)
+                return "file"
+            except OSError:
+                pass
+        return None
+
+    def _make_whiteout(self, dir_fd: int, name: bytes) -> None:
+        """A whiteout for name in dir_fd: char 0/0, or a .wh.NAME file where mknod is refused."""
+        if self.write_wh_files:
+            os.close(os.open(WH_PREFIX + name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW |
+                             os.O_CLOEXEC, 0, dir_fd=dir_fd))
+        else:
+            make_whiteout(dir_fd, name)
+
+    def _set_opaque(self, dir_path_fd: int) -> None:
+        """Mark a directory opaque: the xattr, or a .wh..wh..opq file where xattrs are refused."""
+        try:
+            set_opaque(dir_path_fd, self.marker_prefix)
+        except OSError as exc:
+            if not (self.read_wh_files and exc.errno in (errno.ENOTSUP, errno.EPERM)):
+                raise
+            os.close(os.open(WH_OPAQUE, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0,
+                             dir_fd=dir_path_fd))
+
+    def _drop_file_whiteout(self, dir_fd: int, name: bytes) -> None:
+        try:
+            os.unlink(WH_PREFIX + name, dir_fd=dir_fd)
+        except FileNotFoundError:
+            pass
+
+    def _check_new_name(self, name: bytes) -> None:
+        self._check_name(name)
+        if self.read_wh_files and name.startswith(WH_PREFIX):
+            raise OSError(errno.EINVAL, "names starting with .wh. are whiteout markers here")
 
     def _new_owner(self, parent: Node, caller: Caller, mode: int):
         """Owner and mode of a new entry: the caller's, with a setgid parent's group inherited."""
@@ -447,7 +542,7 @@ class Union:
         self._require_upper()
         if not parent.is_dir:
             raise OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
-        self._check_name(name)
+        self._check_new_name(name)
         try:
             self.child(parent, name)
         except FileNotFoundError:
@@ -466,17 +561,20 @@ class Union:
             if mode is not None:
                 os.chmod(tmp_name, stat.S_IMODE(mode), dir_fd=work_fd)
             with self.upper.dir(parent.path()) as dfd:
-                over_whiteout = self._upper_whiteout(dfd, name)
-                if is_dir and over_whiteout:
+                whiteout = self._upper_whiteout(dfd, name)
+                if is_dir and whiteout:
                     # As the kernel: a directory made where a name was deleted hides what lay below.
                     with _opened(work_fd, tmp_name, O_PATH_DIR) as fd:
-                        set_opaque(fd, self.marker_prefix)
+                        self._set_opaque(fd)
+                if is_dir and whiteout == "dev":
                     _sys.renameat2(work_fd, tmp_name, dfd, name, _sys.RENAME_EXCHANGE)
                     os.unlink(tmp_name, dir_fd=work_fd)  # now the old whiteout
-                elif over_whiteout:
+                elif whiteout == "dev":
                     os.rename(tmp_name, name, src_dir_fd=work_fd, dst_dir_fd=dfd)
                 else:
                     _sys.renameat2(work_fd, tmp_name, dfd, name, _sys.RENAME_NOREPLACE)
+                    if whiteout == "file":
+                        self._drop_file_whiteout(dfd, name)
                 st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
         except BaseException:
             _remove_tree(work_fd, tmp_name)
@@ -543,11 +641,13 @@ class Union:
             os.link(src_name, tmp, src_dir_fd=sdfd, dst_dir_fd=self.work.root_fd, follow_symlinks=False)
         with self.upper.dir(new_parent.path()) as dfd:
             try:
-                replace = self._upper_whiteout(dfd, new_name)
-                if replace:
+                whiteout = self._upper_whiteout(dfd, new_name)
+                if whiteout == "dev":
                     os.rename(tmp, new_name, src_dir_fd=self.work.root_fd, dst_dir_fd=dfd)
                 else:
                     _sys.renameat2(self.work.root_fd, tmp, dfd, new_name, _sys.RENAME_NOREPLACE)
+                    if whiteout == "file":
+                        self._drop_file_whiteout(dfd, new_name)
             except BaseException:
                 _remove_tree(self.work.root_fd, tmp)
                 raise
@@ -583,18 +683,21 @@ class Union:
         with self.upper.dir(parent.path()) as dfd:
             if self.is_upper(node):
                 tmp = self._tmp_name()
-                if needs_whiteout:
+                if needs_whiteout and not self.write_wh_files:
                     # Swap the entry for a whiteout in one step, then clear the old entry away.
                     make_whiteout(work_fd, tmp)
                     _sys.renameat2(work_fd, tmp, dfd, name, _sys.RENAME_EXCHANGE)
                     _remove_tree(work_fd, tmp)
-                elif node.is_dir:
-                    os.rename(name, tmp, src_dir_fd=dfd, dst_dir_fd=work_fd)
-                    _remove_tree(work_fd, tmp)
                 else:
-                    os.unlink(name, dir_fd=dfd)
+                    if node.is_dir:
+                        os.rename(name, tmp, src_dir_fd=dfd, dst_dir_fd=work_fd)
+                        _remove_tree(work_fd, tmp)
+                    else:
+                        os.unlink(name, dir_fd=dfd)
+                    if needs_whiteout:  # .wh. files: not atomic, as fuse-overlayfs
+                        self._make_whiteout(dfd, name)
             else:
-                make_whiteout(dfd, name)
+                self._make_whiteout(dfd, name)
         self.nodes.detach(parent, name)
 
     # ------------------------------------------------------------------ rename
@@ -604,7 +707,7 @@ class Union:
         if flags & ~(_sys.RENAME_NOREPLACE | _sys.RENAME_EXCHANGE) or flags == (
                 _sys.RENAME_NOREPLACE | _sys.RENAME_EXCHANGE):
             raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
-        self._check_name(new_name)
+        self._check_new_name(new_name)
         if flags & _sys.RENAME_EXCHANGE:
             return self._exchange(parent, name, new_parent, new_name)
         node = self.child(parent, name)
@@ -634,11 +737,13 @@ class Union:
             if node.is_dir and len(new_parent.merge) > 1:
                 # As the kernel: a directory moved into a merged directory must not merge below.
                 with _opened(sdfd, name, O_PATH_DIR) as fd:
-                    set_opaque(fd, self.marker_prefix)
+                    self._set_opaque(fd)
             try:
                 existing = os.stat(new_name, dir_fd=ddfd, follow_symlinks=False)
             except FileNotFoundError:
                 existing = None
+            if existing is None and self.read_wh_files:
+                self._drop_file_whiteout(ddfd, new_name)  # the name is taken again
             if existing is not None and stat.S_ISDIR(existing.st_mode):
                 # An upper directory that is empty in the merged view holds only whiteouts: clear them.
                 with _opened(ddfd, new_name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW) as tfd:
@@ -649,13 +754,16 @@ class Union:
                 _sys.renameat2(sdfd, name, ddfd, new_name, _sys.RENAME_EXCHANGE)
                 if not leave_whiteout:
                     os.unlink(name, dir_fd=sdfd)
+            elif leave_whiteout and self.write_wh_files:
+                os.rename(name, new_name, src_dir_fd=sdfd, dst_dir_fd=ddfd)
+                self._make_whiteout(sdfd, name)
             elif leave_whiteout:
                 try:
                     _sys.renameat2(sdfd, name, ddfd, new_name, _sys.RENAME_WHITEOUT)
                 except OSError as exc:
                     if exc.errno not in (errno.EINVAL, errno.EPERM, errno.ENOSYS):
                         raise
-                    # No RENAME_WHITEOUT here: a whiteout is prepared and exchanged in afterwards.
+                    # No RENAME_WHITEOUT here: a whiteout is prepared and moved in afterwards.
                     os.rename(name, new_name, src_dir_fd=sdfd, dst_dir_fd=ddfd)
                     tmp = self._tmp_name()
                     make_whiteout(work_fd, tmp)
@@ -697,7 +805,7 @@ class Union:
             for moving, dfd, entry, dest in ((node, sdfd, name, new_parent), (other, ddfd, new_name, parent)):
                 if moving.is_dir and len(dest.merge) > 1:
                     with _opened(dfd, entry, O_PATH_DIR) as fd:
-                        set_opaque(fd, self.marker_prefix)
+                        self._set_opaque(fd)
             _sys.renameat2(sdfd, name, ddfd, new_name, _sys.RENAME_EXCHANGE)
         self.nodes.exchange(node, parent, name, other, new_parent, new_name)
 
@@ -903,6 +1011,30 @@ def _remove_tree(dir_fd: int, name: bytes) -> None:
     finally:
         os.close(fd)
     os.rmdir(name, dir_fd=dir_fd)
+
+
+WH_PREFIX = b".wh."
+WH_OPAQUE = b".wh..wh..opq"
+WHITED_OUT = object()  # _in_layer's answer for a whiteout
+
+
+def _has_opq_file(dir_path_fd: int) -> bool:
+    try:
+        os.stat(WH_OPAQUE, dir_fd=dir_path_fd, follow_symlinks=False)
+        return True
+    except OSError:
+        return False
+
+
+def _can_make_whiteouts(work_fd: int) -> bool:
+    """Whether this process may mknod a char 0/0 device (root, or Linux 5.8+ for anyone)."""
+    name = b"#whiteout-probe-%d" % os.getpid()
+    try:
+        make_whiteout(work_fd, name)
+    except PermissionError:
+        return False
+    os.unlink(name, dir_fd=work_fd)
+    return True
 
 
 def _is_whiteout_entry(entry: os.DirEntry) -> bool:

@@ -37,6 +37,7 @@ class MountOptions:
     debug: bool = False
     readonly: bool = False
     userxattr: bool = False
+    whiteout_files: bool = False
     timeout: float = 300.0
     fsname: str = "overlay"
     fuse_options: list = field(default_factory=list)
@@ -112,6 +113,8 @@ def build(o: dict) -> MountOptions:
             opts.readonly = True
         elif key == "userxattr":
             opts.userxattr = True
+        elif key == "whiteout_files":
+            opts.whiteout_files = True
         elif key == "timeout":
             try:
                 opts.timeout = float(value)

@@ -371,3 +371,63 @@ def test_upper_and_work_are_locked_while_in_use(stack, tmp_path):
         Union([stack.dirs["lower0"]], str(other_upper), stack.dirs["work"])
     first.close()
     stack().close()  # free again once the first is gone
+
+
+def oci_layers(d):
+    """An OCI-style stack: .wh.NAME files and .wh..wh..opq markers instead of the kernel's."""
+    write(f"{d['lower1']}/gone", b"g")
+    write(f"{d['lower0']}/.wh.gone", b"")
+    write(f"{d['lower1']}/keep", b"k")
+    write(f"{d['lower1']}/op/hidden", b"h")
+    write(f"{d['lower0']}/op/.wh..wh..opq", b"")
+    write(f"{d['lower0']}/op/shown", b"s")
+    write(f"{d['lower1']}/d/inner", b"i")
+    write(f"{d['lower0']}/d/.wh.inner", b"")
+    write(f"{d['lower0']}/d/mine", b"m")
+
+
+def test_whiteout_files_option_reads_oci_markers(stack):
+    oci_layers(stack.dirs)
+    u = stack(whiteout_files=True)
+    assert walk(u, u.root) == {b"keep": ("f", b"k"), b"op": ("d", None), b"op/shown": ("f", b"s"),
+                               b"d": ("d", None), b"d/mine": ("f", b"m")}
+    scanned = {entry[0]: entry for entry in u.scan(u.root)}
+    assert sorted(scanned) == [b"d", b"keep", b"op"]
+    with pytest.raises(FileNotFoundError):
+        u.lookup(u.root, b".wh.gone")
+    with pytest.raises(OSError) as exc:
+        u.create(u.root, b".wh.keep", 0o644, os.O_WRONLY, ROOT)
+    assert exc.value.errno == errno.EINVAL
+    node, h, _ = u.create(u.root, b"gone", 0o644, os.O_WRONLY, ROOT)  # over a lower .wh. marker
+    u.release(h)
+    assert sorted(u.listdir(u.root)) == [b"d", b"gone", b"keep", b"op"]
+
+
+def test_without_the_option_wh_names_are_plain_names_as_on_the_kernel(stack):
+    oci_layers(stack.dirs)
+    u = stack()
+    assert sorted(u.listdir(u.root)) == [b".wh.gone", b"d", b"gone", b"keep", b"op"]
+
+
+def test_wh_files_are_written_where_mknod_is_refused(stack, monkeypatch):
+    import unionfs.engine as engine
+    monkeypatch.setattr(engine, "_can_make_whiteouts", lambda fd: False)
+    d = stack.dirs
+    write(f"{d['lower0']}/f", b"lower")
+    write(f"{d['lower0']}/dir/x", b"x")
+    write(f"{d['lower0']}/mv", b"mv")
+    u = stack()
+    assert u.write_wh_files and u.read_wh_files
+    u.unlink(u.root, b"f")
+    dirnode, _ = u.lookup(u.root, b"dir")
+    u.unlink(dirnode, b"x")
+    u.rmdir(u.root, b"dir")
+    u.rename(u.root, b"mv", u.root, b"moved")
+    assert sorted(os.listdir(d["upper"])) == [".wh.dir", ".wh.f", ".wh.mv", "moved"]
+    assert sorted(u.listdir(u.root)) == [b"moved"]
+    node, _ = u.mkdir(u.root, b"dir", 0o755, ROOT)  # over a .wh. whiteout: opaque, marker gone
+    assert u.listdir(node) == []
+    assert sorted(os.listdir(d["upper"])) == [".wh.f", ".wh.mv", "dir", "moved"]
+    u.close()
+    u2 = stack()  # a later mount reads what the first one wrote
+    assert sorted(u2.listdir(u2.root)) == [b"dir", b"moved"]

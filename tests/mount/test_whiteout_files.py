@@ -1,0 +1,42 @@
+"""`-o whiteout_files`: lowers extracted from OCI layer tarballs (.wh. markers) mount directly."""
+import errno
+import os
+
+import pytest
+
+from tests.util import FUSE_SKIP_REASON, hash_tree, mount_pyunionfs
+
+pytestmark = [pytest.mark.mount, pytest.mark.timeout(90),
+              pytest.mark.skipif(FUSE_SKIP_REASON is not None, reason=FUSE_SKIP_REASON or "")]
+
+
+@pytest.fixture
+def L(layers):
+    return layers({
+        "lower1": {"gone": "g\n", "keep": "k\n", "op/hidden": "h\n", "d/inner": "i\n"},
+        "lower0": {".wh.gone": "", "op/.wh..wh..opq": "", "op/shown": "s\n", "d/.wh.inner": "",
+                   "d/mine": "m\n"},
+    })
+
+
+def test_oci_markers_in_lowers(L):
+    before = [hash_tree(p) for p in L.lowers]
+    with mount_pyunionfs(L.mnt, L.lowers, L.upper, L.work, options=["whiteout_files"]):
+        assert sorted(os.listdir(L.mnt)) == ["d", "keep", "op"]
+        assert os.listdir(L.mnt / "op") == ["shown"]
+        assert os.listdir(L.mnt / "d") == ["mine"]
+        assert not os.path.lexists(L.mnt / ".wh.gone")
+        with pytest.raises(OSError) as exc:
+            (L.mnt / ".wh.keep").write_bytes(b"forged")
+        assert exc.value.errno == errno.EINVAL
+        os.unlink(L.mnt / "keep")            # kernel-format whiteout in the upper (mknod works here)
+        (L.mnt / "gone").write_bytes(b"back\n")
+        assert sorted(os.listdir(L.mnt)) == ["d", "gone", "op"]
+    st = os.lstat(L.upper / "keep")
+    assert (st.st_mode & 0o170000, st.st_rdev) == (0o020000, 0)
+    assert [hash_tree(p) for p in L.lowers] == before
+
+
+def test_without_option_markers_are_plain_files_as_on_the_kernel(L):
+    with mount_pyunionfs(L.mnt, L.lowers, L.upper, L.work):
+        assert sorted(os.listdir(L.mnt)) == [".wh.gone", "d", "gone", "keep", "op"]
