@@ -105,6 +105,8 @@ class Union:
         if self.write_wh_files:
             log.warning("cannot create char 0/0 whiteouts here: writing .wh.NAME files instead")
         self._tmp_counter = itertools.count(1)
+        # With the kernel's write-back cache, a file open for writing may be read too (partial pages).
+        self.writes_need_reads = False
         top = self.layers[0]
         single_dev = len({layer.dev for layer in self.layers}) == 1
         self.nodes = NodeTable((0, top.dev, top.root_ino), tuple(range(len(self.layers))), single_dev)
@@ -434,6 +436,7 @@ class Union:
         job.tmp_name = None
         upper_st = self.upper.lstat(node.path())
         node.layer = 0
+        node.xattr_names = None
         if node.is_dir:
             node.merge = (0,) + tuple(node.merge)
         self.nodes.rekey(node, (0, upper_st.st_dev, upper_st.st_ino))
@@ -592,6 +595,8 @@ class Union:
         open_flags = (flags & _OPEN_KEEP) | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
         if flags & _ACCMODE == os.O_RDONLY:
             open_flags = (open_flags & ~_ACCMODE) | os.O_RDONLY
+        elif self.writes_need_reads:
+            open_flags = (open_flags & ~_ACCMODE) | os.O_RDWR
         fd = os.open(tmp, open_flags, stat.S_IMODE(mode), dir_fd=self.work.root_fd)
         try:
             node = self._finish_create(tmp, parent, name, False, uid, gid,
@@ -824,7 +829,15 @@ class Union:
         if writing:
             self._require_upper()
             self.copy_up(node, with_data=not flags & os.O_TRUNC)
-        fd = self.layers[node.layer].open(node.path(), (flags & _OPEN_KEEP) | (flags & os.O_TRUNC))
+        open_flags = (flags & _OPEN_KEEP) | (flags & os.O_TRUNC)
+        layer, rel = self.layers[node.layer], node.path()
+        if self.writes_need_reads and flags & _ACCMODE == os.O_WRONLY:
+            try:
+                fd = layer.open(rel, (open_flags & ~_ACCMODE) | os.O_RDWR)
+            except PermissionError:  # a write-only file of an unprivileged daemon
+                fd = layer.open(rel, open_flags)
+        else:
+            fd = layer.open(rel, open_flags)
         return self._new_handle(fd, node, node.layer, flags)
 
     def read(self, handle: FileHandle, offset: int, size: int) -> bytes:
@@ -873,8 +886,12 @@ class Union:
         self._require_upper()
         if size is not None and node.is_dir:
             raise OSError(errno.EISDIR, os.strerror(errno.EISDIR))
+        fd = self._unlinked_fd(node, for_change=True)
+        if fd is not None:
+            return self._setattr_fd(node, fd, size, mode, uid, gid, atime_ns, mtime_ns, handle)
         if not self.is_upper(node):
             self.copy_up(node, with_data=size != 0)
+        node.xattr_names = None  # chmod may rewrite an ACL, chown drops file capabilities
         rel = node.path()
         parent, _, name = rel.rpartition(b"/")
         with _layer_fd(self.upper, rel, os.O_PATH) as fd, _layer_fd(self.upper, parent, O_PATH_DIR) as dfd:
@@ -906,6 +923,24 @@ class Union:
                 os.utime(target, ns=(atime_ns, mtime_ns), dir_fd=where, follow_symlinks=where is None)
             return os.fstat(fd)
 
+    def _setattr_fd(self, node, fd, size, mode, uid, gid, atime_ns, mtime_ns, handle):
+        """setattr of an unlinked, still open file: through its open descriptors."""
+        if size is not None:
+            writable = [h.fd for h in node.handles if h.writable and h.layer == 0]
+            if not writable:
+                raise OSError(errno.EBADF, os.strerror(errno.EBADF))
+            os.ftruncate(handle.fd if handle is not None and handle.writable else writable[0], size)
+        if uid is not None or gid is not None:
+            os.fchown(fd, -1 if uid is None else uid, -1 if gid is None else gid)
+        if mode is not None:
+            os.fchmod(fd, stat.S_IMODE(mode))
+        if atime_ns is not None or mtime_ns is not None:
+            st = os.fstat(fd)
+            os.utime(fd, ns=(st.st_atime_ns if atime_ns is None else atime_ns,
+                             st.st_mtime_ns if mtime_ns is None else mtime_ns))
+        node.xattr_names = None
+        return os.fstat(fd)
+
     def statfs(self) -> os.statvfs_result:
         return os.statvfs(proc_path(self.layers[0].root_fd))
 
@@ -921,6 +956,15 @@ class Union:
 
     def getxattr(self, node: Node, name: bytes) -> bytes:
         stored = xattrs.to_stored(name)
+        fd = self._unlinked_fd(node)
+        if fd is not None:
+            return os.getxattr(fd, stored)
+        names = node.xattr_names
+        if names is None:
+            names = self._stored_xattr_names(node)
+        if stored not in names:
+            # Every change goes through the daemon, so the list is current: answer without a syscall.
+            raise OSError(errno.ENODATA, os.strerror(errno.ENODATA))
         with self._xattr_path(self.layers[node.layer], node) as (path, follow):
             try:
                 return os.getxattr(path, stored, follow_symlinks=follow)
@@ -929,17 +973,37 @@ class Union:
                     raise OSError(errno.ENODATA, os.strerror(errno.ENODATA)) from None
                 raise
 
-    def listxattr(self, node: Node):
+    def _unlinked_fd(self, node: Node, for_change: bool = False):
+        """An open fd of a node whose last name is gone (None if it still has a name).
+
+        A change needs a descriptor on the upper copy: a lower file is never written.
+        """
+        if node.names or node is self.root:
+            return None
+        for handle in node.handles:
+            if handle.layer == 0 or not for_change:
+                return handle.fd
+        raise OSError(errno.ENOENT, os.strerror(errno.ENOENT))
+
+    def _stored_xattr_names(self, node: Node) -> frozenset:
+        fd = self._unlinked_fd(node)
+        if fd is not None:
+            return frozenset(os.fsencode(n) for n in os.listxattr(fd))
         with self._xattr_path(self.layers[node.layer], node) as (path, follow):
             try:
-                stored = os.listxattr(path, follow_symlinks=follow)
+                names = frozenset(os.fsencode(n) for n in os.listxattr(path, follow_symlinks=follow))
             except OSError as exc:
-                if exc.errno == errno.ENOTSUP:
-                    return []
-                raise
+                if exc.errno != errno.ENOTSUP:
+                    raise
+                names = frozenset()
+        node.xattr_names = names
+        return names
+
+    def listxattr(self, node: Node):
+        stored = self._stored_xattr_names(node)
         names = []
         for item in stored:
-            visible = xattrs.to_visible(os.fsencode(item))
+            visible = xattrs.to_visible(item)
             if visible is not None:
                 names.append(visible)
         return names
@@ -947,6 +1011,11 @@ class Union:
     def setxattr(self, node: Node, name: bytes, value: bytes, flags: int = 0) -> None:
         self._require_upper()
         self.copy_up(node)
+        node.xattr_names = None
+        fd = self._unlinked_fd(node, for_change=True)
+        if fd is not None:
+            os.setxattr(fd, xattrs.to_stored(name), value, flags)
+            return
         with self._xattr_path(self.upper, node) as (path, follow):
             os.setxattr(path, xattrs.to_stored(name), value, flags, follow_symlinks=follow)
 
@@ -954,6 +1023,11 @@ class Union:
         self._require_upper()
         self.getxattr(node, name)  # ENODATA before any copy-up, as the kernel
         self.copy_up(node)
+        node.xattr_names = None
+        fd = self._unlinked_fd(node, for_change=True)
+        if fd is not None:
+            os.removexattr(fd, xattrs.to_stored(name))
+            return
         with self._xattr_path(self.upper, node) as (path, follow):
             os.removexattr(path, xattrs.to_stored(name), follow_symlinks=follow)
 

@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from . import _sys
 
 O_PATH_DIR = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_PATH_CHUNK = 3072  # well below PATH_MAX (4096), which openat2 enforces on the whole path
 
 
 class Layer:
@@ -40,6 +41,8 @@ class Layer:
         if not rel:
             return os.open(".", (flags & ~os.O_NOFOLLOW), dir_fd=self.root_fd)
         try:
+            if len(rel) >= _PATH_CHUNK:
+                return self._open_chunked(rel, flags, mode)
             return _sys.openat2(self.root_fd, rel, flags, mode)
         except OSError as exc:
             if exc.errno != errno.ENOSYS:
@@ -47,6 +50,27 @@ class Layer:
                     raise OSError(errno.ELOOP, "path escapes the layer", rel) from None
                 raise
         return self._open_walk(rel, flags, mode)
+
+    def _open_chunked(self, rel: bytes, flags: int, mode: int) -> int:
+        """openat2 refuses paths of PATH_MAX bytes and more, which deep unions reach: resolve them a
+        piece (of whole names) at a time, each piece beneath the directory the last one opened."""
+        parts = rel.split(b"/")
+        pieces, cur = [], []
+        for part in parts:
+            if cur and sum(len(p) + 1 for p in cur) + len(part) >= _PATH_CHUNK:
+                pieces.append(b"/".join(cur))
+                cur = []
+            cur.append(part)
+        pieces.append(b"/".join(cur))
+        fd = os.open(".", O_PATH_DIR & ~os.O_NOFOLLOW, dir_fd=self.root_fd)
+        try:
+            for piece in pieces[:-1]:
+                nxt = _sys.openat2(fd, piece, O_PATH_DIR)
+                os.close(fd)
+                fd = nxt
+            return _sys.openat2(fd, pieces[-1], flags, mode)
+        finally:
+            os.close(fd)
 
     def _open_walk(self, rel: bytes, flags: int, mode: int) -> int:
         parts = rel.split(b"/")

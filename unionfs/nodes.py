@@ -23,7 +23,7 @@ _INO_MASK = (1 << 48) - 1
 
 class Node:
     __slots__ = ("id", "is_dir", "names", "layer", "merge", "key", "lookups", "opens", "children",
-                 "shared_lower", "handles", "__weakref__")
+                 "shared_lower", "handles", "xattr_names", "__weakref__")
 
     def __init__(self, node_id, is_dir, layer, merge, key):
         self.id = node_id
@@ -37,9 +37,11 @@ class Node:
         self.children = {}       # name -> live child Node (directories)
         self.shared_lower = False  # a lower file with other names (hard links): see fuse_ops
         self.handles = []        # open FileHandles, to stat a file whose last name is gone
+        self.xattr_names = None  # stored xattr names once listed (the kernel asks for
+        #                          security.capability before every write): None = not known
 
     def __repr__(self):
-        return f"Node({self.id}, {self.path()!r}, layer={self.layer}, merge={self.merge})"
+        return f"Node({self.id}, {self.names[:1]!r}, layer={self.layer}, merge={self.merge})"
 
     @property
     def parent(self):
@@ -48,7 +50,10 @@ class Node:
     def path(self) -> bytes:
         """Relative path in every layer of the merge (no redirects)."""
         if not self.names:
-            return b""
+            if self.id == ROOT_ID:
+                return b""
+            # Unlinked (maybe still open): it has no path, and b"" would be the layer's root.
+            raise OSError(errno.ENOENT, "no name left")
         parts = []
         node = self
         while node.names:

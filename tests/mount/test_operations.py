@@ -858,6 +858,33 @@ def test_unlinked_open_file_stays_usable(L, impl, kind):
         assert os.listdir(L.mnt / "dir_up") == []
 
 
+@pytest.mark.parametrize("kind", FILES)
+def test_changes_through_fd_of_unlinked_file(L, impl, kind):
+    """fchmod, fchown, ftruncate, futimens and fsetxattr on a file whose name is gone: the changes
+    reach the (upper) file, and nothing else, least of all the layer's root, is touched."""
+    name = FILES[kind]
+    with union_mount(impl, L):
+        root_mode = os.stat(L.mnt).st_mode
+        fd = os.open(L.mnt / name, os.O_RDWR)
+        try:
+            os.unlink(L.mnt / name)
+            os.fchmod(fd, 0o611)
+            os.fchown(fd, 4444, 5555)
+            os.ftruncate(fd, 3)
+            os.utime(fd, ns=(T0, T0))
+            os.setxattr(fd, "user.gone", b"still here")
+            st = os.fstat(fd)
+            assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, st.st_size, st.st_mtime_ns) == (
+                0o611, 4444, 5555, 3, T0)
+            assert os.getxattr(fd, "user.gone") == b"still here"
+            assert os.pread(fd, 10, 0) == FILE_DATA[kind][:3]
+        finally:
+            os.close(fd)
+        assert os.stat(L.mnt).st_mode == root_mode
+        assert not os.path.lexists(L.mnt / name)
+    assert stat.S_IMODE(os.stat(L.upper).st_mode) == stat.S_IMODE(root_mode)
+
+
 def test_lower_hardlinks_separate_after_copy_up(layers, impl):
     """index=off semantics: a lower file's hard links share data until one of them is copied up."""
     L = layers({"lower0": {"a": "shared\n", "h": Hardlink("a"), "d/h2": Hardlink("a")}})

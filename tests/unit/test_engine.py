@@ -431,3 +431,18 @@ def test_wh_files_are_written_where_mknod_is_refused(stack, monkeypatch):
     u.close()
     u2 = stack()  # a later mount reads what the first one wrote
     assert sorted(u2.listdir(u2.root)) == [b"dir", b"moved"]
+
+
+def test_paths_longer_than_path_max(stack):
+    """pjdfstest rename/02 from a subdirectory: a union path of 4096+ bytes still resolves."""
+    u = stack()
+    node = u.root
+    long_name = b"d" * 250
+    for _ in range(20):  # 5,020 bytes deep
+        node, _ = u.mkdir(node, long_name, 0o755, ROOT)
+    f, h, _ = u.create(node, b"a", 0o644, os.O_WRONLY, ROOT)
+    u.release(h)
+    u.rename(node, b"a", node, b"b" * 100)
+    assert u.listdir(node) == [b"b" * 100]
+    with pytest.raises(FileNotFoundError):
+        u.lookup(node, b"missing")
