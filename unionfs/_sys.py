@@ -14,6 +14,7 @@ RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
 RENAME_WHITEOUT = 4
 
+RESOLVE_NO_XDEV = 0x01
 RESOLVE_NO_MAGICLINKS = 0x02
 RESOLVE_NO_SYMLINKS = 0x04
 RESOLVE_BENEATH = 0x08
@@ -33,8 +34,11 @@ _have_openat2 = _SYS_OPENAT2 is not None
 
 
 def openat2(dirfd: int, path: bytes, flags: int, mode: int = 0,
-            resolve: int = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS) -> int:
-    """openat2(2): open *path* under *dirfd* without ever crossing a symlink or leaving dirfd."""
+            resolve: int = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_XDEV
+            ) -> int:
+    """openat2(2): open *path* under *dirfd* without ever crossing a symlink or a mount point, or
+    leaving dirfd. (A mount point inside a layer may be the union's own mount: stepping into it from
+    the daemon's one thread would wait on itself forever. The kernel's overlay does not cross either.)"""
     global _have_openat2
     if not _have_openat2:
         raise OSError(errno.ENOSYS, "openat2 unavailable")

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from . import _sys, copyup, xattrs
-from .layers import O_PATH_DIR, Layer, join
+from .layers import O_PATH_DIR, Layer, join, lstat_at, open_at
 from .nodes import Node, NodeTable
 from .whiteout import (TRUSTED_PREFIX, USER_PREFIX, is_opaque_dir, is_opaque_entry, is_whiteout,
                        make_whiteout, proc_path, set_opaque)
@@ -273,7 +273,7 @@ class Union:
         """The merged names of a directory: each once, upper first, whiteouts and what they hide left out."""
         names = {}
         pending, layer_pos = [], None
-        for pos, _index, _fd, entry in self._layer_entries(node):
+        for pos, _index, fd, entry in self._layer_entries(node):
             if pos != layer_pos:
                 for marked in pending:  # a layer's .wh. files hide what the layers below hold
                     names.setdefault(marked, False)
@@ -284,7 +284,7 @@ class Union:
                     pending.append(name[len(WH_PREFIX):])
                 continue
             if name not in names:
-                names[name] = not _is_whiteout_entry(entry)
+                names[name] = not _is_whiteout_entry(fd, entry)
         return [name for name, visible in names.items() if visible]
 
     def scan(self, node: Node):
@@ -316,7 +316,10 @@ class Union:
             if rec is None:
                 if name in hidden:
                     continue
-                st = entry.stat(follow_symlinks=False)
+                try:
+                    st = lstat_at(fd, name)
+                except OSError:  # gone since getdents, or a mount point: not ours to step into
+                    continue
                 if is_whiteout(st):
                     hidden.add(name)
                     continue
@@ -489,14 +492,14 @@ class Union:
     def _upper_whiteout(self, parent_dfd: int, name: bytes):
         """The kind of whiteout the upper holds at name: "dev" (char 0/0), "file" (.wh.NAME) or None."""
         try:
-            if is_whiteout(os.stat(name, dir_fd=parent_dfd, follow_symlinks=False)):
+            if is_whiteout(lstat_at(parent_dfd, name)):
                 return "dev"
             return None
         except FileNotFoundError:
             pass
         if self.read_wh_files:
             try:
-                os.stat(WH_PREFIX + name, dir_fd=parent_dfd, follow_symlinks=False)
+                lstat_at(parent_dfd, WH_PREFIX + name)
                 return "file"
             except OSError:
                 pass
@@ -578,7 +581,7 @@ class Union:
                     _sys.renameat2(work_fd, tmp_name, dfd, name, _sys.RENAME_NOREPLACE)
                     if whiteout == "file":
                         self._drop_file_whiteout(dfd, name)
-                st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+                st = lstat_at(dfd, name)
         except BaseException:
             _remove_tree(work_fd, tmp_name)
             raise
@@ -656,7 +659,7 @@ class Union:
             except BaseException:
                 _remove_tree(self.work.root_fd, tmp)
                 raise
-            st = os.stat(new_name, dir_fd=dfd, follow_symlinks=False)
+            st = lstat_at(dfd, new_name)
         linked = self._attach(new_parent, new_name, 0, st, ())
         linked.lookups += 1
         return linked, st
@@ -733,6 +736,11 @@ class Union:
             if not node.is_dir and target.is_dir:
                 raise OSError(errno.EISDIR, os.strerror(errno.EISDIR))
             if target.is_dir and not self.is_empty_dir(target):
+                if self.is_upper(target) and len(target.merge) == 1 and len(new_parent.merge) > 1:
+                    # The kernel leaves a pure-upper target's emptiness to the upper's rename(2),
+                    # after it has marked the moving directory opaque: so does this.
+                    with self.upper.dir(parent.path()) as sdfd, _opened(sdfd, name, O_PATH_DIR) as fd:
+                        self._set_opaque(fd)
                 raise OSError(errno.ENOTEMPTY, os.strerror(errno.ENOTEMPTY))
         self.copy_up(node)
         self.ensure_upper_dir(new_parent)
@@ -744,7 +752,7 @@ class Union:
                 with _opened(sdfd, name, O_PATH_DIR) as fd:
                     self._set_opaque(fd)
             try:
-                existing = os.stat(new_name, dir_fd=ddfd, follow_symlinks=False)
+                existing = lstat_at(ddfd, new_name)
             except FileNotFoundError:
                 existing = None
             if existing is None and self.read_wh_files:
@@ -897,9 +905,11 @@ class Union:
         with _layer_fd(self.upper, rel, os.O_PATH) as fd, _layer_fd(self.upper, parent, O_PATH_DIR) as dfd:
             # The entry is reached as name under its parent with AT_SYMLINK_NOFOLLOW, or (the root,
             # chmod of a non-symlink) through its own O_PATH fd: never through a symlink.
-            target, where = (name, dfd) if rel else (proc_path(fd), None)
             st = os.fstat(fd)
             is_link = stat.S_ISLNK(st.st_mode)
+            # A symlink is reached as name under its parent without following it (a symlink is never a
+            # mount point); anything else through its own O_PATH fd, so no mount point is crossed.
+            target, where = (name, dfd) if is_link else (proc_path(fd), None)
             if size is not None:
                 if not stat.S_ISREG(st.st_mode):
                     raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
@@ -1037,9 +1047,15 @@ class _ProcPath:
         self.layer, self.parent, self.name, self.fd = layer, parent, name, -1
 
     def __enter__(self):
+        """(path, follow): the entry's own O_PATH fd through /proc (no mount point crossed), or for a
+        symlink its name under the parent's fd, not followed."""
         if self.name is None:
             self.fd = self.layer.open(b"", O_PATH_DIR)
             return proc_path(self.fd), True
+        self.fd = self.layer.open(join(self.parent, self.name))
+        if not stat.S_ISLNK(os.fstat(self.fd).st_mode):
+            return proc_path(self.fd), True
+        os.close(self.fd)
         self.fd = self.layer.open(self.parent, O_PATH_DIR)
         return proc_path(self.fd, self.name), False
 
@@ -1050,7 +1066,7 @@ class _ProcPath:
 @contextmanager
 def _opened(dir_fd: int, name: bytes, flags: int):
     """An fd of name under dir_fd, never through a symlink."""
-    fd = os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+    fd = open_at(dir_fd, name, flags)
     try:
         yield fd
     finally:
@@ -1078,7 +1094,7 @@ def _remove_tree(dir_fd: int, name: bytes) -> None:
     except OSError as exc:
         if exc.errno not in (errno.EISDIR, errno.EPERM):
             raise
-    fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+    fd = open_at(dir_fd, name, os.O_RDONLY | os.O_DIRECTORY)
     try:
         for entry in os.listdir(fd):
             _remove_tree(fd, os.fsencode(entry))
@@ -1094,7 +1110,7 @@ WHITED_OUT = object()  # _in_layer's answer for a whiteout
 
 def _has_opq_file(dir_path_fd: int) -> bool:
     try:
-        os.stat(WH_OPAQUE, dir_fd=dir_path_fd, follow_symlinks=False)
+        lstat_at(dir_path_fd, WH_OPAQUE)
         return True
     except OSError:
         return False
@@ -1111,11 +1127,14 @@ def _can_make_whiteouts(work_fd: int) -> bool:
     return True
 
 
-def _is_whiteout_entry(entry: os.DirEntry) -> bool:
+def _is_whiteout_entry(dir_fd: int, entry: os.DirEntry) -> bool:
     # d_type answers for the common kinds without a stat; only special files need one.
     if entry.is_dir(follow_symlinks=False) or entry.is_file(follow_symlinks=False) or entry.is_symlink():
         return False
-    return is_whiteout(entry.stat(follow_symlinks=False))
+    try:
+        return is_whiteout(lstat_at(dir_fd, os.fsencode(entry.name)))
+    except OSError:
+        return False
 
 
 WORK_SUBDIR = "work"

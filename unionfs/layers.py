@@ -107,6 +107,25 @@ class Layer:
             os.close(fd)
 
 
+def open_at(dir_fd: int, name: bytes, flags: int, mode: int = 0) -> int:
+    """Open one name under an fd without following a symlink or crossing a mount point there."""
+    try:
+        return _sys.openat2(dir_fd, name, flags | os.O_NOFOLLOW, mode)
+    except OSError as exc:
+        if exc.errno != errno.ENOSYS:
+            raise
+    return os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=dir_fd)
+
+
+def lstat_at(dir_fd: int, name: bytes) -> os.stat_result:
+    """lstat of one name under an fd, never stepping into a mount point (fstatat would)."""
+    fd = open_at(dir_fd, name, os.O_PATH)
+    try:
+        return os.fstat(fd)
+    finally:
+        os.close(fd)
+
+
 def join(parent: bytes, name: bytes) -> bytes:
     return parent + b"/" + name if parent else name
 

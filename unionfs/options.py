@@ -79,14 +79,18 @@ def unescape(text: str) -> str:
 
 
 def parse_o(opts: list) -> dict:
-    """Merge every -o string into {key: value or True}; later ones win, as with mount(8)."""
+    """Merge every -o string into {key: value or True}. A flag may repeat; an option given twice with
+    different values is refused (which one was meant?)."""
     result = {}
     for text in opts:
         for item in split_escaped(text, ","):
             if not item:
                 continue
             key, eq, value = item.partition("=")
-            result[key] = value if eq else True
+            value = value if eq else True
+            if key in result and result[key] != value and not key.startswith("x-"):
+                raise OptionError("option %s given twice with different values" % key)
+            result[key] = value
     return result
 
 
@@ -220,6 +224,8 @@ def validate(opts: MountOptions) -> MountOptions:
     mnt = os.path.realpath(opts.mountpoint)
     if mnt in _mount_points():
         raise OptionError("mountpoint %s is already a mount point" % mnt)
+    if opts.work is not None:
+        layers.append(("workdir", opts.work))
     for what, path in layers:
         if _inside(mnt, path):
             # The daemon would reach its own mount through the layer and deadlock.
