@@ -50,6 +50,12 @@ def test_failed_setxattr_replace_splits_hardlink(replay):
     replay(("setxattr", "hl_a", "user.new", b"other value", "replace", True))
 
 
+@known_difference("chown(-1, -1) of a lower file: the kernel overlay copies it up; the FUSE kernel module "
+                  "does not send a setattr that changes nothing, so the daemon never hears of it")
+def test_noop_chown_copies_up(replay):
+    replay(("chown", "a", -1, -1, False))
+
+
 # Fixed (was: lchown of a symlink from a lower copied the link up but left its gid at 0; the kernel
 # reports gid 1002).
 def test_lchown_lower_symlink(replay):

@@ -115,6 +115,10 @@ class DiffMachine(RuleBasedStateMachine):
 
     @rule(path=paths, uid=uids, gid=gids, follow=booleans)
     def chown(self, path, uid, gid, follow):
+        if uid == -1 and gid == -1 and not diffkit.SELF_CHECK:
+            # Known difference (test_regressions.py): FUSE does not pass a chown that changes nothing
+            # to the daemon, while the kernel's overlay copies the file up for it.
+            return
         self._check("chown", path, uid, gid, follow)
 
     @rule(path=paths, atime_ns=times, mtime_ns=times, follow=booleans)
