@@ -320,9 +320,8 @@ class UnionOperations(pyfuse3.Operations):
     async def write(self, fh, off, buf):
         return self.union.write(self._files[fh], off, buf)
 
-    @_boundary
-    async def flush(self, fh):
-        pass
+    # No flush handler: writes reach the backing file at once, so close(2) has nothing to report.
+    # pyfuse3 answers ENOSYS and the kernel stops sending FLUSH: one request less per close.
 
     @_boundary
     async def fsync(self, fh, datasync):
