@@ -35,6 +35,7 @@ OPTIONS
        timeout=SECS    how long the kernel caches names and attributes (default 300)
        ro              read-only union, the upper shown as the topmost layer
        fsname=NAME     the source column of /proc/mounts (default: SOURCE, or overlay)
+       logfile=PATH    where a background daemon logs (default: syslog through /dev/log)
        uidmapping=HOST:TO:LEN[:HOST:TO:LEN...], gidmapping=...
                        fuse-overlayfs's mapping: an id HOST+k in the layers shows as TO+k and a
                        caller TO+k writes HOST+k; ids outside every range are 65534

@@ -41,6 +41,9 @@ def _setup_logging(opts, to_stderr: bool):
     if to_stderr:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    elif opts.logfile:
+        handler = logging.FileHandler(opts.logfile)
+        handler.setFormatter(logging.Formatter("%(asctime)s pyunionfs[%(process)d] %(levelname)s: %(message)s"))
     elif os.path.exists("/dev/log"):
         handler = logging.handlers.SysLogHandler(address="/dev/log")
         handler.setFormatter(logging.Formatter("pyunionfs[%(process)d]: %(levelname)s %(message)s"))

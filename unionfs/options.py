@@ -38,6 +38,7 @@ class MountOptions:
     readonly: bool = False
     userxattr: bool = False
     whiteout_files: bool = False
+    logfile: str = None
     timeout: float = 300.0
     fsname: str = "overlay"
     fuse_options: list = field(default_factory=list)
@@ -119,6 +120,10 @@ def build(o: dict) -> MountOptions:
             opts.userxattr = True
         elif key == "whiteout_files":
             opts.whiteout_files = True
+        elif key == "logfile":
+            if value is True or not value:
+                raise OptionError("logfile needs a path")
+            opts.logfile = os.path.abspath(unescape(value))
         elif key == "timeout":
             try:
                 opts.timeout = float(value)
@@ -231,4 +236,8 @@ def validate(opts: MountOptions) -> MountOptions:
             # The daemon would reach its own mount through the layer and deadlock.
             raise OptionError("mountpoint %s is inside %s %s" % (mnt, what, path))
     opts.mountpoint = mnt
+    if opts.logfile is not None:
+        where = os.path.dirname(opts.logfile)
+        if os.path.isdir(opts.logfile) or not os.path.isdir(where) or not os.access(where, os.W_OK):
+            raise OptionError("cannot write the log file %s" % opts.logfile)
     return opts

@@ -558,3 +558,23 @@ def test_second_mount_on_same_upper_refused_until_first_is_gone(L, tmp_path):
         assert (other_mnt / "g").read_bytes() == b"lower g\n"
         (other_mnt / "after-crash").write_bytes(b"ok\n")
     assert (L.upper / "after-crash").read_bytes() == b"ok\n"
+
+
+@pytest.mark.timeout(60)
+def test_logfile_option(L, tmp_path):
+    """A background daemon logs where -o logfile= says; an unwritable one is refused before mounting."""
+    log = tmp_path / "daemon.log"
+    res = run_cli(["-o", opts(L) + f",logfile={log}", L.mnt])
+    try:
+        assert res.returncode == 0, res.stderr
+        _check_live(L)
+    finally:
+        unmount(L.mnt)
+    deadline = time.time() + 10
+    while "unmounted" not in (log.read_text() if log.exists() else "") and time.time() < deadline:
+        time.sleep(0.1)
+    assert "mounted" in log.read_text()
+    before = hash_tree(L.root)
+    res = run_cli(["-o", opts(L) + ",logfile=/nonexistent-dir/x.log", L.mnt])
+    assert res.returncode == 1 and res.stderr.startswith("pyunionfs: cannot write the log file")
+    assert hash_tree(L.root) == before and not is_mountpoint(L.mnt)
