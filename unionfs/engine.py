@@ -387,12 +387,7 @@ class Union:
         if node.is_dir:
             self.ensure_upper_dir(node)
             return
-        job = self.copy_up_begin(node, with_data)
-        try:
-            job.copy_data()
-            self.copy_up_commit(job)
-        finally:
-            self.copy_up_abort(job)
+        self._copy_up_entry(node, with_data)
 
     def copy_up_begin(self, node: Node, with_data: bool = True) -> CopyUpJob:
         self._require_upper()
