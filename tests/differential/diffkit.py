@@ -693,6 +693,16 @@ class Pair:
             return
         uppers = [upper_snapshot(d / "upper") for d in self.sides]
         problems += ["upper " + l for l in diff_dicts(*uppers, *self.labels)]
+        # Interoperation: the kernel mounting the upper pyunionfs wrote (read-only, over the same
+        # lowers) shows what pyunionfs showed.
+        ours = self.sides[1]
+        again, work = ours / "kernel-again", ours / "kernel-again-work"
+        again.mkdir()
+        work.mkdir()
+        with mount_kernel_overlay(again, [ours / l for l in LAYERS], ours / "upper", work, options=["ro"]):
+            seen = merged_snapshot(str(again))
+        problems += ["kernel on the upper of " + l
+                     for l in diff_dicts(snaps[1], seen, self.labels[1], "kernel on its upper")]
         for label, d, before in zip(self.labels, self.sides, self.lower_before):
             for l in LAYERS:
                 for line in diff_dicts(before[l], raw_snapshot(d / l), "before", "after"):
