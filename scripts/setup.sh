@@ -12,7 +12,7 @@ PYTHON="${PYTHON:-python3}"
 log() { printf 'setup: %s\n' "$*" >&2; }
 
 # --- Debian packages -------------------------------------------------------
-want=(fuse3 libfuse3-dev pkg-config attr fuse-overlayfs)
+want=(fuse3 libfuse3-dev pkg-config attr fuse-overlayfs umoci)
 # pyfuse3 is built from source: it needs a C compiler and the Python headers,
 # and a Debian system Python needs python3-venv for `-m venv`.
 if ! command -v gcc >/dev/null 2>&1; then want+=(gcc); fi
