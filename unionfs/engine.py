@@ -430,7 +430,7 @@ class Union:
         with job.src_layer.dir(src_parent) as src_dfd:
             copyup.set_owner_mode_times(self.work.root_fd, job.tmp_name, job.src_st, as_root=self.as_root,
                                         src_xattr_path=proc_path(src_dfd, name))
-        self._rename_into_upper(job.tmp_name, node.parent, name, keep_parent_times=True)
+        self._copy_up_rename(job.tmp_name, node.parent, name)
         job.tmp_name = None
         upper_st = self.upper.lstat(node.path())
         node.layer = 0
@@ -458,18 +458,13 @@ class Union:
         finally:
             self.copy_up_abort(job)
 
-    def _rename_into_upper(self, tmp_name: bytes, parent: Node, name: bytes, *, replace=False,
-                           keep_parent_times=False) -> None:
-        """Move a prepared work-dir entry to parent/name in the upper."""
+    def _copy_up_rename(self, tmp_name: bytes, parent: Node, name: bytes) -> None:
+        """Move a copied-up work-dir entry to parent/name in the upper, leaving the parent's times."""
         with self.upper.dir(parent.path()) as dfd:
-            before = os.fstat(dfd) if keep_parent_times else None
-            if replace:
-                os.rename(tmp_name, name, src_dir_fd=self.work.root_fd, dst_dir_fd=dfd)
-            else:
-                _sys.renameat2(self.work.root_fd, tmp_name, dfd, name, _sys.RENAME_NOREPLACE)
-            if before is not None:
-                # Copy-up does not change the merged parent's times, as in the kernel.
-                os.utime(proc_path(dfd), ns=(before.st_atime_ns, before.st_mtime_ns))
+            before = os.fstat(dfd)
+            _sys.renameat2(self.work.root_fd, tmp_name, dfd, name, _sys.RENAME_NOREPLACE)
+            # Copy-up does not change the merged parent's times, as in the kernel.
+            os.utime(proc_path(dfd), ns=(before.st_atime_ns, before.st_mtime_ns))
 
     # ------------------------------------------------------------------ helpers for changes
 

@@ -19,12 +19,11 @@ from __future__ import annotations
 
 import errno
 import os
-import stat
 import subprocess
 
 import pytest
 
-from tests.util import (DIR, Opaque, Symlink, WHITEOUT, hash_tree, make_layers, mount_pyunionfs,
+from tests.util import (Opaque, Symlink, WHITEOUT, hash_tree, make_layers, mount_pyunionfs,
                         tree_snapshot, diff_snapshots)
 
 pytestmark = pytest.mark.timeout(120)

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 from importlib.metadata import entry_points
 
 import pytest

@@ -21,7 +21,6 @@ import stat
 import subprocess
 import sys
 import tempfile
-import textwrap
 
 import pytest
 
