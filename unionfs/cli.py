@@ -5,6 +5,7 @@
 Exit status: 0 once the mount is live (or, in the foreground, after a clean unmount); 1 when the layers
 or the mountpoint are refused; 2 for a malformed command line. Every refusal is one line on stderr.
 """
+import os
 import sys
 
 from . import __version__
@@ -70,6 +71,15 @@ class UsageError(Exception):
     pass
 
 
+def _say(text: str):
+    """Print and exit 0; a reader that stops early (`pyunionfs --help | head`) is no error."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    raise SystemExit(0)
+
+
 def parse_argv(argv):
     """-> (MountOptions before validation). Raises UsageError or OptionError."""
     o_strings, positional = [], []
@@ -79,11 +89,9 @@ def parse_argv(argv):
     while i < len(args):
         arg = args[i]
         if arg in ("-h", "--help"):
-            print(HELP)
-            raise SystemExit(0)
+            _say(HELP)
         if arg in ("-V", "--version"):
-            print("pyunionfs", __version__)
-            raise SystemExit(0)
+            _say("pyunionfs %s" % __version__)
         if arg == "-f":
             foreground = True
         elif arg == "-d":
