@@ -36,6 +36,18 @@ def fuse_options(opts) -> set:
     return out
 
 
+class _DroppedReplies(logging.Filter):
+    """pyfuse3 logs ERROR when a reply finds its request gone (ENOENT): the kernel stopped waiting for it,
+    as it does for a release or an interrupted call while the mount goes away. Nothing failed: debug."""
+
+    def filter(self, record):
+        if record.levelno >= logging.ERROR and "fuse_reply_" in str(record.msg) and \
+                "No such file or directory" in record.getMessage():
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return logging.getLogger("pyfuse3").isEnabledFor(logging.DEBUG)
+        return True
+
+
 def _setup_logging(opts, to_stderr: bool):
     level = logging.DEBUG if opts.debug else logging.INFO
     if to_stderr:
@@ -52,7 +64,10 @@ def _setup_logging(opts, to_stderr: bool):
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    logging.getLogger("pyfuse3").setLevel(logging.DEBUG if opts.debug else logging.WARNING)
+    pyfuse3_log = logging.getLogger("pyfuse3")
+    pyfuse3_log.setLevel(logging.DEBUG if opts.debug else logging.WARNING)
+    if not any(isinstance(f, _DroppedReplies) for f in pyfuse3_log.filters):
+        pyfuse3_log.addFilter(_DroppedReplies())
 
 
 def _raise_fd_limit():
