@@ -42,7 +42,11 @@ OPTIONS
                        caller TO+k writes HOST+k; ids outside every range are 65534
        squash_to_root, squash_to_uid=N, squash_to_gid=N
                        every entry shows as owned by 0 (or N); stored owners do not change
-       redirect_dir=off, index=off, metacopy=off, xino=off|auto
+       redirect_dir=on|follow|off|nofollow
+                       on: lower and merged directories rename by recording a redirect (the
+                       kernel's format); off (default) and follow: follow the redirects a layer
+                       holds (with user xattrs, off does not); nofollow: ignore them
+       index=off, metacopy=off, xino=off|auto
                        accepted: they are what pyunionfs does; other values are refused
        rw, noatime, nodev, nosuid, noexec, sync, lazytime, ...
                        generic mount options (mount.fuse3 forwards them) are accepted

@@ -114,7 +114,8 @@ def run(opts) -> int:
         # `ro` with an upper: the upper is shown as the topmost layer and nothing is written.
         lowers, upper, work = [upper] + lowers, None, None
     try:
-        union = Union(lowers, upper, work, userxattr=opts.userxattr, whiteout_files=opts.whiteout_files)
+        union = Union(lowers, upper, work, userxattr=opts.userxattr, whiteout_files=opts.whiteout_files,
+                      redirect_dir=opts.redirect_dir)
     except LayerInUse as exc:
         raise MountError(exc.strerror) from None
     except OSError as exc:

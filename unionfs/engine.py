@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from . import _sys, copyup, xattrs
 from .layers import O_PATH_DIR, Layer, join, lstat_at, open_at
 from .nodes import Node, NodeTable
-from .whiteout import (TRUSTED_PREFIX, USER_PREFIX, is_opaque_dir, is_opaque_entry, is_whiteout,
-                       make_whiteout, proc_path, set_opaque)
+from .whiteout import (REDIRECT, REDIRECT_MAX, REDIRECT_MODES, TRUSTED_PREFIX, USER_PREFIX, is_whiteout,
+                       make_whiteout, proc_path, read_dir_markers, set_opaque)
 
 log = logging.getLogger("unionfs")
 
@@ -74,9 +74,12 @@ class CopyUpJob:
 class Union:
     """A merged view of `lowers` (topmost first) under an optional `upper` that takes every change."""
 
-    def __init__(self, lowers, upper=None, work=None, *, userxattr=False, whiteout_files=False):
+    def __init__(self, lowers, upper=None, work=None, *, userxattr=False, whiteout_files=False,
+                 redirect_dir="off"):
         if not lowers:
             raise ValueError("at least one lower layer is needed")
+        if redirect_dir not in REDIRECT_MODES:
+            raise ValueError("redirect_dir is one of %s" % ", ".join(REDIRECT_MODES))
         if (upper is None) != (work is None):
             raise ValueError("upper and work go together")
         self.layers = []
@@ -87,6 +90,14 @@ class Union:
         self.upper = self.layers[0] if upper is not None else None
         self.as_root = os.geteuid() == 0
         self.marker_prefix = USER_PREFIX if (userxattr or not self.as_root) else TRUSTED_PREFIX
+        # The kernel's redirect_dir: "on" renames lower and merged directories by recording where they
+        # came from; "follow" only follows such records, and so does "off" (the kernel's default, with
+        # its redirect_always_follow=Y), so that an upper written with "on" reads the same under "off".
+        # With user.overlay.* markers "off" means "nofollow", as the kernel's userxattr mode (which
+        # refuses redirect_dir altogether): a redirect there is anyone's to write.
+        self.redirect_create = redirect_dir == "on" and upper is not None
+        self.redirect_follow = redirect_dir in ("on", "follow") or (
+            redirect_dir == "off" and self.marker_prefix == TRUSTED_PREFIX)
         self.work = None
         self._locks = []
         if work is not None:
@@ -133,10 +144,10 @@ class Union:
         if not name or b"/" in name or name in (b".", b".."):
             raise OSError(errno.EINVAL, "bad name")
 
-    def _in_layer(self, layer: Layer, parent_rel: bytes, name: bytes):
-        """What one layer holds at parent/name: its lstat, WHITED_OUT, or None."""
+    def _in_layer(self, layer: Layer, rel: bytes):
+        """What one layer holds at rel: its lstat, WHITED_OUT, or None."""
         try:
-            st = layer.lstat(join(parent_rel, name))
+            st = layer.lstat(rel)
         except (FileNotFoundError, NotADirectoryError):
             st = None
         except OSError as exc:
@@ -146,6 +157,7 @@ class Union:
         if st is not None:
             return WHITED_OUT if is_whiteout(st) else st
         if self.read_wh_files:
+            parent_rel, _, name = rel.rpartition(b"/")
             try:
                 layer.lstat(join(parent_rel, WH_PREFIX + name))
                 return WHITED_OUT
@@ -153,20 +165,45 @@ class Union:
                 pass
         return None
 
+    def _rel(self, node: Node, index: int) -> bytes:
+        """The path of *node* in layer *index* (which must hold it or merge it)."""
+        if node.is_dir:
+            if index and node.lpaths is not None:
+                return node.lpaths[index]
+            return node.path()
+        if index == 0 or not node.names:
+            return node.path()
+        parent, name = node.names[0]
+        if parent.lpaths is None:
+            return node.path()
+        return join(self._rel(parent, index), name)
+
     def _resolve(self, parent: Node, name: bytes):
         """Look *name* up top-down across the layers merged into *parent*.
 
-        Returns (layer index, lstat of the topmost entry, merged layers) or None when the name is absent
-        or whited out.
+        Returns (layer index, lstat of the topmost entry, merged layers, lower paths, upper redirect)
+        or None when the name is absent or whited out. As the kernel, a directory's redirect marker
+        sends the lookup in the layers below to another path: "name" in the same parent, "/a/b" from
+        the layers' root (and then through every layer below, whatever the parent merges).
         """
         parent_rel = parent.path()
-        rel = join(parent_rel, name)
+        parent_lpaths = parent.lpaths
         top = None
-        merge = []
+        merge, rels = [], []
+        redirect = None
+        lookup, absolute, followed = name, False, False
         layers = parent.merge
-        for pos, index in enumerate(layers):
+        bottom = len(self.layers) - 1
+        pos = 0
+        while pos < len(layers):
+            index = layers[pos]
+            pos += 1
+            if absolute:
+                rel = lookup
+            else:
+                rel = join(parent_lpaths[index] if index and parent_lpaths else parent_rel, lookup)
             layer = self.layers[index]
-            st = self._in_layer(layer, parent_rel, name)
+            st = self._in_layer(layer, rel)
             if st is None:
                 continue
             if st is WHITED_OUT:
@@ -179,25 +216,48 @@ class Union:
             if not is_dir:
                 break
             merge.append(index)
-            if pos + 1 < len(layers) and self._is_opaque(layer, rel):
+            rels.append(rel)
+            # Following redirects, the kernel reads markers down to the last layer of all (an absolute
+            # redirect reaches layers the parent does not merge); else to the parent's last layer.
+            if (index == bottom) if self.redirect_follow else (pos >= len(layers)):
                 break
+            opaque, target = self._markers(layer, rel)
+            if opaque:
+                break
+            if target is None or not self.redirect_follow:
+                continue
+            if index == 0:
+                redirect = target
+            followed = True
+            if target.startswith(b"/"):
+                lookup, absolute = target[1:], True
+                layers, pos = [i for i in self.root.merge if i > index], 0
+            elif absolute:
+                lookup = join(lookup.rpartition(b"/")[0], target)
+            else:
+                lookup = target
         if top is None:
             return None
-        return top[0], top[1], tuple(merge)
+        lpaths = None
+        if parent_lpaths is not None or followed:
+            lpaths = {index: rel for index, rel in zip(merge, rels) if index}
+        return top[0], top[1], tuple(merge), lpaths, redirect
 
-    def _is_opaque(self, layer: Layer, rel: bytes) -> bool:
+    def _markers(self, layer: Layer, rel: bytes):
+        """(opaque, redirect) of the directory at rel in layer."""
         try:
             fd = layer.open(rel, O_PATH_DIR)
         except OSError:
-            return False
+            return False, None
         try:
-            return is_opaque_dir(fd) or (self.read_wh_files and _has_opq_file(fd))
+            opaque, redirect = read_dir_markers(proc_path(fd), self.marker_prefix, follow=True)
+            return opaque or (self.read_wh_files and _has_opq_file(fd)), redirect
         finally:
             os.close(fd)
 
-    def _attach(self, parent, name, index, st, merge) -> Node:
+    def _attach(self, parent, name, index, st, merge, lpaths=None, redirect=None) -> Node:
         node = self.nodes.attach(parent, name, (index, st.st_dev, st.st_ino), stat.S_ISDIR(st.st_mode),
-                                 index, merge)
+                                 index, merge, lpaths, redirect)
         node.shared_lower = index != 0 or self.upper is None
         node.shared_lower = node.shared_lower and not node.is_dir and st.st_nlink > 1
         return node
@@ -240,7 +300,7 @@ class Union:
             for handle in node.handles:  # unlinked but still open
                 return os.fstat(handle.fd)
             raise OSError(errno.ENOENT, os.strerror(errno.ENOENT))
-        return self.layers[node.layer].lstat(node.path())
+        return self.layers[node.layer].lstat(self._rel(node, node.layer))
 
     def reported_nlink(self, node: Node, st: os.stat_result) -> int:
         # As the kernel: a merged directory reports 1 ("find" then does not count subdirectories).
@@ -254,10 +314,9 @@ class Union:
         """(position in node.merge, layer index, dir fd, DirEntry) for every entry of every merged layer."""
         if not node.is_dir:
             raise OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
-        rel = node.path()
         for pos, index in enumerate(node.merge):
             try:
-                fd = self.layers[index].open(rel, os.O_RDONLY | os.O_DIRECTORY)
+                fd = self.layers[index].open(self._rel(node, index), os.O_RDONLY | os.O_DIRECTORY)
             except OSError as exc:
                 if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
                     continue
@@ -288,14 +347,18 @@ class Union:
         return [name for name, visible in names.items() if visible]
 
     def scan(self, node: Node):
-        """The merged listing with each name resolved: [(name, layer index, lstat, merged layers)].
+        """The merged listing with each name resolved: [(name, layer index, lstat, merged layers,
+        lower paths, upper redirect)].
 
         One pass over each layer's directory answers what a lookup of every name would, with one
-        fstatat per visible name instead of a path resolution per name and layer (readdirplus).
+        fstatat per visible name instead of a path resolution per name and layer (readdirplus). A
+        directory with a redirect marker merges other paths below it: that name is looked up whole.
         """
         last = len(node.merge) - 1
+        bottom = len(self.layers) - 1
         found = {}    # name -> [layer index, stat, merge list, merge stopped]
         hidden = set()
+        redirected = []
         pending, layer_pos = [], None
         read_wh = self.read_wh_files
         for pos, index, fd, entry in self._layer_entries(node):
@@ -307,6 +370,7 @@ class Union:
                     else:
                         rec[3] = True
                 pending, layer_pos = [], pos
+                more_below = index < bottom if self.redirect_follow else pos < last
             name = os.fsencode(entry.name)
             if read_wh and name.startswith(WH_PREFIX):
                 if name != WH_OPAQUE:
@@ -324,21 +388,42 @@ class Union:
                     hidden.add(name)
                     continue
                 is_dir = stat.S_ISDIR(st.st_mode)
-                stopped = not is_dir or (pos < last and self._opaque_entry(fd, name))
+                stopped = not is_dir or (more_below and self._entry_stops(fd, name, redirected))
                 found[name] = [index, st, [index] if is_dir else None, stopped]
             elif not rec[3]:
                 if entry.is_dir(follow_symlinks=False):
                     rec[2].append(index)
-                    rec[3] = pos < last and self._opaque_entry(fd, name)
+                    rec[3] = more_below and self._entry_stops(fd, name, redirected)
                 else:
                     rec[3] = True  # a whiteout or a non-directory below stops the merge
-        return [(name, rec[0], rec[1], tuple(rec[2]) if rec[2] else ()) for name, rec in found.items()]
+        for name in redirected:
+            del found[name]
+        result = []
+        parent_lpaths = node.lpaths
+        for name, rec in found.items():
+            merge = tuple(rec[2]) if rec[2] else ()
+            lpaths = None
+            if parent_lpaths is not None and merge:
+                lpaths = {i: join(parent_lpaths[i], name) for i in merge if i}
+            result.append((name, rec[0], rec[1], merge, lpaths, None))
+        for name in redirected:
+            resolved = self._resolve(node, name)
+            if resolved is not None:
+                result.append((name,) + resolved)
+        return result
 
-    def _opaque_entry(self, dir_fd: int, name: bytes) -> bool:
-        if is_opaque_entry(dir_fd, name):
+    def _entry_stops(self, dir_fd: int, name: bytes, redirected: list) -> bool:
+        """Whether the directory *name* in dir_fd stops the merge (opaque); a redirect marker puts the
+        name on *redirected* (its merge is another path's) and stops this pass's merging of it."""
+        opaque, target = read_dir_markers(proc_path(dir_fd, name), self.marker_prefix)
+        if opaque or (self.read_wh_files and self._opq_file_in(dir_fd, name)):
             return True
-        if not self.read_wh_files:
-            return False
+        if target is not None and self.redirect_follow:
+            redirected.append(name)
+            return True
+        return False
+
+    def _opq_file_in(self, dir_fd: int, name: bytes) -> bool:
         try:
             fd = _sys.openat2(dir_fd, name + b"/" + WH_OPAQUE, os.O_PATH | os.O_NOFOLLOW)
         except OSError:
@@ -348,8 +433,8 @@ class Union:
 
     def lookup_scanned(self, parent: Node, scanned):
         """(node, stat) for one entry of `scan`, counting one kernel lookup, like `lookup`."""
-        name, index, st, merge = scanned
-        node = self._attach(parent, name, index, st, merge)
+        name, index, st, merge, lpaths, redirect = scanned
+        node = self._attach(parent, name, index, st, merge, lpaths, redirect)
         self.nodes.prefer_name(node, parent, name)
         node.lookups += 1
         return node, st
@@ -395,7 +480,7 @@ class Union:
             raise OSError(errno.ENOENT, "file has no name left")
         self.ensure_upper_dir(node.parent)
         layer = self.layers[node.layer]
-        rel = node.path()
+        rel = self._rel(node, node.layer)
         src_st = layer.lstat(rel)
         job = CopyUpJob(node, layer, src_st)
         job.tmp_name = self._tmp_name()
@@ -426,11 +511,12 @@ class Union:
 
     def copy_up_commit(self, job: CopyUpJob) -> None:
         node = job.node
-        src_parent, _, name = node.path().rpartition(b"/")
+        src_parent, _, src_name = self._rel(node, job.src_layer.index).rpartition(b"/")
         with job.src_layer.dir(src_parent) as src_dfd:
             copyup.set_owner_mode_times(self.work.root_fd, job.tmp_name, job.src_st, as_root=self.as_root,
-                                        src_xattr_path=proc_path(src_dfd, name))
-        self._copy_up_rename(job.tmp_name, node.parent, name)
+                                        src_xattr_path=proc_path(src_dfd, src_name))
+        parent, name = node.names[0]
+        self._copy_up_rename(job.tmp_name, parent, name)
         job.tmp_name = None
         upper_st = self.upper.lstat(node.path())
         node.layer = 0
@@ -470,11 +556,10 @@ class Union:
 
     def _lower_visible(self, parent: Node, name: bytes) -> bool:
         """Whether a lower layer merged into *parent* shows *name* (so removing it needs a whiteout)."""
-        parent_rel = parent.path()
         for index in parent.merge:
             if index == 0:
                 continue
-            st = self._in_layer(self.layers[index], parent_rel, name)
+            st = self._in_layer(self.layers[index], join(self._rel(parent, index), name))
             if st is not None:
                 return st is not WHITED_OUT
         return False
@@ -558,8 +643,9 @@ class Union:
                 os.chmod(tmp_name, stat.S_IMODE(mode), dir_fd=work_fd)
             with self.upper.dir(parent.path()) as dfd:
                 whiteout = self._upper_whiteout(dfd, name)
-                if is_dir and whiteout:
-                    # As the kernel: a directory made where a name was deleted hides what lay below.
+                if is_dir and (whiteout or (self.redirect_create and len(parent.merge) > 1)):
+                    # As the kernel: a directory made where a name was deleted hides what lay below
+                    # (and with redirect_dir=on every new directory in a merged one is marked so).
                     with _opened(work_fd, tmp_name, O_PATH_DIR) as fd:
                         self._set_opaque(fd)
                 if is_dir and whiteout == "dev":
@@ -732,12 +818,15 @@ class Union:
                     with self.upper.dir(parent.path()) as sdfd, _opened(sdfd, name, O_PATH_DIR) as fd:
                         self._set_opaque(fd)
                 raise OSError(errno.ENOTEMPTY, os.strerror(errno.ENOTEMPTY))
+        redirect = self._moves_by_redirect(node)
         self.copy_up(node)
         self.ensure_upper_dir(new_parent)
+        if redirect:
+            self._set_redirect(node, same_dir=parent is new_parent)
         leave_whiteout = self._lower_visible(parent, name)
         work_fd = self.work.root_fd
         with self.upper.dir(parent.path()) as sdfd, self.upper.dir(new_parent.path()) as ddfd:
-            if node.is_dir and len(new_parent.merge) > 1:
+            if node.is_dir and not redirect and len(new_parent.merge) > 1:
                 # As the kernel: a directory moved into a merged directory must not merge below.
                 with _opened(sdfd, name, O_PATH_DIR) as fd:
                     self._set_opaque(fd)
@@ -775,14 +864,63 @@ class Union:
                 os.rename(name, new_name, src_dir_fd=sdfd, dst_dir_fd=ddfd)
         if target is not None:
             self.nodes.detach(new_parent, new_name)
+        if redirect:
+            self._pin_lower_paths(node)
         self.nodes.move(node, parent, name, new_parent, new_name)
-        if node.is_dir:
+        if node.is_dir and not redirect:
             node.merge = (0,)
+
+    def _moves_by_redirect(self, node: Node) -> bool:
+        """A lower or merged directory moves by recording a redirect (only with redirect_dir=on)."""
+        return node.is_dir and not (self.is_upper(node) and len(node.merge) == 1)
+
+    def _set_redirect(self, node: Node, same_dir: bool) -> None:
+        """Record where a directory that is about to move merges from, as the kernel's ovl_set_redirect:
+        its old name when it stays in its parent, else its absolute path in the lower layers. A redirect
+        it already has stays when it still holds ("/..." always, "name" within the same parent)."""
+        current = node.redirect
+        if current is not None and (same_dir or current.startswith(b"/")):
+            return
+        if same_dir:
+            value = node.names[0][1]
+        else:
+            parts, walk = [], node
+            while walk is not self.root:
+                marker = walk.redirect
+                if marker is not None and marker.startswith(b"/"):
+                    parts.append(marker[1:])
+                    break
+                parts.append(marker if marker is not None else walk.names[0][1])
+                walk = walk.names[0][0]
+            value = b"/" + b"/".join(reversed(parts))
+        if len(value) > REDIRECT_MAX:
+            raise OSError(errno.EXDEV, "redirect too long")  # as the kernel: mv copies instead
+        with _layer_fd(self.upper, node.path(), O_PATH_DIR) as fd:
+            try:
+                os.setxattr(proc_path(fd), self.marker_prefix + REDIRECT, value)
+            except OSError as exc:
+                if exc.errno in (errno.ENOTSUP, errno.EPERM):
+                    raise OSError(errno.EXDEV, os.strerror(errno.EXDEV)) from None
+                raise
+        node.redirect = value
+
+    def _pin_lower_paths(self, node: Node) -> None:
+        """Before a merged directory moves, it and every directory below it that the table holds keep
+        their lower paths: those no longer follow their names in the merged view."""
+        todo = [node]
+        while todo:
+            walk = todo.pop()
+            if not walk.is_dir:
+                continue
+            if walk.lpaths is None:
+                rel = walk.path()
+                walk.lpaths = {index: rel for index in walk.merge if index}
+            todo.extend(walk.children.values())
 
     def _check_movable(self, node: Node, new_parent: Node) -> None:
         if not node.is_dir:
             return
-        if not (self.is_upper(node) and len(node.merge) == 1):
+        if self._moves_by_redirect(node) and not self.redirect_create:
             raise OSError(errno.EXDEV, os.strerror(errno.EXDEV))  # a lower directory: redirect_dir=off
         anc = new_parent
         while anc is not None:
@@ -800,16 +938,21 @@ class Union:
             return
         self._check_movable(node, new_parent)
         self._check_movable(other, parent)
+        redirects = [moving for moving in (node, other) if self._moves_by_redirect(moving)]
         self.copy_up(node)
         self.copy_up(other)
         self.ensure_upper_dir(parent)
         self.ensure_upper_dir(new_parent)
+        for moving in redirects:
+            self._set_redirect(moving, same_dir=parent is new_parent)
         with self.upper.dir(parent.path()) as sdfd, self.upper.dir(new_parent.path()) as ddfd:
             for moving, dfd, entry, dest in ((node, sdfd, name, new_parent), (other, ddfd, new_name, parent)):
-                if moving.is_dir and len(dest.merge) > 1:
+                if moving.is_dir and moving not in redirects and len(dest.merge) > 1:
                     with _opened(dfd, entry, O_PATH_DIR) as fd:
                         self._set_opaque(fd)
             _sys.renameat2(sdfd, name, ddfd, new_name, _sys.RENAME_EXCHANGE)
+        for moving in redirects:
+            self._pin_lower_paths(moving)
         self.nodes.exchange(node, parent, name, other, new_parent, new_name)
 
     # ------------------------------------------------------------------ files
@@ -828,7 +971,7 @@ class Union:
             self._require_upper()
             self.copy_up(node, with_data=not flags & os.O_TRUNC)
         open_flags = (flags & _OPEN_KEEP) | (flags & os.O_TRUNC)
-        layer, rel = self.layers[node.layer], node.path()
+        layer, rel = self.layers[node.layer], self._rel(node, node.layer)
         if self.writes_need_reads and flags & _ACCMODE == os.O_WRONLY:
             try:
                 fd = layer.open(rel, (open_flags & ~_ACCMODE) | os.O_RDWR)
@@ -841,7 +984,8 @@ class Union:
     def read(self, handle: FileHandle, offset: int, size: int) -> bytes:
         if handle.layer != handle.node.layer and not handle.writable and handle.node.names:
             # The file was copied up after this read-only open: read the new copy, as the kernel does.
-            fd = self.layers[handle.node.layer].open(handle.node.path(), os.O_RDONLY)
+            node = handle.node
+            fd = self.layers[node.layer].open(self._rel(node, node.layer), os.O_RDONLY)
             os.close(handle.fd)
             handle.fd, handle.layer = fd, handle.node.layer
         return os.pread(handle.fd, size, offset)
@@ -873,7 +1017,7 @@ class Union:
         self.nodes.maybe_drop(node)
 
     def readlink(self, node: Node) -> bytes:
-        parent, _, name = node.path().rpartition(b"/")
+        parent, _, name = self._rel(node, node.layer).rpartition(b"/")
         with self.layers[node.layer].dir(parent) as dfd:
             return os.readlink(name, dir_fd=dfd)
 
@@ -948,7 +1092,7 @@ class Union:
 
     def _xattr_path(self, layer: Layer, node: Node):
         """(context manager of) a /proc path that reaches the entry without following a symlink."""
-        rel = node.path()
+        rel = self._rel(node, layer.index)
         if not rel:
             return _ProcPath(layer, b"", None)
         parent, _, name = rel.rpartition(b"/")

@@ -23,7 +23,7 @@ _INO_MASK = (1 << 48) - 1
 
 class Node:
     __slots__ = ("id", "is_dir", "names", "layer", "merge", "key", "lookups", "opens", "children",
-                 "shared_lower", "handles", "xattr_names", "__weakref__")
+                 "shared_lower", "handles", "xattr_names", "lpaths", "redirect", "__weakref__")
 
     def __init__(self, node_id, is_dir, layer, merge, key):
         self.id = node_id
@@ -39,6 +39,9 @@ class Node:
         self.handles = []        # open FileHandles, to stat a file whose last name is gone
         self.xattr_names = None  # stored xattr names once listed (the kernel asks for
         #                          security.capability before every write): None = not known
+        self.lpaths = None       # directories: {lower layer index: path in it} where that differs
+        #                          from path() (a redirect, or a moved ancestor); None = path() everywhere
+        self.redirect = None     # directories: the upper's redirect marker ("/a/b" or "name"), if any
 
     def __repr__(self):
         return f"Node({self.id}, {self.names[:1]!r}, layer={self.layer}, merge={self.merge})"
@@ -48,7 +51,7 @@ class Node:
         return self.names[0][0] if self.names else None
 
     def path(self) -> bytes:
-        """Relative path in every layer of the merge (no redirects)."""
+        """Relative path in the upper (and in every lower unless `lpaths` says otherwise)."""
         if not self.names:
             if self.id == ROOT_ID:
                 return b""
@@ -101,11 +104,12 @@ class NodeTable:
         self._next_fallback += 1
         return self._next_fallback - 1
 
-    def attach(self, parent: Node, name: bytes, key, is_dir: bool, layer: int, merge) -> Node:
+    def attach(self, parent: Node, name: bytes, key, is_dir: bool, layer: int, merge,
+               lpaths=None, redirect=None) -> Node:
         """The node for parent/name, resolved to the backing *key*; reuses a live node of that key."""
         node = parent.children.get(name)
         if node is not None and node.key == key and node.is_dir == is_dir:
-            node.layer, node.merge = layer, merge
+            node.layer, node.merge, node.lpaths, node.redirect = layer, merge, lpaths, redirect
             return node
         if node is not None:
             self.detach(parent, name)
@@ -115,9 +119,10 @@ class NodeTable:
                 # A directory has one name: it was moved behind our back; follow it.
                 for old_parent, old_name in list(node.names):
                     self._unname(node, old_parent, old_name)
-            node.layer, node.merge = layer, merge
+            node.layer, node.merge, node.lpaths, node.redirect = layer, merge, lpaths, redirect
         else:
             node = Node(self._new_id(key), is_dir, layer, merge, key)
+            node.lpaths, node.redirect = lpaths, redirect
             self.by_id[node.id] = node
             self.by_key[key] = node
         node.names.insert(0, (parent, name))

@@ -7,6 +7,7 @@ import re
 from dataclasses import dataclass, field
 
 from .idmap import IdMap, IdMapError
+from .whiteout import REDIRECT_MODES
 
 MAX_LOWERS = 500  # the kernel's limit
 
@@ -19,7 +20,7 @@ IGNORED = {"rw", "auto", "noauto", "user", "nouser", "users", "_netdev", "nofail
            "volatile", "silent", "loud", "atime", "diratime", "relatime", "strictatime", "lazytime",
            "nolazytime", "iversion", "noiversion", "mand", "nomand"}
 # Kernel overlay options whose default we implement; other values are refused, not silently ignored.
-KERNEL_DEFAULTS = {"redirect_dir": {"off", "nofollow"}, "index": {"off"}, "metacopy": {"off"},
+KERNEL_DEFAULTS = {"index": {"off"}, "metacopy": {"off"},
                    "xino": {"off", "auto"}, "nfs_export": {"off"}}
 
 
@@ -38,6 +39,7 @@ class MountOptions:
     readonly: bool = False
     userxattr: bool = False
     whiteout_files: bool = False
+    redirect_dir: str = "off"
     logfile: str = None
     timeout: float = 300.0
     fsname: str = "overlay"
@@ -120,6 +122,10 @@ def build(o: dict) -> MountOptions:
             opts.userxattr = True
         elif key == "whiteout_files":
             opts.whiteout_files = True
+        elif key == "redirect_dir":
+            if value not in REDIRECT_MODES:
+                raise OptionError("redirect_dir needs one of %s" % "/".join(REDIRECT_MODES))
+            opts.redirect_dir = value
         elif key == "logfile":
             if value is True or not value:
                 raise OptionError("logfile needs a path")

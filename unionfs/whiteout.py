@@ -9,6 +9,11 @@ import stat
 TRUSTED_PREFIX = b"trusted.overlay."
 USER_PREFIX = b"user.overlay."
 OPAQUE = b"opaque"
+REDIRECT = b"redirect"
+# The kernel's redirect_dir values: "on" records redirects when lower directories move; all but
+# "nofollow" follow them ("off" is the kernel's default, with redirect_always_follow=Y, and ours).
+REDIRECT_MODES = ("off", "follow", "on", "nofollow")
+REDIRECT_MAX = 256  # the kernel's default redirect_max: longer redirects are not made (EXDEV)
 
 
 def is_whiteout(st: os.stat_result) -> bool:
@@ -56,3 +61,46 @@ def is_opaque_entry(dir_fd: int, name: bytes) -> bool:
 
 def set_opaque(dir_path_fd: int, prefix: bytes) -> None:
     os.setxattr(proc_path(dir_path_fd), prefix + OPAQUE, b"y")
+
+
+def read_dir_markers(path: bytes, prefix: bytes, follow: bool = False):
+    """(opaque, redirect) of the directory at *path*: a /proc path, either a directory fd's name
+    (follow=False, so a symlink there is not followed) or an fd's own magic link (follow=True).
+
+    One listxattr answers for the common directory that carries neither, instead of a getxattr per
+    marker. Opaque is read in both namespaces, a redirect only in *prefix*'s (the one this mount uses,
+    as the kernel). A redirect that is not one the kernel would accept is ignored (None).
+    """
+    try:
+        names = os.listxattr(path, follow_symlinks=follow)
+    except OSError:
+        return False, None
+    if not names:
+        return False, None
+    opaque, redirect = False, None
+    for item in names:
+        name = os.fsencode(item)
+        if name.endswith(b"." + OPAQUE) and name in (TRUSTED_PREFIX + OPAQUE, USER_PREFIX + OPAQUE):
+            try:
+                opaque = opaque or os.getxattr(path, name, follow_symlinks=follow) == b"y"
+            except OSError:
+                pass
+        elif name == prefix + REDIRECT:
+            try:
+                redirect = valid_redirect(os.getxattr(path, name, follow_symlinks=follow))
+            except OSError:
+                pass
+    return opaque, redirect
+
+
+def valid_redirect(value: bytes):
+    """*value* if it is a redirect the kernel follows: "/a/b" (from the layer root) or "name" (in the
+    same parent); None for anything else (empty components, ".", "..", NUL bytes, a bare "/")."""
+    if not value or b"\0" in value:
+        return None
+    parts = value[1:].split(b"/") if value.startswith(b"/") else [value]
+    if not value.startswith(b"/") and b"/" in value:
+        return None
+    if any(part in (b"", b".", b"..") or len(part) > 255 for part in parts):
+        return None
+    return value

@@ -190,10 +190,10 @@ PATHS, DIRS = _fixture_paths()
 # Mounting (tests/util.py).
 
 
-def mount_daemon(mnt, lowers, upper, work):
+def mount_daemon(mnt, lowers, upper, work, options=()):
     if SELF_CHECK:
-        return mount_kernel_overlay(mnt, lowers, upper, work)
-    return mount_pyunionfs(mnt, lowers, upper, work)
+        return mount_kernel_overlay(mnt, lowers, upper, work, options=options)
+    return mount_pyunionfs(mnt, lowers, upper, work, options=options)
 
 
 def skip_reason():
@@ -592,7 +592,8 @@ def merged_snapshot(root):
 
 
 def _keep_upper_xattr(n):
-    return not n.startswith("trusted.overlay.") or n == "trusted.overlay.opaque"
+    # origin, impure, uuid: the kernel's file-handle bookkeeping, which pyunionfs does not write
+    return not n.startswith("trusted.overlay.") or n in ("trusted.overlay.opaque", "trusted.overlay.redirect")
 
 
 def upper_snapshot(root):
@@ -642,7 +643,8 @@ def diff_dicts(a, b, la="kernel", lb="pyunionfs"):
 class Pair:
     """Two mounts (kernel overlay as side 0, pyunionfs as side 1) of two copies of one template."""
 
-    def __init__(self, template: Path, base: Path):
+    def __init__(self, template: Path, base: Path, options=()):
+        """*options*: overlay mount options given to both sides (e.g. ["redirect_dir=on"])."""
         self.base = base
         self.sides = []
         self.stack = contextlib.ExitStack()
@@ -658,7 +660,7 @@ class Pair:
                 mnt.mkdir()
                 lowers = [d / l for l in LAYERS]
                 self.lower_before.append({l: raw_snapshot(d / l) for l in LAYERS})
-                self.stack.enter_context(mount(mnt, lowers, d / "upper", d / "work"))
+                self.stack.enter_context(mount(mnt, lowers, d / "upper", d / "work", options=options))
                 self.sides.append(d)
         except BaseException:
             self.stack.close()
@@ -717,9 +719,9 @@ class Pair:
         shutil.rmtree(self.base, ignore_errors=True)
 
 
-def replay(template, base, steps):
+def replay(template, base, steps, options=()):
     """Run fixed steps [(op, *args), ...] on a fresh pair, compare each step and the final state."""
-    pair = Pair(template, base)
+    pair = Pair(template, base, options)
     ok = False
     try:
         for name, *args in steps:
@@ -732,7 +734,7 @@ def replay(template, base, steps):
             pair.cleanup()
 
 
-def minimize(template, base, steps):
+def minimize(template, base, steps, options=()):
     """Drop steps one at a time while the replay still fails; returns a locally minimal list.
     For hand use when hypothesis's shrinking ran out of time:
         python -m tests.differential.diffkit "[('op', args...), ...]"
@@ -740,7 +742,7 @@ def minimize(template, base, steps):
     def fails(candidate):
         d = Path(tempfile.mkdtemp(dir=base))
         try:
-            replay(template, d, candidate)
+            replay(template, d, candidate, options)
         except AssertionError:
             return True
         return False
@@ -763,7 +765,8 @@ if __name__ == "__main__":
     os.umask(0o022)
     work = Path(tempfile.mkdtemp(prefix="diffmin."))
     try:
-        found = minimize(build_template(work / "template"), work, ast.literal_eval(sys.argv[1]))
+        found = minimize(build_template(work / "template"), work, ast.literal_eval(sys.argv[1]),
+                         sys.argv[2].split(",") if len(sys.argv) > 2 else ())
         print(repr(found))
     finally:
         if not mounts_under(work):

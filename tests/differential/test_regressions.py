@@ -86,3 +86,53 @@ def test_failed_rename_of_upper_dir_marks_opaque(replay):
 # showed the old mtime; a readdir refreshed it).
 def test_root_mtime_after_big_copyup_and_rename(replay):
     replay(("write", "dop/new1", "append", 0, BIG), ("rename", "dm/sub/deep", "dop/new1"))
+
+
+# ---- redirect_dir=on on both sides: lower and merged directories rename by redirect.
+
+@pytest.fixture
+def replay_redirect(diff_template, diff_base):
+    old_umask = os.umask(0o022)
+
+    def run(*steps):
+        diffkit.replay(diff_template, diff_base, steps, options=["redirect_dir=on"])
+
+    yield run
+    os.umask(old_umask)
+
+
+def test_redirect_merged_dir_in_place_then_away(replay_redirect):
+    # "name" redirect, then an absolute one, then the old place reused
+    replay_redirect(("rename", "dm", "dm2"), ("listdir", "dm2"), ("listdir", "dm2/sub"),
+                    ("rename", "dm2", "du/dm3"), ("listdir", "du/dm3"), ("read", "du/dm3/x2"),
+                    ("mkdir", "dm", 0o755), ("listdir", "dm"), ("create", "dm/n1", 0o644, b"new"))
+
+
+def test_redirect_nested_moves(replay_redirect):
+    # a child moved within its redirected parent, the parent moved, the child moved out again
+    replay_redirect(("rename", "dm/sub", "dm/sub2"), ("rename", "dm", "dlow/e/dm"),
+                    ("listdir", "dlow/e/dm/sub2"), ("rename", "dlow/e/dm/sub2", "newsub"),
+                    ("read", "newsub/deep"), ("listdir", "dlow/e/dm"), ("stat", "dlow/e/dm/sub2", False))
+
+
+def test_redirect_into_pure_upper_and_opaque_dirs(replay_redirect):
+    replay_redirect(("rename", "dlow", "du/sub/dl"), ("listdir", "du/sub/dl"),
+                    ("rename", "du", "dup_op/du"), ("read", "dup_op/du/sub/dl/f"),
+                    ("getxattr", "dup_op/du/sub/dl/f", "user.x", True),
+                    ("rename", "dop", "dup_op/dop"), ("listdir", "dup_op/dop"))
+
+
+def test_redirect_changes_inside_moved_dirs(replay_redirect):
+    # copy-up, whiteouts and removal below a directory that merges another path
+    replay_redirect(("rename", "dm", "moved"), ("write", "moved/x3", "append", 0, b"+"),
+                    ("unlink", "moved/z1"), ("unlink", "moved/x2"), ("rmdir", "moved"),
+                    ("rename", "moved/sub", "moved/sub"), ("chmod", "moved/sub", 0o700),
+                    ("unlink", "moved/sub/deep"), ("rmdir", "moved/sub"), ("unlink", "moved/xu"),
+                    ("unlink", "moved/x3"), ("listdir", "moved"), ("rmdir", "moved"), ("listdir", ""))
+
+
+def test_redirect_over_existing_dirs_and_back(replay_redirect):
+    replay_redirect(("rename", "emptyd", "dm/sub2"), ("rename", "dlow/e", "emptyd"),
+                    ("rename", "dop", "ftodir/inner2"), ("rename", "ftodir", "dop"),
+                    ("listdir", "dop"), ("rename", "dop/inner2", "dop"), ("listdir", ""),
+                    ("rename", "dm/sub", "dlow"), ("rename", "dlow", "dm/sub"), ("listdir", "dm/sub"))

@@ -43,12 +43,13 @@ booleans = st.booleans()
 class DiffMachine(RuleBasedStateMachine):
     template: Path = None  # set by the test
     base: Path = None
+    options = ()
 
     def __init__(self):
         super().__init__()
         self.failed = False
         self.pair = None
-        self.pair = diffkit.Pair(self.template, Path(tempfile.mkdtemp(dir=self.base)))
+        self.pair = diffkit.Pair(self.template, Path(tempfile.mkdtemp(dir=self.base)), self.options)
 
     def _check(self, name, *args):
         try:
@@ -184,16 +185,20 @@ class DiffMachine(RuleBasedStateMachine):
 
 # Passing runs take well under 3 minutes; the larger budget is for shrinking a failure (hypothesis
 # gives up shrinking after 5 minutes), so that a failing run ends with a report, not a timeout.
+# Two configurations: the kernel's defaults, and redirect_dir=on (lower and merged directories rename
+# by recording a redirect) on both sides.
 @pytest.mark.timeout(600)
-def test_differential_vs_kernel(diff_template, diff_base):
+@pytest.mark.parametrize("options,examples", [((), 40), (("redirect_dir=on",), 25)],
+                         ids=["defaults", "redirect_dir=on"])
+def test_differential_vs_kernel(diff_template, diff_base, options, examples):
     old_umask = os.umask(0o022)
     try:
-        DiffMachine.template = diff_template
-        DiffMachine.base = diff_base
+        machine = type("DiffMachine", (DiffMachine,), {
+            "template": diff_template, "base": diff_base, "options": options})
         run_state_machine_as_test(
-            DiffMachine,
+            machine,
             settings=settings(
-                max_examples=int(os.environ.get("DIFF_MAX_EXAMPLES", 40)),
+                max_examples=int(os.environ.get("DIFF_MAX_EXAMPLES", examples)),
                 stateful_step_count=int(os.environ.get("DIFF_STEPS", 40)),
                 deadline=None,
                 suppress_health_check=list(HealthCheck),

@@ -222,9 +222,9 @@ def _(L, tmp, extra):
     return ["-o", opts(L) + ",timeout=-1", L.mnt]
 
 
-@bad("redirect_dir=on")
+@bad("redirect_dir=sideways")
 def _(L, tmp, extra):
-    return ["-o", opts(L) + ",redirect_dir=on", L.mnt]
+    return ["-o", opts(L) + ",redirect_dir=sideways", L.mnt]
 
 
 @bad("index=on")

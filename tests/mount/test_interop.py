@@ -64,3 +64,32 @@ def test_upper_written_by_one_reads_the_same_in_the_other(layers, skip_without_k
                                                                   options=["ro"]))
     with reader_mount:
         assert view(L.mnt) == seen_by_writer
+
+
+def move_directories(mnt):
+    """Directory renames that need redirect_dir=on: a merged one in place, a lower one elsewhere,
+    then its child out of it, and a file changed below a moved directory."""
+    os.rename(os.path.join(mnt, "d"), os.path.join(mnt, "d2"))
+    os.rename(os.path.join(mnt, "keep"), os.path.join(mnt, "e/keep2"))
+    os.makedirs(os.path.join(mnt, "e/keep2/inner"))
+    os.rename(os.path.join(mnt, "e"), os.path.join(mnt, "e3"))
+    with open(os.path.join(mnt, "d2/b"), "a") as f:
+        f.write("changed\n")
+    os.rename(os.path.join(mnt, "d2"), os.path.join(mnt, "e3/keep2/inner/d4"))
+
+
+@pytest.mark.parametrize("writer", ["pyunionfs", "kernel"])
+def test_redirect_dir_uppers_read_the_same_in_the_other(layers, skip_without_kernel, writer):
+    L = layers(SPEC)
+    mount = mount_pyunionfs if writer == "pyunionfs" else mount_kernel_overlay
+    with mount(L.mnt, L.lowers, L.upper, L.work, options=["redirect_dir=on"]):
+        move_directories(L.mnt)
+        seen_by_writer = view(L.mnt)
+    assert "e3/keep2/inner/d4/c" in seen_by_writer and "keep/k" not in seen_by_writer
+    assert os.getxattr(L.upper / "e3/keep2/inner/d4", "trusted.overlay.redirect") == b"/d"
+    # Readers with the default redirect_dir=off follow the redirects (as the kernel does).
+    for i, reader in enumerate((mount_kernel_overlay, mount_pyunionfs)):
+        reader_work = L.root / f"work{i + 2}"
+        reader_work.mkdir()
+        with reader(L.mnt, L.lowers, L.upper, reader_work, options=["ro"]):
+            assert view(L.mnt) == seen_by_writer, reader.__name__

@@ -354,9 +354,10 @@ def test_scan_resolves_like_lookup(stack):
     u = stack()
     scanned = {entry[0]: entry for entry in u.scan(u.root)}
     assert sorted(scanned) == sorted(u.listdir(u.root)) == [b"dir", b"f", b"op", b"wdir", b"x"]
-    for name, (_, index, st, merge) in scanned.items():
+    for name, (_, index, st, merge, lpaths, redirect) in scanned.items():
         node, lst = u.lookup(u.root, name)
-        assert (node.layer, node.merge, st.st_ino) == (index, merge, lst.st_ino), name
+        assert (node.layer, node.merge, st.st_ino, node.lpaths, node.redirect) == (
+            index, merge, lst.st_ino, lpaths, redirect), name
 
 
 def test_upper_and_work_are_locked_while_in_use(stack, tmp_path):
