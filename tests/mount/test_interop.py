@@ -1,6 +1,7 @@
 """Layers written by one implementation, read by the other: pyunionfs and kernel overlayfs, in both
 xattr namespaces (trusted.overlay.* as root; user.overlay.* with `userxattr`, the unprivileged format)."""
 import os
+import shutil
 
 import pytest
 
@@ -93,3 +94,84 @@ def test_redirect_dir_uppers_read_the_same_in_the_other(layers, skip_without_ker
         reader_work.mkdir()
         with reader(L.mnt, L.lowers, L.upper, reader_work, options=["ro"]):
             assert view(L.mnt) == seen_by_writer, reader.__name__
+
+
+def _docker_step(root, n, lowers, change):
+    """One `docker build` step: a kernel overlay over the layers so far with a fresh upper (the new
+    layer's diff directory), `change` run in it, unmounted. Returns the diff directory."""
+    diff, work, mnt = root / f"layer{n}/diff", root / f"layer{n}/work", root / f"layer{n}/merged"
+    for d in (diff, work, mnt):
+        d.mkdir(parents=True)
+    with mount_kernel_overlay(mnt, lowers, diff, work):
+        change(str(mnt))
+    return diff
+
+
+def _write(path, text, mode=0o644):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        f.write(text)
+    os.chmod(path, mode)
+
+
+def test_docker_overlay2_stack_written_by_the_kernel(tmp_path, skip_without_kernel):
+    """A Docker overlay2 image: each layer's diff dir was the kernel's upper while a build step ran, and
+    the container mounts them through the short `l/` symlinks. pyunionfs mounts that stack as the kernel
+    does, and a container's changes on it land the same way."""
+    base = tmp_path / "layer0/diff"
+    for rel, text in {"etc/os-release": "ID=test\n", "etc/app/conf": "a=1\n", "usr/lib/x/mod.py": "x\n",
+                      "usr/lib/x/old.py": "old\n", "var/cache/c1": "c\n", "bin/tool": "#!/bin/sh\n"}.items():
+        _write(base / rel, text, 0o755 if rel.startswith("bin") else 0o644)
+    os.symlink("tool", base / "bin/alias")
+    os.link(base / "bin/tool", base / "bin/tool-hl")
+    os.setxattr(base / "etc/app/conf", "user.origin", b"base")
+
+    def step1(m):  # apt-get-like: replace a tree, delete, modify, add
+        shutil.rmtree(f"{m}/var/cache")
+        os.mkdir(f"{m}/var/cache")                       # opaque over the removed dir
+        _write(f"{m}/var/cache/c2", "new cache\n")
+        os.unlink(f"{m}/usr/lib/x/old.py")               # whiteout
+        with open(f"{m}/etc/app/conf", "a") as f:        # copy-up keeps the xattr
+            f.write("b=2\n")
+        _write(f"{m}/usr/lib/x/new.py", "new\n")
+        os.symlink("../lib/x", f"{m}/usr/lib/x-link")
+
+    def step2(m):  # a later step undoes part of the first
+        os.unlink(f"{m}/usr/lib/x-link")
+        _write(f"{m}/usr/lib/x/old.py", "back\n")       # over a lower whiteout
+        os.chmod(f"{m}/bin/tool", 0o700)
+        os.rename(f"{m}/etc/os-release", f"{m}/etc/os-release.orig")
+
+    layer1 = _docker_step(tmp_path, 1, [base], step1)
+    layer2 = _docker_step(tmp_path, 2, [layer1, base], step2)
+    short = tmp_path / "l"
+    short.mkdir()
+    lowers = []
+    for name, diff in (("B2", layer2), ("B1", layer1), ("B0", base)):
+        os.symlink(os.path.relpath(diff, short), short / name)
+        lowers.append(short / name)
+
+    def container(m):
+        _write(f"{m}/etc/app/conf", "container\n")
+        os.unlink(f"{m}/usr/lib/x/new.py")
+        os.mkdir(f"{m}/run-data")
+
+    results = {}
+    for who, mount in (("kernel", mount_kernel_overlay), ("pyunionfs", mount_pyunionfs)):
+        root = tmp_path / who
+        upper, work, mnt = root / "diff", root / "work", root / "merged"
+        for d in (upper, work, mnt):
+            d.mkdir(parents=True)
+        with mount(mnt, lowers, upper, work):
+            before = view(mnt)
+            container(str(mnt))
+            after = tree_snapshot(mnt, ignore_xattrs=("trusted.overlay.", "user.overlay."))
+        kernel_only = ("trusted.overlay.origin", "trusted.overlay.impure", "trusted.overlay.uuid")
+        results[who] = (before, after, tree_snapshot(upper, ignore_xattrs=kernel_only))
+    kernel, ours = results["kernel"], results["pyunionfs"]
+    assert ours[0] == kernel[0]
+    assert ours[1] == kernel[1]
+    assert ours[2] == kernel[2]
+    assert {"var/cache/c2", "usr/lib/x/old.py", "etc/os-release.orig"} <= set(ours[0])
+    assert not {"var/cache/c1", "usr/lib/x-link", "etc/os-release"} & set(ours[0])
+    assert ours[1]["etc/app/conf"].xattrs == (("user.origin", b"base"),)
