@@ -64,17 +64,14 @@ def _copy_range(src_fd, dst_fd, start, end):
         pos += done
 
 
-def set_owner_mode_times(dir_fd: int, name: bytes, st: os.stat_result, *, as_root: bool,
-                         src_xattr_path: bytes = None) -> None:
-    """Give a new entry in dir_fd the owner, mode, xattrs and times of *st*.
+def set_mode_xattrs_times(dir_fd: int, name: bytes, st: os.stat_result, *,
+                          src_xattr_path: bytes = None) -> None:
+    """Give a new entry in dir_fd (already given its owner) the mode, xattrs and times of *st*.
 
     Order matters: chown clears setuid/setgid and file capabilities, so mode and xattrs come after it,
     and times come last because the other steps change ctime only but xattrs may touch mtime on some fs.
     """
-    is_link = stat.S_ISLNK(st.st_mode)
-    if as_root:
-        os.chown(name, st.st_uid, st.st_gid, dir_fd=dir_fd, follow_symlinks=False)
-    if not is_link:
+    if not stat.S_ISLNK(st.st_mode):
         os.chmod(name, stat.S_IMODE(st.st_mode), dir_fd=dir_fd)  # a fresh entry of ours, not a symlink
     if src_xattr_path is not None:
         xattrs.copy_all(src_xattr_path, proc_path(dir_fd, name))

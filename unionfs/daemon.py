@@ -115,7 +115,8 @@ def run(opts) -> int:
         lowers, upper, work = [upper] + lowers, None, None
     try:
         union = Union(lowers, upper, work, userxattr=opts.userxattr, whiteout_files=opts.whiteout_files,
-                      redirect_dir=opts.redirect_dir)
+                      redirect_dir=opts.redirect_dir,
+                      ignore_chown_errors=opts.uid_map.squash is not None or opts.gid_map.squash is not None)
     except LayerInUse as exc:
         raise MountError(exc.strerror) from None
     except OSError as exc:

@@ -75,7 +75,7 @@ class Union:
     """A merged view of `lowers` (topmost first) under an optional `upper` that takes every change."""
 
     def __init__(self, lowers, upper=None, work=None, *, userxattr=False, whiteout_files=False,
-                 redirect_dir="off"):
+                 redirect_dir="off", ignore_chown_errors=False):
         if not lowers:
             raise ValueError("at least one lower layer is needed")
         if redirect_dir not in REDIRECT_MODES:
@@ -88,8 +88,14 @@ class Union:
         for path in lowers:
             self.layers.append(Layer(len(self.layers), path, writable=False))
         self.upper = self.layers[0] if upper is not None else None
+        # uid 0 may chown (to the ids its user namespace maps); trusted.* xattrs are only for root in the
+        # initial namespace, so the root of a user namespace (`unshare -r`) writes user.overlay.* markers.
         self.as_root = os.geteuid() == 0
-        self.marker_prefix = USER_PREFIX if (userxattr or not self.as_root) else TRUSTED_PREFIX
+        self.marker_prefix = (TRUSTED_PREFIX if self.as_root and not userxattr and _in_initial_user_namespace()
+                              else USER_PREFIX)
+        # With squash options the stored owner is never shown: a chown the namespace cannot make (an
+        # unmapped id) is then skipped, as fuse-overlayfs does, instead of failing the copy-up.
+        self.ignore_chown_errors = ignore_chown_errors
         # The kernel's redirect_dir: "on" renames lower and merged directories by recording where they
         # came from; "follow" only follows such records, and so does "off" (the kernel's default, with
         # its redirect_always_follow=Y), so that an upper written with "on" reads the same under "off".
@@ -513,8 +519,9 @@ class Union:
         node = job.node
         src_parent, _, src_name = self._rel(node, job.src_layer.index).rpartition(b"/")
         with job.src_layer.dir(src_parent) as src_dfd:
-            copyup.set_owner_mode_times(self.work.root_fd, job.tmp_name, job.src_st, as_root=self.as_root,
-                                        src_xattr_path=proc_path(src_dfd, src_name))
+            self._chown_new(job.tmp_name, job.src_st.st_uid, job.src_st.st_gid)
+            copyup.set_mode_xattrs_times(self.work.root_fd, job.tmp_name, job.src_st,
+                                         src_xattr_path=proc_path(src_dfd, src_name))
         parent, name = node.names[0]
         self._copy_up_rename(job.tmp_name, parent, name)
         job.tmp_name = None
@@ -604,6 +611,20 @@ class Union:
         except FileNotFoundError:
             pass
 
+    def _chown_new(self, tmp_name: bytes, uid: int, gid: int) -> None:
+        """Give a work-dir entry its owner (when the daemon may chown at all)."""
+        if not self.as_root:
+            return
+        try:
+            os.chown(tmp_name, uid, gid, dir_fd=self.work.root_fd, follow_symlinks=False)
+        except OSError as exc:
+            # EINVAL: an id this user namespace does not map (it shows as the overflow id 65534 here).
+            if exc.errno not in (errno.EINVAL, errno.EPERM):
+                raise
+            if not self.ignore_chown_errors:
+                # The kernel's answer when a copy-up cannot keep an owner the namespace cannot name.
+                raise OSError(errno.EOVERFLOW, "cannot give the copy its owner %d:%d here" % (uid, gid)) from None
+
     def _check_new_name(self, name: bytes) -> None:
         self._check_name(name)
         if self.read_wh_files and name.startswith(WH_PREFIX):
@@ -637,8 +658,7 @@ class Union:
         """Set owner and mode of a work-dir entry, then move it to parent/name (over a whiteout)."""
         work_fd = self.work.root_fd
         try:
-            if self.as_root:
-                os.chown(tmp_name, uid, gid, dir_fd=work_fd, follow_symlinks=False)
+            self._chown_new(tmp_name, uid, gid)
             if mode is not None:
                 os.chmod(tmp_name, stat.S_IMODE(mode), dir_fd=work_fd)
             with self.upper.dir(parent.path()) as dfd:
@@ -1248,6 +1268,15 @@ def _has_opq_file(dir_path_fd: int) -> bool:
         return True
     except OSError:
         return False
+
+
+def _in_initial_user_namespace() -> bool:
+    """Whether this process's user namespace maps every id to itself (the host's, as far as ids go)."""
+    try:
+        with open("/proc/self/uid_map") as f:
+            return f.read().split() == ["0", "0", "4294967295"]
+    except OSError:
+        return True  # no /proc: nothing says otherwise
 
 
 def _can_make_whiteouts(work_fd: int) -> bool:

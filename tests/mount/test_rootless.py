@@ -317,3 +317,123 @@ def test_allow_other_permissions(user, workspace):
     assert (st.st_uid, st.st_gid) == (user.pw_uid, user.pw_gid)
     assert stat.S_IMODE(os.stat(os.path.join(up, "sticky")).st_mode) == 0o1777
     assert sorted(os.listdir(up)) == ["sticky"] and sorted(os.listdir(os.path.join(up, "sticky"))) == ["mydir"]
+
+
+INNER_USERNS = r"""
+import errno, json, os, subprocess, sys
+import unionfs
+w, who, options = sys.argv[1], sys.argv[2], sys.argv[3].split(",") if sys.argv[3] else []
+low, up, work, mnt = (os.path.join(w, who, n) for n in ("lower", "upper", "work", "mnt"))
+res = {"uid_map": open("/proc/self/uid_map").read().split(), "euid": os.geteuid()}
+
+def owner(p):
+    st = os.lstat(p)
+    return [st.st_uid, st.st_gid]
+
+def t(name, fn, *a):
+    try:
+        fn(*a)
+        res[name] = "ok"
+    except OSError as e:
+        res[name] = errno.errorcode[e.errno]
+
+def changes():
+    res["owners"] = {n: owner(os.path.join(mnt, n)) for n in ("mine", "roots", "d", "shared")}
+    t("append mine", lambda: open(os.path.join(mnt, "mine"), "a").write("+"))
+    t("append roots", lambda: open(os.path.join(mnt, "roots"), "a").write("+"))
+    t("create in shared", lambda: open(os.path.join(mnt, "shared", "x"), "w").write("x"))
+    t("chown mine", os.chown, os.path.join(mnt, "mine"), 0, 0)
+    os.unlink(os.path.join(mnt, "d", "x"))
+    os.rmdir(os.path.join(mnt, "d"))
+    os.mkdir(os.path.join(mnt, "d"))
+    with open(os.path.join(mnt, "new"), "w") as f:
+        f.write("n")
+    res["owners after"] = {n: owner(os.path.join(mnt, n)) for n in ("mine", "roots", "d", "new", "shared")}
+    res["listing"] = sorted(os.listdir(mnt))
+
+res["log"] = ""
+if who == "kernel":
+    subprocess.run(["mount", "-t", "overlay", "overlay", "-o",
+                    f"userxattr,lowerdir={low},upperdir={up},workdir={work}", mnt], check=True)
+    try:
+        changes()
+    finally:
+        subprocess.run(["umount", mnt], check=True)
+else:
+    try:
+        with unionfs.mount([low], up, work, mountpoint=mnt, options=options, timeout=30) as m:
+            changes()
+        res["log"] = m.log_text()
+    except unionfs.MountError as exc:
+        res["mount_error"] = exc.message
+        res["log"] = exc.log
+res["upper"] = {n: {"owner": owner(os.path.join(up, n)),
+                    "xattrs": sorted(x for x in os.listxattr(os.path.join(up, n), follow_symlinks=False)
+                                     if x.startswith("user.overlay.opaque"))}
+                for n in sorted(os.listdir(up))}
+print(json.dumps(res))
+"""
+
+
+@pytest.mark.parametrize("options", ["", "squash_to_root"])
+def test_inside_a_user_namespace(user, workspace, options):
+    """What rootless container tools do: the user makes a user namespace (`unshare -r`: the user is uid 0
+    inside, every other id is unmapped) and mounts there as its root, directly, without fusermount3.
+    trusted.* xattrs are the initial namespace's root's only, so markers are user.overlay.*; whiteouts
+    are char 0/0 (allowed unprivileged since Linux 5.8). The kernel overlay mounted in the same namespace
+    (with userxattr) is the reference. Entries of ids the namespace does not map show as 65534 and cannot
+    be changed. With squash_to_root (what rootless tools pass to ignore chown errors) everything shows as
+    the namespace's root, and copies of such entries are the namespace root's."""
+    if shutil.which("unshare") is None:
+        pytest.skip("unshare not found")
+    w = workspace
+    with open(os.path.join(w, "inner.py"), "w") as fh:
+        fh.write(INNER_USERNS)
+    for who in ("kernel", "pyunionfs"):
+        for d in ("lower", "upper", "work", "mnt", "lower/d", "lower/shared"):
+            os.makedirs(os.path.join(w, who, d))
+        for f in ("mine", "roots", "d/x"):
+            with open(os.path.join(w, who, "lower", f), "w") as fh:
+                fh.write(f)
+        _chown_tree(os.path.join(w, who), user.pw_uid, user.pw_gid)
+        os.chown(os.path.join(w, who, "lower", "roots"), 0, 0)  # unmapped inside the namespace
+        os.chown(os.path.join(w, who, "lower", "shared"), 0, 0)
+        os.chmod(os.path.join(w, who, "lower", "shared"), 0o1777)
+    probe = _as_user(user, ["unshare", "-r", "-m", "true"])
+    if probe.returncode != 0:
+        pytest.skip(f"unprivileged user namespaces are not available: {probe.stderr.strip()}")
+    results = {}
+    for who in ("kernel", "pyunionfs"):
+        run = _as_user(user, ["unshare", "-r", "-m", sys.executable, os.path.join(w, "inner.py"), w, who,
+                              options])
+        if who == "kernel" and run.returncode != 0 and "mount" in run.stderr:
+            pytest.skip(f"the kernel cannot mount overlayfs in a user namespace here: {run.stderr[-300:]}")
+        assert run.returncode == 0, f"{who}\nstdout: {run.stdout}\nstderr: {run.stderr}"
+        results[who] = res = json.loads(run.stdout)
+        assert "mount_error" not in res, f"{res['mount_error']}\n{res['log']}"
+        assert res["uid_map"] == ["0", str(user.pw_uid), "1"] and res["euid"] == 0
+        assert " ERROR " not in res["log"] and "Traceback" not in res["log"], res["log"]
+    assert not mounts_under(w)
+    kernel, ours = results["kernel"], results["pyunionfs"]
+    nobody = [65534, 65534]  # the overflow ids: how unmapped ids show inside the namespace
+    assert kernel["owners"] == {"mine": [0, 0], "roots": nobody, "d": [0, 0], "shared": nobody}
+    assert (kernel["append roots"], kernel["create in shared"]) == ("EACCES", "EOVERFLOW")
+    if not options:
+        for key in ("owners", "owners after", "append mine", "append roots", "chown mine", "listing",
+                    "upper"):
+            assert ours[key] == kernel[key], (key, ours[key], kernel[key])
+        # FUSE shows an id the namespace cannot map as an invalid one, and the VFS refuses any write to
+        # such an inode (EACCES) before the daemon hears of it; the kernel overlay gets as far as the
+        # copy-up, which fails (EOVERFLOW). fuse-overlayfs is in the same place as pyunionfs.
+        assert ours["create in shared"] == "EACCES"
+    else:
+        assert all(o == [0, 0] for o in ours["owners"].values())
+        assert all(o == [0, 0] for o in ours["owners after"].values())
+        assert (ours["append roots"], ours["create in shared"], ours["chown mine"]) == ("ok", "ok", "ok")
+        assert ours["upper"]["roots"]["owner"] == [0, 0] and ours["upper"]["shared"]["owner"] == [0, 0]
+    assert ours["upper"]["d"]["xattrs"] == ["user.overlay.opaque"]
+    # seen from the host: the user's own ids, the kernel's userxattr format, an opaque empty directory
+    up = os.path.join(w, "pyunionfs", "upper")
+    assert os.stat(os.path.join(up, "new")).st_uid == user.pw_uid
+    assert os.getxattr(os.path.join(up, "d"), "user.overlay.opaque") == b"y"
+    assert os.listdir(os.path.join(up, "d")) == []

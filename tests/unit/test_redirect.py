@@ -5,10 +5,12 @@ import os
 
 import pytest
 
-from tests.unit.test_engine import stack, walk, whiteout, write  # noqa: F401 (stack is a fixture)
+from tests.unit import test_engine
+from tests.unit.test_engine import walk, whiteout, write
 from unionfs.whiteout import valid_redirect
 
 REDIRECT = "trusted.overlay.redirect"
+stack = test_engine.stack  # the layer fixture: lower0..lower2, upper, work
 
 
 def by_path(u, path: bytes):
