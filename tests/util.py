@@ -30,6 +30,7 @@ __all__ = [
     "kernel_overlay_skip_reason",
     "mount_pyunionfs",
     "mount_kernel_overlay",
+    "mount_fuse_overlayfs",
     "Daemon",
     "KernelMount",
     "mounts_under",
@@ -424,6 +425,31 @@ KERNEL_BOOKKEEPING_XATTRS = (
 
 _TYPE_CHARS = ((stat.S_ISREG, "f"), (stat.S_ISDIR, "d"), (stat.S_ISLNK, "l"), (stat.S_ISCHR, "c"),
                (stat.S_ISBLK, "b"), (stat.S_ISFIFO, "p"), (stat.S_ISSOCK, "s"))
+
+
+@contextlib.contextmanager
+def mount_fuse_overlayfs(mnt, lowers, upper=None, work=None, options: Sequence[str] = (),
+                         timeout: float = 20) -> Iterator[str]:
+    """Mount the peer, fuse-overlayfs (`fuse-overlayfs -f -o ...`), for the block; unmounts in finally.
+    Raises RuntimeError when it is not installed or does not mount."""
+    exe = shutil.which("fuse-overlayfs")
+    if exe is None:
+        raise RuntimeError("fuse-overlayfs is not installed")
+    mnt = _abs(mnt)
+    proc = subprocess.Popen([exe, "-f", "-o", overlay_options(lowers, upper, work, options), mnt],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    try:
+        if not _wait_mounted(mnt, proc, timeout):
+            raise RuntimeError(f"fuse-overlayfs did not mount {mnt}: {proc.stdout.read1(4096)!r}")
+        yield mnt
+    finally:
+        try:
+            if is_mountpoint(mnt):
+                unmount(mnt, fuse=True)
+        finally:
+            _stop_process(proc, timeout)
+            proc.stdout.close()
 
 
 def _type_char(mode: int) -> str:

@@ -46,6 +46,10 @@ OPTIONS
                        on: lower and merged directories rename by recording a redirect (the
                        kernel's format); off (default) and follow: follow the redirects a layer
                        holds (with user xattrs, off does not); nofollow: ignore them
+       xattr_permissions=0|1|2
+                       fuse-overlayfs's ownership records: 1 or 2 keep owners and modes in
+                       security.fuseoverlayfs.override_stat (1) or user.containers.override_stat
+                       (2) instead of chown/chmod; records in any layer are always read
        index=off, metacopy=off, xino=off|auto
                        accepted: they are what pyunionfs does; other values are refused
        rw, noatime, nodev, nosuid, noexec, sync, lazytime, ...

@@ -64,15 +64,17 @@ def _copy_range(src_fd, dst_fd, start, end):
         pos += done
 
 
-def set_mode_xattrs_times(dir_fd: int, name: bytes, st: os.stat_result, *,
-                          src_xattr_path: bytes = None) -> None:
-    """Give a new entry in dir_fd (already given its owner) the mode, xattrs and times of *st*.
+def set_mode_xattrs_times(dir_fd: int, name: bytes, st: os.stat_result, *, mode: int = None,
+                          src_xattr_path: bytes = None, skip=()) -> None:
+    """Give a new entry in dir_fd (already given its owner) the mode (*mode*, else st's), the xattrs
+    (but *skip*'s names) and the times of *st*.
 
     Order matters: chown clears setuid/setgid and file capabilities, so mode and xattrs come after it,
     and times come last because the other steps change ctime only but xattrs may touch mtime on some fs.
     """
     if not stat.S_ISLNK(st.st_mode):
-        os.chmod(name, stat.S_IMODE(st.st_mode), dir_fd=dir_fd)  # a fresh entry of ours, not a symlink
+        # a fresh entry of ours, not a symlink
+        os.chmod(name, stat.S_IMODE(st.st_mode if mode is None else mode), dir_fd=dir_fd)
     if src_xattr_path is not None:
-        xattrs.copy_all(src_xattr_path, proc_path(dir_fd, name))
+        xattrs.copy_all(src_xattr_path, proc_path(dir_fd, name), skip=skip)
     os.utime(name, ns=(st.st_atime_ns, st.st_mtime_ns), dir_fd=dir_fd, follow_symlinks=False)

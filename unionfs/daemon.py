@@ -116,7 +116,8 @@ def run(opts) -> int:
     try:
         union = Union(lowers, upper, work, userxattr=opts.userxattr, whiteout_files=opts.whiteout_files,
                       redirect_dir=opts.redirect_dir,
-                      ignore_chown_errors=opts.uid_map.squash is not None or opts.gid_map.squash is not None)
+                      ignore_chown_errors=opts.uid_map.squash is not None or opts.gid_map.squash is not None,
+                      xattr_permissions=opts.xattr_permissions)
     except LayerInUse as exc:
         raise MountError(exc.strerror) from None
     except OSError as exc:

@@ -14,7 +14,7 @@ import stat
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from . import _sys, copyup, xattrs
+from . import _sys, copyup, ownership, xattrs
 from .layers import O_PATH_DIR, Layer, join, lstat_at, open_at
 from .nodes import Node, NodeTable
 from .whiteout import (REDIRECT, REDIRECT_MAX, REDIRECT_MODES, TRUSTED_PREFIX, USER_PREFIX, is_whiteout,
@@ -75,7 +75,7 @@ class Union:
     """A merged view of `lowers` (topmost first) under an optional `upper` that takes every change."""
 
     def __init__(self, lowers, upper=None, work=None, *, userxattr=False, whiteout_files=False,
-                 redirect_dir="off", ignore_chown_errors=False):
+                 redirect_dir="off", ignore_chown_errors=False, xattr_permissions=0):
         if not lowers:
             raise ValueError("at least one lower layer is needed")
         if redirect_dir not in REDIRECT_MODES:
@@ -127,7 +127,42 @@ class Union:
         top = self.layers[0]
         single_dev = len({layer.dev for layer in self.layers}) == 1
         self.nodes = NodeTable((0, top.dev, top.root_ino), tuple(range(len(self.layers))), single_dev)
+        try:
+            self._setup_records(xattr_permissions)
+        except BaseException:
+            self.close()
+            raise
 
+    def _setup_records(self, xattr_permissions: int) -> None:
+        """Which layers keep owners and modes in ownership records (ownership.py), and whether the upper
+        takes them (-o xattr_permissions=1|2, fuse-overlayfs's option)."""
+        for layer in self.layers:
+            layer.record = ownership.layer_record_name(proc_path(layer.root_fd))
+        self.records_in_use = any(layer.record for layer in self.layers)
+        self.write_records = bool(xattr_permissions) and self.upper is not None
+        if not self.write_records:
+            return
+        upper = self.upper
+        if xattr_permissions == 1:
+            name = ownership.PRIVILEGED
+        else:
+            name = ownership.USER if upper.record == ownership.USER else ownership.CONTAINERS
+        if upper.record != name:
+            # The root's record: the merged root as it shows now (a lower's record, or the real one).
+            root = proc_path(upper.root_fd)
+            st = os.stat(root)
+            for layer in self.layers[1:]:
+                if layer.record:
+                    st = ownership.view(os.stat(proc_path(layer.root_fd)), proc_path(layer.root_fd),
+                                        layer.record, True)
+                    break
+            try:
+                os.setxattr(root, name, ownership.encode(st.st_uid, st.st_gid, st.st_mode))
+            except OSError as exc:
+                raise OSError(exc.errno, "cannot write the ownership record %s on the upper dir (%s)"
+                              % (name.decode(), exc.strerror)) from None
+            upper.record = name
+        self.records_in_use = True
     def close(self):
         """Close the layer fds (idempotent)."""
         for layer in self.layers:
@@ -304,9 +339,21 @@ class Union:
     def getattr(self, node: Node) -> os.stat_result:
         if not node.names and node is not self.root:
             for handle in node.handles:  # unlinked but still open
-                return os.fstat(handle.fd)
+                return self._shown_fd(self.layers[handle.layer], handle.fd)
             raise OSError(errno.ENOENT, os.strerror(errno.ENOENT))
-        return self.layers[node.layer].lstat(self._rel(node, node.layer))
+        layer = self.layers[node.layer]
+        rel = self._rel(node, node.layer)
+        if layer.record is None:
+            return layer.lstat(rel)
+        with _layer_fd(layer, rel, os.O_PATH) as fd:
+            return self._shown_fd(layer, fd)
+
+    def _shown_fd(self, layer: Layer, fd: int):
+        """fstat of fd, with the owner and mode its ownership record gives (when the layer has those)."""
+        st = os.fstat(fd)
+        if layer.record is None:
+            return st
+        return ownership.view(st, proc_path(fd), layer.record, True)
 
     def reported_nlink(self, node: Node, st: os.stat_result) -> int:
         # As the kernel: a merged directory reports 1 ("find" then does not count subdirectories).
@@ -393,6 +440,9 @@ class Union:
                 if is_whiteout(st):
                     hidden.add(name)
                     continue
+                record = self.layers[index].record
+                if record is not None:
+                    st = ownership.view(st, proc_path(fd, name), record, False)
                 is_dir = stat.S_ISDIR(st.st_mode)
                 stopped = not is_dir or (more_below and self._entry_stops(fd, name, redirected))
                 found[name] = [index, st, [index] if is_dir else None, stopped]
@@ -519,9 +569,19 @@ class Union:
         node = job.node
         src_parent, _, src_name = self._rel(node, job.src_layer.index).rpartition(b"/")
         with job.src_layer.dir(src_parent) as src_dfd:
-            self._chown_new(job.tmp_name, job.src_st.st_uid, job.src_st.st_gid)
-            copyup.set_mode_xattrs_times(self.work.root_fd, job.tmp_name, job.src_st,
-                                         src_xattr_path=proc_path(src_dfd, src_name))
+            src_path = proc_path(src_dfd, src_name)
+            shown = job.src_st
+            if job.src_layer.record is not None:  # the copy keeps the owner and mode the user saw
+                shown = ownership.view(shown, src_path, job.src_layer.record, False)
+            self._chown_new(job.tmp_name, shown.st_uid, shown.st_gid)
+            mode = shown.st_mode
+            if self.write_records and not stat.S_ISLNK(mode):
+                self._write_record(proc_path(self.work.root_fd, job.tmp_name), False, shown.st_uid,
+                                   shown.st_gid, mode)
+                mode |= ownership.BACKING_MODE
+            copyup.set_mode_xattrs_times(self.work.root_fd, job.tmp_name, job.src_st, mode=mode,
+                                         src_xattr_path=src_path,
+                                         skip=ownership.NAMES if self.records_in_use else ())
         parent, name = node.names[0]
         self._copy_up_rename(job.tmp_name, parent, name)
         job.tmp_name = None
@@ -612,8 +672,8 @@ class Union:
             pass
 
     def _chown_new(self, tmp_name: bytes, uid: int, gid: int) -> None:
-        """Give a work-dir entry its owner (when the daemon may chown at all)."""
-        if not self.as_root:
+        """Give a work-dir entry its owner (when the daemon may chown at all, and keeps no records)."""
+        if not self.as_root or self.write_records:
             return
         try:
             os.chown(tmp_name, uid, gid, dir_fd=self.work.root_fd, follow_symlinks=False)
@@ -625,6 +685,9 @@ class Union:
                 # The kernel's answer when a copy-up cannot keep an owner the namespace cannot name.
                 raise OSError(errno.EOVERFLOW, "cannot give the copy its owner %d:%d here" % (uid, gid)) from None
 
+    def _write_record(self, path: bytes, follow: bool, uid: int, gid: int, mode: int) -> None:
+        os.setxattr(path, self.upper.record, ownership.encode(uid, gid, mode), follow_symlinks=follow)
+
     def _check_new_name(self, name: bytes) -> None:
         self._check_name(name)
         if self.read_wh_files and name.startswith(WH_PREFIX):
@@ -633,7 +696,7 @@ class Union:
     def _new_owner(self, parent: Node, caller: Caller, mode: int):
         """Owner and mode of a new entry: the caller's, with a setgid parent's group inherited."""
         gid = caller.gid
-        parent_st = self.upper.lstat(parent.path())
+        parent_st = self.getattr(parent)
         if parent_st.st_mode & stat.S_ISGID:
             gid = parent_st.st_gid
             if stat.S_ISDIR(mode):
@@ -659,6 +722,12 @@ class Union:
         work_fd = self.work.root_fd
         try:
             self._chown_new(tmp_name, uid, gid)
+            if self.write_records:
+                made = os.stat(tmp_name, dir_fd=work_fd, follow_symlinks=False)
+                if not stat.S_ISLNK(made.st_mode):
+                    perms = stat.S_IMODE(mode if mode is not None else made.st_mode)
+                    self._write_record(proc_path(work_fd, tmp_name), False, uid, gid, perms)
+                    mode = perms | ownership.BACKING_MODE
             if mode is not None:
                 os.chmod(tmp_name, stat.S_IMODE(mode), dir_fd=work_fd)
             with self.upper.dir(parent.path()) as dfd:
@@ -705,7 +774,7 @@ class Union:
             raise
         handle = self._new_handle(fd, node, 0, flags)
         node.lookups += 1
-        return node, handle, os.fstat(fd)
+        return node, handle, self._shown_fd(self.upper, fd)
 
     def mkdir(self, parent: Node, name: bytes, mode: int, caller: Caller):
         self._prepare_create(parent, name)
@@ -758,7 +827,7 @@ class Union:
             st = lstat_at(dfd, new_name)
         linked = self._attach(new_parent, new_name, 0, st, ())
         linked.lookups += 1
-        return linked, st
+        return linked, self.getattr(linked)
 
     # ------------------------------------------------------------------ removing
 
@@ -1061,6 +1130,15 @@ class Union:
             # chmod of a non-symlink) through its own O_PATH fd: never through a symlink.
             st = os.fstat(fd)
             is_link = stat.S_ISLNK(st.st_mode)
+            if self.write_records and (uid is not None or gid is not None or mode is not None):
+                # Owner and mode go to the record; the backing file keeps its own (a symlink can hold
+                # no user.* xattr: as fuse-overlayfs, its chown is let go).
+                if not is_link:
+                    shown = ownership.view(st, proc_path(fd), self.upper.record, True)
+                    self._write_record(proc_path(fd), True, shown.st_uid if uid is None else uid,
+                                       shown.st_gid if gid is None else gid,
+                                       shown.st_mode if mode is None else mode)
+                uid = gid = mode = None
             # A symlink is reached as name under its parent without following it (a symlink is never a
             # mount point); anything else through its own O_PATH fd, so no mount point is crossed.
             target, where = (name, dfd) if is_link else (proc_path(fd), None)
@@ -1085,7 +1163,7 @@ class Union:
                     atime_ns = st.st_atime_ns if atime_ns is None else atime_ns
                     mtime_ns = st.st_mtime_ns if mtime_ns is None else mtime_ns
                 os.utime(target, ns=(atime_ns, mtime_ns), dir_fd=where, follow_symlinks=where is None)
-            return os.fstat(fd)
+            return self._shown_fd(self.upper, fd)
 
     def _setattr_fd(self, node, fd, size, mode, uid, gid, atime_ns, mtime_ns, handle):
         """setattr of an unlinked, still open file: through its open descriptors."""
@@ -1094,6 +1172,11 @@ class Union:
             if not writable:
                 raise OSError(errno.EBADF, os.strerror(errno.EBADF))
             os.ftruncate(handle.fd if handle is not None and handle.writable else writable[0], size)
+        if self.write_records and (uid is not None or gid is not None or mode is not None):
+            shown = self._shown_fd(self.upper, fd)
+            self._write_record(proc_path(fd), True, shown.st_uid if uid is None else uid,
+                               shown.st_gid if gid is None else gid, shown.st_mode if mode is None else mode)
+            uid = gid = mode = None
         if uid is not None or gid is not None:
             os.fchown(fd, -1 if uid is None else uid, -1 if gid is None else gid)
         if mode is not None:
@@ -1103,7 +1186,7 @@ class Union:
             os.utime(fd, ns=(st.st_atime_ns if atime_ns is None else atime_ns,
                              st.st_mtime_ns if mtime_ns is None else mtime_ns))
         node.xattr_names = None
-        return os.fstat(fd)
+        return self._shown_fd(self.upper, fd)
 
     def statfs(self) -> os.statvfs_result:
         return os.statvfs(proc_path(self.layers[0].root_fd))
@@ -1118,7 +1201,13 @@ class Union:
         parent, _, name = rel.rpartition(b"/")
         return _ProcPath(layer, parent, name)
 
+    def _private_record(self, name: bytes) -> bool:
+        """Ownership records are the daemon's while a layer uses them: never shown, never set."""
+        return self.records_in_use and name in ownership.NAMES
+
     def getxattr(self, node: Node, name: bytes) -> bytes:
+        if self._private_record(name):
+            raise OSError(errno.ENODATA, os.strerror(errno.ENODATA))
         stored = xattrs.to_stored(name)
         fd = self._unlinked_fd(node)
         if fd is not None:
@@ -1168,12 +1257,14 @@ class Union:
         names = []
         for item in stored:
             visible = xattrs.to_visible(item)
-            if visible is not None:
+            if visible is not None and not self._private_record(visible):
                 names.append(visible)
         return names
 
     def setxattr(self, node: Node, name: bytes, value: bytes, flags: int = 0) -> None:
         self._require_upper()
+        if self._private_record(name):
+            raise OSError(errno.EPERM, os.strerror(errno.EPERM))
         self.copy_up(node)
         node.xattr_names = None
         fd = self._unlinked_fd(node, for_change=True)
@@ -1185,6 +1276,8 @@ class Union:
 
     def removexattr(self, node: Node, name: bytes) -> None:
         self._require_upper()
+        if self._private_record(name):
+            raise OSError(errno.EPERM, os.strerror(errno.EPERM))
         self.getxattr(node, name)  # ENODATA before any copy-up, as the kernel
         self.copy_up(node)
         node.xattr_names = None

@@ -17,12 +17,11 @@ import os
 import stat
 from typing import Dict, List, Optional
 
-from .whiteout import OPAQUE, TRUSTED_PREFIX, USER_PREFIX, is_whiteout
+from .whiteout import FUSEOVERLAYFS_PREFIX, OPAQUE, TRUSTED_PREFIX, USER_PREFIX, is_whiteout
 
 WH_PREFIX = b".wh."
 WH_META_PREFIX = b".wh..wh."      # AUFS/OCI metadata names (.wh..wh..opq, .wh..wh.plnk, ...)
 WH_OPAQUE = b".wh..wh..opq"
-FUSEOVERLAYFS_PREFIX = b"user.fuseoverlayfs."
 
 OPAQUE_XATTRS = (TRUSTED_PREFIX + OPAQUE, USER_PREFIX + OPAQUE, FUSEOVERLAYFS_PREFIX + OPAQUE)
 

@@ -26,6 +26,7 @@ class Layer:
         st = os.fstat(self.root_fd)
         self.dev = st.st_dev
         self.root_ino = st.st_ino
+        self.record = None  # the ownership record xattr this layer uses (see ownership.py), or None
 
     def __repr__(self):
         return f"Layer({self.index}, {self.path!r}, writable={self.writable})"

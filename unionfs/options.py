@@ -40,6 +40,7 @@ class MountOptions:
     userxattr: bool = False
     whiteout_files: bool = False
     redirect_dir: str = "off"
+    xattr_permissions: int = 0
     logfile: str = None
     timeout: float = 300.0
     fsname: str = "overlay"
@@ -122,6 +123,10 @@ def build(o: dict) -> MountOptions:
             opts.userxattr = True
         elif key == "whiteout_files":
             opts.whiteout_files = True
+        elif key == "xattr_permissions":
+            if value not in ("0", "1", "2"):
+                raise OptionError("xattr_permissions needs 0, 1 or 2")
+            opts.xattr_permissions = int(value)
         elif key == "redirect_dir":
             if value not in REDIRECT_MODES:
                 raise OptionError("redirect_dir needs one of %s" % "/".join(REDIRECT_MODES))

@@ -1,13 +1,15 @@
 """The overlay's on-disk markers: whiteouts (char 0/0 devices) and opaque directories.
 
-Both the kernel's xattr namespaces are read (`trusted.overlay.*` and `user.overlay.*`); the one chosen at
-mount time is written.
+Opaque markers are read in the kernel's two xattr namespaces (`trusted.overlay.*`, `user.overlay.*`) and
+in fuse-overlayfs's `user.fuseoverlayfs.*`; the kernel namespace chosen at mount time is written.
 """
 import os
 import stat
 
 TRUSTED_PREFIX = b"trusted.overlay."
 USER_PREFIX = b"user.overlay."
+FUSEOVERLAYFS_PREFIX = b"user.fuseoverlayfs."  # fuse-overlayfs's own, where it could not write trusted.*
+OPAQUE_PREFIXES = (TRUSTED_PREFIX, USER_PREFIX, FUSEOVERLAYFS_PREFIX)  # opaque markers read in each
 OPAQUE = b"opaque"
 REDIRECT = b"redirect"
 # The kernel's redirect_dir values: "on" records redirects when lower directories move; all but
@@ -38,7 +40,7 @@ def proc_path(fd: int, name: bytes = b"") -> bytes:
 def is_opaque_dir(dir_path_fd: int) -> bool:
     """True if the directory (an O_PATH fd) carries an opaque marker in either namespace."""
     path = proc_path(dir_path_fd)
-    for prefix in (TRUSTED_PREFIX, USER_PREFIX):
+    for prefix in OPAQUE_PREFIXES:
         try:
             if os.getxattr(path, prefix + OPAQUE) == b"y":
                 return True
@@ -50,7 +52,7 @@ def is_opaque_dir(dir_path_fd: int) -> bool:
 def is_opaque_entry(dir_fd: int, name: bytes) -> bool:
     """True if the directory *name* in dir_fd carries an opaque marker (no symlink followed)."""
     path = proc_path(dir_fd, name)
-    for prefix in (TRUSTED_PREFIX, USER_PREFIX):
+    for prefix in OPAQUE_PREFIXES:
         try:
             if os.getxattr(path, prefix + OPAQUE, follow_symlinks=False) == b"y":
                 return True
@@ -80,7 +82,7 @@ def read_dir_markers(path: bytes, prefix: bytes, follow: bool = False):
     opaque, redirect = False, None
     for item in names:
         name = os.fsencode(item)
-        if name.endswith(b"." + OPAQUE) and name in (TRUSTED_PREFIX + OPAQUE, USER_PREFIX + OPAQUE):
+        if name.endswith(b"." + OPAQUE) and name[:-len(OPAQUE)] in OPAQUE_PREFIXES:
             try:
                 opaque = opaque or os.getxattr(path, name, follow_symlinks=follow) == b"y"
             except OSError:

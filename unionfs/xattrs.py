@@ -1,16 +1,17 @@
 """Extended attributes: the overlay's private names, their escaping, and copying them.
 
-The overlay keeps its own markers in `trusted.overlay.*` and `user.overlay.*`. Both are read as markers,
-so neither may be written or read raw through the mount: a name under either prefix is stored escaped
-as `<prefix>overlay.<rest>` (the kernel's escaping for nested overlays), and the markers themselves never
-show in listings. Nobody can forge an opaque marker through the mount.
+The overlay keeps its own markers in `trusted.overlay.*` and `user.overlay.*` (and fuse-overlayfs in
+`user.fuseoverlayfs.*`). All are read as markers, so none may be written or read raw through the mount:
+a name under such a prefix is stored escaped as `<prefix>overlay.<rest>` (the kernel's escaping for nested
+overlays), and the markers themselves never show in listings. Nobody can forge a marker through the
+mount.
 """
 import errno
 import os
 
-from .whiteout import TRUSTED_PREFIX, USER_PREFIX
+from .whiteout import OPAQUE_PREFIXES
 
-PRIVATE_PREFIXES = (TRUSTED_PREFIX, USER_PREFIX)
+PRIVATE_PREFIXES = OPAQUE_PREFIXES  # every namespace a marker is read in
 _ESCAPE = b"overlay."
 
 
@@ -36,8 +37,8 @@ def is_marker(stored: bytes) -> bool:
     return to_visible(stored) is None
 
 
-def copy_all(src_path: bytes, dst_path: bytes, *, follow: bool = False) -> None:
-    """Copy every xattr but the overlay's own markers. Names the target refuses are skipped."""
+def copy_all(src_path: bytes, dst_path: bytes, *, follow: bool = False, skip=()) -> None:
+    """Copy every xattr but the overlay's own markers and *skip*. Names the target refuses are skipped."""
     try:
         names = os.listxattr(src_path, follow_symlinks=follow)
     except OSError as exc:
@@ -46,7 +47,7 @@ def copy_all(src_path: bytes, dst_path: bytes, *, follow: bool = False) -> None:
         raise
     for name in names:
         bname = os.fsencode(name)
-        if is_marker(bname):
+        if is_marker(bname) or bname in skip:
             continue
         try:
             value = os.getxattr(src_path, bname, follow_symlinks=follow)

@@ -2,10 +2,11 @@
 xattr namespaces (trusted.overlay.* as root; user.overlay.* with `userxattr`, the unprivileged format)."""
 import os
 import shutil
+import stat
 
 import pytest
 
-from tests.util import (DIR, FUSE_SKIP_REASON, kernel_overlay_skip_reason, mount_kernel_overlay,
+from tests.util import (DIR, FUSE_SKIP_REASON, kernel_overlay_skip_reason, mount_fuse_overlayfs, mount_kernel_overlay,
                         mount_pyunionfs, tree_snapshot)
 
 pytestmark = [pytest.mark.mount, pytest.mark.kernel, pytest.mark.timeout(120),
@@ -175,3 +176,57 @@ def test_docker_overlay2_stack_written_by_the_kernel(tmp_path, skip_without_kern
     assert {"var/cache/c2", "usr/lib/x/old.py", "etc/os-release.orig"} <= set(ours[0])
     assert not {"var/cache/c1", "usr/lib/x-link", "etc/os-release"} & set(ours[0])
     assert ours[1]["etc/app/conf"].xattrs == (("user.origin", b"base"),)
+
+
+def _records_changes(mnt):
+    """What a container does on a rootless mount: owners and modes the daemon cannot give for real."""
+    with open(os.path.join(mnt, "etc-conf"), "w") as f:
+        f.write("c\n")
+    os.chown(os.path.join(mnt, "etc-conf"), 1234, 5678)
+    os.chmod(os.path.join(mnt, "etc-conf"), 0o640)
+    os.mkdir(os.path.join(mnt, "svc"), 0o750)
+    os.chown(os.path.join(mnt, "svc"), 33, 33)
+    os.chown(os.path.join(mnt, "f1"), 7, 8)           # a lower file: copied up, then recorded
+    os.chmod(os.path.join(mnt, "d/b"), 0o600)
+
+
+def _owners(mnt):
+    out = {}
+    for rel in ("etc-conf", "svc", "f1", "d/b", "d", "."):
+        st = os.lstat(os.path.join(mnt, rel))
+        out[rel] = (st.st_uid, st.st_gid, oct(st.st_mode))
+    return out
+
+
+@pytest.mark.skipif(shutil.which("fuse-overlayfs") is None, reason="fuse-overlayfs is not installed")
+@pytest.mark.parametrize("writer", ["fuse-overlayfs", "pyunionfs"])
+def test_ownership_records_move_between_fuse_overlayfs_and_pyunionfs(layers, writer):
+    """xattr_permissions=2: owners and modes live in override_stat records, the backing files keep the
+    daemon's. fuse-overlayfs makes the upper first (it marks the upper's root with the record name it
+    uses: user.fuseoverlayfs.override_stat up to 1.13, user.containers.override_stat after), then the
+    writer changes owners and modes and the other daemon must show the same."""
+    L = layers(SPEC)
+    opts = ["xattr_permissions=2"]
+    with mount_fuse_overlayfs(L.mnt, L.lowers, L.upper, L.work, options=opts):
+        pass
+    marks = [n for n in os.listxattr(L.upper) if n.endswith(".override_stat")]
+    assert len(marks) == 1, marks
+    peer = mount_fuse_overlayfs if writer == "fuse-overlayfs" else mount_pyunionfs
+    with peer(L.mnt, L.lowers, L.upper, L.work, options=opts):
+        _records_changes(L.mnt)
+        written = _owners(L.mnt)
+    if writer == "pyunionfs":
+        assert written["etc-conf"] == (1234, 5678, oct(stat.S_IFREG | 0o640))
+        assert written["svc"][:2] == (33, 33) and written["f1"][:2] == (7, 8)
+        assert os.getxattr(L.upper / "etc-conf", marks[0]) == b"1234:5678:640"
+    # the backing files keep the daemon's owner; the records say the rest
+    assert os.stat(L.upper / "etc-conf").st_uid == os.geteuid()
+    assert marks[0] in os.listxattr(L.upper / "etc-conf")
+    reader = mount_pyunionfs if writer == "fuse-overlayfs" else mount_fuse_overlayfs
+    work2 = L.root / "work2"
+    work2.mkdir()
+    with reader(L.mnt, L.lowers, L.upper, work2, options=opts):
+        read = _owners(L.mnt)
+        if reader is mount_pyunionfs:
+            assert marks[0] not in os.listxattr(os.path.join(L.mnt, "etc-conf"))
+    assert read == written, (read, written)
