@@ -138,6 +138,8 @@ class Union:
         takes them (-o xattr_permissions=1|2, fuse-overlayfs's option)."""
         for layer in self.layers:
             layer.record = ownership.layer_record_name(proc_path(layer.root_fd))
+        # The real root's mount honours setuid and devices: user.* records may not grant those.
+        self.strict_records = self.as_root and _in_initial_user_namespace()
         self.records_in_use = any(layer.record for layer in self.layers)
         self.write_records = bool(xattr_permissions) and self.upper is not None
         if not self.write_records:
@@ -154,7 +156,7 @@ class Union:
             for layer in self.layers[1:]:
                 if layer.record:
                     st = ownership.view(os.stat(proc_path(layer.root_fd)), proc_path(layer.root_fd),
-                                        layer.record, True)
+                                        layer.record, True, self.strict_records)
                     break
             try:
                 os.setxattr(root, name, ownership.encode(st.st_uid, st.st_gid, st.st_mode))
@@ -353,7 +355,7 @@ class Union:
         st = os.fstat(fd)
         if layer.record is None:
             return st
-        return ownership.view(st, proc_path(fd), layer.record, True)
+        return ownership.view(st, proc_path(fd), layer.record, True, self.strict_records)
 
     def reported_nlink(self, node: Node, st: os.stat_result) -> int:
         # As the kernel: a merged directory reports 1 ("find" then does not count subdirectories).
@@ -442,7 +444,7 @@ class Union:
                     continue
                 record = self.layers[index].record
                 if record is not None:
-                    st = ownership.view(st, proc_path(fd, name), record, False)
+                    st = ownership.view(st, proc_path(fd, name), record, False, self.strict_records)
                 is_dir = stat.S_ISDIR(st.st_mode)
                 stopped = not is_dir or (more_below and self._entry_stops(fd, name, redirected))
                 found[name] = [index, st, [index] if is_dir else None, stopped]
@@ -572,7 +574,7 @@ class Union:
             src_path = proc_path(src_dfd, src_name)
             shown = job.src_st
             if job.src_layer.record is not None:  # the copy keeps the owner and mode the user saw
-                shown = ownership.view(shown, src_path, job.src_layer.record, False)
+                shown = ownership.view(shown, src_path, job.src_layer.record, False, self.strict_records)
             self._chown_new(job.tmp_name, shown.st_uid, shown.st_gid)
             mode = shown.st_mode
             if self.write_records and not stat.S_ISLNK(mode):
@@ -1134,7 +1136,7 @@ class Union:
                 # Owner and mode go to the record; the backing file keeps its own (a symlink can hold
                 # no user.* xattr: as fuse-overlayfs, its chown is let go).
                 if not is_link:
-                    shown = ownership.view(st, proc_path(fd), self.upper.record, True)
+                    shown = ownership.view(st, proc_path(fd), self.upper.record, True, self.strict_records)
                     self._write_record(proc_path(fd), True, shown.st_uid if uid is None else uid,
                                        shown.st_gid if gid is None else gid,
                                        shown.st_mode if mode is None else mode)

@@ -14,6 +14,12 @@ their layers. pyunionfs reads and writes them in fuse-overlayfs's format, so lay
 - with `-o xattr_permissions=1|2` the upper takes records: new entries, copy-ups, chown and chmod write
   the record and leave the backing file's owner alone (its mode gets u+rwx,go+rx so the daemon can use
   it); a malformed record is ignored (the file's own owner and mode show).
+
+Safety: anyone may set user.* xattrs on files they own, so a record under a user.* name could make a
+file of theirs look setuid root, or like a device node. Where that would matter -- a daemon running as
+the real root, whose mount is neither nosuid nor nodev -- such records give no setuid/setgid bits and no
+device type (`strict`); `security.fuseoverlayfs.override_stat` needs CAP_SYS_ADMIN to set and is taken
+whole.
 """
 import os
 import stat
@@ -76,8 +82,12 @@ class StatView:
     """An os.stat_result with the owner and mode a record gives; every other field is the file's."""
     __slots__ = ("_st", "st_uid", "st_gid", "st_mode", "st_rdev")
 
-    def __init__(self, st, record):
+    def __init__(self, st, record, strict: bool = False):
         uid, gid, perms, kind, rdev = record
+        if strict:
+            perms &= ~(stat.S_ISUID | stat.S_ISGID)
+            if kind in (stat.S_IFBLK, stat.S_IFCHR):
+                kind = rdev = None
         self._st = st
         self.st_uid, self.st_gid = uid, gid
         self.st_mode = (kind if kind is not None else stat.S_IFMT(st.st_mode)) | perms
@@ -87,12 +97,13 @@ class StatView:
         return getattr(self._st, name)
 
 
-def view(st, path: bytes, name: bytes, follow: bool):
-    """*st* as the record at *path* (a /proc path) shows it; *st* itself when there is none."""
+def view(st, path: bytes, name: bytes, follow: bool, strict: bool = False):
+    """*st* as the record at *path* (a /proc path) shows it; *st* itself when there is none. *strict*:
+    a user.* record gives no setuid/setgid bit and no device type (see the module's docstring)."""
     if stat.S_ISLNK(st.st_mode):
         return st  # user.* xattrs cannot be set on symlinks: they show as they are
     try:
         record = parse(os.getxattr(path, name, follow_symlinks=follow))
     except OSError:
         return st
-    return st if record is None else StatView(st, record)
+    return st if record is None else StatView(st, record, strict and name != PRIVILEGED)

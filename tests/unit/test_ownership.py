@@ -84,7 +84,10 @@ def test_xattr_permissions_writes_records_not_owners(stack, level, name):
     assert real.st_uid == os.geteuid() and stat.S_IMODE(real.st_mode) == 0o755  # 0600 | 0755
     assert os.getxattr(f"{d['upper']}/new", name) == b"1234:5678:600"
     dnode, dst = u.mkdir(u.root, b"dir", 0o2750, caller)
-    assert (dst.st_uid, dst.st_gid, stat.S_IMODE(dst.st_mode)) == (1234, 5678, 0o2750)
+    assert os.getxattr(f"{d['upper']}/dir", name) == b"1234:5678:2750"
+    # the real root's mount takes no setgid bit from a user.* record (see the next test)
+    sgid = 0 if u.strict_records and name == C else 0o2000
+    assert (dst.st_uid, dst.st_gid, stat.S_IMODE(dst.st_mode)) == (1234, 5678, 0o750 | sgid)
     # chown and chmod change the record only; a copy-up records what the lower showed
     f = by_path(u, b"f")
     st = u.setattr(f, uid=99)
@@ -116,3 +119,22 @@ def test_fuse_overlayfs_opaque_marker_is_read_and_cannot_be_forged(stack):
     u.close()
     again = stack()
     assert again.listdir(by_path(again, b"open")) == [b"below"]
+
+
+def test_user_records_grant_no_setuid_and_no_devices_to_the_real_root(stack):
+    """Anyone may set user.* xattrs on their own files: a forged record must not turn a user's file into
+    a setuid-root program or a device node on a mount the real root made (suid, dev)."""
+    d = stack.dirs
+    write(f"{d['lower0']}/evil", b"#!/bin/sh\n", mode=0o755)
+    os.setxattr(d["lower0"], C, b"0:0:755")
+    os.setxattr(f"{d['lower0']}/evil", C, b"0:0:4755")
+    write(f"{d['lower0']}/mem", b"", mode=0o644)
+    os.setxattr(f"{d['lower0']}/mem", C, b"0:0:666:char-1-1")
+    u = stack()
+    evil, mem = u.getattr(by_path(u, b"evil")), u.getattr(by_path(u, b"mem"))
+    if u.strict_records:
+        assert (evil.st_uid, stat.S_IMODE(evil.st_mode)) == (0, 0o755)
+        assert stat.S_ISREG(mem.st_mode) and mem.st_rdev == 0
+    else:  # an unprivileged daemon's mount is nosuid,nodev: the record is taken whole
+        assert stat.S_IMODE(evil.st_mode) == 0o4755
+        assert stat.S_ISCHR(mem.st_mode) and mem.st_rdev == os.makedev(1, 1)
