@@ -877,12 +877,22 @@ class Union:
 
     # ------------------------------------------------------------------ rename
 
-    def rename(self, parent: Node, name: bytes, new_parent: Node, new_name: bytes, flags: int = 0):
+    def check_rename(self, parent: Node, name: bytes, new_parent: Node, new_name: bytes, flags: int = 0):
+        """The errors `rename` gives before it copies anything up, for a caller that copies the source
+        up first (the FUSE adapter, in a worker thread): as the kernel, a refused rename copies nothing."""
         self._require_upper()
         if flags & ~(_sys.RENAME_NOREPLACE | _sys.RENAME_EXCHANGE) or flags == (
                 _sys.RENAME_NOREPLACE | _sys.RENAME_EXCHANGE):
             raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
         self._check_new_name(new_name)
+        if flags & _sys.RENAME_EXCHANGE:
+            node, other = self.child(parent, name), self.child(new_parent, new_name)
+            if other is not node:
+                self._check_movable(node, new_parent)
+                self._check_movable(other, parent)
+
+    def rename(self, parent: Node, name: bytes, new_parent: Node, new_name: bytes, flags: int = 0):
+        self.check_rename(parent, name, new_parent, new_name, flags)
         if flags & _sys.RENAME_EXCHANGE:
             return self._exchange(parent, name, new_parent, new_name)
         node = self.child(parent, name)
@@ -894,7 +904,7 @@ class Union:
             target = None
         if target is not None and flags & _sys.RENAME_NOREPLACE:
             raise OSError(errno.EEXIST, os.strerror(errno.EEXIST))
-        if target is node:
+        if target is node and not self._split_on_copy_up(node, parent, name, new_parent, new_name):
             return  # the same file (or the same name): nothing to do, as rename(2)
         self._check_movable(node, new_parent)
         if target is not None:
@@ -961,6 +971,17 @@ class Union:
         if node.is_dir and not redirect:
             node.merge = (0,)
 
+    def _split_on_copy_up(self, node: Node, parent: Node, name: bytes, new_parent: Node,
+                          new_name: bytes) -> bool:
+        """Two names of one lower file (a hard link) that copy-up will split, so that a rename between
+        them is not the no-op it is between names of one file: the kernel (index=off) gives such names
+        separate inodes, copies the source up and renames it over the other. Copies *name* up."""
+        if (parent, name) == (new_parent, new_name) or node.is_dir or self.is_upper(node):
+            return False
+        self.nodes.prefer_name(node, parent, name)  # the name that is copied up
+        self.copy_up(node)
+        return True
+
     def _moves_by_redirect(self, node: Node) -> bool:
         """A lower or merged directory moves by recording a redirect (only with redirect_dir=on)."""
         return node.is_dir and not (self.is_upper(node) and len(node.merge) == 1)
@@ -1026,7 +1047,9 @@ class Union:
             raise OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
         other = self.child(new_parent, new_name)
         if other is node:
-            return
+            if not self._split_on_copy_up(node, parent, name, new_parent, new_name):
+                return
+            other = self.child(new_parent, new_name)  # now a lower file of its own
         self._check_movable(node, new_parent)
         self._check_movable(other, parent)
         redirects = [moving for moving in (node, other) if self._moves_by_redirect(moving)]

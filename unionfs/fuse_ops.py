@@ -288,6 +288,7 @@ class UnionOperations(pyfuse3.Operations):
         node = await self._settled_child(parent, name_old)
         await self._settled_child(new_parent, name_new)
         if node is not None and not node.is_dir and self.union.upper is not None:
+            self.union.check_rename(parent, name_old, new_parent, name_new, flags)
             await self._copy_up(node)
         self.union.rename(parent, name_old, new_parent, name_new, flags)
 

@@ -439,6 +439,28 @@ def op_rename(root, src, dst):
     return res, _lstat(s), _lstat(d)
 
 
+RENAME_FLAGS = {"noreplace": 1, "exchange": 2}  # renameat2(2)
+
+
+def _renameat2(src, dst, flags):
+    from unionfs import _sys  # the package's ctypes shim (Python's os has no renameat2)
+    _sys.renameat2(-100, os.fsencode(src), -100, os.fsencode(dst), flags)  # AT_FDCWD
+
+
+def op_rename2(root, src, dst, flag):
+    s, d = os.path.join(root, src), os.path.join(root, dst)
+    try:
+        _renameat2(s, d, RENAME_FLAGS[flag])
+        res = "ok"
+    except OSError as e:
+        res = err(e)
+    return res, _lstat(s), _lstat(d)
+
+
+def op_exchange(root, src, dst):
+    return op_rename2(root, src, dst, "exchange")
+
+
 def op_link(root, src, dst):
     s, d = os.path.join(root, src), os.path.join(root, dst)
     try:
