@@ -913,11 +913,17 @@ class Union:
             if not node.is_dir and target.is_dir:
                 raise OSError(errno.EISDIR, os.strerror(errno.EISDIR))
             if target.is_dir and not self.is_empty_dir(target):
-                if self.is_upper(target) and len(target.merge) == 1 and len(new_parent.merge) > 1:
-                    # The kernel leaves a pure-upper target's emptiness to the upper's rename(2),
-                    # after it has marked the moving directory opaque: so does this.
-                    with self.upper.dir(parent.path()) as sdfd, _opened(sdfd, name, O_PATH_DIR) as fd:
-                        self._set_opaque(fd)
+                if self.is_upper(target) and len(target.merge) == 1:
+                    # The kernel leaves a pure-upper target's emptiness to the upper's rename(2), after
+                    # it has copied the moving directory up and recorded its redirect (redirect_dir=on)
+                    # or, moving into a merged directory, marked it opaque: so does this.
+                    if self._moves_by_redirect(node):
+                        self.copy_up(node)
+                        self._set_redirect(node, same_dir=parent is new_parent)
+                    elif len(new_parent.merge) > 1:
+                        with self.upper.dir(parent.path()) as sdfd, _opened(sdfd, name, O_PATH_DIR) as fd:
+                            self._set_opaque(fd)
+                    self._failing_upper_rename(parent, name, new_parent, new_name)
                 raise OSError(errno.ENOTEMPTY, os.strerror(errno.ENOTEMPTY))
         redirect = self._moves_by_redirect(node)
         self.copy_up(node)
@@ -970,6 +976,22 @@ class Union:
         self.nodes.move(node, parent, name, new_parent, new_name)
         if node.is_dir and not redirect:
             node.merge = (0,)
+
+    def _failing_upper_rename(self, parent: Node, name: bytes, new_parent: Node, new_name: bytes) -> None:
+        """The upper rename(2) the kernel makes onto a non-empty upper directory, which fails: its error
+        is the caller's, and so are its side effects on the upper filesystem (ext4 touches the parent
+        while preparing a RENAME_WHITEOUT)."""
+        flags = 0
+        if self._lower_visible(parent, name) and not self.write_wh_files:
+            flags = _sys.RENAME_WHITEOUT
+        with self.upper.dir(parent.path()) as sdfd, self.upper.dir(new_parent.path()) as ddfd:
+            try:
+                _sys.renameat2(sdfd, name, ddfd, new_name, flags)
+            except OSError as exc:
+                if exc.errno in (errno.EINVAL, errno.ENOSYS) and flags:
+                    return  # no RENAME_WHITEOUT here: the caller says ENOTEMPTY
+                raise
+        raise OSError(errno.EIO, "rename onto a non-empty directory succeeded in the upper")
 
     def _split_on_copy_up(self, node: Node, parent: Node, name: bytes, new_parent: Node,
                           new_name: bytes) -> bool:

@@ -160,3 +160,11 @@ def test_refused_exchange_copies_nothing_up(replay):
     # Found when RENAME_EXCHANGE joined the state machine: the adapter copied the file up before the
     # engine refused the exchange with a lower directory (EXDEV); the kernel checks first.
     replay(("rename2", "a", "dm/sub", "exchange"), ("rename2", "dm/sub", "a", "exchange"))
+
+
+def test_redirect_failed_rename_onto_a_full_upper_dir_records_a_redirect(replay_redirect):
+    # Found by exploring with fresh seeds: a merged directory renamed onto a non-empty pure-upper one
+    # fails ENOTEMPTY in the upper's rename(2); the kernel has recorded the redirect by then, and had
+    # pyunionfs marked it opaque instead, the kernel reading that upper listed whiteouts as names.
+    replay_redirect(("rename", "dm", "dup_op"), ("listdir", "dm"), ("rename", "dlow", "dup_op"),
+                    ("listdir", "dlow"))
