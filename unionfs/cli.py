@@ -50,7 +50,10 @@ OPTIONS
                        fuse-overlayfs's ownership records: 1 or 2 keep owners and modes in
                        security.fuseoverlayfs.override_stat (1) or user.containers.override_stat
                        (2) instead of chown/chmod; records in any layer are always read
-       index=off, metacopy=off, xino=off|auto
+       index=on|off    on: names of one lower file stay one file across copy-up, and files keep
+                       their st_ino across copy-up and remount (pyunionfs's own index in
+                       WORKDIR/pyunionfs-index)
+       metacopy=off, xino=off|auto
                        accepted: they are what pyunionfs does; other values are refused
        rw, noatime, nodev, nosuid, noexec, sync, lazytime, ...
                        generic mount options (mount.fuse3 forwards them) are accepted

@@ -14,7 +14,7 @@ import stat
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from . import _sys, copyup, ownership, xattrs
+from . import _sys, copyup, index as indexing, ownership, xattrs
 from .layers import O_PATH_DIR, Layer, join, lstat_at, open_at
 from .nodes import Node, NodeTable
 from .whiteout import (REDIRECT, REDIRECT_MAX, REDIRECT_MODES, TRUSTED_PREFIX, USER_PREFIX, is_whiteout,
@@ -47,13 +47,14 @@ class FileHandle:
 
 class CopyUpJob:
     """One copy-up in flight (see copyup.py); created by Union.copy_up_begin."""
-    __slots__ = ("node", "src_layer", "src_st", "src_fd", "tmp_name", "dst_fd", "with_data")
+    __slots__ = ("node", "src_layer", "src_st", "src_fd", "tmp_name", "dst_fd", "with_data", "linked")
 
     def __init__(self, node, src_layer, src_st):
         self.node, self.src_layer, self.src_st = node, src_layer, src_st
         self.src_fd = self.dst_fd = -1
         self.tmp_name = None
         self.with_data = False
+        self.linked = False  # index=on: the name was linked up to its index entry; nothing to commit
 
     @property
     def data_size(self) -> int:
@@ -75,7 +76,7 @@ class Union:
     """A merged view of `lowers` (topmost first) under an optional `upper` that takes every change."""
 
     def __init__(self, lowers, upper=None, work=None, *, userxattr=False, whiteout_files=False,
-                 redirect_dir="off", ignore_chown_errors=False, xattr_permissions=0):
+                 redirect_dir="off", ignore_chown_errors=False, xattr_permissions=0, index=False):
         if not lowers:
             raise ValueError("at least one lower layer is needed")
         if redirect_dir not in REDIRECT_MODES:
@@ -127,11 +128,35 @@ class Union:
         top = self.layers[0]
         single_dev = len({layer.dev for layer in self.layers}) == 1
         self.nodes = NodeTable((0, top.dev, top.root_ino), tuple(range(len(self.layers))), single_dev)
+        self.nlayers = len(self.layers)  # the stack; the index (index=on) is a pseudo-layer after it
+        self.index_pos = None
+        self.offline_changes_off = self.redirect_create or (bool(index) and self.work is not None)
         try:
             self._setup_records(xattr_permissions)
+            if index and self.work is not None:
+                self._setup_index(work)
         except BaseException:
             self.close()
             raise
+
+    def _setup_index(self, workdir: str) -> None:
+        """index=on (see index.py): W/pyunionfs-index, reached like a layer at position index_pos."""
+        path = os.path.join(workdir, indexing.DIR_NAME)
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:
+            pass
+        if os.path.islink(path):
+            raise OSError(errno.EINVAL, "the index %s is a symlink" % path)
+        layer = Layer(self.nlayers, path, writable=True)
+        if not stat.S_ISDIR(os.fstat(layer.root_fd).st_mode) or layer.dev != self.upper.dev:
+            layer.close()
+            raise OSError(errno.EINVAL, "the index is not a directory on the upper's filesystem")
+        self.layers.append(layer)
+        self.index_pos = layer.index
+        indexing.check_manifest(layer.root_fd, indexing.manifest(self.layers[1:self.nlayers]))
+        self.origin_name = self.marker_prefix + indexing.ORIGIN
+        self.nlink_name = self.marker_prefix + indexing.NLINK
 
     def _setup_records(self, xattr_permissions: int) -> None:
         """Which layers keep owners and modes in ownership records (ownership.py), and whether the upper
@@ -210,6 +235,8 @@ class Union:
 
     def _rel(self, node: Node, index: int) -> bytes:
         """The path of *node* in layer *index* (which must hold it or merge it)."""
+        if index == self.index_pos and index is not None:
+            return indexing.key(node.key[0], node.key[2])
         if node.is_dir:
             if index and node.lpaths is not None:
                 return node.lpaths[index]
@@ -236,7 +263,7 @@ class Union:
         redirect = None
         lookup, absolute, followed = name, False, False
         layers = parent.merge
-        bottom = len(self.layers) - 1
+        bottom = self.nlayers - 1
         pos = 0
         while pos < len(layers):
             index = layers[pos]
@@ -299,11 +326,46 @@ class Union:
             os.close(fd)
 
     def _attach(self, parent, name, index, st, merge, lpaths=None, redirect=None) -> Node:
-        node = self.nodes.attach(parent, name, (index, st.st_dev, st.st_ino), stat.S_ISDIR(st.st_mode),
-                                 index, merge, lpaths, redirect)
-        node.shared_lower = index != 0 or self.upper is None
-        node.shared_lower = node.shared_lower and not node.is_dir and st.st_nlink > 1
+        key = (index, st.st_dev, st.st_ino)
+        shared = (index != 0 or self.upper is None) and not stat.S_ISDIR(st.st_mode) and st.st_nlink > 1
+        if self.index_pos is not None and not stat.S_ISDIR(st.st_mode):
+            index, key, shared = self._indexed(parent, name, index, st, key, shared)
+        node = self.nodes.attach(parent, name, key, stat.S_ISDIR(st.st_mode), index, merge, lpaths, redirect)
+        node.shared_lower = shared
         return node
+
+    def _indexed(self, parent: Node, name: bytes, index: int, st, key, shared):
+        """index=on: (layer, node key, shared) of a non-directory. A copy records its origin, which keys
+        it (so it keeps the lower's inode number); a lower file whose copy is indexed is the index entry."""
+        if index == 0:
+            rel = join(parent.path(), name)
+            origin = self._read_origin(rel)
+            if origin is None:
+                return index, key, shared
+            lower, ino = origin
+            key = (lower, self.layers[lower].dev, ino)
+        elif st.st_nlink > 1:
+            lower, ino = index, st.st_ino
+        else:
+            return index, key, shared
+        try:
+            self.layers[self.index_pos].lstat(indexing.key(lower, ino))
+        except FileNotFoundError:
+            return index, key, shared
+        return self.index_pos, key, True
+
+    def _read_origin(self, rel: bytes):
+        try:
+            with _layer_fd(self.upper, rel, os.O_PATH) as fd:
+                if stat.S_ISLNK(os.fstat(fd).st_mode):
+                    return None
+                value = os.getxattr(proc_path(fd), self.origin_name)
+        except OSError:
+            return None
+        origin = indexing.parse_key(value)
+        if origin is None or not 0 < origin[0] < self.nlayers:
+            return None
+        return origin
 
     def child(self, parent: Node, name: bytes) -> Node:
         """The node of parent/name without taking a lookup reference; ENOENT if absent."""
@@ -345,10 +407,22 @@ class Union:
             raise OSError(errno.ENOENT, os.strerror(errno.ENOENT))
         layer = self.layers[node.layer]
         rel = self._rel(node, node.layer)
+        if node.layer == self.index_pos:
+            return self._index_stat(rel)
         if layer.record is None:
             return layer.lstat(rel)
         with _layer_fd(layer, rel, os.O_PATH) as fd:
             return self._shown_fd(layer, fd)
+
+    def _index_stat(self, key: bytes):
+        """An index entry's stat, with the union's link count (index.py) as st_nlink."""
+        with _layer_fd(self.layers[self.index_pos], key, os.O_PATH) as fd:
+            st = self._shown_fd(self.upper, fd)
+            try:
+                nlink = int(os.getxattr(proc_path(fd), self.nlink_name))
+            except (OSError, ValueError):
+                return st
+        return _WithNlink(st, max(nlink, 1))
 
     def _shown_fd(self, layer: Layer, fd: int):
         """fstat of fd, with the owner and mode its ownership record gives (when the layer has those)."""
@@ -410,7 +484,7 @@ class Union:
         directory with a redirect marker merges other paths below it: that name is looked up whole.
         """
         last = len(node.merge) - 1
-        bottom = len(self.layers) - 1
+        bottom = self.nlayers - 1
         found = {}    # name -> [layer index, stat, merge list, merge stopped]
         hidden = set()
         redirected = []
@@ -493,6 +567,8 @@ class Union:
         """(node, stat) for one entry of `scan`, counting one kernel lookup, like `lookup`."""
         name, index, st, merge, lpaths, redirect = scanned
         node = self._attach(parent, name, index, st, merge, lpaths, redirect)
+        if node.layer == self.index_pos and self.index_pos is not None:
+            st = self.getattr(node)  # the index entry, not the lower name's old file
         self.nodes.prefer_name(node, parent, name)
         node.lookups += 1
         return node, st
@@ -503,7 +579,26 @@ class Union:
     # ------------------------------------------------------------------ copy-up
 
     def is_upper(self, node: Node) -> bool:
-        return node.layer == 0 and self.upper is not None
+        """Whether changes to the node need no copy-up: it is in the upper (under the name it is reached
+        by, for an indexed file)."""
+        if node.layer == 0:
+            return self.upper is not None
+        if node.layer == self.index_pos and self.index_pos is not None and node.names:
+            parent, name = node.names[0]
+            return self._upper_has(parent, name)
+        return False
+
+    def indexed(self, node: Node) -> bool:
+        """index=on: the node is an index entry (its data is in the upper's filesystem already; xattr
+        changes go there without linking the name up, as the kernel)."""
+        return node.layer == self.index_pos and self.index_pos is not None
+
+    def _upper_has(self, parent: Node, name: bytes) -> bool:
+        try:
+            self.upper.lstat(join(parent.path(), name))
+            return True
+        except OSError:
+            return False
 
     def _require_upper(self):
         if self.upper is None:
@@ -537,6 +632,11 @@ class Union:
         if node.parent is None:
             raise OSError(errno.ENOENT, "file has no name left")
         self.ensure_upper_dir(node.parent)
+        if node.layer == self.index_pos and self.index_pos is not None:
+            job = CopyUpJob(node, self.layers[self.index_pos], None)
+            self._link_up(node)
+            job.linked = True
+            return job
         layer = self.layers[node.layer]
         rel = self._rel(node, node.layer)
         src_st = layer.lstat(rel)
@@ -567,8 +667,40 @@ class Union:
         else:
             os.mknod(tmp_name, stat.S_IFMT(st.st_mode) | 0o600, st.st_rdev, dir_fd=work_fd)
 
+    def _link_up(self, node: Node) -> None:
+        """index=on: the name the node is reached by becomes a link to its index entry in the upper."""
+        tmp = self._tmp_name()
+        os.link(self._rel(node, self.index_pos), tmp, src_dir_fd=self.layers[self.index_pos].root_fd,
+                dst_dir_fd=self.work.root_fd, follow_symlinks=False)
+        parent, name = node.names[0]
+        try:
+            self._copy_up_rename(tmp, parent, name)
+        except BaseException:
+            _remove_tree(self.work.root_fd, tmp)
+            raise
+
+    def _index_entry(self, job: CopyUpJob) -> bool:
+        """index=on, at a copy-up's commit: record the origin; a lower file with several names also gets
+        its index entry (the copy, linked), which all its names resolve to from now on."""
+        if self.index_pos is None or job.node.is_dir or job.src_layer.index == 0:
+            return False
+        node = job.node
+        origin = indexing.key(node.key[0], node.key[2])
+        path = proc_path(self.work.root_fd, job.tmp_name)
+        if stat.S_ISLNK(job.src_st.st_mode):
+            return False  # no user xattrs on symlinks; a symlink keeps no st_ino
+        os.setxattr(path, self.origin_name, origin, follow_symlinks=False)
+        if job.src_st.st_nlink < 2:
+            return False
+        os.setxattr(path, self.nlink_name, b"%d" % job.src_st.st_nlink, follow_symlinks=False)
+        os.link(job.tmp_name, origin, src_dir_fd=self.work.root_fd,
+                dst_dir_fd=self.layers[self.index_pos].root_fd, follow_symlinks=False)
+        return True
+
     def copy_up_commit(self, job: CopyUpJob) -> None:
         node = job.node
+        if job.linked:
+            return
         src_parent, _, src_name = self._rel(node, job.src_layer.index).rpartition(b"/")
         with job.src_layer.dir(src_parent) as src_dfd:
             src_path = proc_path(src_dfd, src_name)
@@ -584,6 +716,7 @@ class Union:
             copyup.set_mode_xattrs_times(self.work.root_fd, job.tmp_name, job.src_st, mode=mode,
                                          src_xattr_path=src_path,
                                          skip=ownership.NAMES if self.records_in_use else ())
+        indexed = self._index_entry(job)
         parent, name = node.names[0]
         self._copy_up_rename(job.tmp_name, parent, name)
         job.tmp_name = None
@@ -592,6 +725,11 @@ class Union:
         node.xattr_names = None
         if node.is_dir:
             node.merge = (0,) + tuple(node.merge)
+        if self.index_pos is not None and not node.is_dir and not stat.S_ISLNK(upper_st.st_mode):
+            # index=on: the node keeps its origin's key (and st_ino); an indexed one all its names.
+            if indexed:
+                node.layer = self.index_pos
+            return
         self.nodes.rekey(node, (0, upper_st.st_dev, upper_st.st_ino))
         node.shared_lower = False
         if len(node.names) > 1:
@@ -734,9 +872,10 @@ class Union:
                 os.chmod(tmp_name, stat.S_IMODE(mode), dir_fd=work_fd)
             with self.upper.dir(parent.path()) as dfd:
                 whiteout = self._upper_whiteout(dfd, name)
-                if is_dir and (whiteout or (self.redirect_create and len(parent.merge) > 1)):
+                if is_dir and (whiteout or (self.offline_changes_off and len(parent.merge) > 1)):
                     # As the kernel: a directory made where a name was deleted hides what lay below
-                    # (and with redirect_dir=on every new directory in a merged one is marked so).
+                    # (and with redirect_dir=on or index=on every new directory in a merged one is
+                    # marked so: the kernel then assumes no lower changes offline).
                     with _opened(work_fd, tmp_name, O_PATH_DIR) as fd:
                         self._set_opaque(fd)
                 if is_dir and whiteout == "dev":
@@ -828,6 +967,8 @@ class Union:
                 raise
             st = lstat_at(dfd, new_name)
         linked = self._attach(new_parent, new_name, 0, st, ())
+        if linked.layer == self.index_pos and self.index_pos is not None:
+            self._count_link(linked, +1)
         linked.lookups += 1
         return linked, self.getattr(linked)
 
@@ -851,12 +992,23 @@ class Union:
             raise OSError(errno.ENOTEMPTY, os.strerror(errno.ENOTEMPTY))
         self._remove_entry(parent, name, node)
 
+    def _index_before_removal(self, node: Node, parent: Node, name: bytes) -> None:
+        """index=on: a name of a lower file with several names is about to go; as the kernel, the file
+        is copied up (and indexed) first, so that the other names keep an exact link count."""
+        if self.index_pos is None or node.is_dir or node.layer in (0, self.index_pos) or not node.shared_lower:
+            return
+        self.nodes.prefer_name(node, parent, name)
+        self.copy_up(node)
+
     def _remove_entry(self, parent: Node, name: bytes, node: Node) -> None:
+        self._index_before_removal(node, parent, name)
         self.ensure_upper_dir(parent)
         needs_whiteout = self._lower_visible(parent, name)
         work_fd = self.work.root_fd
+        indexed = node.layer == self.index_pos and self.index_pos is not None
+        in_upper = self._upper_has(parent, name) if indexed else self.is_upper(node)
         with self.upper.dir(parent.path()) as dfd:
-            if self.is_upper(node):
+            if in_upper:
                 tmp = self._tmp_name()
                 if needs_whiteout and not self.write_wh_files:
                     # Swap the entry for a whiteout in one step, then clear the old entry away.
@@ -873,7 +1025,19 @@ class Union:
                         self._make_whiteout(dfd, name)
             else:
                 self._make_whiteout(dfd, name)
+        if indexed:
+            self._count_link(node, -1)
         self.nodes.detach(parent, name)
+
+    def _count_link(self, node: Node, change: int) -> None:
+        """index=on: the union's link count of an indexed file, kept on its index entry."""
+        with _layer_fd(self.layers[self.index_pos], self._rel(node, self.index_pos), os.O_PATH) as fd:
+            path = proc_path(fd)
+            try:
+                count = int(os.getxattr(path, self.nlink_name))
+            except (OSError, ValueError):
+                count = os.fstat(fd).st_nlink - 1
+            os.setxattr(path, self.nlink_name, b"%d" % max(count + change, 0))
 
     # ------------------------------------------------------------------ rename
 
@@ -926,6 +1090,9 @@ class Union:
                     self._failing_upper_rename(parent, name, new_parent, new_name)
                 raise OSError(errno.ENOTEMPTY, os.strerror(errno.ENOTEMPTY))
         redirect = self._moves_by_redirect(node)
+        if target is not None and target is not node:
+            self._index_before_removal(target, new_parent, new_name)
+        self.nodes.prefer_name(node, parent, name)  # the name copied (or linked) up is the one moved
         self.copy_up(node)
         self.ensure_upper_dir(new_parent)
         if redirect:
@@ -970,6 +1137,8 @@ class Union:
             else:
                 os.rename(name, new_name, src_dir_fd=sdfd, dst_dir_fd=ddfd)
         if target is not None:
+            if self.indexed(target) and target is not node:
+                self._count_link(target, -1)  # one name of an indexed file replaced
             self.nodes.detach(new_parent, new_name)
         if redirect:
             self._pin_lower_paths(node)
@@ -998,8 +1167,9 @@ class Union:
         """Two names of one lower file (a hard link) that copy-up will split, so that a rename between
         them is not the no-op it is between names of one file: the kernel (index=off) gives such names
         separate inodes, copies the source up and renames it over the other. Copies *name* up."""
-        if (parent, name) == (new_parent, new_name) or node.is_dir or self.is_upper(node):
-            return False
+        if (parent, name) == (new_parent, new_name) or node.is_dir or self.is_upper(node) or \
+                self.index_pos is not None:
+            return False  # (index=on keeps them one file: rename between them does nothing, as there)
         self.nodes.prefer_name(node, parent, name)  # the name that is copied up
         self.copy_up(node)
         return True
@@ -1308,17 +1478,24 @@ class Union:
                 names.append(visible)
         return names
 
+    def _xattr_target(self, node: Node) -> Layer:
+        """The layer an xattr change is made in: the upper (after copy-up), or an indexed file's entry."""
+        if self.indexed(node):
+            return self.layers[self.index_pos]
+        self.copy_up(node)
+        return self.upper
+
     def setxattr(self, node: Node, name: bytes, value: bytes, flags: int = 0) -> None:
         self._require_upper()
         if self._private_record(name):
             raise OSError(errno.EPERM, os.strerror(errno.EPERM))
-        self.copy_up(node)
+        layer = self._xattr_target(node)
         node.xattr_names = None
         fd = self._unlinked_fd(node, for_change=True)
         if fd is not None:
             os.setxattr(fd, xattrs.to_stored(name), value, flags)
             return
-        with self._xattr_path(self.upper, node) as (path, follow):
+        with self._xattr_path(layer, node) as (path, follow):
             os.setxattr(path, xattrs.to_stored(name), value, flags, follow_symlinks=follow)
 
     def removexattr(self, node: Node, name: bytes) -> None:
@@ -1326,14 +1503,25 @@ class Union:
         if self._private_record(name):
             raise OSError(errno.EPERM, os.strerror(errno.EPERM))
         self.getxattr(node, name)  # ENODATA before any copy-up, as the kernel
-        self.copy_up(node)
+        layer = self._xattr_target(node)
         node.xattr_names = None
         fd = self._unlinked_fd(node, for_change=True)
         if fd is not None:
             os.removexattr(fd, xattrs.to_stored(name))
             return
-        with self._xattr_path(self.upper, node) as (path, follow):
+        with self._xattr_path(layer, node) as (path, follow):
             os.removexattr(path, xattrs.to_stored(name), follow_symlinks=follow)
+
+
+class _WithNlink:
+    """A stat result with another st_nlink (an indexed file's union link count)."""
+    __slots__ = ("_st", "st_nlink")
+
+    def __init__(self, st, nlink):
+        self._st, self.st_nlink = st, nlink
+
+    def __getattr__(self, name):
+        return getattr(self._st, name)
 
 
 class _ProcPath:

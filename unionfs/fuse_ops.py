@@ -346,7 +346,7 @@ class UnionOperations(pyfuse3.Operations):
     async def setxattr(self, inode, name, value, ctx):
         node = self._node(inode)
         await self._settled(node)
-        if self.union.upper is not None:
+        if self.union.upper is not None and not self.union.indexed(node):
             await self._copy_up(node)
         self.union.setxattr(node, name, value)
 
@@ -355,6 +355,6 @@ class UnionOperations(pyfuse3.Operations):
         node = self._node(inode)
         await self._settled(node)
         self.union.getxattr(node, name)  # ENODATA before any copy-up, as the kernel
-        if self.union.upper is not None:
+        if self.union.upper is not None and not self.union.indexed(node):
             await self._copy_up(node)
         self.union.removexattr(node, name)

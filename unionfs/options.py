@@ -20,7 +20,7 @@ IGNORED = {"rw", "auto", "noauto", "user", "nouser", "users", "_netdev", "nofail
            "volatile", "silent", "loud", "atime", "diratime", "relatime", "strictatime", "lazytime",
            "nolazytime", "iversion", "noiversion", "mand", "nomand"}
 # Kernel overlay options whose default we implement; other values are refused, not silently ignored.
-KERNEL_DEFAULTS = {"index": {"off"}, "metacopy": {"off"},
+KERNEL_DEFAULTS = {"metacopy": {"off"},
                    "xino": {"off", "auto"}, "nfs_export": {"off"}}
 
 
@@ -41,6 +41,7 @@ class MountOptions:
     whiteout_files: bool = False
     redirect_dir: str = "off"
     xattr_permissions: int = 0
+    index: bool = False
     logfile: str = None
     timeout: float = 300.0
     fsname: str = "overlay"
@@ -123,6 +124,10 @@ def build(o: dict) -> MountOptions:
             opts.userxattr = True
         elif key == "whiteout_files":
             opts.whiteout_files = True
+        elif key == "index":
+            if value not in ("on", "off"):
+                raise OptionError("index needs on or off")
+            opts.index = value == "on"
         elif key == "xattr_permissions":
             if value not in ("0", "1", "2"):
                 raise OptionError("xattr_permissions needs 0, 1 or 2")
@@ -214,10 +219,10 @@ def validate(opts: MountOptions) -> MountOptions:
             raise OptionError("upperdir %s is not writable" % upper)
         if os.stat(upper).st_dev != os.stat(work).st_dev:
             raise OptionError("workdir %s is not on the same filesystem as upperdir %s" % (work, upper))
-        leftovers = sorted(set(os.listdir(work)) - {"work", "index"})
+        leftovers = sorted(set(os.listdir(work)) - {"work", "index", "pyunionfs-index"})
         if leftovers:
             raise OptionError("workdir %s is not empty (holds %s)" % (work, leftovers[0]))
-        for name in ("work", "index"):
+        for name in ("work", "index", "pyunionfs-index"):
             path = os.path.join(work, name)
             if os.path.lexists(path) and (os.path.islink(path) or not os.path.isdir(path)):
                 raise OptionError("workdir %s holds a %s that is not a directory" % (work, name))

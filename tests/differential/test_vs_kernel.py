@@ -209,11 +209,11 @@ class DiffMachine(RuleBasedStateMachine):
 
 # Passing runs take well under 3 minutes; the larger budget is for shrinking a failure (hypothesis
 # gives up shrinking after 5 minutes), so that a failing run ends with a report, not a timeout.
-# Two configurations: the kernel's defaults, and redirect_dir=on (lower and merged directories rename
-# by recording a redirect) on both sides.
+# Three configurations: the kernel's defaults; redirect_dir=on (lower and merged directories rename by
+# recording a redirect) on both sides; index=on (lower hard links stay whole across copy-up) on both.
 @pytest.mark.timeout(600)
-@pytest.mark.parametrize("options,examples", [((), 40), (("redirect_dir=on",), 25)],
-                         ids=["defaults", "redirect_dir=on"])
+@pytest.mark.parametrize("options,examples", [((), 40), (("redirect_dir=on",), 25), (("index=on",), 25)],
+                         ids=["defaults", "redirect_dir=on", "index=on"])
 def test_differential_vs_kernel(diff_template, diff_base, options, examples):
     old_umask = os.umask(0o022)
     try:

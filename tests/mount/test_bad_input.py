@@ -227,9 +227,9 @@ def _(L, tmp, extra):
     return ["-o", opts(L) + ",redirect_dir=sideways", L.mnt]
 
 
-@bad("index=on")
+@bad("index=maybe")
 def _(L, tmp, extra):
-    return ["-o", opts(L) + ",index=on", L.mnt]
+    return ["-o", opts(L) + ",index=maybe", L.mnt]
 
 
 # --- duplicate options ----------------------------------------------------------------------------------

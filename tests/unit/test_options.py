@@ -25,7 +25,8 @@ def test_several_o_and_mount_helper_form():
     ("lowerdir=/a,upperdir=/u", "together"),
     ("lowerdir=/a,bogus", "unknown option: bogus"),
     ("lowerdir=/a,redirect_dir=sideways", "redirect_dir needs one of"),
-    ("lowerdir=/a,index=on", "not supported"),
+    ("lowerdir=/a,index=maybe", "index needs on or off"),
+    ("lowerdir=/a,metacopy=on", "not supported"),
     ("lowerdir=" + ":".join("/l%d" % i for i in range(501)), "too many"),
 ])
 def test_refused(text, message):

@@ -7,7 +7,7 @@ import stat
 import pytest
 
 from tests.unit import test_engine
-from tests.unit.test_engine import ROOT, write
+from tests.unit.test_engine import write
 from unionfs import ownership
 from unionfs.engine import Caller
 
