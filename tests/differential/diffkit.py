@@ -549,6 +549,40 @@ def op_read_during_copyup(root, path, data):
         os.close(fd1)
 
 
+def op_fd_across(root, path, action, other, data):
+    """A descriptor opened (read-write where allowed, else read-only) before the name is renamed to
+    *other* or unlinked; then written and read through it, and fstat'ed."""
+    p, q = os.path.join(root, path), os.path.join(root, other)
+    data = _data(data)
+    try:
+        fd = os.open(p, os.O_RDWR | os.O_NONBLOCK)
+        mode = "rw"
+    except OSError as e:
+        try:
+            fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK)
+            mode = ("ro", err(e))
+        except OSError as e2:
+            return ("open", err(e2))
+    try:
+        try:
+            os.rename(p, q) if action == "rename" else os.unlink(p)
+            res = "ok"
+        except OSError as e:
+            res = err(e)
+        try:
+            n = os.pwrite(fd, data, 3) if mode == "rw" else None
+        except OSError as e:
+            n = ("pwrite", err(e))
+        try:
+            got = _short(os.pread(fd, 1 << 20, 0))
+        except OSError as e:
+            got = ("pread", err(e))
+        st = os.fstat(fd)
+        return mode, res, n, got, (st.st_size, st.st_nlink if stat.S_ISREG(st.st_mode) else None)
+    finally:
+        os.close(fd)
+
+
 OPS = {name[3:]: fn for name, fn in globals().items() if name.startswith("op_")}
 
 # --------------------------------------------------------------------------------------------

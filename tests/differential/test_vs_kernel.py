@@ -202,6 +202,14 @@ class DiffMachine(RuleBasedStateMachine):
     def rename2_sibling(self, src, name, flag):
         self._check("rename2", src, os.path.join(os.path.dirname(src), name), flag)
 
+    @rule(path=paths, action=st.sampled_from(["rename", "unlink"]), name=st.sampled_from(["n1", "x1", "a"]),
+          data=data)
+    def fd_across(self, path, action, name, data):
+        other = os.path.join(os.path.dirname(path), name)
+        if action == "rename" and self._names_of_one_lower_file(path, other):
+            return  # the known difference (see _check)
+        self._check("fd_across", path, action, other, data)
+
     @rule(path=paths, mode=modes)
     def mkfifo(self, path, mode):
         self._check("mkfifo", path, mode)
