@@ -404,6 +404,8 @@ class Union:
         if not node.names and node is not self.root:
             for handle in node.handles:  # unlinked but still open
                 return self._shown_fd(self.layers[handle.layer], handle.fd)
+            if node.gone_stat is not None:  # opened by the kernel alone (a fifo): its last attributes
+                return _WithNlink(node.gone_stat, 0)
             raise OSError(errno.ENOENT, os.strerror(errno.ENOENT))
         layer = self.layers[node.layer]
         rel = self._rel(node, node.layer)
@@ -1002,6 +1004,7 @@ class Union:
 
     def _remove_entry(self, parent: Node, name: bytes, node: Node) -> None:
         self._index_before_removal(node, parent, name)
+        self._remember_if_last_name(node)
         self.ensure_upper_dir(parent)
         needs_whiteout = self._lower_visible(parent, name)
         work_fd = self.work.root_fd
@@ -1028,6 +1031,15 @@ class Union:
         if indexed:
             self._count_link(node, -1)
         self.nodes.detach(parent, name)
+
+    def _remember_if_last_name(self, node: Node) -> None:
+        """Keep the attributes of a node losing its last name: the kernel may hold it open without a
+        daemon handle (fifos, devices, directories) and still ask for them (fstat)."""
+        if len(node.names) == 1 and not node.handles:
+            try:
+                node.gone_stat = self.getattr(node)
+            except OSError:
+                pass
 
     def _count_link(self, node: Node, change: int) -> None:
         """index=on: the union's link count of an indexed file, kept on its index entry."""
@@ -1092,6 +1104,7 @@ class Union:
         redirect = self._moves_by_redirect(node)
         if target is not None and target is not node:
             self._index_before_removal(target, new_parent, new_name)
+            self._remember_if_last_name(target)
         self.nodes.prefer_name(node, parent, name)  # the name copied (or linked) up is the one moved
         self.copy_up(node)
         self.ensure_upper_dir(new_parent)

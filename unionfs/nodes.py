@@ -23,7 +23,7 @@ _INO_MASK = (1 << 48) - 1
 
 class Node:
     __slots__ = ("id", "is_dir", "names", "layer", "merge", "key", "lookups", "opens", "children",
-                 "shared_lower", "handles", "xattr_names", "lpaths", "redirect", "__weakref__")
+                 "shared_lower", "handles", "xattr_names", "lpaths", "redirect", "gone_stat", "__weakref__")
 
     def __init__(self, node_id, is_dir, layer, merge, key):
         self.id = node_id
@@ -42,6 +42,8 @@ class Node:
         self.lpaths = None       # directories: {lower layer index: path in it} where that differs
         #                          from path() (a redirect, or a moved ancestor); None = path() everywhere
         self.redirect = None     # directories: the upper's redirect marker ("/a/b" or "name"), if any
+        self.gone_stat = None    # the last stat of a node whose last name went while the kernel may still
+        #                          hold it open without a daemon handle (a fifo, a device, a directory)
 
     def __repr__(self):
         return f"Node({self.id}, {self.names[:1]!r}, layer={self.layer}, merge={self.merge})"
