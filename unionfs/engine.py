@@ -180,8 +180,8 @@ class Union:
             st = os.stat(root)
             for layer in self.layers[1:]:
                 if layer.record:
-                    st = ownership.view(os.stat(proc_path(layer.root_fd)), proc_path(layer.root_fd),
-                                        layer.record, True, self.strict_records)
+                    st = self._record_view(os.stat(proc_path(layer.root_fd)), proc_path(layer.root_fd),
+                                           layer.record, True)
                     break
             try:
                 os.setxattr(root, name, ownership.encode(st.st_uid, st.st_gid, st.st_mode))
@@ -426,12 +426,16 @@ class Union:
                 return st
         return _WithNlink(st, max(nlink, 1))
 
+    def _record_view(self, st, path: bytes, record: bytes, follow: bool):
+        """*st* as an ownership record at *path* shows it (see ownership.view)."""
+        return ownership.view(st, path, record, follow, self.strict_records)
+
     def _shown_fd(self, layer: Layer, fd: int):
         """fstat of fd, with the owner and mode its ownership record gives (when the layer has those)."""
         st = os.fstat(fd)
         if layer.record is None:
             return st
-        return ownership.view(st, proc_path(fd), layer.record, True, self.strict_records)
+        return self._record_view(st, proc_path(fd), layer.record, True)
 
     def reported_nlink(self, node: Node, st: os.stat_result) -> int:
         # As the kernel: a merged directory reports 1 ("find" then does not count subdirectories).
@@ -520,7 +524,7 @@ class Union:
                     continue
                 record = self.layers[index].record
                 if record is not None:
-                    st = ownership.view(st, proc_path(fd, name), record, False, self.strict_records)
+                    st = self._record_view(st, proc_path(fd, name), record, False)
                 is_dir = stat.S_ISDIR(st.st_mode)
                 stopped = not is_dir or (more_below and self._entry_stops(fd, name, redirected))
                 found[name] = [index, st, [index] if is_dir else None, stopped]
@@ -708,7 +712,7 @@ class Union:
             src_path = proc_path(src_dfd, src_name)
             shown = job.src_st
             if job.src_layer.record is not None:  # the copy keeps the owner and mode the user saw
-                shown = ownership.view(shown, src_path, job.src_layer.record, False, self.strict_records)
+                shown = self._record_view(shown, src_path, job.src_layer.record, False)
             self._chown_new(job.tmp_name, shown.st_uid, shown.st_gid)
             mode = shown.st_mode
             if self.write_records and not stat.S_ISLNK(mode):
@@ -1364,7 +1368,7 @@ class Union:
                 # Owner and mode go to the record; the backing file keeps its own (a symlink can hold
                 # no user.* xattr: as fuse-overlayfs, its chown is let go).
                 if not is_link:
-                    shown = ownership.view(st, proc_path(fd), self.upper.record, True, self.strict_records)
+                    shown = self._record_view(st, proc_path(fd), self.upper.record, True)
                     self._write_record(proc_path(fd), True, shown.st_uid if uid is None else uid,
                                        shown.st_gid if gid is None else gid,
                                        shown.st_mode if mode is None else mode)

@@ -37,30 +37,6 @@ def proc_path(fd: int, name: bytes = b"") -> bytes:
     return base + b"/" + name if name else base
 
 
-def is_opaque_dir(dir_path_fd: int) -> bool:
-    """True if the directory (an O_PATH fd) carries an opaque marker in either namespace."""
-    path = proc_path(dir_path_fd)
-    for prefix in OPAQUE_PREFIXES:
-        try:
-            if os.getxattr(path, prefix + OPAQUE) == b"y":
-                return True
-        except OSError:
-            pass
-    return False
-
-
-def is_opaque_entry(dir_fd: int, name: bytes) -> bool:
-    """True if the directory *name* in dir_fd carries an opaque marker (no symlink followed)."""
-    path = proc_path(dir_fd, name)
-    for prefix in OPAQUE_PREFIXES:
-        try:
-            if os.getxattr(path, prefix + OPAQUE, follow_symlinks=False) == b"y":
-                return True
-        except OSError:
-            pass
-    return False
-
-
 def set_opaque(dir_path_fd: int, prefix: bytes) -> None:
     os.setxattr(proc_path(dir_path_fd), prefix + OPAQUE, b"y")
 

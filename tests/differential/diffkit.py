@@ -278,6 +278,15 @@ WRITE_MODES = {
 }
 
 
+def _attempt(fn, *args, **kwargs):
+    """"ok", or the errno of the OSError fn raised."""
+    try:
+        fn(*args, **kwargs)
+        return "ok"
+    except OSError as e:
+        return err(e)
+
+
 def op_stat(root, path, follow):
     try:
         return norm_stat(os.stat(os.path.join(root, path), follow_symlinks=follow))
@@ -337,82 +346,42 @@ def op_create(root, path, mode, data):
 
 def op_truncate(root, path, size):
     p = os.path.join(root, path)
-    try:
-        os.truncate(p, size)
-        res = "ok"
-    except OSError as e:
-        res = err(e)
-    return res, _lstat(p)
+    return _attempt(os.truncate, p, size), _lstat(p)
 
 
 def op_chmod(root, path, mode):
     p = os.path.join(root, path)
-    try:
-        os.chmod(p, mode)
-        res = "ok"
-    except OSError as e:
-        res = err(e)
-    return res, _lstat(p)
+    return _attempt(os.chmod, p, mode), _lstat(p)
 
 
 def op_chown(root, path, uid, gid, follow):
     p = os.path.join(root, path)
-    try:
-        os.chown(p, uid, gid, follow_symlinks=follow)
-        res = "ok"
-    except OSError as e:
-        res = err(e)
-    return res, _lstat(p)
+    return _attempt(os.chown, p, uid, gid, follow_symlinks=follow), _lstat(p)
 
 
 def op_utime(root, path, atime_ns, mtime_ns, follow):
     p = os.path.join(root, path)
-    try:
-        os.utime(p, ns=(atime_ns, mtime_ns), follow_symlinks=follow)
-        res = "ok"
-    except OSError as e:
-        res = err(e)
-    return res, _lstat(p)
+    return _attempt(os.utime, p, ns=(atime_ns, mtime_ns), follow_symlinks=follow), _lstat(p)
 
 
 def op_mkdir(root, path, mode):
     p = os.path.join(root, path)
-    try:
-        os.mkdir(p, mode)
-        res = "ok"
-    except OSError as e:
-        res = err(e)
-    return res, _lstat(p), op_listdir(root, path)
+    return _attempt(os.mkdir, p, mode), _lstat(p), op_listdir(root, path)
 
 
 def op_rmdir(root, path):
     p = os.path.join(root, path)
-    try:
-        os.rmdir(p)
-        res = "ok"
-    except OSError as e:
-        res = err(e)
-    return res, _lstat(p)
+    return _attempt(os.rmdir, p), _lstat(p)
 
 
 def op_unlink(root, path):
     p = os.path.join(root, path)
-    try:
-        os.unlink(p)
-        res = "ok"
-    except OSError as e:
-        res = err(e)
-    return res, _lstat(p)
+    return _attempt(os.unlink, p), _lstat(p)
 
 
 def op_symlink(root, target, path):
     p = os.path.join(root, path)
-    try:
-        os.symlink(target, p)
-        res = "ok"
-    except OSError as e:
-        res = err(e)
-    return res, _lstat(p)
+    return _attempt(os.symlink, target, p), _lstat(p)
 
 
 def op_readlink(root, path):
@@ -431,12 +400,7 @@ def op_listdir(root, path):
 
 def op_rename(root, src, dst):
     s, d = os.path.join(root, src), os.path.join(root, dst)
-    try:
-        os.rename(s, d)
-        res = "ok"
-    except OSError as e:
-        res = err(e)
-    return res, _lstat(s), _lstat(d)
+    return _attempt(os.rename, s, d), _lstat(s), _lstat(d)
 
 
 RENAME_FLAGS = {"noreplace": 1, "exchange": 2}  # renameat2(2)
@@ -449,12 +413,7 @@ def _renameat2(src, dst, flags):
 
 def op_rename2(root, src, dst, flag):
     s, d = os.path.join(root, src), os.path.join(root, dst)
-    try:
-        _renameat2(s, d, RENAME_FLAGS[flag])
-        res = "ok"
-    except OSError as e:
-        res = err(e)
-    return res, _lstat(s), _lstat(d)
+    return _attempt(_renameat2, s, d, RENAME_FLAGS[flag]), _lstat(s), _lstat(d)
 
 
 def op_exchange(root, src, dst):
@@ -463,12 +422,7 @@ def op_exchange(root, src, dst):
 
 def op_link(root, src, dst):
     s, d = os.path.join(root, src), os.path.join(root, dst)
-    try:
-        os.link(s, d, follow_symlinks=False)
-        res = "ok"
-    except OSError as e:
-        res = err(e)
-    return res, _lstat(s), _lstat(d)
+    return _attempt(os.link, s, d, follow_symlinks=False), _lstat(s), _lstat(d)
 
 
 XATTR_FLAGS = {"any": 0, "create": os.XATTR_CREATE, "replace": os.XATTR_REPLACE}
@@ -476,12 +430,8 @@ XATTR_FLAGS = {"any": 0, "create": os.XATTR_CREATE, "replace": os.XATTR_REPLACE}
 
 def op_setxattr(root, path, name, value, flags, follow):
     p = os.path.join(root, path)
-    try:
-        os.setxattr(p, name, value, XATTR_FLAGS[flags], follow_symlinks=follow)
-        res = "ok"
-    except OSError as e:
-        res = err(e)
-    return res, _lstat(p), op_listxattr(root, path, follow)
+    return (_attempt(os.setxattr, p, name, value, XATTR_FLAGS[flags], follow_symlinks=follow), _lstat(p),
+            op_listxattr(root, path, follow))
 
 
 def op_getxattr(root, path, name, follow):
@@ -502,22 +452,12 @@ def op_listxattr(root, path, follow):
 
 def op_removexattr(root, path, name, follow):
     p = os.path.join(root, path)
-    try:
-        os.removexattr(p, name, follow_symlinks=follow)
-        res = "ok"
-    except OSError as e:
-        res = err(e)
-    return res, _lstat(p)
+    return _attempt(os.removexattr, p, name, follow_symlinks=follow), _lstat(p)
 
 
 def op_mkfifo(root, path, mode):
     p = os.path.join(root, path)
-    try:
-        os.mkfifo(p, mode)
-        res = "ok"
-    except OSError as e:
-        res = err(e)
-    return res, _lstat(p)
+    return _attempt(os.mkfifo, p, mode), _lstat(p)
 
 
 def op_read_during_copyup(root, path, data):
@@ -564,11 +504,7 @@ def op_fd_across(root, path, action, other, data):
         except OSError as e2:
             return ("open", err(e2))
     try:
-        try:
-            os.rename(p, q) if action == "rename" else os.unlink(p)
-            res = "ok"
-        except OSError as e:
-            res = err(e)
+        res = _attempt(os.rename, p, q) if action == "rename" else _attempt(os.unlink, p)
         try:
             n = os.pwrite(fd, data, 3) if mode == "rw" else None
         except OSError as e:

@@ -46,6 +46,14 @@ def stack(tmp_path):
         u.close()
 
 
+def by_path(u, path: bytes):
+    """The node of a merged path (b"a/b"), through the engine."""
+    node = u.root
+    for part in path.split(b"/"):
+        node = u.child(node, part)
+    return node
+
+
 def walk(u, node, path=b""):
     """{path: (kind, content-or-None)} of the merged view, through the engine."""
     out = {}

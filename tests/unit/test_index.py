@@ -6,16 +6,9 @@ import stat
 import pytest
 
 from tests.unit import test_engine
-from tests.unit.test_engine import write
+from tests.unit.test_engine import by_path, write
 
 stack = test_engine.stack
-
-
-def by_path(u, path: bytes):
-    node = u.root
-    for part in path.split(b"/"):
-        node = u.child(node, part)
-    return node
 
 
 def hardlinks(d):

@@ -7,19 +7,12 @@ import stat
 import pytest
 
 from tests.unit import test_engine
-from tests.unit.test_engine import write
+from tests.unit.test_engine import by_path, write
 from unionfs import ownership
 from unionfs.engine import Caller
 
 stack = test_engine.stack
 C = b"user.containers.override_stat"
-
-
-def by_path(u, path: bytes):
-    node = u.root
-    for part in path.split(b"/"):
-        node = u.child(node, part)
-    return node
 
 
 @pytest.mark.parametrize("value,expected", [

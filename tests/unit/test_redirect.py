@@ -6,18 +6,11 @@ import os
 import pytest
 
 from tests.unit import test_engine
-from tests.unit.test_engine import walk, whiteout, write
+from tests.unit.test_engine import by_path, walk, whiteout, write
 from unionfs.whiteout import valid_redirect
 
 REDIRECT = "trusted.overlay.redirect"
 stack = test_engine.stack  # the layer fixture: lower0..lower2, upper, work
-
-
-def by_path(u, path: bytes):
-    node = u.root
-    for part in path.split(b"/"):
-        node = u.child(node, part)
-    return node
 
 
 def tree(d):
