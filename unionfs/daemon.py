@@ -13,6 +13,7 @@ import sys
 import pyfuse3
 import trio
 
+from . import fuse_loop
 from .engine import LayerInUse, Union
 from .fuse_ops import UnionOperations
 
@@ -91,7 +92,7 @@ def _daemonize():
 async def _serve(union):
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_stop_on_signal)
-        await pyfuse3.main()
+        await fuse_loop.main(nursery)
         # Let go of the layers at once: `umount LOWER` right after `umount MNT` must not find them busy.
         union.close()
         nursery.cancel_scope.cancel()
@@ -123,6 +124,7 @@ def run(opts) -> int:
     except OSError as exc:
         raise MountError("cannot open the layers: %s" % exc) from None
     ops = UnionOperations(union, timeout=opts.timeout, uid_map=opts.uid_map, gid_map=opts.gid_map)
+    fuse_loop.install()
     try:
         pyfuse3.init(ops, opts.mountpoint, fuse_options(opts))
     except Exception as exc:

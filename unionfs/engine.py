@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from . import _sys, copyup, index as indexing, ownership, xattrs
 from .layers import O_PATH_DIR, Layer, join, lstat_at, open_at
+from .mounts import MountTable
 from .nodes import Node, NodeTable
 from .whiteout import (REDIRECT, REDIRECT_MAX, REDIRECT_MODES, TRUSTED_PREFIX, USER_PREFIX, is_whiteout,
                        make_whiteout, proc_path, read_dir_markers, set_opaque)
@@ -129,6 +130,9 @@ class Union:
         single_dev = len({layer.dev for layer in self.layers}) == 1
         self.nodes = NodeTable((0, top.dev, top.root_ino), tuple(range(len(self.layers))), single_dev)
         self.nlayers = len(self.layers)  # the stack; the index (index=on) is a pseudo-layer after it
+        self.mounts = MountTable()
+        for layer in self.layers:
+            self.mounts.add(layer)
         self.index_pos = None
         self.offline_changes_off = self.redirect_create or (bool(index) and self.work is not None)
         try:
@@ -194,6 +198,8 @@ class Union:
         """Close the layer fds (idempotent)."""
         for layer in self.layers:
             layer.close()
+        if getattr(self, "mounts", None) is not None:
+            self.mounts.close()
         if self.work is not None:
             self.work.close()
         for fd in self._locks:
@@ -496,6 +502,7 @@ class Union:
         redirected = []
         pending, layer_pos = [], None
         read_wh = self.read_wh_files
+        self.mounts.refresh()
         for pos, index, fd, entry in self._layer_entries(node):
             if pos != layer_pos:
                 for marked in pending:  # a layer's .wh. files hide what the layers below hold
@@ -506,6 +513,10 @@ class Union:
                         rec[3] = True
                 pending, layer_pos = [], pos
                 more_below = index < bottom if self.redirect_follow else pos < last
+                layer = self.layers[index]
+                # fstatat where no mount point can be met (mounts.py), else openat2, which refuses them
+                covered = layer.covered.get(self._rel(node, index), ()) if layer.mounts_known else None
+                record = layer.record
             name = os.fsencode(entry.name)
             if read_wh and name.startswith(WH_PREFIX):
                 if name != WH_OPAQUE:
@@ -516,13 +527,15 @@ class Union:
                 if name in hidden:
                     continue
                 try:
-                    st = lstat_at(fd, name)
+                    if covered is None or name in covered:
+                        st = lstat_at(fd, name)
+                    else:
+                        st = os.stat(name, dir_fd=fd, follow_symlinks=False)
                 except OSError:  # gone since getdents, or a mount point: not ours to step into
                     continue
                 if is_whiteout(st):
                     hidden.add(name)
                     continue
-                record = self.layers[index].record
                 if record is not None:
                     st = self._record_view(st, proc_path(fd, name), record, False)
                 is_dir = stat.S_ISDIR(st.st_mode)

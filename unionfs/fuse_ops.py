@@ -14,6 +14,7 @@ import os
 import pyfuse3
 import trio
 
+from . import fuse_loop
 from .engine import Caller, Union
 from .idmap import IdMap
 
@@ -106,12 +107,15 @@ class UnionOperations(pyfuse3.Operations):
             return
         lock = self._copy_locks.setdefault(node.id, trio.Lock())
         try:
+            if lock.locked():
+                fuse_loop.spare_reader()
             async with lock:
                 if union.is_upper(node):
                     return
                 job = union.copy_up_begin(node, with_data)
                 try:
                     if job.data_size >= THREAD_COPY_MIN:
+                        fuse_loop.spare_reader()
                         await trio.to_thread.run_sync(job.copy_data, limiter=self._copy_limiter)
                     else:
                         job.copy_data()
@@ -126,6 +130,8 @@ class UnionOperations(pyfuse3.Operations):
         """Wait for a copy-up of this node in flight (before removing or renaming it)."""
         lock = self._copy_locks.get(node.id)
         if lock is not None:
+            if lock.locked():
+                fuse_loop.spare_reader()
             async with lock:
                 pass
 
