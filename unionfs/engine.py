@@ -381,10 +381,17 @@ class Union:
         node = parent.children.get(name)
         if node is not None:
             return node
+        absent = parent.absent
+        if absent is not None and name in absent:
+            raise OSError(errno.ENOENT, os.strerror(errno.ENOENT))
         if self.read_wh_files and name.startswith(WH_PREFIX):
             raise OSError(errno.ENOENT, os.strerror(errno.ENOENT))  # markers, not entries
         found = self._resolve(parent, name)
         if found is None:
+            # Remembered: the kernel's create after its negative lookup asks again at once.
+            if absent is None or len(absent) >= ABSENT_MAX:
+                parent.absent = absent = set()
+            absent.add(name)
             raise OSError(errno.ENOENT, os.strerror(errno.ENOENT))
         return self._attach(parent, name, *found)
 
@@ -584,13 +591,21 @@ class Union:
 
     def lookup_scanned(self, parent: Node, scanned):
         """(node, stat) for one entry of `scan`, counting one kernel lookup, like `lookup`."""
+        node, st = self.attach_scanned(parent, scanned)
+        node.lookups += 1
+        return node, st
+
+    def attach_scanned(self, parent: Node, scanned):
+        """(node, stat) for one entry of `scan`, without counting a lookup."""
         name, index, st, merge, lpaths, redirect = scanned
         node = self._attach(parent, name, index, st, merge, lpaths, redirect)
         if node.layer == self.index_pos and self.index_pos is not None:
             st = self.getattr(node)  # the index entry, not the lower name's old file
         self.nodes.prefer_name(node, parent, name)
-        node.lookups += 1
         return node, st
+
+    def count_lookup(self, node: Node) -> None:
+        node.lookups += 1
 
     def is_empty_dir(self, node: Node) -> bool:
         return not self.listdir(node)
@@ -925,16 +940,44 @@ class Union:
             open_flags = (open_flags & ~_ACCMODE) | os.O_RDONLY
         elif self.writes_need_reads:
             open_flags = (open_flags & ~_ACCMODE) | os.O_RDWR
-        fd = os.open(tmp, open_flags, stat.S_IMODE(mode), dir_fd=self.work.root_fd)
-        try:
-            node = self._finish_create(tmp, parent, name, False, uid, gid,
-                                       mode if mode & 0o7000 else None)
-        except BaseException:
-            os.close(fd)
-            raise
+        made = self._create_in_place(parent, name, open_flags, uid, gid, mode)
+        if made is not None:
+            fd, node = made
+        else:
+            fd = os.open(tmp, open_flags, stat.S_IMODE(mode), dir_fd=self.work.root_fd)
+            try:
+                node = self._finish_create(tmp, parent, name, False, uid, gid,
+                                           mode if mode & 0o7000 else None)
+            except BaseException:
+                os.close(fd)
+                raise
         handle = self._new_handle(fd, node, 0, flags)
         node.lookups += 1
         return node, handle, self._shown_fd(self.upper, fd)
+
+    def _create_in_place(self, parent: Node, name: bytes, open_flags: int, uid: int, gid: int, mode: int):
+        """(fd, node) of a regular file made straight in the upper parent, as the kernel's overlay does
+        where no whiteout is in the way; None where it takes the work dir: a whiteout to replace, an
+        owner the daemon must chown to (so that the name never shows a wrong owner), setuid/setgid
+        bits, or ownership records. Saves the rename and the chown of every new file."""
+        if mode & 0o7000 or self.write_records:
+            return None
+        with self.upper.dir(parent.path()) as dfd:
+            if self.as_root:
+                parent_st = os.fstat(dfd)
+                made_gid = parent_st.st_gid if parent_st.st_mode & stat.S_ISGID else os.getegid()
+                if (uid, gid) != (os.geteuid(), made_gid):
+                    return None
+            if self._upper_whiteout(dfd, name) is not None:
+                return None
+            fd = os.open(name, open_flags, stat.S_IMODE(mode), dir_fd=dfd)
+            try:
+                node = self._attach(parent, name, 0, os.fstat(fd), ())
+            except BaseException:
+                os.close(fd)
+                os.unlink(name, dir_fd=dfd)
+                raise
+        return fd, node
 
     def mkdir(self, parent: Node, name: bytes, mode: int, caller: Caller):
         self._prepare_create(parent, name)
@@ -1659,6 +1702,7 @@ def _is_whiteout_entry(dir_fd: int, entry: os.DirEntry) -> bool:
 
 
 WORK_SUBDIR = "work"
+ABSENT_MAX = 1024  # names remembered as absent per directory (then forgotten all at once)
 
 
 class LayerInUse(OSError):

@@ -10,11 +10,12 @@ import functools
 import itertools
 import logging
 import os
+import stat
 
 import pyfuse3
 import trio
 
-from . import fuse_loop
+from . import bare_entries, fuse_loop
 from .engine import Caller, Union
 from .idmap import IdMap
 
@@ -227,19 +228,34 @@ class UnionOperations(pyfuse3.Operations):
         if start_id == 0 or handle.names is None:
             handle.names = [b".", b".."] + self.union.scan(node)
         entries = handle.names
+        union = self.union
         for index in range(start_id, len(entries)):
             entry = entries[index]
             if entry == b"." or entry == b"..":
-                # The kernel takes no lookup reference for these two.
-                target = node if entry == b"." else (node.parent or self.union.root)
-                attrs = self._entry(target, self.union.getattr(target))
+                # The kernel takes no lookup reference for these two and reads no attributes of them
+                # (fuse_direntplus_link skips them): d_ino and d_type are all that count.
+                target = node if entry == b"." else (node.parent or union.root)
+                attrs = pyfuse3.EntryAttributes()
+                attrs.st_ino = target.id
+                attrs.st_mode = stat.S_IFDIR
                 if not pyfuse3.readdir_reply(token, entry, attrs, index + 1):
                     return
                 continue
-            child, st = self.union.lookup_scanned(node, entry)
-            if not pyfuse3.readdir_reply(token, entry[0], self._entry(child, st), index + 1):
-                self.union.forget(child.id, 1)
+            child, st = union.attach_scanned(node, entry)
+            attrs = self._entry(child, st)
+            # A file the kernel holds goes without attributes (bare_entries.py): a refresh would drop
+            # its cached ACLs. Directories keep theirs: reading a directory makes the kernel drop its
+            # atime, and without this refresh the walker's next stat of it would be a request. A
+            # shared lower file is looked up by name each time (entry_timeout 0).
+            bare = (child.lookups > 0 and bare_entries.available and not child.is_dir
+                    and not child.shared_lower)
+            if bare:
+                bare_entries.strip(attrs)
+            if not pyfuse3.readdir_reply(token, entry[0], attrs, index + 1):
+                union.forget(child.id, 0)  # a node made for an entry that did not fit goes again
                 return
+            if not bare:
+                union.count_lookup(child)
 
     @_boundary
     async def releasedir(self, fh):

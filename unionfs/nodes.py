@@ -21,9 +21,15 @@ _FALLBACK_BASE = 1 << 48
 _INO_MASK = (1 << 48) - 1
 
 
+def _set_child(parent, name: bytes, node) -> None:
+    parent.children[name] = node
+    if parent.absent:
+        parent.absent.discard(name)
+
+
 class Node:
     __slots__ = ("id", "is_dir", "names", "layer", "merge", "key", "lookups", "opens", "children",
-                 "shared_lower", "handles", "xattr_names", "lpaths", "redirect", "gone_stat", "__weakref__")
+                 "shared_lower", "handles", "xattr_names", "lpaths", "redirect", "gone_stat", "absent", "__weakref__")
 
     def __init__(self, node_id, is_dir, layer, merge, key):
         self.id = node_id
@@ -44,6 +50,8 @@ class Node:
         self.redirect = None     # directories: the upper's redirect marker ("/a/b" or "name"), if any
         self.gone_stat = None    # the last stat of a node whose last name went while the kernel may still
         #                          hold it open without a daemon handle (a fifo, a device, a directory)
+        self.absent = None       # directories: names a lookup found in no layer, until a name is made
+        #                          here (the layers change only through the daemon); None = none known
 
     def __repr__(self):
         return f"Node({self.id}, {self.names[:1]!r}, layer={self.layer}, merge={self.merge})"
@@ -128,7 +136,7 @@ class NodeTable:
             self.by_id[node.id] = node
             self.by_key[key] = node
         node.names.insert(0, (parent, name))
-        parent.children[name] = node
+        _set_child(parent, name, node)
         return node
 
     def rekey(self, node: Node, key) -> None:
@@ -179,15 +187,15 @@ class NodeTable:
         node.names = [(new_parent, new_name) if n == (parent, name) else n for n in node.names]
         if (new_parent, new_name) not in node.names:
             node.names.insert(0, (new_parent, new_name))
-        new_parent.children[new_name] = node
+        _set_child(new_parent, new_name, node)
         self.maybe_drop(parent)
 
     def exchange(self, a: Node, a_parent: Node, a_name: bytes, b: Node, b_parent: Node, b_name: bytes):
         """a and b swapped names (RENAME_EXCHANGE)."""
         a.names = [(b_parent, b_name) if n == (a_parent, a_name) else n for n in a.names]
         b.names = [(a_parent, a_name) if n == (b_parent, b_name) else n for n in b.names]
-        b_parent.children[b_name] = a
-        a_parent.children[a_name] = b
+        _set_child(b_parent, b_name, a)
+        _set_child(a_parent, a_name, b)
 
     def forget(self, node: Node, count: int) -> None:
         node.lookups = max(0, node.lookups - count)

@@ -19,7 +19,7 @@ import threading
 
 import pytest
 
-from tests.util import DIR, WHITEOUT, Dir, File, Hardlink, Opaque, Symlink, tree_snapshot
+from tests.util import DIR, WHITEOUT, Dir, Fifo, File, Hardlink, Opaque, Symlink, tree_snapshot
 
 from .conftest import union_mount
 
@@ -897,3 +897,55 @@ def test_lower_hardlinks_separate_after_copy_up(layers, impl):
         assert (L.mnt / "d/h2").read_bytes() == b"shared\n"
     assert (L.upper / "a").read_bytes() == b"shared\nchanged\n"
     assert not os.path.lexists(L.upper / "h")
+
+
+def _listing(path):
+    """{name: (d_ino, kind from d_type)} as getdents gives them."""
+    out = {}
+    with os.scandir(path) as it:
+        for e in it:
+            kind = ("l" if e.is_symlink() else "d" if e.is_dir(follow_symlinks=False)
+                    else "f" if e.is_file(follow_symlinks=False) else "o")
+            out[e.name] = (e.inode(), kind)
+    return out
+
+
+def _kind(st):
+    return ("l" if stat.S_ISLNK(st.st_mode) else "d" if stat.S_ISDIR(st.st_mode)
+            else "f" if stat.S_ISREG(st.st_mode) else "o")
+
+
+def test_listings_of_entries_the_kernel_holds(layers, impl):
+    """Listed again once the kernel holds every entry (pyunionfs then lists files without attributes,
+    see bare_entries.py): the same names, d_ino equal to st_ino, d_type the kind, and what stat, ACLs
+    and reads show stays what the changes made, not what an earlier listing said."""
+    L = layers({
+        "lower0": {"lo": "lower\n", "both": "lower both\n", "d/x": "x\n", "ln": Symlink("lo"),
+                   "fifo": Fifo(), "h1": "linked\n", "h2": Hardlink("h1"), "gone": "gone\n",
+                   "acl": File("acl\n", mode=0o640)},
+        "upper": {"up": "upper\n", "both": "upper both\n", "gone": WHITEOUT},
+    })
+    acl = (b"\x02\x00\x00\x00" b"\x01\x00\x06\x00\xff\xff\xff\xff" b"\x02\x00\x06\x00\xd2\x04\x00\x00"
+           b"\x04\x00\x04\x00\xff\xff\xff\xff" b"\x10\x00\x06\x00\xff\xff\xff\xff"
+           b"\x20\x00\x00\x00\xff\xff\xff\xff")  # user::rw- user:1234:rw- group::r-- mask::rw- other::---
+    os.setxattr(L.lowers[0] / "acl", "system.posix_acl_access", acl)
+    with union_mount(impl, L):
+        first = _listing(L.mnt)
+        assert sorted(first) == ["acl", "both", "d", "fifo", "h1", "h2", "ln", "lo", "up"]
+        for name in first:  # the kernel now holds every entry
+            os.lstat(L.mnt / name)
+        assert os.getxattr(L.mnt / "acl", "system.posix_acl_access") == acl
+        (L.mnt / "up").write_bytes(b"longer upper data\n")
+        os.chmod(L.mnt / "lo", 0o600)
+        for _ in range(2):
+            again = _listing(L.mnt)
+            assert sorted(again) == sorted(first)
+            for name, (d_ino, kind) in again.items():
+                st = os.lstat(L.mnt / name)
+                assert (d_ino, kind) == (st.st_ino, _kind(st)), name
+        assert again["h1"][0] == again["h2"][0]
+        assert os.lstat(L.mnt / "up").st_size == len(b"longer upper data\n")
+        assert stat.S_IMODE(os.lstat(L.mnt / "lo").st_mode) == 0o600
+        assert os.getxattr(L.mnt / "acl", "system.posix_acl_access") == acl
+        assert (L.mnt / "both").read_bytes() == b"upper both\n"
+        assert (L.mnt / "ln").read_bytes() == b"lower\n"

@@ -455,3 +455,67 @@ def test_paths_longer_than_path_max(stack):
     assert u.listdir(node) == [b"b" * 100]
     with pytest.raises(FileNotFoundError):
         u.lookup(node, b"missing")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="owners other than the daemon's need root")
+def test_create_in_place_or_through_the_work_dir(stack, monkeypatch):
+    """A file the daemon's own ids own is made straight in the upper (as the kernel's ovl_create_upper);
+    another owner, setuid bits or a whiteout at the name take the work dir.
+    Either way the owner, group and mode are the ones asked for, and the work dir is left empty."""
+    d = stack.dirs
+    os.makedirs(f"{d['lower0']}/sg")
+    os.chown(f"{d['lower0']}/sg", 0, 777)
+    os.chmod(f"{d['lower0']}/sg", 0o2775)
+    write(f"{d['lower0']}/gone", b"x")
+    whiteout(f"{d['upper']}/gone")
+    u = stack()
+    renames = []
+    real = u._finish_create
+    monkeypatch.setattr(u, "_finish_create", lambda *a: renames.append(a[2]) or real(*a))
+    sg = u.child(u.root, b"sg")
+    cases = [(u.root, b"mine", 0o640, ROOT, (0, 0, 0o640), False),
+             (u.root, b"theirs", 0o600, Caller(1000, 1001), (1000, 1001, 0o600), True),
+             (u.root, b"suid", 0o4755, ROOT, (0, 0, 0o4755), True),
+             (sg, b"in_sg", 0o644, ROOT, (0, 777, 0o644), False),  # the group the upper gives it
+             (u.root, b"gone", 0o644, ROOT, (0, 0, 0o644), True)]
+    for parent, name, mode, caller, want, via_work in cases:
+        node, h, st = u.create(parent, name, mode, os.O_WRONLY, caller)
+        u.release(h)
+        assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == want, name
+        upper_st = os.lstat(os.path.join(d["upper"], u._rel(node, 0).decode()))
+        assert (upper_st.st_uid, upper_st.st_gid, stat.S_IMODE(upper_st.st_mode)) == want, name
+        assert (name in renames) == via_work, name
+    assert os.listdir(os.path.join(d["work"], "work")) == []
+
+
+def test_absent_names_are_remembered_until_made(stack):
+    """A name no layer holds is remembered as absent in its directory (the kernel's create asks again
+    right after its negative lookup); every way a name appears there clears it."""
+    d = stack.dirs
+    write(f"{d['lower0']}/dir/file", b"f")
+    u = stack()
+    dirnode = u.child(u.root, b"dir")
+    for name in (b"new", b"moved", b"swapped", b"linked", b"made"):
+        with pytest.raises(FileNotFoundError):
+            u.child(dirnode, name)
+    assert dirnode.absent == {b"new", b"moved", b"swapped", b"linked", b"made"}
+    node, h, _ = u.create(dirnode, b"new", 0o644, os.O_WRONLY, ROOT)
+    u.release(h)
+    assert u.child(dirnode, b"new") is node
+    other, h, _ = u.create(u.root, b"other", 0o644, os.O_WRONLY, ROOT)
+    u.release(h)
+    u.rename(u.root, b"other", dirnode, b"moved", 0)
+    assert u.child(dirnode, b"moved") is other
+    third, h, _ = u.create(u.root, b"third", 0o644, os.O_WRONLY, ROOT)
+    u.release(h)
+    u.link(third, dirnode, b"linked")
+    assert u.child(dirnode, b"linked") is third
+    u.mkdir(dirnode, b"made", 0o755, ROOT)
+    assert u.child(dirnode, b"made").is_dir
+    assert dirnode.absent == {b"swapped"}
+    # bounded: past ABSENT_MAX names the set starts again
+    from unionfs.engine import ABSENT_MAX
+    for i in range(ABSENT_MAX + 5):
+        with pytest.raises(FileNotFoundError):
+            u.child(dirnode, b"n%d" % i)
+    assert len(dirnode.absent) <= ABSENT_MAX
