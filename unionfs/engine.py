@@ -11,6 +11,7 @@ import itertools
 import logging
 import os
 import stat
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -569,6 +570,39 @@ class Union:
             if resolved is not None:
                 result.append((name,) + resolved)
         return result
+
+    def list_entries(self, node: Node):
+        """The merged listing as [(name, file type, scan entry or None)].
+
+        A directory whose listing cannot have changed since the last one is answered from that one,
+        without reading the layers: then the scan entry is None and nothing is known of the entries but
+        their names and types (the caller asks `lookup` for attributes). As the kernel's overlay keeps
+        its merged-dir cache until the directory changes: lower layers never change under a mount, and
+        every change of the upper directory moves its mtime or ctime (a name made, removed or renamed,
+        a whiteout, an opaque or redirect marker). A change less than LISTING_SETTLE_NS ago is not
+        trusted to show (timestamps tick coarsely), so a directory in flux is always read again.
+        """
+        key = self._listing_key(node)
+        cached = node.listing
+        if key is not None and cached is not None and cached[0] == key:
+            return [(name, ftype, None) for name, ftype in cached[1]]
+        scanned = self.scan(node)
+        node.listing = None if key is None else (key, [(e[0], stat.S_IFMT(e[2].st_mode)) for e in scanned])
+        return [(e[0], stat.S_IFMT(e[2].st_mode), e) for e in scanned]
+
+    def _listing_key(self, node: Node):
+        """What must stay the same for a listing to stay valid, or None (do not keep this listing)."""
+        self.mounts.refresh()
+        if self.upper is None or not node.merge or node.merge[0] != 0:
+            # no upper part (or no upper at all): only a copy-up (through the daemon) adds one
+            return (self.mounts.generation, node.merge, node.lpaths)
+        try:
+            st = self.upper.lstat(self._rel(node, 0))
+        except OSError:
+            return None
+        if time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) < LISTING_SETTLE_NS:
+            return None
+        return (self.mounts.generation, node.merge, node.lpaths, st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
 
     def _entry_stops(self, dir_fd: int, name: bytes, redirected: list) -> bool:
         """Whether the directory *name* in dir_fd stops the merge (opaque); a redirect marker puts the
@@ -1703,6 +1737,7 @@ def _is_whiteout_entry(dir_fd: int, entry: os.DirEntry) -> bool:
 
 WORK_SUBDIR = "work"
 ABSENT_MAX = 1024  # names remembered as absent per directory (then forgotten all at once)
+LISTING_SETTLE_NS = 1_000_000_000  # an upper directory changed more recently is listed from the layers
 
 
 class LayerInUse(OSError):

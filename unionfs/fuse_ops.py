@@ -42,12 +42,18 @@ def _boundary(handler):
     return wrapper
 
 
+def _key(scanned):
+    """The node key (layer, st_dev, st_ino) a scan entry resolves to (index=on keys differ: no match)."""
+    st = scanned[2]
+    return scanned[1], st.st_dev, st.st_ino
+
+
 class _DirHandle:
     __slots__ = ("node", "names")
 
     def __init__(self, node):
         self.node = node
-        self.names = None  # union.scan(), taken at the first readdir from offset 0 (and at rewinddir)
+        self.names = None  # union.list_entries(), taken at the first readdir from offset 0 (and rewinddir)
 
 
 class UnionOperations(pyfuse3.Operations):
@@ -225,37 +231,48 @@ class UnionOperations(pyfuse3.Operations):
     async def readdir(self, fh, start_id, token):
         handle = self._dirs[fh]
         node = handle.node
-        if start_id == 0 or handle.names is None:
-            handle.names = [b".", b".."] + self.union.scan(node)
-        entries = handle.names
         union = self.union
+        if start_id == 0 or handle.names is None:
+            handle.names = [(b".", stat.S_IFDIR, None), (b"..", stat.S_IFDIR, None)] + union.list_entries(node)
+        entries = handle.names
         for index in range(start_id, len(entries)):
-            entry = entries[index]
-            if entry == b"." or entry == b"..":
-                # The kernel takes no lookup reference for these two and reads no attributes of them
+            name, ftype, scanned = entries[index]
+            if index < 2:
+                # The kernel takes no lookup reference for "." and ".." and reads no attributes of them
                 # (fuse_direntplus_link skips them): d_ino and d_type are all that count.
-                target = node if entry == b"." else (node.parent or union.root)
-                attrs = pyfuse3.EntryAttributes()
-                attrs.st_ino = target.id
-                attrs.st_mode = stat.S_IFDIR
-                if not pyfuse3.readdir_reply(token, entry, attrs, index + 1):
+                target = node if index == 0 else (node.parent or union.root)
+                if not pyfuse3.readdir_reply(token, name, self._bare(target.id, stat.S_IFDIR), index + 1):
                     return
                 continue
-            child, st = union.attach_scanned(node, entry)
-            attrs = self._entry(child, st)
+            child = node.children.get(name)
             # A file the kernel holds goes without attributes (bare_entries.py): a refresh would drop
             # its cached ACLs. Directories keep theirs: reading a directory makes the kernel drop its
             # atime, and without this refresh the walker's next stat of it would be a request. A
             # shared lower file is looked up by name each time (entry_timeout 0).
-            bare = (child.lookups > 0 and bare_entries.available and not child.is_dir
-                    and not child.shared_lower)
-            if bare:
-                bare_entries.strip(attrs)
-            if not pyfuse3.readdir_reply(token, entry[0], attrs, index + 1):
-                union.forget(child.id, 0)  # a node made for an entry that did not fit goes again
+            if (child is not None and child.lookups > 0 and bare_entries.available and not child.is_dir
+                    and not child.shared_lower and (scanned is None or child.key == _key(scanned))):
+                if not pyfuse3.readdir_reply(token, name, self._bare(child.id, ftype), index + 1):
+                    return
+                continue
+            if scanned is None:  # a listing kept from before: the entry's attributes are looked up
+                try:
+                    child, st = union.lookup(node, name)
+                except OSError:
+                    continue  # gone behind the mount since
+            else:
+                child, st = union.lookup_scanned(node, scanned)
+            if not pyfuse3.readdir_reply(token, name, self._entry(child, st), index + 1):
+                union.forget(child.id, 1)
                 return
-            if not bare:
-                union.count_lookup(child)
+
+    @staticmethod
+    def _bare(node_id, ftype) -> pyfuse3.EntryAttributes:
+        attrs = pyfuse3.EntryAttributes()
+        attrs.st_ino = node_id
+        attrs.st_mode = ftype
+        if bare_entries.available:
+            bare_entries.strip(attrs)
+        return attrs
 
     @_boundary
     async def releasedir(self, fh):

@@ -74,6 +74,7 @@ class MountTable:
         self._fd = -1
         self._poll = None
         self._layers = []  # [layer, mount id, path]
+        self.generation = 0  # moves whenever the table is read again (cached listings then go stale)
         try:
             self._fd = os.open(_MOUNTINFO, os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
@@ -102,6 +103,7 @@ class MountTable:
         """Re-read the table if a mount or unmount happened since the last look."""
         if self._poll is not None and self._layers and self._poll.poll(0):
             self._apply(self._layers, self._read())
+            self.generation += 1
 
     def _read(self):
         try:

@@ -29,7 +29,7 @@ def _set_child(parent, name: bytes, node) -> None:
 
 class Node:
     __slots__ = ("id", "is_dir", "names", "layer", "merge", "key", "lookups", "opens", "children",
-                 "shared_lower", "handles", "xattr_names", "lpaths", "redirect", "gone_stat", "absent", "__weakref__")
+                 "shared_lower", "handles", "xattr_names", "lpaths", "redirect", "gone_stat", "absent", "listing", "__weakref__")
 
     def __init__(self, node_id, is_dir, layer, merge, key):
         self.id = node_id
@@ -52,6 +52,8 @@ class Node:
         #                          hold it open without a daemon handle (a fifo, a device, a directory)
         self.absent = None       # directories: names a lookup found in no layer, until a name is made
         #                          here (the layers change only through the daemon); None = none known
+        self.listing = None      # directories: (key, [(name, file type)]) of the last listing, see
+        #                          Union.list_entries
 
     def __repr__(self):
         return f"Node({self.id}, {self.names[:1]!r}, layer={self.layer}, merge={self.merge})"

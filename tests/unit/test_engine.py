@@ -519,3 +519,51 @@ def test_absent_names_are_remembered_until_made(stack):
         with pytest.raises(FileNotFoundError):
             u.child(dirnode, b"n%d" % i)
     assert len(dirnode.absent) <= ABSENT_MAX
+
+
+def test_listings_are_kept_until_the_directory_changes(stack, monkeypatch):
+    """list_entries answers from the last listing while the directory cannot have changed (no upper
+    part, or an upper part whose mtime and ctime have settled), and reads the layers again after any
+    change through the union."""
+    import time
+
+    import unionfs.engine as engine_module
+    monkeypatch.setattr(engine_module, "LISTING_SETTLE_NS", 200_000_000)
+    d = stack.dirs
+    write(f"{d['lower0']}/lo/a", b"a")
+    write(f"{d['lower1']}/lo/b", b"b")
+    u = stack()
+    lo = u.child(u.root, b"lo")
+
+    def names(node):
+        entries = u.list_entries(node)
+        return sorted((n, t) for n, t, _ in entries), all(e is None for _, _, e in entries)
+
+    first, cached = names(lo)
+    assert first == [(b"a", stat.S_IFREG), (b"b", stat.S_IFREG)] and not cached
+    assert names(lo) == (first, True)  # lower only: kept
+    node, h, _ = u.create(lo, b"c", 0o644, os.O_WRONLY, ROOT)  # the directory is copied up
+    u.release(h)
+    listed, cached = names(lo)
+    assert listed == first + [(b"c", stat.S_IFREG)] and not cached
+    assert names(lo) == (listed, False)  # just changed: read again
+    time.sleep(0.3)
+    assert names(lo) == (listed, False)  # settled: this one is kept
+    assert names(lo) == (listed, True)
+    u.unlink(lo, b"a")  # a whiteout
+    u.mkdir(lo, b"sub", 0o755, ROOT)
+    assert names(lo) == ([(b"b", stat.S_IFREG), (b"c", stat.S_IFREG), (b"sub", stat.S_IFDIR)], False)
+    time.sleep(0.3)
+    names(lo)
+    assert names(lo)[1]
+    u.rename(lo, b"b", lo, b"b2", 0)
+    assert names(lo) == ([(b"b2", stat.S_IFREG), (b"c", stat.S_IFREG), (b"sub", stat.S_IFDIR)], False)
+
+
+def test_listings_of_a_read_only_union_are_kept(stack):
+    d = stack.dirs
+    write(f"{d['lower0']}/f", b"f")
+    u = stack(readonly=True)
+    first = u.list_entries(u.root)
+    assert [(n, t) for n, t, e in first] == [(b"f", stat.S_IFREG)] and first[0][2] is not None
+    assert u.list_entries(u.root) == [(b"f", stat.S_IFREG, None)]
