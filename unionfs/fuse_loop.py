@@ -6,10 +6,13 @@ task, an epoll re-registration and the lock's own scheduling point. Measured on 
 filesystem (getxattr round trips): 65 us a request with pyfuse3.main(), 33 us with one reader and a lock
 that does not yield when it is free, which is what fuse-overlayfs answers in (34 us).
 
-So: one reader task reads and answers requests (pyfuse3.main with max_tasks=0: it never starts
-another). A handler that is about to wait (a copy-up's byte copy in a worker thread, or another
-request's copy-up) calls `spare_reader()` first: a second reader serves the other requests meanwhile,
-and ends by itself once it finds another reader waiting (pyfuse3's own idle rule, min_tasks=0).
+So: one reader task reads and answers requests. A handler that is about to wait (a copy-up's byte
+copy in a worker thread, or another request's copy-up) calls `spare_reader()` first: a second reader
+serves the other requests meanwhile, and ends by itself once it finds another reader waiting
+(pyfuse3's own idle rule, min_tasks=0). pyfuse3 starts a worker itself when its task count is below
+max_tasks; spare readers it did not count lower that count as they end, so max_tasks is a large
+negative number that the count never reaches (with 0 the third spare's end would start a second
+permanent reader, and the turns would be back).
 
 This uses two seams of pyfuse3: its module attribute `trio` (the one pyfuse3.asyncio replaces) and
 `_session_loop(nursery, min_tasks, max_tasks)`, the same in pyfuse3 3.3 to 3.5. Where either is missing
@@ -23,6 +26,7 @@ import trio
 log = logging.getLogger("unionfs")
 
 _spare_nursery = None
+_NEVER = -(1 << 30)  # max_tasks: pyfuse3 never starts a worker of its own
 
 
 class _ReadLock:
@@ -81,7 +85,7 @@ async def main(nursery) -> None:
         return
     _spare_nursery = nursery
     try:
-        await pyfuse3.main(min_tasks=1, max_tasks=0)
+        await pyfuse3.main(min_tasks=1, max_tasks=_NEVER)
     finally:
         _spare_nursery = None
 
@@ -89,4 +93,5 @@ async def main(nursery) -> None:
 def spare_reader() -> None:
     """Start one more reader before this request waits, so the others are not held up meanwhile."""
     if _spare_nursery is not None:
-        _spare_nursery.start_soon(pyfuse3._session_loop, _spare_nursery, 0, 0, name="pyunionfs-spare-reader")
+        _spare_nursery.start_soon(pyfuse3._session_loop, _spare_nursery, 0, _NEVER,
+                                  name="pyunionfs-spare-reader")

@@ -580,3 +580,24 @@ def test_latency_during_big_copy_up(tmp_path):
     assert (L.upper / "big").stat().st_size == size + 1
     assert len(during) >= 30, f"too few probe operations during the copy-up: {figures}"
     assert max(during) < copy_time / 3, f"other requests stalled during the copy-up: {figures}"
+
+
+def test_one_reader_again_after_copy_ups_in_threads(tmp_path):
+    """Each big copy-up starts a spare request reader (fuse_loop.py) that ends once the copy is done;
+    after many of them the daemon is back to one reader: pyfuse3 never starts a worker of its own
+    (its debug log would say "starting another worker"), and everything reads back right."""
+    L = make_layers(tmp_path / "u", {"lower0": {"small": "small\n"}})
+    for i in range(4):
+        (L.lower / f"big{i}").write_bytes(bytes([65 + i]) * (2 * MiB))
+    with mount_pyunionfs(*L.mount_args(), extra_args=["-d"]) as daemon:
+        for i in range(4):
+            with open(L.mnt / f"big{i}", "ab") as f:
+                f.write(b"!")
+            for _ in range(20):
+                os.stat(L.mnt / "small")
+                assert (L.mnt / "small").read_bytes() == b"small\n"
+        for i in range(4):
+            data = (L.mnt / f"big{i}").read_bytes()
+            assert data == bytes([65 + i]) * (2 * MiB) + b"!"
+        log = daemon.log_text()
+    assert "starting another worker" not in log, [l for l in log.splitlines() if "worker" in l][:5]
