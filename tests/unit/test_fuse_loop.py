@@ -2,7 +2,10 @@
 lock (one owner, waiters served in order, handed over on release) that does not yield when free.
 That other requests go on while one waits on a copy-up is tested through a real mount in
 tests/mount/test_stress.py (test_latency_during_big_copy_up)."""
+import os
+
 import pyfuse3
+import pytest
 import trio
 import trio.testing
 
@@ -21,7 +24,9 @@ def test_install_keeps_everything_else_of_trio():
         assert fuse_loop.install()
         shim = pyfuse3.trio
         assert shim.Lock is fuse_loop._ReadLock
-        assert shim.lowlevel is trio.lowlevel and shim.open_nursery is trio.open_nursery
+        assert shim.open_nursery is trio.open_nursery
+        assert shim.lowlevel.current_task is trio.lowlevel.current_task
+        assert shim.lowlevel.notify_closing is trio.lowlevel.notify_closing
         assert shim.ClosedResourceError is trio.ClosedResourceError
     finally:
         pyfuse3.trio = saved
@@ -67,3 +72,30 @@ def test_free_read_lock_takes_no_scheduling_point():
 
 def test_spare_reader_outside_the_daemon_does_nothing():
     fuse_loop.spare_reader()
+
+
+def test_wait_readable_returns_at_once_while_requests_queue_then_lets_others_run():
+    """A request already queued is read without a trip through epoll and the scheduler, READY_STREAK
+    times in a row at most; then the wait is trio's (a scheduling point: other tasks get their turn)."""
+    lowlevel = fuse_loop._Lowlevel()
+    r, w = os.pipe()
+    try:
+        async def main():
+            with trio.CancelScope() as scope:
+                scope.cancel()
+                for _ in range(fuse_loop.READY_STREAK):
+                    await lowlevel.wait_readable(r)  # readable: no scheduling point, no Cancelled
+                with pytest.raises(trio.Cancelled):
+                    await lowlevel.wait_readable(r)  # the streak is over: trio's own wait
+            # not readable: trio's wait, which returns once data comes
+            os.read(r, 1)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(lowlevel.wait_readable, r)
+                await trio.testing.wait_all_tasks_blocked()
+                os.write(w, b"y")
+
+        os.write(w, b"x")
+        trio.run(main)
+    finally:
+        os.close(r)
+        os.close(w)
