@@ -132,8 +132,8 @@ class Union:
         self.nodes = NodeTable((0, top.dev, top.root_ino), tuple(range(len(self.layers))), single_dev)
         self.nlayers = len(self.layers)  # the stack; the index (index=on) is a pseudo-layer after it
         self.mounts = MountTable()
-        for layer in self.layers:
-            self.mounts.add(layer)
+        self.mounts.track(self.layers)
+        self._euid, self._egid = os.geteuid(), os.getegid()  # who owns what the daemon creates
         self.index_pos = None
         self.offline_changes_off = self.redirect_create or (bool(index) and self.work is not None)
         try:
@@ -638,6 +638,12 @@ class Union:
         self.nodes.prefer_name(node, parent, name)
         return node, st
 
+    def is_scanned_node(self, node: Node, scanned) -> bool:
+        """Whether a `scan` entry resolves to *node* as it stands (same backing entry; an index=on
+        entry never matches, its key is its origin's)."""
+        st = scanned[2]
+        return node.key == (scanned[1], st.st_dev, st.st_ino)
+
     def count_lookup(self, node: Node) -> None:
         node.lookups += 1
 
@@ -999,8 +1005,8 @@ class Union:
         with self.upper.dir(parent.path()) as dfd:
             if self.as_root:
                 parent_st = os.fstat(dfd)
-                made_gid = parent_st.st_gid if parent_st.st_mode & stat.S_ISGID else os.getegid()
-                if (uid, gid) != (os.geteuid(), made_gid):
+                made_gid = parent_st.st_gid if parent_st.st_mode & stat.S_ISGID else self._egid
+                if (uid, gid) != (self._euid, made_gid):
                     return None
             if self._upper_whiteout(dfd, name) is not None:
                 return None

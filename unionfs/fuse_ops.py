@@ -42,12 +42,6 @@ def _boundary(handler):
     return wrapper
 
 
-def _key(scanned):
-    """The node key (layer, st_dev, st_ino) a scan entry resolves to (index=on keys differ: no match)."""
-    st = scanned[2]
-    return scanned[1], st.st_dev, st.st_ino
-
-
 class _DirHandle:
     __slots__ = ("node", "names")
 
@@ -250,7 +244,7 @@ class UnionOperations(pyfuse3.Operations):
             # atime, and without this refresh the walker's next stat of it would be a request. A
             # shared lower file is looked up by name each time (entry_timeout 0).
             if (child is not None and child.lookups > 0 and bare_entries.available and not child.is_dir
-                    and not child.shared_lower and (scanned is None or child.key == _key(scanned))):
+                    and not child.shared_lower and (scanned is None or union.is_scanned_node(child, scanned))):
                 if not pyfuse3.readdir_reply(token, name, self._bare(child.id, ftype), index + 1):
                     return
                 continue

@@ -82,22 +82,27 @@ class MountTable:
         self._poll = select.poll()
         self._poll.register(self._fd, select.POLLPRI | select.POLLERR)
 
-    def add(self, layer) -> None:
-        """Track a layer: sets layer.covered (and layer.mounts_known) now and on every change."""
-        layer.mounts_known = False
-        layer.covered = {}
-        if self._fd < 0:
-            return
-        mnt_id = mount_id_of(layer.root_fd)
-        try:
-            path = os.fsencode(os.readlink("/proc/self/fd/%d" % layer.root_fd))
-            st, root = os.stat(path), os.fstat(layer.root_fd)
-        except OSError:
-            return
-        if mnt_id is None or (st.st_dev, st.st_ino) != (root.st_dev, root.st_ino):
-            return  # not reachable by its path from here (another root, deleted, covered): keep openat2
-        self._layers.append((layer, mnt_id, path))
-        self._apply([(layer, mnt_id, path)], self._read())
+    def track(self, layers) -> None:
+        """Track layers: sets each one's covered (and mounts_known) now and on every change; the table
+        is read once for all of them."""
+        added = []
+        for layer in layers:
+            layer.mounts_known = False
+            layer.covered = {}
+            if self._fd < 0:
+                continue
+            mnt_id = mount_id_of(layer.root_fd)
+            try:
+                path = os.fsencode(os.readlink("/proc/self/fd/%d" % layer.root_fd))
+                st, root = os.stat(path), os.fstat(layer.root_fd)
+            except OSError:
+                continue
+            if mnt_id is None or (st.st_dev, st.st_ino) != (root.st_dev, root.st_ino):
+                continue  # not reachable by its path from here (another root, deleted, covered): openat2
+            added.append((layer, mnt_id, path))
+        if added:
+            self._layers.extend(added)
+            self._apply(added, self._read())
 
     def refresh(self) -> None:
         """Re-read the table if a mount or unmount happened since the last look."""
