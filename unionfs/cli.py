@@ -31,8 +31,11 @@ OPTIONS
        workdir=DIR     staging directory on upperdir's filesystem, empty or left by an earlier mount
        userxattr       write opaque markers as user.overlay.opaque (default when not root:
                        trusted.overlay.opaque otherwise); both forms are always read
-       whiteout_files  also read .wh.NAME whiteouts and .wh..wh..opq markers in every layer
-                       (lowers extracted from OCI image tarballs)
+       whiteout_files=on|off
+                       on (default, as fuse-overlayfs): .wh.NAME files and .wh..wh..opq in
+                       every layer are whiteouts and opaque markers (containers-storage writes
+                       them for mount programs), such names are hidden and cannot be made
+                       (EINVAL); off: kernel-exact, they are ordinary names
        timeout=SECS    how long the kernel caches names and attributes (default 300)
        ro              read-only union, the upper shown as the topmost layer
        fsname=NAME     the source column of /proc/mounts (default: SOURCE, or overlay)

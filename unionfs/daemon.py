@@ -118,7 +118,8 @@ def run(opts) -> int:
         union = Union(lowers, upper, work, userxattr=opts.userxattr, whiteout_files=opts.whiteout_files,
                       redirect_dir=opts.redirect_dir,
                       ignore_chown_errors=opts.uid_map.squash is not None or opts.gid_map.squash is not None,
-                      xattr_permissions=opts.xattr_permissions, index=opts.index)
+                      xattr_permissions=opts.xattr_permissions, index=opts.index,
+                      volatile=opts.volatile)
     except LayerInUse as exc:
         raise MountError(exc.strerror) from None
     except OSError as exc:

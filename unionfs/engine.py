@@ -77,8 +77,9 @@ class CopyUpJob:
 class Union:
     """A merged view of `lowers` (topmost first) under an optional `upper` that takes every change."""
 
-    def __init__(self, lowers, upper=None, work=None, *, userxattr=False, whiteout_files=False,
-                 redirect_dir="off", ignore_chown_errors=False, xattr_permissions=0, index=False):
+    def __init__(self, lowers, upper=None, work=None, *, userxattr=False, whiteout_files=True,
+                 redirect_dir="off", ignore_chown_errors=False, xattr_permissions=0, index=False,
+                 volatile=False):
         if not lowers:
             raise ValueError("at least one lower layer is needed")
         if redirect_dir not in REDIRECT_MODES:
@@ -125,6 +126,9 @@ class Union:
         if self.write_wh_files:
             log.warning("cannot create char 0/0 whiteouts here: writing .wh.NAME files instead")
         self._tmp_counter = itertools.count(1)
+        # volatile (the kernel's and fuse-overlayfs's option, podman's `--rm` containers): the upper is
+        # thrown away after a crash anyway, so fsync does not wait for the disk.
+        self.volatile = volatile
         # With the kernel's write-back cache, a file open for writing may be read too (partial pages).
         self.writes_need_reads = False
         top = self.layers[0]
@@ -1413,6 +1417,8 @@ class Union:
         return os.pwrite(handle.fd, data, offset)
 
     def fsync(self, handle: FileHandle, datasync: bool) -> None:
+        if self.volatile:
+            return
         (os.fdatasync if datasync else os.fsync)(handle.fd)
 
     def release(self, handle: FileHandle) -> None:

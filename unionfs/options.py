@@ -17,7 +17,7 @@ PASSED_TO_FUSE = {"allow_other", "allow_root", "default_permissions", "dev", "no
                   "exec", "noexec", "noatime", "nodiratime", "norelatime", "nostrictatime", "sync",
                   "async", "dirsync", "symfollow", "nosymfollow"}
 IGNORED = {"rw", "auto", "noauto", "user", "nouser", "users", "_netdev", "nofail", "defaults", "x-systemd",
-           "volatile", "silent", "loud", "atime", "diratime", "relatime", "strictatime", "lazytime",
+           "silent", "loud", "atime", "diratime", "relatime", "strictatime", "lazytime",
            "nolazytime", "iversion", "noiversion", "mand", "nomand"}
 # Kernel overlay options whose default we implement; other values are refused, not silently ignored.
 KERNEL_DEFAULTS = {"metacopy": {"off"},
@@ -38,10 +38,11 @@ class MountOptions:
     debug: bool = False
     readonly: bool = False
     userxattr: bool = False
-    whiteout_files: bool = False
+    whiteout_files: bool = True  # read .wh. markers, as fuse-overlayfs; off: kernel-exact
     redirect_dir: str = "off"
     xattr_permissions: int = 0
     index: bool = False
+    volatile: bool = False  # fsync is a no-op (the kernel's and fuse-overlayfs's volatile)
     logfile: str = None
     timeout: float = 300.0
     fsname: str = "overlay"
@@ -123,7 +124,13 @@ def build(o: dict) -> MountOptions:
         elif key == "userxattr":
             opts.userxattr = True
         elif key == "whiteout_files":
-            opts.whiteout_files = True
+            if value not in (True, "on", "off"):
+                raise OptionError("whiteout_files needs on or off")
+            opts.whiteout_files = value != "off"
+        elif key == "volatile":
+            opts.volatile = True
+        elif key == "nowhiteout_files":
+            opts.whiteout_files = False
         elif key == "index":
             if value not in ("on", "off"):
                 raise OptionError("index needs on or off")

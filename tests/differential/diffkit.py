@@ -92,6 +92,8 @@ FIXTURE = [
     ("l2", "dangling", "l", "no/such/target", {}),
     ("l2", "lnk_dir", "l", "dm", {}),
     ("l2", UNI, "f", "unicode ✓\n".encode(), {}),
+    # OCI/AUFS marker names are ordinary names to the kernel (and to pyunionfs's kernel-exact mode)
+    ("l2", ".wh.a", "f", b"a plain file named .wh.a\n", {}),
     # top lower
     ("l1", "dop", "d", None, {"opaque": True}),
     ("l1", "dop/new1", "f", b"dop/new1 from l1\n", {}),
@@ -105,6 +107,7 @@ FIXTURE = [
     ("l1", "ftodir/inner", "f", b"ftodir/inner\n", {}),
     ("l1", "xf", "f", b"xattrs\n", {"xattrs": {"user.a": b"1", "user.b": b"two"}}),
     ("l1", "emptyd", "d", None, {}),
+    ("l1", "dm/.wh..wh..opq", "f", b"", {}),
     # upper
     ("upper", "f_up", "f", b"f_up\n", {}),
     ("upper", "both", "f", b"both from upper\n", {"mode": 0o664}),
@@ -180,7 +183,7 @@ def _fixture_paths():
     for d in dirs:
         for n in ("n1", "n2"):
             extra.append(f"{d}/{n}" if d else n)
-    extra += ["newd", "newd/n1", "newd/sub", "a/x", "lnk_dir/x2", "ftodir/n1"]
+    extra += [".wh.n1", "newd", "newd/n1", "newd/sub", "a/x", "lnk_dir/x2", "ftodir/n1"]
     return paths + [p for p in extra if p not in paths], dirs + ["newd"]
 
 
@@ -193,7 +196,8 @@ PATHS, DIRS = _fixture_paths()
 def mount_daemon(mnt, lowers, upper, work, options=()):
     if SELF_CHECK:
         return mount_kernel_overlay(mnt, lowers, upper, work, options=options)
-    return mount_pyunionfs(mnt, lowers, upper, work, options=options)
+    # The kernel-exact mode: `.wh.` names are ordinary names, as on the kernel (README, whiteout_files).
+    return mount_pyunionfs(mnt, lowers, upper, work, options=[*options, "whiteout_files=off"])
 
 
 def skip_reason():

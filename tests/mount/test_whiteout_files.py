@@ -1,4 +1,5 @@
-"""`-o whiteout_files`: lowers extracted from OCI layer tarballs (.wh. markers) mount directly."""
+"""`.wh.` markers (OCI layers, containers-storage's layers for mount programs) are read by default, as
+fuse-overlayfs reads them; `-o whiteout_files=off` is the kernel-exact mode that shows them as names."""
 import errno
 import os
 
@@ -19,9 +20,10 @@ def L(layers):
     })
 
 
-def test_oci_markers_in_lowers(L):
+@pytest.mark.parametrize("options", [(), ("whiteout_files",)], ids=["default", "whiteout_files"])
+def test_oci_markers_in_lowers(L, options):
     before = [hash_tree(p) for p in L.lowers]
-    with mount_pyunionfs(L.mnt, L.lowers, L.upper, L.work, options=["whiteout_files"]):
+    with mount_pyunionfs(L.mnt, L.lowers, L.upper, L.work, options=options):
         assert sorted(os.listdir(L.mnt)) == ["d", "keep", "op"]
         assert os.listdir(L.mnt / "op") == ["shown"]
         assert os.listdir(L.mnt / "d") == ["mine"]
@@ -37,6 +39,9 @@ def test_oci_markers_in_lowers(L):
     assert [hash_tree(p) for p in L.lowers] == before
 
 
-def test_without_option_markers_are_plain_files_as_on_the_kernel(L):
-    with mount_pyunionfs(L.mnt, L.lowers, L.upper, L.work):
+def test_kernel_exact_mode_shows_markers_as_plain_files(L):
+    with mount_pyunionfs(L.mnt, L.lowers, L.upper, L.work, options=["whiteout_files=off"]):
         assert sorted(os.listdir(L.mnt)) == [".wh.gone", "d", "gone", "keep", "op"]
+        assert sorted(os.listdir(L.mnt / "op")) == [".wh..wh..opq", "hidden", "shown"]
+        (L.mnt / ".wh.new").write_bytes(b"plain\n")   # an ordinary name, as on the kernel
+    assert (L.upper / ".wh.new").read_bytes() == b"plain\n"

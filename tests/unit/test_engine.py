@@ -395,9 +395,9 @@ def oci_layers(d):
     write(f"{d['lower0']}/d/mine", b"m")
 
 
-def test_whiteout_files_option_reads_oci_markers(stack):
+def test_wh_markers_are_read_by_default_as_fuse_overlayfs(stack):
     oci_layers(stack.dirs)
-    u = stack(whiteout_files=True)
+    u = stack()
     assert walk(u, u.root) == {b"keep": ("f", b"k"), b"op": ("d", None), b"op/shown": ("f", b"s"),
                                b"d": ("d", None), b"d/mine": ("f", b"m")}
     scanned = {entry[0]: entry for entry in u.scan(u.root)}
@@ -412,10 +412,13 @@ def test_whiteout_files_option_reads_oci_markers(stack):
     assert sorted(u.listdir(u.root)) == [b"d", b"gone", b"keep", b"op"]
 
 
-def test_without_the_option_wh_names_are_plain_names_as_on_the_kernel(stack):
+def test_kernel_exact_mode_shows_wh_names_as_plain_names(stack):
     oci_layers(stack.dirs)
-    u = stack()
+    u = stack(whiteout_files=False)
     assert sorted(u.listdir(u.root)) == [b".wh.gone", b"d", b"gone", b"keep", b"op"]
+    node, h, _ = u.create(u.root, b".wh.new", 0o644, os.O_WRONLY, ROOT)  # an ordinary name here
+    u.release(h)
+    assert os.path.isfile(os.path.join(stack.dirs["upper"], ".wh.new"))
 
 
 def test_wh_files_are_written_where_mknod_is_refused(stack, monkeypatch):

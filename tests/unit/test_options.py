@@ -18,7 +18,23 @@ def test_several_o_and_mount_helper_form():
     assert opts.lowers == ["/l"] and "noatime" in opts.fuse_options
 
 
+def test_what_podman_passes():
+    # A container mount: an empty option and volatile (podman run --rm); a layer mount: lowers only.
+    opts = parse_argv(["-o", "lowerdir=/s/l/A:/s/l/B,upperdir=/s/c/diff,workdir=/s/c/work,,volatile", "/m"])
+    assert opts.lowers == ["/s/l/A", "/s/l/B"] and opts.upper == "/s/c/diff" and opts.volatile
+    opts = parse_argv(["-o", "lowerdir=/s/L/diff:/s/L/empty,", "/m"])
+    assert opts.upper is None and not opts.volatile
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("lowerdir=/a", True), ("lowerdir=/a,whiteout_files", True), ("lowerdir=/a,whiteout_files=on", True),
+    ("lowerdir=/a,whiteout_files=off", False), ("lowerdir=/a,nowhiteout_files", False)])
+def test_wh_markers_are_read_unless_turned_off(text, expected):
+    assert build(parse_o([text])).whiteout_files is expected
+
+
 @pytest.mark.parametrize("text,message", [
+    ("lowerdir=/a,whiteout_files=maybe", "whiteout_files needs on or off"),
     ("upperdir=/u,workdir=/w", "no lowerdir"),
     ("lowerdir=/a::/b", "empty component"),
     ("lowerdir=/a:", "empty component"),
