@@ -13,6 +13,10 @@ log() { printf 'setup: %s\n' "$*" >&2; }
 
 # --- Debian packages -------------------------------------------------------
 want=(fuse3 libfuse3-dev pkg-config attr fuse-overlayfs umoci)
+# The container-engine tests (tests/container) and benchmarks drive the real clients: podman and
+# buildah with runc (crun refuses these machines' cgroup v1 hybrid mode), newuidmap/newgidmap for
+# rootless podman, and the kernel's NFS server for a shared read-only image store.
+want+=(podman buildah runc uidmap nfs-kernel-server)
 # pyfuse3 is built from source: it needs a C compiler and the Python headers,
 # and a Debian system Python needs python3-venv for `-m venv`.
 if ! command -v gcc >/dev/null 2>&1; then want+=(gcc); fi
