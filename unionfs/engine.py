@@ -1050,6 +1050,12 @@ class Union:
         node.lookups += 1
         return node, self.getattr(node)
 
+    def check_link(self, new_name: bytes) -> None:
+        """The name errors `link` gives before its copy-up, for a caller that copies up first (the
+        FUSE adapter): a `.wh.` name is refused without copying anything (EEXIST and the like come
+        after the copy-up, as on the kernel)."""
+        self._check_new_name(new_name)
+
     def link(self, node: Node, new_parent: Node, new_name: bytes):
         if node.is_dir:
             raise OSError(errno.EPERM, os.strerror(errno.EPERM))

@@ -304,6 +304,7 @@ class UnionOperations(pyfuse3.Operations):
     async def link(self, inode, new_parent_inode, new_name, ctx):
         node = self._node(inode)
         await self._settled(node)
+        self.union.check_link(new_name)
         await self._copy_up(node)
         linked, st = self.union.link(node, self._node(new_parent_inode), new_name)
         return self._entry(linked, st)

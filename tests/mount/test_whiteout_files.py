@@ -45,3 +45,22 @@ def test_kernel_exact_mode_shows_markers_as_plain_files(L):
         assert sorted(os.listdir(L.mnt / "op")) == [".wh..wh..opq", "hidden", "shown"]
         (L.mnt / ".wh.new").write_bytes(b"plain\n")   # an ordinary name, as on the kernel
     assert (L.upper / ".wh.new").read_bytes() == b"plain\n"
+
+
+def test_wh_names_cannot_be_made_by_default(L):
+    """As fuse-overlayfs: every way of making a `.wh.` name answers EINVAL and writes nothing."""
+    with mount_pyunionfs(L.mnt, L.lowers, L.upper, L.work):
+        makers = {
+            "create": lambda p: os.close(os.open(p, os.O_CREAT | os.O_WRONLY, 0o644)),
+            "mkdir": lambda p: os.mkdir(p),
+            "symlink": lambda p: os.symlink("keep", p),
+            "mkfifo": lambda p: os.mkfifo(p),
+            "link": lambda p: os.link(L.mnt / "keep", p),
+            "rename": lambda p: os.rename(L.mnt / "keep", p),
+        }
+        for what, make in makers.items():
+            with pytest.raises(OSError) as exc:
+                make(str(L.mnt / ".wh.made"))
+            assert exc.value.errno == errno.EINVAL, what
+        assert sorted(os.listdir(L.mnt)) == ["d", "keep", "op"]
+    assert os.listdir(L.upper) == []
