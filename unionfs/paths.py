@@ -66,19 +66,22 @@ class UnionFS:
     """A union of `lowers` (topmost first) and an optional `upper`/`work`, used through path strings.
 
     Arguments are those of `unionfs.Union` (`userxattr=True` writes `user.overlay.opaque` markers; they
-    are `user.overlay.*` anyway when not root; `redirect_dir="on"` lets lower directories be renamed),
+    are `user.overlay.*` anyway when not root; `redirect_dir="on"` lets lower directories be renamed;
+    `whiteout_files=False` is the kernel-exact mode where `.wh.` names are ordinary, as `-o
+    whiteout_files=off`),
     plus `caller` (a `unionfs.Caller`: owner of new entries)
     and `umask`. `fs.union` is the underlying `Union` for node-level calls. Close with `close()` or use
     as a context manager; open files keep working until closed.
     """
 
     def __init__(self, lowers, upper=None, work=None, *, userxattr: bool = False,
-                 redirect_dir: str = "off", caller: Optional[Caller] = None, umask: Optional[int] = None):
+                 redirect_dir: str = "off", whiteout_files: bool = True, caller: Optional[Caller] = None,
+                 umask: Optional[int] = None):
         if isinstance(lowers, (str, bytes, os.PathLike)):
             lowers = [lowers]
         fspath = lambda p: os.fsdecode(os.fspath(p)) if p is not None else None  # noqa: E731
         self.union = Union([fspath(p) for p in lowers], fspath(upper), fspath(work), userxattr=userxattr,
-                           redirect_dir=redirect_dir)
+                           redirect_dir=redirect_dir, whiteout_files=whiteout_files)
         self.caller = caller if caller is not None else Caller(os.geteuid(), os.getegid())
         self.umask = _process_umask() if umask is None else umask
 
