@@ -963,6 +963,407 @@ def run_in_child(fn, timeout, result_file):
 
 
 # ---------------------------------------------------------------------------------------------------------
+# Container workloads: podman on a private containers-storage per contender (the mount program is what is
+# compared: pyunionfs, fuse-overlayfs, or none = the kernel's overlay, as containers-storage uses as root).
+# The configuration follows tests/container/engines.py: runc, no default ulimits, no network, file locks,
+# cgroupfs, every path under the engine's own directory; images only from `podman import` (no registry).
+# ---------------------------------------------------------------------------------------------------------
+
+CTR_FORMAT = 1             # bump whenever the base root filesystem below changes
+BASE_IMAGE = "localhost/bench/base:1"
+ENGINES = []               # live PodmanEngines, for the emergency cleanup
+
+# What a container changes in the image (podman-diff, podman-commit): files of the base layer removed,
+# replaced and appended to, a directory tree removed, new files and directories, a mode change.
+CTR_CHANGES = ("rm /bin/vi /bin/ls && echo changed > /etc/motd && echo extra:x:1000:1000::/:/bin/sh >> /etc/passwd "
+               "&& rm -rf /usr/share/doc && mkdir -p /data/sub && echo new > /data/sub/new && chmod 700 /root")
+# Read back (untimed) from a committed image: must print the same on every contender.
+CTR_VERIFY = ("for p in /bin/vi /bin/ls /usr/share/doc /data/sub/new; do [ -e $p ] && echo has $p || echo no $p; done; "
+              "cat /etc/motd; tail -1 /etc/passwd; stat -c '%a %n' /root; find / -xdev -name '.wh.*' | wc -l")
+
+# The end-to-end workload's image: three uncached steps that add, delete and replace files of the lower
+# layers (the base and the steps before), then a container that changes it again, committed.
+CTR_CONTAINERFILE = f"""\
+FROM {BASE_IMAGE}
+RUN mkdir -p /data/a /data/b && for i in $(seq 1 300); do echo $i > /data/a/f$i; done \\
+ && cp -a /bin/busybox /data/b/bb && echo one > /etc/motd && mkdir -p /data/gone/x && echo g > /data/gone/x/f
+RUN rm -f /data/a/f1* /bin/vi /bin/ls && rm -rf /usr/share/doc /data/gone && echo two > /etc/motd \\
+ && echo extra:x:1000:1000::/:/bin/sh >> /etc/passwd && ln -sf motd /etc/motd.link
+RUN mv /data/b/bb /data/b/bb2 && echo again > /data/a/f1 && mkdir -p /usr/share/doc /data/gone \\
+ && echo doc > /usr/share/doc/new && chmod 600 /etc/group && echo three >> /etc/motd
+"""
+CTR_E2E_CHANGES = "rm -rf /data/a && echo four > /etc/motd && mkdir /data/c && echo c > /data/c/f && rm /data/b/bb2"
+CTR_E2E_VERIFY = ("find /data /usr/share/doc /etc | sort; cat /etc/motd; readlink /etc/motd.link; "
+                  "stat -c '%a' /etc/group; ls /bin | wc -l; find / -xdev -name '.wh.*' | wc -l")
+
+
+def build_rootfs(root):
+    """A busybox-static root filesystem and its tarball, built once (apt-get download, no registry)."""
+    root = Path(root)
+    stamp = {"format": CTR_FORMAT}
+    tarball = root / "rootfs.tar"
+    try:
+        if json.loads((root / "stamp.json").read_text()) == stamp and tarball.exists():
+            return tarball
+    except (OSError, ValueError):
+        pass
+    if root.exists():
+        shutil.rmtree(root)
+    build = root.with_name(root.name + ".building")
+    shutil.rmtree(build, ignore_errors=True)
+    build.mkdir(parents=True)
+    deb = os.environ.get("BUSYBOX_DEB")
+    if not deb:
+        p = run_cmd(["apt-get", "download", "busybox-static"], cwd=build, check=False, timeout=300)
+        debs = sorted(build.glob("busybox-static*.deb"))
+        if not debs:
+            raise BenchError(f"apt-get download busybox-static failed: "
+                             f"{p.stderr.decode(errors='replace').strip()[-300:]} (or set BUSYBOX_DEB)")
+        deb = str(debs[0])
+    rfs = build / "rootfs"
+    run_cmd(["dpkg-deb", "-x", deb, str(rfs)], timeout=120)
+    for d in ("usr/bin", "usr/sbin", "sbin", "etc", "tmp", "root", "var/tmp", "proc", "sys", "dev"):
+        (rfs / d).mkdir(parents=True, exist_ok=True)
+    run_cmd(["chroot", str(rfs), "/bin/busybox", "--install", "-s"], timeout=120)
+    (rfs / "etc" / "passwd").write_text("root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534::/:/bin/sh\n")
+    (rfs / "etc" / "group").write_text("root:x:0:\nnogroup:x:65534:\n")
+    (rfs / "etc" / "motd").write_text("base\n")
+    os.chmod(rfs / "tmp", 0o1777)
+    run_cmd(["tar", "-C", str(rfs), "--numeric-owner", "-cf", str(build / "rootfs.tar"), "."], timeout=120)
+    shutil.rmtree(rfs)
+    for d in build.glob("*.deb"):
+        d.unlink()
+    (build / "stamp.json").write_text(json.dumps(stamp))
+    build.rename(root)
+    return root / "rootfs.tar"
+
+
+def mounts_below(base):
+    """Mount points at or below base (deepest last), from /proc/self/mountinfo, with their fs types."""
+    prefix = str(base).rstrip("/") + "/"
+    out = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            parts = line.split()
+            mp = parts[4].encode().decode("unicode_escape")
+            fstype = parts[parts.index("-") + 1]
+            if (mp + "/").startswith(prefix):
+                out.append((mp, fstype))
+    return out
+
+
+def daemons_below(base):
+    """Mount-program daemons of this engine: processes whose last argument (the mount point) is below base
+    and that have an -o option (podman started them for this run's storage; nothing else can match)."""
+    prefix = str(base).rstrip("/") + "/"
+    pids = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[:-1]
+        except OSError:
+            continue
+        if len(argv) > 2 and b"-o" in argv and os.fsdecode(argv[-1]).startswith(prefix):
+            pids.append(int(pid))
+    return pids
+
+
+class PodmanEngine:
+    """podman on a private storage under base, with mount_program (None: the kernel's overlay)."""
+
+    def __init__(self, base, contender, mount_program, timeout):
+        self.base, self.contender, self.timeout = Path(base), contender, timeout
+        self.root, self.runroot = self.base / "root", self.base / "run"
+        for d in (self.root, self.runroot / "libpod-tmp"):
+            d.mkdir(parents=True, exist_ok=True)
+        (self.base / "containers.conf").write_text("\n".join([
+            "[containers]", "default_ulimits = []", 'netns = "none"', 'log_driver = "k8s-file"',
+            "[engine]", 'runtime = "runc"', 'cgroup_manager = "cgroupfs"', 'events_logger = "file"',
+            'lock_type = "file"', f'tmp_dir = "{self.runroot}/libpod-tmp"']) + "\n")
+        (self.base / "storage.conf").write_text(
+            '[storage]\ndriver = "overlay"\n'
+            f'runroot = "{self.runroot}"\ngraphroot = "{self.root}"\n'
+            "[storage.options.overlay]\n" + (f'mount_program = "{mount_program}"\n' if mount_program else ""))
+        (self.base / "registries.conf").write_text("unqualified-search-registries = []\n")
+        self.env = dict(os.environ, CONTAINERS_CONF=str(self.base / "containers.conf"),
+                        CONTAINERS_STORAGE_CONF=str(self.base / "storage.conf"),
+                        CONTAINERS_REGISTRIES_CONF=str(self.base / "registries.conf"),
+                        XDG_RUNTIME_DIR=str(self.runroot), TMPDIR=str(self.runroot / "libpod-tmp"),
+                        BUILDAH_ISOLATION="oci")
+        for k in ("CONTAINER_HOST", "DOCKER_HOST", "CONTAINERS_REGISTRIES_CONF_DIR"):
+            self.env.pop(k, None)
+        ENGINES.append(self)
+
+    def podman(self, *args, input=None, check=True):
+        """Run podman; returns (seconds, stdout as text). A non-zero exit raises BenchError."""
+        argv = ["podman", *map(str, args)]
+        t = time.perf_counter()
+        try:
+            p = subprocess.run(argv, input=input, capture_output=True, timeout=self.timeout, env=self.env,
+                               stdin=None if input is not None else subprocess.DEVNULL, cwd=str(self.base))
+        except subprocess.TimeoutExpired:
+            raise BenchError(f"{' '.join(argv)[:200]}: timed out after {self.timeout} s")
+        dt = time.perf_counter() - t
+        if check and p.returncode != 0:
+            raise BenchError(f"{' '.join(argv)[:200]} exited {p.returncode}: "
+                             f"{p.stderr.decode(errors='replace').strip()[-600:]}")
+        return dt, p.stdout.decode(errors="replace")
+
+    def leftovers(self, grace=3.0):
+        """Mounts below the storage and live mount-program daemons once podman is done (after a grace)."""
+        deadline = time.monotonic() + grace
+        while True:
+            mnts = [m for m, t in mounts_below(self.root) if t.startswith(("fuse", "overlay"))]
+            pids = daemons_below(self.base)
+            if (not mnts and not pids) or time.monotonic() > deadline:
+                return mnts, pids
+            time.sleep(0.1)
+
+    def close(self):
+        """Remove this storage's containers and images, unmount what is below it, stop its daemons."""
+        errors = []
+        for args in (("rm", "-af", "-t", "0"), ("image", "unmount", "-af"), ("rmi", "-af")):
+            try:
+                self.podman(*args, check=False)
+            except BenchError as e:
+                errors.append(str(e))
+        for mp, fstype in reversed(mounts_below(self.base)):
+            cmd = ["fusermount3", "-u", mp] if fstype.startswith("fuse") else ["umount", mp]
+            if run_cmd(cmd, check=False, timeout=60).returncode != 0:
+                run_cmd(["umount", "-l", mp], check=False, timeout=60)
+        pids = daemons_below(self.base)
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            for pid in pids:
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline and any(pid_alive(p) for p in pids):
+                time.sleep(0.05)
+        if pids:
+            errors.append(f"{len(pids)} mount-program daemon(s) still alive at clean-up, stopped: {pids}")
+        if mounts_below(self.base):
+            errors.append(f"{self.base}: still mounted after clean-up; left in place")
+        else:
+            shutil.rmtree(self.base, ignore_errors=True)
+        if self in ENGINES:
+            ENGINES.remove(self)
+        return errors
+
+
+def summarize(ts):
+    return {"median": statistics.median(ts), "mean": statistics.mean(ts)}
+
+
+class CtrWorkload:
+    name = ""
+    desc = ""
+    modes = ("median",)
+    group = "containers"
+
+    def run(self, eng, rep, cprof):
+        """Timed podman commands on the engine: returns (modes {mode: seconds}, signature, extra)."""
+        raise NotImplementedError
+
+    def changed_container(self, eng, name):
+        eng.podman("run", "--pull=never", "--network=none", "--name", name, BASE_IMAGE, "sh", "-c", CTR_CHANGES)
+
+
+class PodmanRun(CtrWorkload):
+    name, desc = "podman-run", "podman run --rm IMG true (median and mean of N)"
+    modes = ("median", "mean")
+
+    def run(self, eng, rep, cprof):
+        ts = [eng.podman("run", "--rm", "--pull=never", "--network=none", BASE_IMAGE, "true")[0]
+              for _ in range(cprof["runs"])]
+        return summarize(ts), len(ts), {"times": ts}
+
+
+class PodmanDiff(CtrWorkload):
+    name, desc = "podman-diff", "podman diff of a stopped container that changed a few files (median of N)"
+
+    def run(self, eng, rep, cprof):
+        self.changed_container(eng, f"diff{rep}")
+        ts, outs = [], set()
+        for _ in range(cprof["diffs"]):
+            dt, out = eng.podman("diff", f"diff{rep}")
+            ts.append(dt)
+            outs.add(tuple(sorted(out.split("\n"))))
+        eng.podman("rm", f"diff{rep}")
+        if len(outs) != 1:
+            raise BenchError(f"podman diff gave {len(outs)} different answers for one container")
+        return {"median": statistics.median(ts)}, [x for x in outs.pop() if x], {"times": ts}
+
+
+class PodmanCommit(CtrWorkload):
+    name, desc = "podman-commit", "podman commit of a stopped container that changed a few files (median of N)"
+
+    # Each commit is a new container's first: the second commit of one container took about 1 s more on
+    # both FUSE mount programs (not on the kernel), which is containers-storage's, not the filesystem's.
+    def run(self, eng, rep, cprof):
+        ts, tags = [], []
+        for i in range(cprof["commits"]):
+            name, tag = f"commit{rep}-{i}", f"localhost/bench/commit{rep}-{i}"
+            self.changed_container(eng, name)
+            ts.append(eng.podman("commit", "-q", name, tag)[0])
+            tags.append(tag)
+            eng.podman("rm", name)
+        _, out = eng.podman("run", "--rm", "--pull=never", "--network=none", tags[-1], "sh", "-c", CTR_VERIFY)
+        eng.podman("rmi", *tags)
+        return {"median": statistics.median(ts)}, out.strip().split("\n"), {"times": ts}
+
+
+class PodmanBuildRunCommit(CtrWorkload):
+    name, desc = "container-e2e", "podman build (3 uncached steps), run, commit: end to end, and each phase"
+    modes = ("total", "build", "run", "commit")
+
+    def run(self, eng, rep, cprof):
+        ctx = eng.base / f"ctx{rep}"
+        ctx.mkdir()
+        (ctx / "Containerfile").write_text(CTR_CONTAINERFILE)
+        tag, final, name = f"localhost/bench/built{rep}", f"localhost/bench/final{rep}", f"e2e{rep}"
+        t_build = eng.podman("build", "--pull=never", "--network=none", "--layers=false", "-q", "-t", tag,
+                             str(ctx))[0]
+        t_run = eng.podman("run", "--pull=never", "--network=none", "--name", name, tag, "sh", "-c",
+                           CTR_E2E_CHANGES)[0]
+        t_commit = eng.podman("commit", "-q", name, final)[0]
+        _, out = eng.podman("run", "--rm", "--pull=never", "--network=none", final, "sh", "-c", CTR_E2E_VERIFY)
+        eng.podman("rm", name)
+        eng.podman("rmi", final, tag)
+        shutil.rmtree(ctx)
+        lines = out.strip().split("\n")
+        sig = [len(lines), zlib.crc32(out.encode())]
+        return ({"total": t_build + t_run + t_commit, "build": t_build, "run": t_run, "commit": t_commit},
+                sig, {"verify_tail": lines[-4:]})
+
+
+CTR_WORKLOADS = [PodmanRun(), PodmanDiff(), PodmanCommit(), PodmanBuildRunCommit()]
+CTR_CONTENDERS = ["kernel", "fuse-overlayfs", "pyunionfs"]
+
+
+def ctr_available(name, pyu, scratch):
+    for tool in ("podman", "runc"):
+        if not shutil.which(tool):
+            return False, f"{tool} not installed"
+    if name == "kernel":
+        return kernel_overlay_works(scratch)
+    if not os.path.exists("/dev/fuse"):
+        return False, "/dev/fuse missing"
+    if name == "fuse-overlayfs":
+        return (True, "") if shutil.which("fuse-overlayfs") else (False, "fuse-overlayfs not installed")
+    return (True, "") if pyu and os.access(pyu, os.X_OK) else (False, f"{pyu} not found or not executable")
+
+
+def mount_program(name, pyu):
+    return {"kernel": None, "fuse-overlayfs": shutil.which("fuse-overlayfs"), "pyunionfs": pyu}[name]
+
+
+def run_containers(workloads, names, pyu, scratch, cprof, repeat, rootfs_tar, results, extras, sigs, errors,
+                   jf, t_start):
+    """Every repetition: a fresh private storage per contender (base imported and one warm-up run, untimed),
+    then each workload on every contender in turn (the contender that starts rotates with the repetition)."""
+    total = repeat * len(workloads) * len(names)
+    done = 0
+    data = rootfs_tar.read_bytes()
+    for rep in range(repeat):
+        order = names[rep % len(names):] + names[: rep % len(names)]
+        engines = {}
+        try:
+            for c in order:
+                eng = PodmanEngine(scratch / f"podman-{c}-{rep}", c, mount_program(c, pyu), cprof["timeout"])
+                try:
+                    eng.podman("import", "-q", "-", BASE_IMAGE, input=data)
+                    eng.podman("run", "--rm", "--pull=never", "--network=none", BASE_IMAGE, "true")
+                    engines[c] = eng
+                except BenchError as e:
+                    errors.append(f"rep {rep} containers {c}: setup: {e}")
+                    errors += [f"rep {rep} containers {c}: {x}" for x in eng.close()]
+            for wl in workloads:
+                for c in order:
+                    if c not in engines:
+                        continue
+                    eng = engines[c]
+                    t_step = time.monotonic()
+                    line = f"rep {rep} {wl.name:13} {c:14}"
+                    try:
+                        modes, sig, extra = wl.run(eng, rep, cprof)
+                    except BenchError as e:
+                        errors.append(f"rep {rep} {wl.name} {c}: {e}")
+                        modes = None
+                    mnts, pids = eng.leftovers()
+                    if mnts or pids:
+                        errors.append(f"rep {rep} {wl.name} {c}: after the workload {len(mnts)} mount(s) "
+                                      f"still below the storage ({mnts[:2]}) and {len(pids)} daemon(s) alive")
+                    done += 1
+                    now = time.monotonic()
+                    head = f"[{done}/{total} {now - t_start:4.0f}s +{now - t_step:4.1f}s] {line}"
+                    if modes is None:
+                        log(head + " ERROR " + errors[-1].split(": ", 1)[1][:300])
+                        continue
+                    for mode, secs in modes.items():
+                        results.setdefault((wl.name, mode, c), []).append(secs)
+                        extras.setdefault((wl.name, mode, c), []).append(extra)
+                    sigs.setdefault((wl.name, "-"), {}).setdefault(c, []).append(sig)
+                    if jf:
+                        jf.write(json.dumps({"rep": rep, "workload": wl.name, "contender": c, "modes": modes,
+                                             "sig": sig, "extra": extra}) + "\n")
+                    log(head + " " + ", ".join(f"{m} {fmt_t(s)}" for m, s in modes.items()))
+        finally:
+            for c, eng in engines.items():
+                errors += [f"rep {rep} containers {c}: clean-up: {x}" for x in eng.close()]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Start-up: benchmarks/startup.py (exec -> live mount, exec -> first answered stat), when it exists
+# ---------------------------------------------------------------------------------------------------------
+
+class StartupWorkload:
+    name, desc, group = "startup", "exec -> live mount and exec -> first answered stat (benchmarks/startup.py)", "startup"
+    modes = ("exec->mount", "exec->stat")
+
+
+def run_startup(names, pyu, scratch, repeat, results, errors, jf):
+    """STARTUP HOOK. benchmarks/startup.py is another engineer's module (not this file's); the contract
+    expected of it: measure(contender, command, repeat, scratch) -> {"exec->mount": [seconds, ...],
+    "exec->stat": [seconds, ...]}, contender "pyunionfs" or "fuse-overlayfs", command the daemon to exec.
+    Returns None when measured, else why not (printed under the container table)."""
+    path = Path(__file__).with_name("startup.py")
+    if not path.exists():
+        log("startup: benchmarks/startup.py does not exist yet: start-up not measured (hook: run_startup)")
+        return "benchmarks/startup.py not there yet (hook: run_startup in run.py)"
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("bench_startup", path)
+    mod = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(mod)
+    except Exception as e:  # noqa: BLE001 - someone else's module: report, do not stop the run
+        errors.append(f"startup: importing {path}: {type(e).__name__}: {e}")
+        return f"importing benchmarks/startup.py failed ({type(e).__name__})"
+    fn = getattr(mod, "measure", None)
+    if fn is None:
+        return "benchmarks/startup.py has no measure(contender, command, repeat, scratch) (hook: run_startup)"
+    cmds = {"pyunionfs": pyu, "fuse-overlayfs": shutil.which("fuse-overlayfs")}
+    for c in names:
+        try:
+            res = fn(c, cmds[c], repeat, scratch)
+        except Exception as e:  # noqa: BLE001
+            errors.append(f"startup {c}: {type(e).__name__}: {e}")
+            continue
+        for e in (res.get("errors") or [])[:5]:
+            errors.append(f"startup {c}: {e}")
+        for mode in StartupWorkload.modes:
+            v = res.get(mode)
+            vals = list(v) if isinstance(v, (list, tuple)) else [v] if v is not None else []
+            if vals:
+                results.setdefault(("startup", mode, c), []).extend(vals)
+        log(f"startup {c:14} " + ", ".join(f"{m} {cell(results.get(('startup', m, c)))}"
+                                           for m in StartupWorkload.modes))
+        if jf:
+            jf.write(json.dumps({"workload": "startup", "contender": c, "result": res}, default=str) + "\n")
+    return None
+
+
+# ---------------------------------------------------------------------------------------------------------
 # Report
 # ---------------------------------------------------------------------------------------------------------
 
@@ -1006,17 +1407,18 @@ def report(results, contenders, workloads, mem, extras, errors, sigs, skipped, h
             r.append(ratio(py, results.get((wl.name, mode, "fuse-overlayfs"))))
             r.append(ratio(py, results.get((wl.name, mode, "kernel"))))
             rows.append(r)
-    widths = [max(len(str(x)) for x in col) for col in zip(cols, *rows)]
     lines.append("")
     lines.append("time: median (min-max) over repetitions; py/fo = pyunionfs / fuse-overlayfs, "
                  "py/kern = pyunionfs / kernel (medians; < 1 means pyunionfs is faster)")
-    lines.append("  ".join(str(x).ljust(w) for x, w in zip(cols, widths)))
-    lines.append("  ".join("-" * w for w in widths))
-    for r in rows:
-        lines.append("  ".join(str(x).ljust(w) for x, w in zip(r, widths)))
+    if rows:
+        widths = [max(len(str(x)) for x in col) for col in zip(cols, *rows)]
+        lines.append("  ".join(str(x).ljust(w) for x, w in zip(cols, widths)))
+        lines.append("  ".join("-" * w for w in widths))
+        for r in rows:
+            lines.append("  ".join(str(x).ljust(w) for x, w in zip(r, widths)))
 
     daemons = [c for c in contenders if c in ("fuse-overlayfs", "pyunionfs")]
-    if daemons:
+    if daemons and workloads:
         lines.append("")
         lines.append("daemon memory: peak VmHWM (MiB) over the mounts of each workload, sampled before unmount")
         mrows = []
@@ -1075,9 +1477,76 @@ def report(results, contenders, workloads, mem, extras, errors, sigs, skipped, h
     return "\n".join(lines)
 
 
+def ctr_report(results, names, workloads, startup, sigs, skipped, startup_note):
+    """The container and start-up tables (kernel, fuse-overlayfs, pyunionfs), and the issue's targets."""
+    lines = []
+    for c, why in skipped.items():
+        lines.append(f"containers: skipped {c}: {why}")
+    cols = ["workload", "stat"] + names + ["py/fo", "py/kern"]
+    rows = []
+    for wl in workloads + ([StartupWorkload()] if startup else []):
+        for mode in wl.modes:
+            py = results.get((wl.name, mode, "pyunionfs"))
+            rows.append([wl.name, mode] + [cell(results.get((wl.name, mode, c))) for c in names]
+                        + [ratio(py, results.get((wl.name, mode, "fuse-overlayfs"))),
+                           ratio(py, results.get((wl.name, mode, "kernel")))])
+    if rows:
+        widths = [max(len(str(x)) for x in col) for col in zip(cols, *rows)]
+        lines.append("")
+        lines.append("containers: podman with each mount program on a private storage; median (min-max) over "
+                     "repetitions of each repetition's statistic")
+        lines.append("  ".join(str(x).ljust(w) for x, w in zip(cols, widths)))
+        lines.append("  ".join("-" * w for w in widths))
+        for r in rows:
+            lines.append("  ".join(str(x).ljust(w) for x, w in zip(r, widths)))
+    if startup_note:
+        lines.append(f"startup: not measured: {startup_note}")
+
+    def med(wname, mode, c):
+        v = results.get((wname, mode, c))
+        return statistics.median(v) if v else None
+    targets = []
+    for wname, mode, label, limit in (("podman-run", "median", "podman run --rm", 1.25),
+                                      ("podman-diff", "median", "podman diff", 1.5),
+                                      ("podman-commit", "median", "podman commit", 1.5)):
+        py, fo = med(wname, mode, "pyunionfs"), med(wname, mode, "fuse-overlayfs")
+        if py is not None and fo is not None:
+            r = py / fo
+            targets.append(f"  {label}: py/fo {r:.2f} (target <= {limit}): {'met' if r <= limit else 'NOT met'}"
+                           f"  [pyunionfs {fmt_t(py)}, fuse-overlayfs {fmt_t(fo)}]")
+    py = med("startup", "exec->stat", "pyunionfs")
+    if py is not None:
+        targets.append(f"  exec -> first answered stat: pyunionfs {fmt_t(py)} (target <= 150ms): "
+                       f"{'met' if py <= 0.150 else 'NOT met'}")
+    if targets:
+        lines.append("")
+        lines.append("targets (issue 12):")
+        lines += targets
+    mism = []
+    for wl in workloads:
+        per = sigs.get((wl.name, "-"), {})
+        ref = per.get("kernel") or per.get("fuse-overlayfs")
+        for c, vals in per.items():
+            for v in vals:
+                if ref and v != ref[0]:
+                    mism.append(f"  {wl.name}: {c} gave {v!r}, reference gave {ref[0]!r}")
+                    break
+    if mism:
+        lines.append("")
+        lines.append("CONTAINER RESULT MISMATCHES (against the kernel's, else fuse-overlayfs's):")
+        lines += mism
+    return lines
+
+
 # ---------------------------------------------------------------------------------------------------------
 
 def cleanup_all():
+    for eng in list(ENGINES):
+        try:
+            for e in eng.close():
+                log(f"cleanup: {eng.base}: {e}")
+        except Exception as e:  # noqa: BLE001 - best effort on the way out
+            log(f"cleanup: {eng.base}: {e}")
     for mnt, m in list(LIVE.items()):
         try:
             for e in m.unmount():
@@ -1086,17 +1555,44 @@ def cleanup_all():
             log(f"cleanup: {mnt}: {e}")
 
 
+CTR_PROFILES = {"quick": dict(runs=3, diffs=3, commits=3, startup=10),
+                "full": dict(runs=10, diffs=5, commits=5, startup=20)}
+GROUPS = {"fs": lambda: [w.name for w in WORKLOADS], "containers": lambda: [w.name for w in CTR_WORKLOADS]}
+
+
+def select_workloads(only):
+    """--only: workload names and the groups fs, containers; startup. Default: everything."""
+    names = [w.name for w in WORKLOADS] + [w.name for w in CTR_WORKLOADS] + ["startup"]
+    if not only:
+        want = set(names)
+    else:
+        want = set()
+        for x in (x.strip() for x in only.split(",") if x.strip()):
+            if x in GROUPS:
+                want.update(GROUPS[x]())
+            elif x in names:
+                want.add(x)
+            else:
+                sys.exit(f"run.py: unknown workload {x!r}; known: {','.join(names)} and the groups "
+                         f"{','.join(GROUPS)}")
+    return ([w for w in WORKLOADS if w.name in want], [w for w in CTR_WORKLOADS if w.name in want],
+            "startup" in want)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="small sizes, 2 repetitions, < 3 minutes")
     ap.add_argument("--repeat", type=int, help="repetitions (default 5, quick 2)")
-    ap.add_argument("--only", help="comma-separated workloads: " + ",".join(w.name for w in WORKLOADS))
+    ap.add_argument("--only", help="comma-separated workloads: " + ",".join(w.name for w in WORKLOADS + CTR_WORKLOADS)
+                    + ",startup, or the groups fs, containers")
     ap.add_argument("--contenders", default=",".join(CONTENDERS), help="default: %(default)s")
     ap.add_argument("--json", help="write one JSON object per measurement (and a summary) to this file")
     ap.add_argument("--layers-dir", help="where layers are built and cached (default /tmp/bench-layers/PROFILE)")
     ap.add_argument("--pyunionfs", default=os.environ.get("PYUNIONFS"),
                     help="the pyunionfs command (default: $PYUNIONFS, else pyunionfs next to sys.executable)")
     ap.add_argument("--timeout", type=float, help="seconds per mount (default quick 180, full 1200)")
+    ap.add_argument("--ctr-n", type=int, help="podman runs, diffs and commits per repetition "
+                    "(default quick 3, full 10 runs and 5 diffs and commits)")
     args = ap.parse_args()
 
     if os.geteuid() != 0:
@@ -1106,16 +1602,11 @@ def main():
     prof = dict(PROFILES[pname])
     if args.timeout:
         prof["timeout"] = args.timeout
+    cprof = dict(CTR_PROFILES[pname], timeout=prof["timeout"])
+    if args.ctr_n:
+        cprof.update(runs=args.ctr_n, diffs=args.ctr_n, commits=args.ctr_n)
     repeat = args.repeat or prof["repeat"]
-    names = [w.name for w in WORKLOADS]
-    if args.only:
-        want = [x.strip() for x in args.only.split(",") if x.strip()]
-        bad = [x for x in want if x not in names]
-        if bad:
-            sys.exit(f"run.py: unknown workload(s) {bad}; known: {','.join(names)}")
-        workloads = [w for w in WORKLOADS if w.name in want]
-    else:
-        workloads = list(WORKLOADS)
+    workloads, ctr_workloads, want_startup = select_workloads(args.only)
     contenders = [x.strip() for x in args.contenders.split(",") if x.strip()]
     bad = [c for c in contenders if c not in CONTENDERS]
     if bad:
@@ -1134,18 +1625,27 @@ def main():
     jf = open(args.json, "w") if args.json else None
     t_start = time.monotonic()
     try:
-        meta = build_layers(layers, pname, prof)
+        meta = build_layers(layers, pname, prof) if workloads else None
+        rootfs_tar = build_rootfs(layers.with_name("containers")) if ctr_workloads else None
         active, skipped = [], {}
-        for c in contenders:
+        for c in contenders if workloads else []:
             ok, why = Contender(c, layers, pyu).available(scratch)
             if ok:
                 active.append(Contender(c, layers, pyu))
             else:
                 skipped[c] = why
                 log(f"skipping {c}: {why}")
-        if not active:
+        if workloads and not active:
             raise BenchError("no contender available")
         active.sort(key=lambda c: CONTENDERS.index(c.name))      # table columns in a fixed order
+        ctr_names, ctr_skipped = [], {}
+        for c in [c for c in CTR_CONTENDERS if c in contenders] if ctr_workloads else []:
+            ok, why = ctr_available(c, pyu, scratch)
+            if ok:
+                ctr_names.append(c)
+            else:
+                ctr_skipped[c] = why
+                log(f"containers: skipping {c}: {why}")
         fo_version = "-"
         if shutil.which("fuse-overlayfs"):
             fo = run_cmd(["fuse-overlayfs", "--version"], check=False).stdout.decode(errors="replace")
@@ -1156,23 +1656,30 @@ def main():
                            "--dirty"], timeout=30).stdout.decode().strip()
         except (BenchError, OSError, subprocess.TimeoutExpired):
             rev = "?"
-        header = [
-            f"profile {pname}, {repeat} repetitions, {meta['entries']} entries "
-            f"({len(meta['small_files'])} small files, {meta['tree_bytes'] / MiB:.0f} MiB), "
-            f"big file {prof['seq_size'] // MiB} MiB, copy-up file {prof['cu_size'] // MiB} MiB, "
-            f"write {prof['write_size'] // MiB} MiB, {prof['renames']} renames, "
-            f"untar {meta['untar_files']} files",
+        header = []
+        if workloads:
+            header.append(
+                f"profile {pname}, {repeat} repetitions, {meta['entries']} entries "
+                f"({len(meta['small_files'])} small files, {meta['tree_bytes'] / MiB:.0f} MiB), "
+                f"big file {prof['seq_size'] // MiB} MiB, copy-up file {prof['cu_size'] // MiB} MiB, "
+                f"write {prof['write_size'] // MiB} MiB, {prof['renames']} renames, "
+                f"untar {meta['untar_files']} files")
+        if ctr_workloads:
+            pv = run_cmd(["podman", "--version"], check=False).stdout.decode(errors="replace").strip()
+            header.append(f"containers: profile {pname}, {repeat} repetitions, each {cprof['runs']} runs, "
+                          f"{cprof['diffs']} diffs, {cprof['commits']} commits, one build+run+commit; {pv}, "
+                          f"runc, busybox-static base image, warm caches")
+        header.append(
             f"kernel {os.uname().release}, {os.cpu_count()} cpus, loadavg at start "
             f"{open('/proc/loadavg').read().split()[0]}; pyunionfs = {pyu} (repo at {rev}); "
-            f"fuse-overlayfs {fo_version}",
-        ]
-        log(header[0])
-        log(header[1])
+            f"fuse-overlayfs {fo_version}")
+        for h in header:
+            log(h)
         t_start = time.monotonic()     # the layers are built: count from here
         results, mem, extras, errors, sigs = {}, {}, {}, [], {}
         total = repeat * len(workloads) * len(active)
         done = 0
-        for rep in range(repeat):
+        for rep in range(repeat if workloads else 0):
             order = active[rep % len(active):] + active[: rep % len(active)]
             for wl in workloads:
                 for c in order:
@@ -1235,9 +1742,28 @@ def main():
                         parts.append(f"hwm {ok['mem']['VmHWM'] / MiB:.0f}MiB")
                     eta = (time.monotonic() - t_start) / done * (total - done)
                     log(line + " " + ", ".join(parts) + f"  (eta {eta:.0f}s)")
+        csigs = {}
+        if ctr_workloads and ctr_names:
+            run_containers(ctr_workloads, ctr_names, pyu, scratch, cprof, repeat, rootfs_tar, results, extras,
+                           csigs, errors, jf, time.monotonic())
+        startup_note, startup_done = None, False
+        if want_startup:
+            startup_note = run_startup([c for c in ("fuse-overlayfs", "pyunionfs") if c in contenders], pyu,
+                                       scratch, cprof["startup"], results, errors, jf)
+            startup_done = startup_note is None
         names_c = [c.name for c in active]
         header.append(f"wall time {time.monotonic() - t_start:.0f} s")
         text = report(results, names_c, workloads, mem, extras, errors, sigs, skipped, header)
+        if ctr_workloads or want_startup:
+            cnames = ctr_names or [c for c in ("fuse-overlayfs", "pyunionfs") if c in contenders]
+            extra_lines = ctr_report(results, cnames, ctr_workloads, startup_done, csigs, ctr_skipped,
+                                     startup_note)
+            marker = "\nERRORS (" if errors else None
+            if marker and marker in text:
+                i = text.index(marker)
+                text = text[:i] + "\n" + "\n".join(extra_lines) + "\n" + text[i:]
+            else:
+                text = text.rstrip("\n") + "\n" + "\n".join(extra_lines) + "\n"
         print(text, flush=True)
         if jf:
             summary = {"summary": True, "profile": pname, "repeat": repeat, "header": header,
@@ -1256,7 +1782,7 @@ def main():
         if jf:
             jf.close()
         leftover = [p for p in scratch.iterdir()] if scratch.exists() else []
-        if not any(os.path.ismount(p / "mnt") for p in leftover if p.is_dir()):
+        if not any(os.path.ismount(p / "mnt") or mounts_below(p) for p in leftover if p.is_dir()):
             shutil.rmtree(scratch, ignore_errors=True)
         else:
             log(f"left {scratch} in place: something is still mounted there")
