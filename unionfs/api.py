@@ -323,7 +323,9 @@ class UnionMount:
                     raise MountError(f"not mounted after {self.timeout:g} s; daemon killed",
                                      returncode=None, log=text, argv=argv)
                 time.sleep(delay)
-                delay = min(delay * 2, 0.05)
+                # Capped at 10 ms: the daemon takes about 200 ms to mount, and a longer sleep here would
+                # add up to its own length to every mount() (reading mountinfo costs ~0.1 ms).
+                delay = min(delay * 2, 0.01)
 
     # -------------------------------------------------------------------------- stop
 
