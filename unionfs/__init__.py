@@ -4,10 +4,10 @@
 
 The names below are imported on first use (module __getattr__, PEP 562), not with the package:
 `pyunionfs` imports this package for __version__ on every exec (a container engine execs it for every
-container), and it never needs unionfs.api (subprocess, tempfile, threading, weakref, pathlib) or
-unionfs.paths. Imported eagerly they cost 47 million of the 807 million instructions from exec to the
+container), and it never needs unionfs.embed.api (subprocess, tempfile, threading, weakref, pathlib) or
+unionfs.embed.paths. Imported eagerly they cost 47 million of the 807 million instructions from exec to the
 mount without cached bytecode (they were compiled on every start), 2 of 561 million with it (callgrind).
-The engine is imported by unionfs.daemon, which needs it, after pyfuse3.
+The engine is imported by unionfs.fuse.daemon, which needs it, after pyfuse3.
 `from unionfs import mount, Union, ...` and `unionfs.mount` work as before.
 """
 __version__ = "0.1.0"
@@ -15,8 +15,8 @@ __version__ = "0.1.0"
 # name -> the submodule defining it
 _LAZY = {
     "Union": "engine", "Caller": "engine",
-    "mount": "api", "UnionMount": "api", "MountError": "api", "DaemonDied": "api",
-    "UnionFS": "paths",
+    "mount": "embed.api", "UnionMount": "embed.api", "MountError": "embed.api", "DaemonDied": "embed.api",
+    "UnionFS": "embed.paths",
 }
 
 __all__ = ["Union", "Caller", "UnionFS", "mount", "UnionMount", "MountError", "DaemonDied", "__version__"]

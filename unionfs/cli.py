@@ -7,7 +7,7 @@ or the mountpoint are refused; 2 for a malformed command line. Every refusal is 
 
 Start-up time counts: container engines exec the mount program for every container. So this module
 imports only the option parser; pyfuse3 (and trio, most of the start-up) and the engine come with
-unionfs.daemon, imported by main() only when a mount is to be made, and the collector is off until the
+unionfs.fuse.daemon, imported by main() only when a mount is to be made, and the collector is off until the
 mount is made (see main).
 """
 import gc
@@ -159,7 +159,7 @@ def main(argv=None):
     gc_enabled = gc.isenabled()
     gc.disable()
     try:
-        from .daemon import MountError, run  # pyfuse3 is imported only when mounting
+        from .fuse.daemon import MountError, run  # pyfuse3 is imported only when mounting
         try:
             return run(opts, gc_after_mount=gc_enabled)
         except MountError as exc:

@@ -6,8 +6,8 @@ import os
 import re
 from dataclasses import dataclass, field
 
-from .idmap import IdMap, IdMapError
-from .whiteout import REDIRECT_MODES
+from .engine.idmap import IdMap, IdMapError
+from .engine.whiteout import REDIRECT_MODES
 
 MAX_LOWERS = 500  # the kernel's limit
 

@@ -411,7 +411,7 @@ RENAME_FLAGS = {"noreplace": 1, "exchange": 2}  # renameat2(2)
 
 
 def _renameat2(src, dst, flags):
-    from unionfs import _sys  # the package's ctypes shim (Python's os has no renameat2)
+    from unionfs.engine import _sys  # the package's ctypes shim (Python's os has no renameat2)
     _sys.renameat2(-100, os.fsencode(src), -100, os.fsencode(dst), flags)  # AT_FDCWD
 
 

@@ -11,7 +11,7 @@ import pytest
 
 import unionfs
 from unionfs import DaemonDied, MountError, UnionMount
-from unionfs.api import mount
+from unionfs.embed.api import mount
 from tests.util import is_mountpoint, mounts_under
 
 pytestmark = pytest.mark.timeout(60)
@@ -180,10 +180,10 @@ def test_package_exports():
 
 
 def test_unionfs_mount_stays_the_api_function():
-    """The daemon module is unionfs.daemon, so importing it (cli.py does) cannot shadow unionfs.mount."""
+    """The daemon module is unionfs.fuse.daemon, so importing it (cli.py does) cannot shadow unionfs.mount."""
     import subprocess
     import sys
-    code = ("import unionfs, unionfs.cli, unionfs.daemon, unionfs.api; "
-            "assert unionfs.mount is unionfs.api.mount, unionfs.mount")
+    code = ("import unionfs, unionfs.cli, unionfs.fuse.daemon, unionfs.embed.api; "
+            "assert unionfs.mount is unionfs.embed.api.mount, unionfs.mount")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
     assert res.returncode == 0, res.stderr

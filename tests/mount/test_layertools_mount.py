@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from unionfs.xattrs import to_visible
+from unionfs.engine.xattrs import to_visible
 
 from tests.util import (FUSE_SKIP_REASON, Dir, File, Hardlink, Symlink, diff_snapshots, mount_pyunionfs,
                         tree_snapshot)

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.timeout(90)
 INNER = r'''
 import errno, os, stat
 import pytest
-from unionfs.pytest_plugin import DIR, WHITEOUT, OPAQUE, File, Symlink
+from unionfs.embed.pytest_plugin import DIR, WHITEOUT, OPAQUE, File, Symlink
 
 def test_factory(union_mount):
     u = union_mount({"lower0": {"etc/app.conf": "default", "bin/": DIR, "gone": "x",
@@ -84,7 +84,7 @@ def pytest_sessionfinish(session):
 
 def test_entry_point_registered():
     eps = [e for e in entry_points(group="pytest11") if e.name == "unionfs"]
-    assert eps and eps[0].value == "unionfs.pytest_plugin"
+    assert eps and eps[0].value == "unionfs.embed.pytest_plugin"
 
 
 def test_plugin_in_fresh_pytest(pytester, tmp_path, monkeypatch):

@@ -6,7 +6,7 @@ import struct
 
 import pyfuse3
 
-from unionfs import bare_entries
+from unionfs.fuse import bare_entries
 
 
 def test_the_installed_pyfuse3_has_the_layout():

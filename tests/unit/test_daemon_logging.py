@@ -2,7 +2,7 @@
 import io
 import logging
 
-from unionfs import daemon
+from unionfs.fuse import daemon
 
 
 class _Opts:

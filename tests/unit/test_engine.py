@@ -422,7 +422,7 @@ def test_kernel_exact_mode_shows_wh_names_as_plain_names(stack):
 
 
 def test_wh_files_are_written_where_mknod_is_refused(stack, monkeypatch):
-    import unionfs.engine as engine
+    import unionfs.engine.union as engine
     monkeypatch.setattr(engine, "_can_make_whiteouts", lambda fd: False)
     d = stack.dirs
     write(f"{d['lower0']}/f", b"lower")
@@ -517,7 +517,7 @@ def test_absent_names_are_remembered_until_made(stack):
     assert u.child(dirnode, b"made").is_dir
     assert dirnode.absent == {b"swapped"}
     # bounded: past ABSENT_MAX names the set starts again
-    from unionfs.engine import ABSENT_MAX
+    from unionfs.engine.union import ABSENT_MAX
     for i in range(ABSENT_MAX + 5):
         with pytest.raises(FileNotFoundError):
             u.child(dirnode, b"n%d" % i)
@@ -530,7 +530,7 @@ def test_listings_are_kept_until_the_directory_changes(stack, monkeypatch):
     change through the union."""
     import time
 
-    import unionfs.engine as engine_module
+    import unionfs.engine.union as engine_module
     monkeypatch.setattr(engine_module, "LISTING_SETTLE_NS", 200_000_000)
     d = stack.dirs
     write(f"{d['lower0']}/lo/a", b"a")

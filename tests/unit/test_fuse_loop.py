@@ -9,7 +9,7 @@ import pytest
 import trio
 import trio.testing
 
-from unionfs import fuse_loop
+from unionfs.fuse import loop as fuse_loop
 
 
 def test_the_installed_pyfuse3_has_the_seams():

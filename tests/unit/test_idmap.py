@@ -1,7 +1,7 @@
 """uidmapping/gidmapping and squash options (fuse-overlayfs's semantics), without mounting."""
 import pytest
 
-from unionfs.idmap import OVERFLOW_ID, IdMap
+from unionfs.engine.idmap import OVERFLOW_ID, IdMap
 from unionfs.options import OptionError, build, parse_o
 
 

@@ -15,9 +15,9 @@ import pytest
 
 from tests.util import (DIR, WHITEOUT, Dir, Fifo, File, Hardlink, Opaque, Symlink, diff_snapshots, make_layers,
                         tree_snapshot)
-from unionfs import layertools
-from unionfs.layertools import layer_diff, main
-from unionfs.ocilayer import Progress
+from unionfs.layertools import cli as layertools
+from unionfs.layertools.cli import layer_diff, main
+from unionfs.layertools.ocilayer import Progress
 
 ROOT = os.geteuid() == 0
 needs_root = pytest.mark.skipif(not ROOT, reason="needs root (char 0/0 whiteouts, trusted.* xattrs, chown)")

@@ -7,7 +7,7 @@ import subprocess
 import pytest
 
 from tests.unit.test_engine import stack, write  # noqa: F401  (fixture)
-from unionfs import mounts
+from unionfs.engine import layermounts as mounts
 
 
 def test_parse_mountinfo_unescapes_mount_points():

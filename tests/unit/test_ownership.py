@@ -8,7 +8,7 @@ import pytest
 
 from tests.unit import test_engine
 from tests.unit.test_engine import by_path, write
-from unionfs import ownership
+from unionfs.engine import ownership
 from unionfs.engine import Caller
 
 stack = test_engine.stack

@@ -7,7 +7,7 @@ import pytest
 
 from tests.unit import test_engine
 from tests.unit.test_engine import by_path, walk, whiteout, write
-from unionfs.whiteout import valid_redirect
+from unionfs.engine.whiteout import valid_redirect
 
 REDIRECT = "trusted.overlay.redirect"
 stack = test_engine.stack  # the layer fixture: lower0..lower2, upper, work

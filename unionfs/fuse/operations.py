@@ -15,9 +15,9 @@ import stat
 import pyfuse3
 import trio
 
-from . import bare_entries, fuse_loop
-from .engine import Caller, Union
-from .idmap import IdMap
+from . import bare_entries, loop as fuse_loop
+from ..engine import Caller, Union
+from ..engine.idmap import IdMap
 
 log = logging.getLogger("unionfs")
 

@@ -15,7 +15,8 @@ import stat
 import sys
 from typing import List, Optional, Tuple
 
-from . import __version__, layerfs
+from .. import __version__
+from . import layerfs
 from .layerfs import join
 from .ocilayer import LayerError, Progress, export_layer, import_layer, open_output
 

@@ -17,9 +17,9 @@ import sys
 import pyfuse3
 import trio
 
-from . import fuse_loop
-from .engine import LayerInUse, Union
-from .fuse_ops import UnionOperations
+from . import loop as fuse_loop
+from ..engine import LayerInUse, Union
+from .operations import UnionOperations
 
 log = logging.getLogger("unionfs")
 

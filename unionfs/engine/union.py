@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from . import _sys, copyup, index as indexing, ownership, xattrs
 from .layers import O_PATH_DIR, Layer, join, lstat_at, open_at
-from .mounts import MountTable
+from .layermounts import MountTable
 from .nodes import Node, NodeTable
 from .whiteout import (REDIRECT, REDIRECT_MAX, REDIRECT_MODES, TRUSTED_PREFIX, USER_PREFIX, is_whiteout,
                        make_whiteout, proc_path, read_dir_markers, set_opaque)

@@ -1,6 +1,6 @@
 """Embedding pyunionfs in Python programs: mount a union for the length of a ``with`` block.
 
-    from unionfs.api import mount, UnionMount, MountError
+    from unionfs.embed.api import mount, UnionMount, MountError
 
     with mount(["lower1", "lower2"], "upper", "work", mountpoint="mnt") as m:
         print(open(m.mountpoint / "f1").read())
@@ -29,7 +29,7 @@ line, ``None``: it did not mount within ``timeout`` seconds and was killed); ``l
 daemon wrote. ``DaemonDied`` (a ``MountError``) is raised when a ``with`` block ends normally but the
 daemon had exited (or was killed) before the block ended: what the block wrote may be lost.
 
-`unionfs.mount` is this function (the daemon itself lives in `unionfs.daemon`).
+`unionfs.mount` is this function (the daemon itself lives in `unionfs.fuse.daemon`).
 
 Started as root the daemon mounts with ``allow_other,default_permissions``; started by an ordinary user
 it mounts through the setuid ``fusermount3``, which needs a usable ``/dev/fuse``.
@@ -259,7 +259,7 @@ class UnionMount:
     def _daemon_env(self) -> dict:
         env = dict(os.environ if self.env is None else self.env)
         # Make this very copy of the package importable by `python -m unionfs`.
-        pkg_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        pkg_parent = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         parts = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
         if pkg_parent not in parts:
             env["PYTHONPATH"] = os.pathsep.join([pkg_parent] + parts)

@@ -45,8 +45,8 @@ from typing import BinaryIO, Dict, List, Optional, Tuple
 
 from . import layerfs
 from .layerfs import WH_OPAQUE, WH_PREFIX, WH_META_PREFIX, join
-from .whiteout import OPAQUE, TRUSTED_PREFIX, USER_PREFIX
-from .xattrs import to_stored, to_visible
+from ..engine.whiteout import OPAQUE, TRUSTED_PREFIX, USER_PREFIX
+from ..engine.xattrs import to_stored, to_visible
 
 XATTR_PAX = "SCHILY.xattr."
 CHUNK = 1 << 20

@@ -17,7 +17,7 @@ import os
 import stat
 from typing import Dict, List, Optional
 
-from .whiteout import FUSEOVERLAYFS_PREFIX, OPAQUE, TRUSTED_PREFIX, USER_PREFIX, is_whiteout
+from ..engine.whiteout import FUSEOVERLAYFS_PREFIX, OPAQUE, TRUSTED_PREFIX, USER_PREFIX, is_whiteout
 
 WH_PREFIX = b".wh."
 WH_META_PREFIX = b".wh..wh."      # AUFS/OCI metadata names (.wh..wh..opq, .wh..wh.plnk, ...)

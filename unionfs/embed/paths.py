@@ -38,7 +38,7 @@ import os
 import stat as _stat
 from typing import Optional, Union as _U
 
-from .engine import Caller, Union
+from ..engine import Caller, Union
 
 __all__ = ["UnionFS"]
 

@@ -1,0 +1,3 @@
+"""Using unionfs from Python: mount a union from a program (`api`), the pytest plugin, and the
+FUSE-free path API (`paths.UnionFS`).
+"""

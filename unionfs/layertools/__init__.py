@@ -1,0 +1,1 @@
+"""`pyunionfs-layer`: reading, diffing, exporting and importing layer directories (no mount needed)."""
