@@ -6,6 +6,7 @@
 
 Needs root (mounts, drop_caches). See benchmarks/README.md for what it measures and how to read it.
 """
+
 import argparse
 import json
 import os
@@ -24,28 +25,72 @@ import traceback
 import zlib
 from pathlib import Path
 
-LAYER_VERSION = 5          # bump whenever the layer layout below changes
+LAYER_VERSION = 5  # bump whenever the layer layout below changes
 MiB = 1 << 20
-SMALL_FILE_CAP = 2 * MiB   # stdlib files larger than this (libpython.a, pip wheel) stay out of the tree
+SMALL_FILE_CAP = 2 * MiB  # stdlib files larger than this (libpython.a, pip wheel) stay out of the tree
 CONTENDERS = ["plain", "kernel", "fuse-overlayfs", "pyunionfs"]
 
 PROFILES = {
     "quick": dict(
-        repeat=2, with_test=False, slim=True, vendor=0, seq_size=128 * MiB, cu_size=64 * MiB,
-        write_size=128 * MiB, renames=300, untar_files=500, import_cap=150, timeout=180,
+        repeat=2,
+        with_test=False,
+        slim=True,
+        vendor=0,
+        seq_size=128 * MiB,
+        cu_size=64 * MiB,
+        write_size=128 * MiB,
+        renames=300,
+        untar_files=500,
+        import_cap=150,
+        timeout=180,
         rm_pkgs=["email", "json", "http", "logging", "urllib"],
     ),
     "full": dict(
-        repeat=5, with_test=True, slim=False, vendor=2, seq_size=1024 * MiB, cu_size=256 * MiB, write_size=1024 * MiB,
-        renames=2000, untar_files=5000, import_cap=None, timeout=1200,
-        rm_pkgs=["email", "json", "asyncio", "xml", "unittest", "concurrent", "http", "logging", "urllib",
-                 "xmlrpc", "multiprocessing", "importlib"],
+        repeat=5,
+        with_test=True,
+        slim=False,
+        vendor=2,
+        seq_size=1024 * MiB,
+        cu_size=256 * MiB,
+        write_size=1024 * MiB,
+        renames=2000,
+        untar_files=5000,
+        import_cap=None,
+        timeout=1200,
+        rm_pkgs=[
+            "email",
+            "json",
+            "asyncio",
+            "xml",
+            "unittest",
+            "concurrent",
+            "http",
+            "logging",
+            "urllib",
+            "xmlrpc",
+            "multiprocessing",
+            "importlib",
+        ],
     ),
 }
 
 # Modules never imported by the import workload: side effects at import, GUIs, tests, entry points.
-IMPORT_EXCLUDE = {"test", "tests", "idlelib", "tkinter", "turtledemo", "turtle", "__main__", "antigravity",
-                  "this", "__hello__", "__phello__", "site-packages", "lib-dynload", "__pycache__"}
+IMPORT_EXCLUDE = {
+    "test",
+    "tests",
+    "idlelib",
+    "tkinter",
+    "turtledemo",
+    "turtle",
+    "__main__",
+    "antigravity",
+    "this",
+    "__hello__",
+    "__phello__",
+    "site-packages",
+    "lib-dynload",
+    "__pycache__",
+}
 
 # Run inside the mount by `python -I -S -B -W ignore -c IMPORT_SCRIPT ROOT OUTFILE MOD...`. It imports nothing
 # before replacing sys.path, so every module it lists comes from ROOT (checked with __file__).
@@ -115,6 +160,7 @@ def stable_hash(s):
 # Layers: built once per profile, reused while the stamp matches
 # ---------------------------------------------------------------------------------------------------------
 
+
 def stdlib_dir():
     return Path(sysconfig.get_paths()["stdlib"])
 
@@ -122,6 +168,7 @@ def stdlib_dir():
 def copy_stdlib(src, dst, with_test, slim=False):
     """Copy the stdlib minus site-packages and files over SMALL_FILE_CAP; without test/ unless with_test;
     slim (quick mode) also leaves out idlelib, tkinter, lib2to3, distutils and the .opt-N.pyc files."""
+
     def ignore(d, names):
         out = set()
         top = Path(d) == src
@@ -134,6 +181,7 @@ def copy_stdlib(src, dst, with_test, slim=False):
             elif os.path.isfile(p) and not os.path.islink(p) and os.path.getsize(p) > SMALL_FILE_CAP:
                 out.add(n)
         return out
+
     shutil.copytree(src, dst, symlinks=True, ignore=ignore, copy_function=shutil.copy2)
 
 
@@ -163,6 +211,7 @@ def is_opaque(path):
 
 def materialize(layers, dst):
     """Write the merged view of `layers` (topmost first) into dst, by the overlay rules."""
+
     def merge(srcdirs, d):
         os.mkdir(d)
         names = []
@@ -187,16 +236,17 @@ def materialize(layers, dst):
                     if is_opaque(p):
                         break
                     continue
-                if not dirs:          # a non-directory on top is the answer
+                if not dirs:  # a non-directory on top is the answer
                     out = os.path.join(d, n)
                     if stat.S_ISLNK(st.st_mode):
                         os.symlink(os.readlink(p), out)
                     else:
                         shutil.copy2(p, out)
-                break                  # a non-directory below a directory ends the merge
+                break  # a non-directory below a directory ends the merge
             if dirs:
                 merge(dirs, os.path.join(d, n))
         shutil.copystat(srcdirs[0], d)
+
     merge([str(x) for x in layers], str(dst))
 
 
@@ -209,9 +259,15 @@ def tree_listing(root):
             st = os.lstat(p)
             rel = os.path.relpath(p, root)
             fmt = stat.S_IFMT(st.st_mode)
-            out.append((rel, fmt, stat.S_IMODE(st.st_mode),
-                        st.st_size if fmt == stat.S_IFREG else 0,
-                        int(st.st_mtime) if fmt == stat.S_IFREG else 0))
+            out.append(
+                (
+                    rel,
+                    fmt,
+                    stat.S_IMODE(st.st_mode),
+                    st.st_size if fmt == stat.S_IFREG else 0,
+                    int(st.st_mtime) if fmt == stat.S_IFREG else 0,
+                )
+            )
     return sorted(out)
 
 
@@ -238,8 +294,15 @@ def candidate_modules(pyroot):
 
 def run_import_script(pyroot, mods, outfile, timeout):
     cmd = [sys.executable, "-I", "-S", "-B", "-W", "ignore", "-c", IMPORT_SCRIPT, str(pyroot), str(outfile)] + mods
-    run_cmd(cmd, timeout=timeout, check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            stdin=subprocess.DEVNULL, cwd="/")
+    run_cmd(
+        cmd,
+        timeout=timeout,
+        check=False,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+        cwd="/",
+    )
     res = {"mount": [], "elsewhere": [], "failed": []}
     try:
         with open(outfile) as f:
@@ -257,8 +320,11 @@ def kernel_overlay_works(scratch):
     shutil.rmtree(d, ignore_errors=True)
     for s in ("l", "u", "w", "m"):
         (d / s).mkdir(parents=True)
-    p = run_cmd(["mount", "-t", "overlay", "overlay", "-o",
-                 f"lowerdir={d}/l,upperdir={d}/u,workdir={d}/w", str(d / "m")], check=False, timeout=30)
+    p = run_cmd(
+        ["mount", "-t", "overlay", "overlay", "-o", f"lowerdir={d}/l,upperdir={d}/u,workdir={d}/w", str(d / "m")],
+        check=False,
+        timeout=30,
+    )
     if p.returncode == 0:
         run_cmd(["umount", str(d / "m")], check=False, timeout=30)
         shutil.rmtree(d, ignore_errors=True)
@@ -270,8 +336,13 @@ def kernel_overlay_works(scratch):
 def build_layers(root, profile_name, prof):
     """Build (or reuse) the layers for a profile under root. Returns the meta dict."""
     root = Path(root)
-    stamp = {"version": LAYER_VERSION, "profile": profile_name, "stdlib": str(stdlib_dir()),
-             "python": sys.version, "params": {k: v for k, v in prof.items() if k not in ("repeat", "timeout")}}
+    stamp = {
+        "version": LAYER_VERSION,
+        "profile": profile_name,
+        "stdlib": str(stdlib_dir()),
+        "python": sys.version,
+        "params": {k: v for k, v in prof.items() if k not in ("repeat", "timeout")},
+    }
     stamp_file = root / "stamp.json"
     if stamp_file.exists():
         try:
@@ -304,8 +375,12 @@ def build_layers(root, profile_name, prof):
         copy_stdlib(src, l2 / "vendor" / "v1", False)
     for k in (0, 1):
         for pkg in prof["rm_pkgs"]:
-            shutil.copytree(src / pkg, l2 / f"rm{k}" / pkg, copy_function=shutil.copy2,
-                            ignore=shutil.ignore_patterns("*.opt-*.pyc") if prof["slim"] else None)
+            shutil.copytree(
+                src / pkg,
+                l2 / f"rm{k}" / pkg,
+                copy_function=shutil.copy2,
+                ignore=shutil.ignore_patterns("*.opt-*.pyc") if prof["slim"] else None,
+            )
         rd = l2 / f"ren{k}"
         rd.mkdir()
         for i in range(prof["renames"]):
@@ -337,7 +412,7 @@ def build_layers(root, profile_name, prof):
                 os.mknod(l1 / rel, stat.S_IFCHR | 0o000, os.makedev(0, 0))
                 whiteouts += 1
     if prof["vendor"] >= 2:
-        copy_stdlib(src, l1 / "vendor" / "v2", False)      # lower1-only subtree
+        copy_stdlib(src, l1 / "vendor" / "v2", False)  # lower1-only subtree
     # whiteout of a whole lower2 directory
     os.mknod(l1 / "py" / "turtledemo", stat.S_IFCHR | 0o000, os.makedev(0, 0))
     # opaque directory: a full identical copy in lower1 hides an extra file in lower2
@@ -345,7 +420,7 @@ def build_layers(root, profile_name, prof):
     (l2 / "py" / "xmlrpc" / "hidden_by_opaque.py").write_text("raise ImportError('opaque dir leaked')\n")
     os.setxattr(l1 / "py" / "xmlrpc", "trusted.overlay.opaque", b"y")
     # lower1 directories carry lower2's metadata
-    for dp, dns, fns in os.walk(l1, topdown=False):
+    for dp, _dns, _fns in os.walk(l1, topdown=False):
         rel = os.path.relpath(dp, l1)
         if (l2 / rel).is_dir():
             shutil.copystat(l2 / rel, dp)
@@ -411,16 +486,25 @@ def build_layers(root, profile_name, prof):
     res = run_import_script(plain / "py", cands, build / "probe.txt", timeout=600)
     mods = [m[0] for m in res["mount"]]
     (build / "probe.txt").unlink()
-    meta = {"entries": entries, "small_files": small, "modules": mods, "untar_files": len(files),
-            "tree_bytes": sum(os.path.getsize(plain / f) for f in small),
-            "overrides": overrides, "whiteouts": whiteouts + 1, "opaque_dirs": 1}
+    meta = {
+        "entries": entries,
+        "small_files": small,
+        "modules": mods,
+        "untar_files": len(files),
+        "tree_bytes": sum(os.path.getsize(plain / f) for f in small),
+        "overrides": overrides,
+        "whiteouts": whiteouts + 1,
+        "opaque_dirs": 1,
+    }
     (build / "meta.json").write_text(json.dumps(meta))
     (build / "stamp.json").write_text(json.dumps(stamp))
     os.sync()
     build.rename(root)
-    log(f"layers: built in {time.monotonic() - t0:.0f} s: {entries} entries, {len(small)} small files "
+    log(
+        f"layers: built in {time.monotonic() - t0:.0f} s: {entries} entries, {len(small)} small files "
         f"({meta['tree_bytes'] / MiB:.0f} MiB), {overrides} overrides and {whiteouts + 1} whiteouts in lower1, "
-        f"{len(mods)} importable modules")
+        f"{len(mods)} importable modules"
+    )
     return meta
 
 
@@ -428,7 +512,7 @@ def build_layers(root, profile_name, prof):
 # Contenders: each mount is fresh (empty upper and work), unmounted in finally
 # ---------------------------------------------------------------------------------------------------------
 
-LIVE = {}   # mountpoint -> Mount, for the emergency cleanup
+LIVE = {}  # mountpoint -> Mount, for the emergency cleanup
 
 
 class Mount:
@@ -444,7 +528,7 @@ class Mount:
         mnt = str(self.root)
         if self.is_mount:
             cmd = ["fusermount3", "-u", mnt] if self.fuse else ["umount", mnt]
-            for attempt in range(5):
+            for _attempt in range(5):
                 p = run_cmd(cmd, check=False, timeout=60)
                 if p.returncode == 0 or not os.path.ismount(mnt):
                     break
@@ -473,7 +557,6 @@ class Mount:
             errors.append(f"{mnt} is still mounted; left {self.slot} in place")
         return errors
 
-
     def daemon_log_errors(self, rc):
         """Errors from the daemon's exit status and its log (pyunionfs logs ERROR lines with tracebacks)."""
         try:
@@ -488,8 +571,10 @@ class Mount:
         dst = keep / f"{os.getpid()}-{self.slot.name}.log"
         dst.write_text(text)
         tail = " | ".join(text.strip().splitlines()[-6:])
-        return [f"{self.contender} daemon exit status {rc}, {len(bad)} ERROR/Traceback lines; "
-                f"log kept in {dst}; last lines: {tail[-600:]}"]
+        return [
+            f"{self.contender} daemon exit status {rc}, {len(bad)} ERROR/Traceback lines; "
+            f"log kept in {dst}; last lines: {tail[-600:]}"
+        ]
 
 
 def pid_alive(pid):
@@ -531,9 +616,9 @@ class Contender:
         if self.name == "plain":
             if not workload.mutating:
                 return Mount(self.name, slot, self.layers / "plain", is_mount=False)
-            farm = slot / "farm"     # hard-link farm of the plain tree: renames and removals stay private
+            farm = slot / "farm"  # hard-link farm of the plain tree: renames and removals stay private
             run_cmd(["cp", "-al", str(self.layers / "plain"), str(farm)], timeout=600)
-            for rel in workload.plain_private:   # files whose data or mode the workload changes: real copies
+            for rel in workload.plain_private:  # files whose data or mode the workload changes: real copies
                 p = farm / rel
                 tmp = p.with_name(p.name + ".tmp")
                 shutil.copy2(p, tmp)
@@ -553,8 +638,13 @@ class Contender:
         cmd = [self.pyunionfs_cmd] if self.name == "pyunionfs" else ["fuse-overlayfs"]
         log_path = slot / "daemon.log"
         with open(log_path, "wb") as logf:
-            proc = subprocess.Popen(cmd + ["-f", "-o", opts, str(mnt)], stdin=subprocess.DEVNULL,
-                                    stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
+            proc = subprocess.Popen(
+                cmd + ["-f", "-o", opts, str(mnt)],
+                stdin=subprocess.DEVNULL,
+                stdout=logf,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         deadline = time.monotonic() + 30
         while not os.path.ismount(str(mnt)) and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.01)
@@ -575,6 +665,7 @@ class Contender:
 # right after). A mutating workload has two targets on one mount: target 0 cold, target 1 warm (warm-up:
 # an untimed pass that reads or stats what the timed pass will change).
 # ---------------------------------------------------------------------------------------------------------
+
 
 class Ctx:
     def __init__(self, root, meta, layers, prof, pid, scratch):
@@ -629,16 +720,16 @@ class Workload:
     mutating = False
     plain_private = ()
 
-    def prepare(self, ctx):                 # untimed, once per mount
+    def prepare(self, ctx):  # untimed, once per mount
         pass
 
-    def warmup(self, ctx, target):          # untimed, before the warm run of a mutating workload
+    def warmup(self, ctx, target):  # untimed, before the warm run of a mutating workload
         pass
 
-    def run(self, ctx, target):             # timed; returns a signature compared across contenders
+    def run(self, ctx, target):  # timed; returns a signature compared across contenders
         raise NotImplementedError
 
-    def check(self, ctx, target, sig):      # untimed; returns the signature (or raises)
+    def check(self, ctx, target, sig):  # untimed; returns the signature (or raises)
         return sig
 
 
@@ -661,8 +752,13 @@ class LsLR(Workload):
     name, desc = "ls-lR", "ls -lR MNT"
 
     def run(self, ctx, target):
-        p = sh(["ls", "-lR", str(ctx.root)], ctx.prof["timeout"], stdout=subprocess.PIPE,
-               stderr=subprocess.PIPE, env=dict(os.environ, LC_ALL="C"))
+        p = sh(
+            ["ls", "-lR", str(ctx.root)],
+            ctx.prof["timeout"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=dict(os.environ, LC_ALL="C"),
+        )
         return p.stdout.count(b"\n")
 
 
@@ -824,8 +920,12 @@ class Untar(Workload):
         os.stat(ctx.root / f"untar{target}")
 
     def run(self, ctx, target):
-        sh(["tar", "-xf", str(ctx.layers / "untar.tar"), "-C", str(ctx.root / f"untar{target}")],
-           ctx.prof["timeout"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        sh(
+            ["tar", "-xf", str(ctx.layers / "untar.tar"), "-C", str(ctx.root / f"untar{target}")],
+            ctx.prof["timeout"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
         return None
 
     def check(self, ctx, target, sig):
@@ -840,8 +940,12 @@ class RmRf(Workload):
         walk_lstat(ctx.root / f"rm{target}")
 
     def run(self, ctx, target):
-        sh(["rm", "-rf", str(ctx.root / f"rm{target}")], ctx.prof["timeout"], stdout=subprocess.DEVNULL,
-           stderr=subprocess.PIPE)
+        sh(
+            ["rm", "-rf", str(ctx.root / f"rm{target}")],
+            ctx.prof["timeout"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
         return None
 
     def check(self, ctx, target, sig):
@@ -885,13 +989,28 @@ class Import(Workload):
         out.unlink()
         if res["failed"] or res["elsewhere"]:
             bad = res["failed"][:3] + res["elsewhere"][:3]
-            raise BenchError(f"{len(res['failed'])} imports failed, {len(res['elsewhere'])} not from the "
-                             f"mount, of {len(mods)}: {bad}")
+            raise BenchError(
+                f"{len(res['failed'])} imports failed, {len(res['elsewhere'])} not from the "
+                f"mount, of {len(mods)}: {bad}"
+            )
         return len(res["mount"])
 
 
-WORKLOADS = [Find(), Walk(), LsLR(), ReadAll(), Parallel4(), SeqRead(), SeqWrite(), CopyUpAppend(),
-             CopyUpChmod(), Untar(), RmRf(), Rename(), Import()]
+WORKLOADS = [
+    Find(),
+    Walk(),
+    LsLR(),
+    ReadAll(),
+    Parallel4(),
+    SeqRead(),
+    SeqWrite(),
+    CopyUpAppend(),
+    CopyUpChmod(),
+    Untar(),
+    RmRf(),
+    Rename(),
+    Import(),
+]
 
 
 def mount_sequence(ctx, wl):
@@ -929,8 +1048,7 @@ def run_in_child(fn, timeout, result_file):
                 res = {"ok": fn()}
                 code = 0
             except BaseException as e:
-                res = {"error": f"{type(e).__name__}: {e}",
-                       "trace": traceback.format_exc(limit=4)}
+                res = {"error": f"{type(e).__name__}: {e}", "trace": traceback.format_exc(limit=4)}
             with open(result_file, "w") as f:
                 json.dump(res, f)
         finally:
@@ -969,17 +1087,21 @@ def run_in_child(fn, timeout, result_file):
 # cgroupfs, every path under the engine's own directory; images only from `podman import` (no registry).
 # ---------------------------------------------------------------------------------------------------------
 
-CTR_FORMAT = 1             # bump whenever the base root filesystem below changes
+CTR_FORMAT = 1  # bump whenever the base root filesystem below changes
 BASE_IMAGE = "localhost/bench/base:1"
-ENGINES = []               # live PodmanEngines, for the emergency cleanup
+ENGINES = []  # live PodmanEngines, for the emergency cleanup
 
 # What a container changes in the image (podman-diff, podman-commit): files of the base layer removed,
 # replaced and appended to, a directory tree removed, new files and directories, a mode change.
-CTR_CHANGES = ("rm /bin/vi /bin/ls && echo changed > /etc/motd && echo extra:x:1000:1000::/:/bin/sh >> /etc/passwd "
-               "&& rm -rf /usr/share/doc && mkdir -p /data/sub && echo new > /data/sub/new && chmod 700 /root")
+CTR_CHANGES = (
+    "rm /bin/vi /bin/ls && echo changed > /etc/motd && echo extra:x:1000:1000::/:/bin/sh >> /etc/passwd "
+    "&& rm -rf /usr/share/doc && mkdir -p /data/sub && echo new > /data/sub/new && chmod 700 /root"
+)
 # Read back (untimed) from a committed image: must print the same on every contender.
-CTR_VERIFY = ("for p in /bin/vi /bin/ls /usr/share/doc /data/sub/new; do [ -e $p ] && echo has $p || echo no $p; done; "
-              "cat /etc/motd; tail -1 /etc/passwd; stat -c '%a %n' /root; find / -xdev -name '.wh.*' | wc -l")
+CTR_VERIFY = (
+    "for p in /bin/vi /bin/ls /usr/share/doc /data/sub/new; do [ -e $p ] && echo has $p || echo no $p; done; "
+    "cat /etc/motd; tail -1 /etc/passwd; stat -c '%a %n' /root; find / -xdev -name '.wh.*' | wc -l"
+)
 
 # The end-to-end workload's image: three uncached steps that add, delete and replace files of the lower
 # layers (the base and the steps before), then a container that changes it again, committed.
@@ -993,8 +1115,10 @@ RUN mv /data/b/bb /data/b/bb2 && echo again > /data/a/f1 && mkdir -p /usr/share/
  && echo doc > /usr/share/doc/new && chmod 600 /etc/group && echo three >> /etc/motd
 """
 CTR_E2E_CHANGES = "rm -rf /data/a && echo four > /etc/motd && mkdir /data/c && echo c > /data/c/f && rm /data/b/bb2"
-CTR_E2E_VERIFY = ("find /data /usr/share/doc /etc | sort; cat /etc/motd; readlink /etc/motd.link; "
-                  "stat -c '%a' /etc/group; ls /bin | wc -l; find / -xdev -name '.wh.*' | wc -l")
+CTR_E2E_VERIFY = (
+    "find /data /usr/share/doc /etc | sort; cat /etc/motd; readlink /etc/motd.link; "
+    "stat -c '%a' /etc/group; ls /bin | wc -l; find / -xdev -name '.wh.*' | wc -l"
+)
 
 
 def build_rootfs(root):
@@ -1017,8 +1141,10 @@ def build_rootfs(root):
         p = run_cmd(["apt-get", "download", "busybox-static"], cwd=build, check=False, timeout=300)
         debs = sorted(build.glob("busybox-static*.deb"))
         if not debs:
-            raise BenchError(f"apt-get download busybox-static failed: "
-                             f"{p.stderr.decode(errors='replace').strip()[-300:]} (or set BUSYBOX_DEB)")
+            raise BenchError(
+                f"apt-get download busybox-static failed: "
+                f"{p.stderr.decode(errors='replace').strip()[-300:]} (or set BUSYBOX_DEB)"
+            )
         deb = str(debs[0])
     rfs = build / "rootfs"
     run_cmd(["dpkg-deb", "-x", deb, str(rfs)], timeout=120)
@@ -1075,20 +1201,38 @@ class PodmanEngine:
         self.root, self.runroot = self.base / "root", self.base / "run"
         for d in (self.root, self.runroot / "libpod-tmp"):
             d.mkdir(parents=True, exist_ok=True)
-        (self.base / "containers.conf").write_text("\n".join([
-            "[containers]", "default_ulimits = []", 'netns = "none"', 'log_driver = "k8s-file"',
-            "[engine]", 'runtime = "runc"', 'cgroup_manager = "cgroupfs"', 'events_logger = "file"',
-            'lock_type = "file"', f'tmp_dir = "{self.runroot}/libpod-tmp"']) + "\n")
+        (self.base / "containers.conf").write_text(
+            "\n".join(
+                [
+                    "[containers]",
+                    "default_ulimits = []",
+                    'netns = "none"',
+                    'log_driver = "k8s-file"',
+                    "[engine]",
+                    'runtime = "runc"',
+                    'cgroup_manager = "cgroupfs"',
+                    'events_logger = "file"',
+                    'lock_type = "file"',
+                    f'tmp_dir = "{self.runroot}/libpod-tmp"',
+                ]
+            )
+            + "\n"
+        )
         (self.base / "storage.conf").write_text(
             '[storage]\ndriver = "overlay"\n'
             f'runroot = "{self.runroot}"\ngraphroot = "{self.root}"\n'
-            "[storage.options.overlay]\n" + (f'mount_program = "{mount_program}"\n' if mount_program else ""))
+            "[storage.options.overlay]\n" + (f'mount_program = "{mount_program}"\n' if mount_program else "")
+        )
         (self.base / "registries.conf").write_text("unqualified-search-registries = []\n")
-        self.env = dict(os.environ, CONTAINERS_CONF=str(self.base / "containers.conf"),
-                        CONTAINERS_STORAGE_CONF=str(self.base / "storage.conf"),
-                        CONTAINERS_REGISTRIES_CONF=str(self.base / "registries.conf"),
-                        XDG_RUNTIME_DIR=str(self.runroot), TMPDIR=str(self.runroot / "libpod-tmp"),
-                        BUILDAH_ISOLATION="oci")
+        self.env = dict(
+            os.environ,
+            CONTAINERS_CONF=str(self.base / "containers.conf"),
+            CONTAINERS_STORAGE_CONF=str(self.base / "storage.conf"),
+            CONTAINERS_REGISTRIES_CONF=str(self.base / "registries.conf"),
+            XDG_RUNTIME_DIR=str(self.runroot),
+            TMPDIR=str(self.runroot / "libpod-tmp"),
+            BUILDAH_ISOLATION="oci",
+        )
         for k in ("CONTAINER_HOST", "DOCKER_HOST", "CONTAINERS_REGISTRIES_CONF_DIR"):
             self.env.pop(k, None)
         ENGINES.append(self)
@@ -1098,14 +1242,22 @@ class PodmanEngine:
         argv = ["podman", *map(str, args)]
         t = time.perf_counter()
         try:
-            p = subprocess.run(argv, input=input, capture_output=True, timeout=self.timeout, env=self.env,
-                               stdin=None if input is not None else subprocess.DEVNULL, cwd=str(self.base))
+            p = subprocess.run(
+                argv,
+                input=input,
+                capture_output=True,
+                timeout=self.timeout,
+                env=self.env,
+                stdin=None if input is not None else subprocess.DEVNULL,
+                cwd=str(self.base),
+            )
         except subprocess.TimeoutExpired:
             raise BenchError(f"{' '.join(argv)[:200]}: timed out after {self.timeout} s")
         dt = time.perf_counter() - t
         if check and p.returncode != 0:
-            raise BenchError(f"{' '.join(argv)[:200]} exited {p.returncode}: "
-                             f"{p.stderr.decode(errors='replace').strip()[-600:]}")
+            raise BenchError(
+                f"{' '.join(argv)[:200]} exited {p.returncode}: {p.stderr.decode(errors='replace').strip()[-600:]}"
+            )
         return dt, p.stdout.decode(errors="replace")
 
     def leftovers(self, grace=3.0):
@@ -1174,8 +1326,10 @@ class PodmanRun(CtrWorkload):
     modes = ("median", "mean")
 
     def run(self, eng, rep, cprof):
-        ts = [eng.podman("run", "--rm", "--pull=never", "--network=none", BASE_IMAGE, "true")[0]
-              for _ in range(cprof["runs"])]
+        ts = [
+            eng.podman("run", "--rm", "--pull=never", "--network=none", BASE_IMAGE, "true")[0]
+            for _ in range(cprof["runs"])
+        ]
         return summarize(ts), len(ts), {"times": ts}
 
 
@@ -1222,10 +1376,8 @@ class PodmanBuildRunCommit(CtrWorkload):
         ctx.mkdir()
         (ctx / "Containerfile").write_text(CTR_CONTAINERFILE)
         tag, final, name = f"localhost/bench/built{rep}", f"localhost/bench/final{rep}", f"e2e{rep}"
-        t_build = eng.podman("build", "--pull=never", "--network=none", "--layers=false", "-q", "-t", tag,
-                             str(ctx))[0]
-        t_run = eng.podman("run", "--pull=never", "--network=none", "--name", name, tag, "sh", "-c",
-                           CTR_E2E_CHANGES)[0]
+        t_build = eng.podman("build", "--pull=never", "--network=none", "--layers=false", "-q", "-t", tag, str(ctx))[0]
+        t_run = eng.podman("run", "--pull=never", "--network=none", "--name", name, tag, "sh", "-c", CTR_E2E_CHANGES)[0]
         t_commit = eng.podman("commit", "-q", name, final)[0]
         _, out = eng.podman("run", "--rm", "--pull=never", "--network=none", final, "sh", "-c", CTR_E2E_VERIFY)
         eng.podman("rm", name)
@@ -1233,8 +1385,11 @@ class PodmanBuildRunCommit(CtrWorkload):
         shutil.rmtree(ctx)
         lines = out.strip().split("\n")
         sig = [len(lines), zlib.crc32(out.encode())]
-        return ({"total": t_build + t_run + t_commit, "build": t_build, "run": t_run, "commit": t_commit},
-                sig, {"verify_tail": lines[-4:]})
+        return (
+            {"total": t_build + t_run + t_commit, "build": t_build, "run": t_run, "commit": t_commit},
+            sig,
+            {"verify_tail": lines[-4:]},
+        )
 
 
 CTR_WORKLOADS = [PodmanRun(), PodmanDiff(), PodmanCommit(), PodmanBuildRunCommit()]
@@ -1258,15 +1413,16 @@ def mount_program(name, pyu):
     return {"kernel": None, "fuse-overlayfs": shutil.which("fuse-overlayfs"), "pyunionfs": pyu}[name]
 
 
-def run_containers(workloads, names, pyu, scratch, cprof, repeat, rootfs_tar, results, extras, sigs, errors,
-                   jf, t_start):
+def run_containers(
+    workloads, names, pyu, scratch, cprof, repeat, rootfs_tar, results, extras, sigs, errors, jf, t_start
+):
     """Every repetition: a fresh private storage per contender (base imported and one warm-up run, untimed),
     then each workload on every contender in turn (the contender that starts rotates with the repetition)."""
     total = repeat * len(workloads) * len(names)
     done = 0
     data = rootfs_tar.read_bytes()
     for rep in range(repeat):
-        order = names[rep % len(names):] + names[: rep % len(names)]
+        order = names[rep % len(names) :] + names[: rep % len(names)]
         engines = {}
         try:
             for c in order:
@@ -1292,8 +1448,10 @@ def run_containers(workloads, names, pyu, scratch, cprof, repeat, rootfs_tar, re
                         modes = None
                     mnts, pids = eng.leftovers()
                     if mnts or pids:
-                        errors.append(f"rep {rep} {wl.name} {c}: after the workload {len(mnts)} mount(s) "
-                                      f"still below the storage ({mnts[:2]}) and {len(pids)} daemon(s) alive")
+                        errors.append(
+                            f"rep {rep} {wl.name} {c}: after the workload {len(mnts)} mount(s) "
+                            f"still below the storage ({mnts[:2]}) and {len(pids)} daemon(s) alive"
+                        )
                     done += 1
                     now = time.monotonic()
                     head = f"[{done}/{total} {now - t_start:4.0f}s +{now - t_step:4.1f}s] {line}"
@@ -1305,8 +1463,19 @@ def run_containers(workloads, names, pyu, scratch, cprof, repeat, rootfs_tar, re
                         extras.setdefault((wl.name, mode, c), []).append(extra)
                     sigs.setdefault((wl.name, "-"), {}).setdefault(c, []).append(sig)
                     if jf:
-                        jf.write(json.dumps({"rep": rep, "workload": wl.name, "contender": c, "modes": modes,
-                                             "sig": sig, "extra": extra}) + "\n")
+                        jf.write(
+                            json.dumps(
+                                {
+                                    "rep": rep,
+                                    "workload": wl.name,
+                                    "contender": c,
+                                    "modes": modes,
+                                    "sig": sig,
+                                    "extra": extra,
+                                }
+                            )
+                            + "\n"
+                        )
                     log(head + " " + ", ".join(f"{m} {fmt_t(s)}" for m, s in modes.items()))
         finally:
             for c, eng in engines.items():
@@ -1317,8 +1486,13 @@ def run_containers(workloads, names, pyu, scratch, cprof, repeat, rootfs_tar, re
 # Start-up: benchmarks/startup.py (exec -> live mount, exec -> first answered stat), when it exists
 # ---------------------------------------------------------------------------------------------------------
 
+
 class StartupWorkload:
-    name, desc, group = "startup", "exec -> live mount and exec -> first answered stat (benchmarks/startup.py)", "startup"
+    name, desc, group = (
+        "startup",
+        "exec -> live mount and exec -> first answered stat (benchmarks/startup.py)",
+        "startup",
+    )
     modes = ("exec->mount", "exec->stat")
 
 
@@ -1332,6 +1506,7 @@ def run_startup(names, pyu, scratch, repeat, results, errors, jf):
         log("startup: benchmarks/startup.py does not exist yet: start-up not measured (hook: run_startup)")
         return "benchmarks/startup.py not there yet (hook: run_startup in run.py)"
     import importlib.util
+
     spec = importlib.util.spec_from_file_location("bench_startup", path)
     mod = importlib.util.module_from_spec(spec)
     try:
@@ -1356,8 +1531,9 @@ def run_startup(names, pyu, scratch, repeat, results, errors, jf):
             vals = list(v) if isinstance(v, (list, tuple)) else [v] if v is not None else []
             if vals:
                 results.setdefault(("startup", mode, c), []).extend(vals)
-        log(f"startup {c:14} " + ", ".join(f"{m} {cell(results.get(('startup', m, c)))}"
-                                           for m in StartupWorkload.modes))
+        log(
+            f"startup {c:14} " + ", ".join(f"{m} {cell(results.get(('startup', m, c)))}" for m in StartupWorkload.modes)
+        )
         if jf:
             jf.write(json.dumps({"workload": "startup", "contender": c, "result": res}, default=str) + "\n")
     return None
@@ -1366,6 +1542,7 @@ def run_startup(names, pyu, scratch, repeat, results, errors, jf):
 # ---------------------------------------------------------------------------------------------------------
 # Report
 # ---------------------------------------------------------------------------------------------------------
+
 
 def fmt_t(s):
     if s is None:
@@ -1408,8 +1585,10 @@ def report(results, contenders, workloads, mem, extras, errors, sigs, skipped, h
             r.append(ratio(py, results.get((wl.name, mode, "kernel"))))
             rows.append(r)
     lines.append("")
-    lines.append("time: median (min-max) over repetitions; py/fo = pyunionfs / fuse-overlayfs, "
-                 "py/kern = pyunionfs / kernel (medians; < 1 means pyunionfs is faster)")
+    lines.append(
+        "time: median (min-max) over repetitions; py/fo = pyunionfs / fuse-overlayfs, "
+        "py/kern = pyunionfs / kernel (medians; < 1 means pyunionfs is faster)"
+    )
     if rows:
         widths = [max(len(str(x)) for x in col) for col in zip(cols, *rows)]
         lines.append("  ".join(str(x).ljust(w) for x, w in zip(cols, widths)))
@@ -1446,8 +1625,11 @@ def report(results, contenders, workloads, mem, extras, errors, sigs, skipped, h
             for mode in wl.modes:
                 parts = []
                 for c in contenders:
-                    v = [e.get("stall_max_ms") for e in extras.get((wl.name, mode, c), [])
-                         if e.get("stall_max_ms") is not None]
+                    v = [
+                        e.get("stall_max_ms")
+                        for e in extras.get((wl.name, mode, c), [])
+                        if e.get("stall_max_ms") is not None
+                    ]
                     if v:
                         parts.append(f"{c} {max(v):.0f}ms")
                 if parts:
@@ -1487,14 +1669,21 @@ def ctr_report(results, names, workloads, startup, sigs, skipped, startup_note):
     for wl in workloads + ([StartupWorkload()] if startup else []):
         for mode in wl.modes:
             py = results.get((wl.name, mode, "pyunionfs"))
-            rows.append([wl.name, mode] + [cell(results.get((wl.name, mode, c))) for c in names]
-                        + [ratio(py, results.get((wl.name, mode, "fuse-overlayfs"))),
-                           ratio(py, results.get((wl.name, mode, "kernel")))])
+            rows.append(
+                [wl.name, mode]
+                + [cell(results.get((wl.name, mode, c))) for c in names]
+                + [
+                    ratio(py, results.get((wl.name, mode, "fuse-overlayfs"))),
+                    ratio(py, results.get((wl.name, mode, "kernel"))),
+                ]
+            )
     if rows:
         widths = [max(len(str(x)) for x in col) for col in zip(cols, *rows)]
         lines.append("")
-        lines.append("containers: podman with each mount program on a private storage; median (min-max) over "
-                     "repetitions of each repetition's statistic")
+        lines.append(
+            "containers: podman with each mount program on a private storage; median (min-max) over "
+            "repetitions of each repetition's statistic"
+        )
         lines.append("  ".join(str(x).ljust(w) for x, w in zip(cols, widths)))
         lines.append("  ".join("-" * w for w in widths))
         for r in rows:
@@ -1505,19 +1694,26 @@ def ctr_report(results, names, workloads, startup, sigs, skipped, startup_note):
     def med(wname, mode, c):
         v = results.get((wname, mode, c))
         return statistics.median(v) if v else None
+
     targets = []
-    for wname, mode, label, limit in (("podman-run", "median", "podman run --rm", 1.25),
-                                      ("podman-diff", "median", "podman diff", 1.5),
-                                      ("podman-commit", "median", "podman commit", 1.5)):
+    for wname, mode, label, limit in (
+        ("podman-run", "median", "podman run --rm", 1.25),
+        ("podman-diff", "median", "podman diff", 1.5),
+        ("podman-commit", "median", "podman commit", 1.5),
+    ):
         py, fo = med(wname, mode, "pyunionfs"), med(wname, mode, "fuse-overlayfs")
         if py is not None and fo is not None:
             r = py / fo
-            targets.append(f"  {label}: py/fo {r:.2f} (target <= {limit}): {'met' if r <= limit else 'NOT met'}"
-                           f"  [pyunionfs {fmt_t(py)}, fuse-overlayfs {fmt_t(fo)}]")
+            targets.append(
+                f"  {label}: py/fo {r:.2f} (target <= {limit}): {'met' if r <= limit else 'NOT met'}"
+                f"  [pyunionfs {fmt_t(py)}, fuse-overlayfs {fmt_t(fo)}]"
+            )
     py = med("startup", "exec->stat", "pyunionfs")
     if py is not None:
-        targets.append(f"  exec -> first answered stat: pyunionfs {fmt_t(py)} (target <= 150ms): "
-                       f"{'met' if py <= 0.150 else 'NOT met'}")
+        targets.append(
+            f"  exec -> first answered stat: pyunionfs {fmt_t(py)} (target <= 150ms): "
+            f"{'met' if py <= 0.150 else 'NOT met'}"
+        )
     if targets:
         lines.append("")
         lines.append("targets (issue 12):")
@@ -1540,6 +1736,7 @@ def ctr_report(results, names, workloads, startup, sigs, skipped, startup_note):
 
 # ---------------------------------------------------------------------------------------------------------
 
+
 def cleanup_all():
     for eng in list(ENGINES):
         try:
@@ -1555,8 +1752,10 @@ def cleanup_all():
             log(f"cleanup: {mnt}: {e}")
 
 
-CTR_PROFILES = {"quick": dict(runs=3, diffs=3, commits=3, startup=10),
-                "full": dict(runs=10, diffs=5, commits=5, startup=20)}
+CTR_PROFILES = {
+    "quick": dict(runs=3, diffs=3, commits=3, startup=10),
+    "full": dict(runs=10, diffs=5, commits=5, startup=20),
+}
 GROUPS = {"fs": lambda: [w.name for w in WORKLOADS], "containers": lambda: [w.name for w in CTR_WORKLOADS]}
 
 
@@ -1573,31 +1772,41 @@ def select_workloads(only):
             elif x in names:
                 want.add(x)
             else:
-                sys.exit(f"run.py: unknown workload {x!r}; known: {','.join(names)} and the groups "
-                         f"{','.join(GROUPS)}")
-    return ([w for w in WORKLOADS if w.name in want], [w for w in CTR_WORKLOADS if w.name in want],
-            "startup" in want)
+                sys.exit(f"run.py: unknown workload {x!r}; known: {','.join(names)} and the groups {','.join(GROUPS)}")
+    return ([w for w in WORKLOADS if w.name in want], [w for w in CTR_WORKLOADS if w.name in want], "startup" in want)
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="small sizes, 2 repetitions, < 3 minutes")
     ap.add_argument("--repeat", type=int, help="repetitions (default 5, quick 2)")
-    ap.add_argument("--only", help="comma-separated workloads: " + ",".join(w.name for w in WORKLOADS + CTR_WORKLOADS)
-                    + ",startup, or the groups fs, containers")
+    ap.add_argument(
+        "--only",
+        help="comma-separated workloads: "
+        + ",".join(w.name for w in WORKLOADS + CTR_WORKLOADS)
+        + ",startup, or the groups fs, containers",
+    )
     ap.add_argument("--contenders", default=",".join(CONTENDERS), help="default: %(default)s")
     ap.add_argument("--json", help="write one JSON object per measurement (and a summary) to this file")
     ap.add_argument("--layers-dir", help="where layers are built and cached (default /tmp/bench-layers/PROFILE)")
-    ap.add_argument("--pyunionfs", default=os.environ.get("PYUNIONFS"),
-                    help="the pyunionfs command (default: $PYUNIONFS, else pyunionfs next to sys.executable)")
+    ap.add_argument(
+        "--pyunionfs",
+        default=os.environ.get("PYUNIONFS"),
+        help="the pyunionfs command (default: $PYUNIONFS, else pyunionfs next to sys.executable)",
+    )
     ap.add_argument("--timeout", type=float, help="seconds per mount (default quick 180, full 1200)")
-    ap.add_argument("--ctr-n", type=int, help="podman runs, diffs and commits per repetition "
-                    "(default quick 3, full 10 runs and 5 diffs and commits)")
+    ap.add_argument(
+        "--ctr-n",
+        type=int,
+        help="podman runs, diffs and commits per repetition (default quick 3, full 10 runs and 5 diffs and commits)",
+    )
     args = ap.parse_args()
 
     if os.geteuid() != 0:
-        sys.exit("run.py: needs root (it mounts overlays and writes /proc/sys/vm/drop_caches); "
-                 "run it with sudo, e.g. sudo .venv/bin/python benchmarks/run.py --quick")
+        sys.exit(
+            "run.py: needs root (it mounts overlays and writes /proc/sys/vm/drop_caches); "
+            "run it with sudo, e.g. sudo .venv/bin/python benchmarks/run.py --quick"
+        )
     pname = "quick" if args.quick else "full"
     prof = dict(PROFILES[pname])
     if args.timeout:
@@ -1615,7 +1824,8 @@ def main():
 
     def on_term(signum, frame):
         raise KeyboardInterrupt
-    signal.signal(signal.SIGINT, signal.default_int_handler)   # even when started with SIGINT ignored (&)
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started with SIGINT ignored (&)
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGHUP, on_term)
 
@@ -1637,7 +1847,7 @@ def main():
                 log(f"skipping {c}: {why}")
         if workloads and not active:
             raise BenchError("no contender available")
-        active.sort(key=lambda c: CONTENDERS.index(c.name))      # table columns in a fixed order
+        active.sort(key=lambda c: CONTENDERS.index(c.name))  # table columns in a fixed order
         ctr_names, ctr_skipped = [], {}
         for c in [c for c in CTR_CONTENDERS if c in contenders] if ctr_workloads else []:
             ok, why = ctr_available(c, pyu, scratch)
@@ -1649,11 +1859,23 @@ def main():
         fo_version = "-"
         if shutil.which("fuse-overlayfs"):
             fo = run_cmd(["fuse-overlayfs", "--version"], check=False).stdout.decode(errors="replace")
-            fo_version = next((ln.split("version", 1)[1].strip() for ln in fo.splitlines()
-                               if ln.startswith("fuse-overlayfs") and "version" in ln), "?")
+            fo_version = next(
+                (
+                    ln.split("version", 1)[1].strip()
+                    for ln in fo.splitlines()
+                    if ln.startswith("fuse-overlayfs") and "version" in ln
+                ),
+                "?",
+            )
         try:
-            rev = run_cmd(["git", "-C", str(Path(__file__).resolve().parent.parent), "describe", "--always",
-                           "--dirty"], timeout=30).stdout.decode().strip()
+            rev = (
+                run_cmd(
+                    ["git", "-C", str(Path(__file__).resolve().parent.parent), "describe", "--always", "--dirty"],
+                    timeout=30,
+                )
+                .stdout.decode()
+                .strip()
+            )
         except (BenchError, OSError, subprocess.TimeoutExpired):
             rev = "?"
         header = []
@@ -1663,24 +1885,28 @@ def main():
                 f"({len(meta['small_files'])} small files, {meta['tree_bytes'] / MiB:.0f} MiB), "
                 f"big file {prof['seq_size'] // MiB} MiB, copy-up file {prof['cu_size'] // MiB} MiB, "
                 f"write {prof['write_size'] // MiB} MiB, {prof['renames']} renames, "
-                f"untar {meta['untar_files']} files")
+                f"untar {meta['untar_files']} files"
+            )
         if ctr_workloads:
             pv = run_cmd(["podman", "--version"], check=False).stdout.decode(errors="replace").strip()
-            header.append(f"containers: profile {pname}, {repeat} repetitions, each {cprof['runs']} runs, "
-                          f"{cprof['diffs']} diffs, {cprof['commits']} commits, one build+run+commit; {pv}, "
-                          f"runc, busybox-static base image, warm caches")
+            header.append(
+                f"containers: profile {pname}, {repeat} repetitions, each {cprof['runs']} runs, "
+                f"{cprof['diffs']} diffs, {cprof['commits']} commits, one build+run+commit; {pv}, "
+                f"runc, busybox-static base image, warm caches"
+            )
         header.append(
             f"kernel {os.uname().release}, {os.cpu_count()} cpus, loadavg at start "
             f"{open('/proc/loadavg').read().split()[0]}; pyunionfs = {pyu} (repo at {rev}); "
-            f"fuse-overlayfs {fo_version}")
+            f"fuse-overlayfs {fo_version}"
+        )
         for h in header:
             log(h)
-        t_start = time.monotonic()     # the layers are built: count from here
+        t_start = time.monotonic()  # the layers are built: count from here
         results, mem, extras, errors, sigs = {}, {}, {}, [], {}
         total = repeat * len(workloads) * len(active)
         done = 0
         for rep in range(repeat if workloads else 0):
-            order = active[rep % len(active):] + active[: rep % len(active)]
+            order = active[rep % len(active) :] + active[: rep % len(active)]
             for wl in workloads:
                 for c in order:
                     slot = scratch / f"{c.name}-{rep}-{wl.name}"
@@ -1696,25 +1922,32 @@ def main():
                             res = None
                         else:
                             ctx = Ctx(m.root, meta, layers, prof, m.pid, scratch)
-                            res = run_in_child(lambda: mount_sequence(ctx, wl), prof["timeout"],
-                                               scratch / f"result-{rep}-{wl.name}-{c.name}.json")
+                            res = run_in_child(
+                                lambda: mount_sequence(ctx, wl),  # noqa: B023 (called within this iteration)
+                                prof["timeout"],
+                                scratch / f"result-{rep}-{wl.name}-{c.name}.json",
+                            )
                             t_ran = time.monotonic()
                     finally:
                         if m is not None:
                             if m.pid and not pid_alive(m.pid):
-                                errors.append(f"rep {rep} {wl.name} {c.name}: daemon {m.pid} died during "
-                                              "the workload")
+                                errors.append(f"rep {rep} {wl.name} {c.name}: daemon {m.pid} died during the workload")
                             t_unmount = time.monotonic()
                             for e in m.unmount():
                                 errors.append(f"rep {rep} {wl.name} {c.name}: {e}")
-                            phases = {"mount": t_mounted - t_step, "sequence": t_ran - t_mounted,
-                                      "unmount": time.monotonic() - t_unmount}
+                            phases = {
+                                "mount": t_mounted - t_step,
+                                "sequence": t_ran - t_mounted,
+                                "unmount": time.monotonic() - t_unmount,
+                            }
                         elif slot.exists():
                             shutil.rmtree(slot, ignore_errors=True)
                     done += 1
                     now = time.monotonic()
-                    line = (f"[{done}/{total} {now - t_start:4.0f}s +{now - t_step:4.1f}s] rep {rep} "
-                            f"{wl.name:13} {c.name:14}")
+                    line = (
+                        f"[{done}/{total} {now - t_start:4.0f}s +{now - t_step:4.1f}s] rep {rep} "
+                        f"{wl.name:13} {c.name:14}"
+                    )
                     if res is None:
                         log(line + " mount failed")
                         continue
@@ -1722,8 +1955,18 @@ def main():
                         errors.append(f"rep {rep} {wl.name} {c.name}: {res['error']}")
                         log(line + f" ERROR {res['error']}")
                         if jf:
-                            jf.write(json.dumps({"rep": rep, "workload": wl.name, "contender": c.name,
-                                                 "error": res["error"], "trace": res.get("trace")}) + "\n")
+                            jf.write(
+                                json.dumps(
+                                    {
+                                        "rep": rep,
+                                        "workload": wl.name,
+                                        "contender": c.name,
+                                        "error": res["error"],
+                                        "trace": res.get("trace"),
+                                    }
+                                )
+                                + "\n"
+                            )
                         continue
                     ok = res["ok"]
                     mem.setdefault((wl.name, c.name), []).append(ok["mem"])
@@ -1734,30 +1977,61 @@ def main():
                         sigs.setdefault((wl.name, mode), {}).setdefault(c.name, []).append(r["sig"])
                         parts.append(f"{mode} {fmt_t(r['seconds'])}")
                         if jf:
-                            jf.write(json.dumps({"rep": rep, "workload": wl.name, "mode": mode,
-                                                 "contender": c.name, "seconds": r["seconds"],
-                                                 "sig": r["sig"], "extra": r["extra"],
-                                                 "mem": ok["mem"], "phases": phases}) + "\n")
+                            jf.write(
+                                json.dumps(
+                                    {
+                                        "rep": rep,
+                                        "workload": wl.name,
+                                        "mode": mode,
+                                        "contender": c.name,
+                                        "seconds": r["seconds"],
+                                        "sig": r["sig"],
+                                        "extra": r["extra"],
+                                        "mem": ok["mem"],
+                                        "phases": phases,
+                                    }
+                                )
+                                + "\n"
+                            )
                     if ok["mem"]:
                         parts.append(f"hwm {ok['mem']['VmHWM'] / MiB:.0f}MiB")
                     eta = (time.monotonic() - t_start) / done * (total - done)
                     log(line + " " + ", ".join(parts) + f"  (eta {eta:.0f}s)")
         csigs = {}
         if ctr_workloads and ctr_names:
-            run_containers(ctr_workloads, ctr_names, pyu, scratch, cprof, repeat, rootfs_tar, results, extras,
-                           csigs, errors, jf, time.monotonic())
+            run_containers(
+                ctr_workloads,
+                ctr_names,
+                pyu,
+                scratch,
+                cprof,
+                repeat,
+                rootfs_tar,
+                results,
+                extras,
+                csigs,
+                errors,
+                jf,
+                time.monotonic(),
+            )
         startup_note, startup_done = None, False
         if want_startup:
-            startup_note = run_startup([c for c in ("fuse-overlayfs", "pyunionfs") if c in contenders], pyu,
-                                       scratch, cprof["startup"], results, errors, jf)
+            startup_note = run_startup(
+                [c for c in ("fuse-overlayfs", "pyunionfs") if c in contenders],
+                pyu,
+                scratch,
+                cprof["startup"],
+                results,
+                errors,
+                jf,
+            )
             startup_done = startup_note is None
         names_c = [c.name for c in active]
         header.append(f"wall time {time.monotonic() - t_start:.0f} s")
         text = report(results, names_c, workloads, mem, extras, errors, sigs, skipped, header)
         if ctr_workloads or want_startup:
             cnames = ctr_names or [c for c in ("fuse-overlayfs", "pyunionfs") if c in contenders]
-            extra_lines = ctr_report(results, cnames, ctr_workloads, startup_done, csigs, ctr_skipped,
-                                     startup_note)
+            extra_lines = ctr_report(results, cnames, ctr_workloads, startup_done, csigs, ctr_skipped, startup_note)
             marker = "\nERRORS (" if errors else None
             if marker and marker in text:
                 i = text.index(marker)
@@ -1766,9 +2040,14 @@ def main():
                 text = text.rstrip("\n") + "\n" + "\n".join(extra_lines) + "\n"
         print(text, flush=True)
         if jf:
-            summary = {"summary": True, "profile": pname, "repeat": repeat, "header": header,
-                       "medians": {f"{w}|{m}|{c}": statistics.median(v) for (w, m, c), v in results.items()},
-                       "errors": errors}
+            summary = {
+                "summary": True,
+                "profile": pname,
+                "repeat": repeat,
+                "header": header,
+                "medians": {f"{w}|{m}|{c}": statistics.median(v) for (w, m, c), v in results.items()},
+                "errors": errors,
+            }
             jf.write(json.dumps(summary) + "\n")
         return 1 if errors else 0
     except KeyboardInterrupt:

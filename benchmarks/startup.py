@@ -37,6 +37,7 @@ work, mnt) -> argv), measure(contender, command, repeat, scratch) for benchmarks
 compare() / format_table() for the side-by-side table this script prints. Needs root (or a user
 allowed to mount FUSE) and fusermount3.
 """
+
 import argparse
 import json
 import os
@@ -49,8 +50,8 @@ import time
 
 MODES = ("exec->mount", "exec->stat")
 FIGURES = MODES + ("cpu", "rss_kb")
-STAT_TIMEOUT = 10.0   # seconds the first stat may take before the repetition counts as failed
-EXIT_TIMEOUT = 5.0    # seconds a daemon may take to end after its unmount
+STAT_TIMEOUT = 10.0  # seconds the first stat may take before the repetition counts as failed
+EXIT_TIMEOUT = 5.0  # seconds a daemon may take to end after its unmount
 FILE_NAME = "hello"
 
 
@@ -65,6 +66,7 @@ def pyunionfs_argv(command):
 
     def build(lower, upper, work, mnt):
         return [*prefix, "-o", "lowerdir=%s,upperdir=%s,workdir=%s" % (lower, upper, work), mnt]
+
     return build
 
 
@@ -139,8 +141,7 @@ def measure_once(argv_builder, base, env=None):
         with open(errpath, "wb") as err:
             # stderr to a file, not a pipe: a daemon that kept the pipe open would hold up the read
             t0 = time.perf_counter()
-            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
-                                    env=env)
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, env=env)
             _, status, usage = os.wait4(proc.pid, 0)
             t_mount = time.perf_counter()
             proc.returncode = rc = os.waitstatus_to_exitcode(status)
@@ -153,8 +154,9 @@ def measure_once(argv_builder, base, env=None):
                         break
                     except FileNotFoundError:
                         if time.perf_counter() - t0 > STAT_TIMEOUT:
-                            raise StartupError("%s: no answer through the mount after %.0f s"
-                                               % (argv[0], STAT_TIMEOUT)) from None
+                            raise StartupError(
+                                "%s: no answer through the mount after %.0f s" % (argv[0], STAT_TIMEOUT)
+                            ) from None
                 t_stat = time.perf_counter()
         if rc != 0:
             with open(errpath, "rb") as f:
@@ -162,26 +164,38 @@ def measure_once(argv_builder, base, env=None):
             raise StartupError("%s exited %d: %s" % (argv[0], rc, msg[-1] if msg else "(no output)"))
         pids = _daemon_pids(mnt)
         rss = max((v for v in (_status_kb(p, "VmHWM") for p in pids) if v is not None), default=None)
-        return {"exec->mount": t_mount - t0, "exec->stat": t_stat - t0, "rss_kb": rss, "stat_tries": tries,
-                "cpu": usage.ru_utime + usage.ru_stime}
+        return {
+            "exec->mount": t_mount - t0,
+            "exec->stat": t_stat - t0,
+            "rss_kb": rss,
+            "stat_tries": tries,
+            "cpu": usage.ru_utime + usage.ru_stime,
+        }
     finally:
         if _is_mounted(mnt):
             if not pids:
                 pids = _daemon_pids(mnt)
-            subprocess.run(["fusermount3", "-u", mnt], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL, check=False)
+            subprocess.run(
+                ["fusermount3", "-u", mnt],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                check=False,
+            )
         deadline = time.monotonic() + EXIT_TIMEOUT
         while pids and time.monotonic() < deadline:
-            pids = [p for p in pids if os.path.exists("/proc/%d" % p)
-                    and _status_kb(p, "VmRSS") is not None]  # a zombie has no VmRSS
+            pids = [
+                p for p in pids if os.path.exists("/proc/%d" % p) and _status_kb(p, "VmRSS") is not None
+            ]  # a zombie has no VmRSS
             if pids:
                 time.sleep(0.005)
 
 
 def measure_startup(argv_builder, repetitions=10, warmup=1, scratch=None, env=None):
     """Start the program *repetitions* times (after *warmup* uncounted starts, which fill the page cache),
-    each on fresh layers, with the environment *env* (default: this process's). -> {"exec->mount": [s...], "exec->stat": [s...], "rss_kb": [kB...],
-    "cpu": [s...], "median": {figure: value}, "errors": [str...]}."""
+    each on fresh layers, with the environment *env* (default: this process's).
+    -> {"exec->mount": [s...], "exec->stat": [s...], "rss_kb": [kB...], "cpu": [s...],
+    "median": {figure: value}, "errors": [str...]}."""
     out = {"exec->mount": [], "exec->stat": [], "cpu": [], "rss_kb": [], "errors": []}
     top = tempfile.mkdtemp(prefix="startup-", dir=scratch)
     try:
@@ -215,8 +229,12 @@ def measure(contender, command, repeat, scratch):
     command line), *command* the program. -> measure_startup()'s dict ("exec->mount", "exec->stat" lists)."""
     if not command:
         raise StartupError("%s: no program to exec" % contender)
-    return measure_startup(pyunionfs_argv(str(command)), repetitions=repeat, warmup=1,
-                           scratch=str(scratch) if scratch is not None else None)
+    return measure_startup(
+        pyunionfs_argv(str(command)),
+        repetitions=repeat,
+        warmup=1,
+        scratch=str(scratch) if scratch is not None else None,
+    )
 
 
 def measure_exec(argv, repetitions=10):
@@ -249,20 +267,32 @@ def compare(commands=None, repetitions=10, warmup=1, scratch=None, env=None):
 def format_table(results):
     def ms(v):
         return "-" if v is None else "%.1f ms" % (v * 1000)
+
     names = list(results)
     rows = [("", *names)]
     for mode in MODES + ("cpu",):
         rows.append(("%s (median)" % mode, *(ms(results[n]["median"][mode]) for n in names)))
-        rows.append(("%s (min..max)" % mode, *(
-            "%s..%s" % (ms(min(results[n][mode])), ms(max(results[n][mode]))) if results[n][mode] else "-"
-            for n in names)))
-    rows.append(("peak RSS (median VmHWM)", *(
-        "-" if results[n]["median"]["rss_kb"] is None else "%.1f MiB" % (results[n]["median"]["rss_kb"] / 1024)
-        for n in names)))
+        rows.append(
+            (
+                "%s (min..max)" % mode,
+                *(
+                    "%s..%s" % (ms(min(results[n][mode])), ms(max(results[n][mode]))) if results[n][mode] else "-"
+                    for n in names
+                ),
+            )
+        )
+    rows.append(
+        (
+            "peak RSS (median VmHWM)",
+            *(
+                "-" if results[n]["median"]["rss_kb"] is None else "%.1f MiB" % (results[n]["median"]["rss_kb"] / 1024)
+                for n in names
+            ),
+        )
+    )
     rows.append(("runs counted", *(str(len(results[n]["exec->mount"])) for n in names)))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
-             for r in rows]
+    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
     for n in names:
         for e in results[n]["errors"]:
             lines.append("error (%s): %s" % (n, e))
@@ -278,8 +308,13 @@ def main(argv=None):
     p.add_argument("--only", default=None, help="comma-separated: pyunionfs,fuse-overlayfs")
     p.add_argument("--scratch", default=None, help="where the temp dirs go (default: $TMPDIR)")
     p.add_argument("--json", default=None, help="write the raw figures here")
-    p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
-                   help="set in the programs' environment (NAME= removes it), e.g. PYTHONPYCACHEPREFIX=DIR")
+    p.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="set in the programs' environment (NAME= removes it), e.g. PYTHONPYCACHEPREFIX=DIR",
+    )
     args = p.parse_args(argv)
     commands = default_commands()
     if args.pyunionfs:

@@ -53,5 +53,7 @@ def _no_leftover_mounts(tmp_path_factory):
     for m in reversed(left):
         unmount(m.mountpoint, fuse=m.fstype.startswith("fuse"))
     if left:
-        pytest.fail("mounts left behind by tests (now unmounted): "
-                    + ", ".join(f"{m.mountpoint} ({m.fstype})" for m in left), pytrace=False)
+        pytest.fail(
+            "mounts left behind by tests (now unmounted): " + ", ".join(f"{m.mountpoint} ({m.fstype})" for m in left),
+            pytrace=False,
+        )

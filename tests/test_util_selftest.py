@@ -7,9 +7,24 @@ import stat
 
 import pytest
 
-from tests.util import (DIR, WHITEOUT, Dir, Fifo, File, Hardlink, Opaque, Symlink, _unescape_mountinfo,
-                        copy_layers, escape_layer_path, hash_tree, make_layers, mount_table, overlay_options,
-                        tree_snapshot)
+from tests.util import (
+    DIR,
+    WHITEOUT,
+    Dir,
+    Fifo,
+    File,
+    Hardlink,
+    Opaque,
+    Symlink,
+    _unescape_mountinfo,
+    copy_layers,
+    escape_layer_path,
+    hash_tree,
+    make_layers,
+    mount_table,
+    overlay_options,
+    tree_snapshot,
+)
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (chown, trusted.* xattrs, mknod)")
 
@@ -17,11 +32,19 @@ needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (chown, tr
 @needs_root
 def test_make_layers_and_copy(tmp_path):
     spec = {
-        "lower0": {"a": "A", "d": Opaque(), "d/x": b"x", "wh": WHITEOUT, "s": Symlink("a"),
-                   "p": Fifo(mode=0o600), "h": Hardlink("a"),
-                   "f": File("f", mode=0o640, uid=1000, gid=1001, xattrs={"user.k": "v"}, mtime_ns=123),
-                   "e": Dir(mode=0o700, mtime_ns=5_000_000_000), "e/inner": DIR,
-                   "u": Opaque(user=True)},
+        "lower0": {
+            "a": "A",
+            "d": Opaque(),
+            "d/x": b"x",
+            "wh": WHITEOUT,
+            "s": Symlink("a"),
+            "p": Fifo(mode=0o600),
+            "h": Hardlink("a"),
+            "f": File("f", mode=0o640, uid=1000, gid=1001, xattrs={"user.k": "v"}, mtime_ns=123),
+            "e": Dir(mode=0o700, mtime_ns=5_000_000_000),
+            "e/inner": DIR,
+            "u": Opaque(user=True),
+        },
         "lower1": {"b": "B"},
         "upper": {"c": "C"},
     }
@@ -78,8 +101,10 @@ def test_bad_layer_name(tmp_path):
 
 def test_escaping():
     assert escape_layer_path("/a:b,c") == "/a\\:b\\,c"
-    assert overlay_options(["/l1", "/l:2"], "/u", "/w", ["noatime"]) == \
-        "lowerdir=/l1:/l\\:2,upperdir=/u,workdir=/w,noatime"
+    assert (
+        overlay_options(["/l1", "/l:2"], "/u", "/w", ["noatime"])
+        == "lowerdir=/l1:/l\\:2,upperdir=/u,workdir=/w,noatime"
+    )
     assert _unescape_mountinfo("/a\\040b\\134c") == "/a b\\c"
 
 

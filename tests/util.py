@@ -62,6 +62,7 @@ FUSERMOUNT = shutil.which("fusermount3") or "fusermount3"
 # Skip reasons
 # --------------------------------------------------------------------------------------------------
 
+
 def _fuse_skip_reason() -> Optional[str]:
     if not os.path.exists("/dev/fuse"):
         return "FUSE unavailable: /dev/fuse does not exist"
@@ -103,9 +104,12 @@ def kernel_overlay_skip_reason() -> Optional[str]:
                 os.mkdir(os.path.join(tmp, d))
             m = os.path.join(tmp, "m")
             res = subprocess.run(
-                ["mount", "-t", "overlay", "overlay", "-o",
-                 f"lowerdir={tmp}/l,upperdir={tmp}/u,workdir={tmp}/w", m],
-                stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30)
+                ["mount", "-t", "overlay", "overlay", "-o", f"lowerdir={tmp}/l,upperdir={tmp}/u,workdir={tmp}/w", m],
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
             if res.returncode != 0:
                 reason = f"kernel overlayfs mount failed: {(res.stderr or res.stdout).strip()}"
             else:
@@ -119,13 +123,14 @@ def kernel_overlay_skip_reason() -> Optional[str]:
 # Mount table
 # --------------------------------------------------------------------------------------------------
 
+
 def _unescape_mountinfo(field: str) -> str:
     # /proc/self/mountinfo escapes space, tab, newline and backslash as \ooo octal.
     out, i = [], 0
     while i < len(field):
         c = field[i]
-        if c == "\\" and i + 4 <= len(field) and field[i + 1:i + 4].isdigit():
-            out.append(chr(int(field[i + 1:i + 4], 8)))
+        if c == "\\" and i + 4 <= len(field) and field[i + 1 : i + 4].isdigit():
+            out.append(chr(int(field[i + 1 : i + 4], 8)))
             i += 4
         else:
             out.append(c)
@@ -143,12 +148,14 @@ def mount_table() -> list:
         for line in f:
             fields = line.split()
             sep = fields.index("-")
-            entries.append(MountEntry(
-                mountpoint=_unescape_mountinfo(fields[4]),
-                fstype=fields[sep + 1],
-                source=_unescape_mountinfo(fields[sep + 2]),
-                options=fields[5] + "," + (fields[sep + 3] if len(fields) > sep + 3 else ""),
-            ))
+            entries.append(
+                MountEntry(
+                    mountpoint=_unescape_mountinfo(fields[4]),
+                    fstype=fields[sep + 1],
+                    source=_unescape_mountinfo(fields[sep + 2]),
+                    options=fields[5] + "," + (fields[sep + 3] if len(fields) > sep + 3 else ""),
+                )
+            )
     return entries
 
 
@@ -172,9 +179,12 @@ def mount_entry(path) -> Optional[MountEntry]:
 def mounts_under(root, fstypes: Sequence[str] = ("fuse", "overlay")) -> list:
     """Mounts at or below `root` whose type is (or starts with) one of `fstypes`."""
     r = os.path.realpath(os.fspath(root))
-    return [m for m in mount_table()
-            if (m.mountpoint == r or m.mountpoint.startswith(r.rstrip("/") + "/"))
-            and any(m.fstype == t or m.fstype.startswith(t + ".") for t in fstypes)]
+    return [
+        m
+        for m in mount_table()
+        if (m.mountpoint == r or m.mountpoint.startswith(r.rstrip("/") + "/"))
+        and any(m.fstype == t or m.fstype.startswith(t + ".") for t in fstypes)
+    ]
 
 
 def unmount(path, *, fuse: bool = True) -> None:
@@ -216,6 +226,7 @@ def overlay_options(lowers, upper=None, work=None, options: Sequence[str] = ()) 
 # pyunionfs as a subprocess
 # --------------------------------------------------------------------------------------------------
 
+
 class Daemon:
     """A running `python -m unionfs -f` process and its mount point."""
 
@@ -242,8 +253,7 @@ class Daemon:
 
 
 def _daemon_log_problems(text: str) -> list:
-    return [line for line in text.splitlines() if "Traceback" in line or " ERROR " in line
-            or line.startswith("ERROR ")]
+    return [line for line in text.splitlines() if "Traceback" in line or " ERROR " in line or line.startswith("ERROR ")]
 
 
 def _wait_mounted(mnt: str, proc: subprocess.Popen, timeout: float) -> bool:
@@ -281,9 +291,20 @@ def _add_note(exc: BaseException, note: str) -> None:
 
 
 @contextlib.contextmanager
-def mount_pyunionfs(mnt, lowers, upper=None, work=None, options: Sequence[str] = (), timeout: float = 20,
-                    *, expect_errors: bool = False, check_exit: bool = True, watchdog: float = 150,
-                    extra_args: Sequence[str] = (), env: Optional[dict] = None) -> Iterator[Daemon]:
+def mount_pyunionfs(
+    mnt,
+    lowers,
+    upper=None,
+    work=None,
+    options: Sequence[str] = (),
+    timeout: float = 20,
+    *,
+    expect_errors: bool = False,
+    check_exit: bool = True,
+    watchdog: float = 150,
+    extra_args: Sequence[str] = (),
+    env: Optional[dict] = None,
+) -> Iterator[Daemon]:
     """Mount pyunionfs (`python -m unionfs -f -o ... MNT`) for the duration of the block.
 
     Yields a `Daemon`. On exit: unmounts (fusermount3 -u, then -uz), waits for the daemon (SIGTERM,
@@ -293,28 +314,39 @@ def mount_pyunionfs(mnt, lowers, upper=None, work=None, options: Sequence[str] =
     a hung mount can't hang the test run.
     """
     mnt = _abs(mnt)
-    argv = [sys.executable, "-m", "unionfs", "-f", *extra_args,
-            "-o", overlay_options(lowers, upper, work, options), mnt]
+    argv = [
+        sys.executable,
+        "-m",
+        "unionfs",
+        "-f",
+        *extra_args,
+        "-o",
+        overlay_options(lowers, upper, work, options),
+        mnt,
+    ]
     fd, log_path = tempfile.mkstemp(prefix="pyunionfs-", suffix=".log")
     proc = None
     daemon = None
     timer = None
     try:
         with os.fdopen(fd, "wb") as logf:
-            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
-                                    env=env, start_new_session=True)
+            proc = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            )
         daemon = Daemon(proc, mnt, log_path, argv)
         if not _wait_mounted(mnt, proc, timeout):
             rc = proc.poll()
             state = f"exited with status {rc}" if rc is not None else f"not mounted after {timeout}s"
-            raise RuntimeError(f"pyunionfs failed to mount ({state}): {' '.join(argv)}\n"
-                               f"--- daemon log ---\n{daemon.log_text()}")
+            raise RuntimeError(
+                f"pyunionfs failed to mount ({state}): {' '.join(argv)}\n--- daemon log ---\n{daemon.log_text()}"
+            )
 
         def fire():
             if proc.poll() is None:
                 daemon.watchdog_fired = True
                 with contextlib.suppress(OSError):
                     proc.kill()
+
         timer = threading.Timer(watchdog, fire)
         timer.daemon = True
         timer.start()
@@ -362,6 +394,7 @@ def mount_pyunionfs(mnt, lowers, upper=None, work=None, options: Sequence[str] =
 # --------------------------------------------------------------------------------------------------
 # Kernel overlayfs
 # --------------------------------------------------------------------------------------------------
+
 
 class KernelMount:
     def __init__(self, mnt: str, argv: list):
@@ -417,28 +450,48 @@ devices (as (major, minor)); xattrs is a sorted tuple of (name, value bytes) pai
 # xattrs the kernel writes for its own bookkeeping (index=off, xino=off), which pyunionfs need not
 # reproduce; pass as `ignore_xattrs` when comparing an upper written by the kernel with ours.
 KERNEL_BOOKKEEPING_XATTRS = (
-    "trusted.overlay.origin", "trusted.overlay.impure", "trusted.overlay.uuid",
-    "trusted.overlay.nlink", "trusted.overlay.upper", "trusted.overlay.metacopy",
-    "user.overlay.origin", "user.overlay.impure", "user.overlay.uuid",
-    "user.overlay.nlink", "user.overlay.upper", "user.overlay.metacopy",
+    "trusted.overlay.origin",
+    "trusted.overlay.impure",
+    "trusted.overlay.uuid",
+    "trusted.overlay.nlink",
+    "trusted.overlay.upper",
+    "trusted.overlay.metacopy",
+    "user.overlay.origin",
+    "user.overlay.impure",
+    "user.overlay.uuid",
+    "user.overlay.nlink",
+    "user.overlay.upper",
+    "user.overlay.metacopy",
 )
 
-_TYPE_CHARS = ((stat.S_ISREG, "f"), (stat.S_ISDIR, "d"), (stat.S_ISLNK, "l"), (stat.S_ISCHR, "c"),
-               (stat.S_ISBLK, "b"), (stat.S_ISFIFO, "p"), (stat.S_ISSOCK, "s"))
+_TYPE_CHARS = (
+    (stat.S_ISREG, "f"),
+    (stat.S_ISDIR, "d"),
+    (stat.S_ISLNK, "l"),
+    (stat.S_ISCHR, "c"),
+    (stat.S_ISBLK, "b"),
+    (stat.S_ISFIFO, "p"),
+    (stat.S_ISSOCK, "s"),
+)
 
 
 @contextlib.contextmanager
-def mount_fuse_overlayfs(mnt, lowers, upper=None, work=None, options: Sequence[str] = (),
-                         timeout: float = 20) -> Iterator[str]:
+def mount_fuse_overlayfs(
+    mnt, lowers, upper=None, work=None, options: Sequence[str] = (), timeout: float = 20
+) -> Iterator[str]:
     """Mount the peer, fuse-overlayfs (`fuse-overlayfs -f -o ...`), for the block; unmounts in finally.
     Raises RuntimeError when it is not installed or does not mount."""
     exe = shutil.which("fuse-overlayfs")
     if exe is None:
         raise RuntimeError("fuse-overlayfs is not installed")
     mnt = _abs(mnt)
-    proc = subprocess.Popen([exe, "-f", "-o", overlay_options(lowers, upper, work, options), mnt],
-                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [exe, "-f", "-o", overlay_options(lowers, upper, work, options), mnt],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         if not _wait_mounted(mnt, proc, timeout):
             raise RuntimeError(f"fuse-overlayfs did not mount {mnt}: {proc.stdout.read1(4096)!r}")
@@ -511,8 +564,9 @@ def entry_of(path, *, with_xattrs: bool = True, ignore_xattrs: Sequence[str] = (
     )
 
 
-def tree_snapshot(root, *, with_xattrs: bool = True, ignore_xattrs: Sequence[str] = (),
-                  ignore: Sequence[str] = ()) -> dict:
+def tree_snapshot(
+    root, *, with_xattrs: bool = True, ignore_xattrs: Sequence[str] = (), ignore: Sequence[str] = ()
+) -> dict:
     """Map each relative path under `root` ('.' for root itself) to an `Entry`; symlinks not followed.
 
     `ignore_xattrs`: xattr names to leave out (a name ending in '.' is a prefix).
@@ -562,6 +616,7 @@ def diff_snapshots(before: dict, after: dict) -> list:
 # Layer builder
 # --------------------------------------------------------------------------------------------------
 
+
 class _Marker:
     def __init__(self, name):
         self.name = name
@@ -575,8 +630,15 @@ WHITEOUT = _Marker("WHITEOUT")
 
 
 class File:
-    def __init__(self, data=b"", mode: int = 0o644, uid: Optional[int] = None, gid: Optional[int] = None,
-                 xattrs: Optional[dict] = None, mtime_ns: Optional[int] = None):
+    def __init__(
+        self,
+        data=b"",
+        mode: int = 0o644,
+        uid: Optional[int] = None,
+        gid: Optional[int] = None,
+        xattrs: Optional[dict] = None,
+        mtime_ns: Optional[int] = None,
+    ):
         self.data = data.encode() if isinstance(data, str) else bytes(data)
         self.mode, self.uid, self.gid = mode, uid, gid
         self.xattrs = dict(xattrs or {})
@@ -584,8 +646,14 @@ class File:
 
 
 class Dir:
-    def __init__(self, mode: int = 0o755, uid: Optional[int] = None, gid: Optional[int] = None,
-                 xattrs: Optional[dict] = None, mtime_ns: Optional[int] = None):
+    def __init__(
+        self,
+        mode: int = 0o755,
+        uid: Optional[int] = None,
+        gid: Optional[int] = None,
+        xattrs: Optional[dict] = None,
+        mtime_ns: Optional[int] = None,
+    ):
         self.mode, self.uid, self.gid = mode, uid, gid
         self.xattrs = dict(xattrs or {})
         self.mtime_ns = mtime_ns
@@ -748,8 +816,13 @@ def copy_layers(layers: Layers, dest_tmp) -> Layers:
         target = dest / src.name
         if target.exists():
             raise FileExistsError(target)
-        subprocess.run(["cp", "-a", "--", str(src), str(target)], check=True, stdin=subprocess.DEVNULL,
-                       capture_output=True, timeout=120)
+        subprocess.run(
+            ["cp", "-a", "--", str(src), str(target)],
+            check=True,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=120,
+        )
         return target
 
     lowers = [cp(l) for l in layers.lowers]

@@ -10,12 +10,17 @@ mount without cached bytecode (they were compiled on every start), 2 of 561 mill
 The engine is imported by unionfs.fuse.daemon, which needs it, after pyfuse3.
 `from unionfs import mount, Union, ...` and `unionfs.mount` work as before.
 """
+
 __version__ = "0.1.0"
 
 # name -> the submodule defining it
 _LAZY = {
-    "Union": "engine", "Caller": "engine",
-    "mount": "embed.api", "UnionMount": "embed.api", "MountError": "embed.api", "DaemonDied": "embed.api",
+    "Union": "engine",
+    "Caller": "engine",
+    "mount": "embed.api",
+    "UnionMount": "embed.api",
+    "MountError": "embed.api",
+    "DaemonDied": "embed.api",
     "UnionFS": "embed.paths",
 }
 
@@ -27,6 +32,7 @@ def __getattr__(name):
     if module is None:
         raise AttributeError("module %r has no attribute %r" % (__name__, name))
     from importlib import import_module
+
     value = getattr(import_module("." + module, __name__), name)
     globals()[name] = value  # later look-ups find it without coming here
     return value

@@ -10,6 +10,7 @@ imports only the option parser; pyfuse3 (and trio, most of the start-up) and the
 unionfs.fuse.daemon, imported by main() only when a mount is to be made, and the collector is off until the
 mount is made (see main).
 """
+
 import gc
 import os
 import sys
@@ -19,7 +20,9 @@ from .options import OptionError, build, parse_o, validate
 
 USAGE = "usage: pyunionfs [-f] [-d] [-o lowerdir=L1:L2,upperdir=U,workdir=W[,OPT...]] [SOURCE] MOUNTPOINT"
 
-HELP = USAGE + """
+HELP = (
+    USAGE
+    + """
 
 Mount the directories L1:L2:... (L1 on top) as one merged view at MOUNTPOINT, with the semantics of
 the kernel's overlayfs: names resolve top-down; the upper layer U takes every change; a lower file is
@@ -85,6 +88,7 @@ EXAMPLES
 SEE ALSO
   pyunionfs-layer(diff, export, import), fuse-overlayfs(1), the kernel's overlayfs documentation.
 """
+)
 
 
 class UsageError(Exception):
@@ -124,7 +128,7 @@ def parse_argv(argv):
         elif arg.startswith("-o"):
             o_strings.append(arg[2:])
         elif arg == "--":
-            positional.extend(args[i + 1:])
+            positional.extend(args[i + 1 :])
             break
         elif arg.startswith("-") and len(arg) > 1:
             raise UsageError("unknown flag %s" % arg)
@@ -160,6 +164,7 @@ def main(argv=None):
     gc.disable()
     try:
         from .fuse.daemon import MountError, run  # pyfuse3 is imported only when mounting
+
         try:
             return run(opts, gc_after_mount=gc_enabled)
         except MountError as exc:

@@ -2,6 +2,7 @@
 
 Everything here is checked before anything is created, so a refused invocation writes nothing.
 """
+
 import os
 import re
 from dataclasses import dataclass, field
@@ -13,15 +14,52 @@ MAX_LOWERS = 500  # the kernel's limit
 
 # Generic mount(8) options that mount.fuse3 forwards. The ones libfuse takes are passed on; the rest
 # are accepted and ignored (atime handling is the kernel's: libfuse refuses relatime, lazytime, ...).
-PASSED_TO_FUSE = {"allow_other", "allow_root", "default_permissions", "dev", "nodev", "suid", "nosuid",
-                  "exec", "noexec", "noatime", "nodiratime", "norelatime", "nostrictatime", "sync",
-                  "async", "dirsync", "symfollow", "nosymfollow"}
-IGNORED = {"rw", "auto", "noauto", "user", "nouser", "users", "_netdev", "nofail", "defaults", "x-systemd",
-           "silent", "loud", "atime", "diratime", "relatime", "strictatime", "lazytime",
-           "nolazytime", "iversion", "noiversion", "mand", "nomand"}
+PASSED_TO_FUSE = {
+    "allow_other",
+    "allow_root",
+    "default_permissions",
+    "dev",
+    "nodev",
+    "suid",
+    "nosuid",
+    "exec",
+    "noexec",
+    "noatime",
+    "nodiratime",
+    "norelatime",
+    "nostrictatime",
+    "sync",
+    "async",
+    "dirsync",
+    "symfollow",
+    "nosymfollow",
+}
+IGNORED = {
+    "rw",
+    "auto",
+    "noauto",
+    "user",
+    "nouser",
+    "users",
+    "_netdev",
+    "nofail",
+    "defaults",
+    "x-systemd",
+    "silent",
+    "loud",
+    "atime",
+    "diratime",
+    "relatime",
+    "strictatime",
+    "lazytime",
+    "nolazytime",
+    "iversion",
+    "noiversion",
+    "mand",
+    "nomand",
+}
 # Kernel overlay options whose default we implement; other values are refused, not silently ignored.
-KERNEL_DEFAULTS = {"metacopy": {"off"},
-                   "xino": {"off", "auto"}, "nfs_export": {"off"}}
+KERNEL_DEFAULTS = {"metacopy": {"off"}, "xino": {"off", "auto"}, "nfs_export": {"off"}}
 
 
 class OptionError(Exception):
@@ -59,7 +97,7 @@ def split_escaped(text: str, sep: str) -> list:
         if ch == "\\":
             if i + 1 >= len(text):
                 raise OptionError("unbalanced escape at the end of %r" % text)
-            cur.append(text[i:i + 2])
+            cur.append(text[i : i + 2])
             i += 2
             continue
         if ch == sep:
@@ -174,8 +212,9 @@ def build(o: dict) -> MountOptions:
             pass
         elif key in KERNEL_DEFAULTS:
             if value not in KERNEL_DEFAULTS[key]:
-                raise OptionError("option %s=%s is not supported (only %s)"
-                                  % (key, value, "/".join(sorted(KERNEL_DEFAULTS[key]))))
+                raise OptionError(
+                    "option %s=%s is not supported (only %s)" % (key, value, "/".join(sorted(KERNEL_DEFAULTS[key])))
+                )
         elif key in PASSED_TO_FUSE and value is True:
             opts.fuse_options.append(key)
         elif key in IGNORED or key.startswith("x-") or key == "context" or key.endswith("context"):

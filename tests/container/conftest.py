@@ -1,4 +1,5 @@
 """Fixtures for the container-engine tests: a busybox root filesystem and private engines."""
+
 from __future__ import annotations
 
 import os
@@ -27,8 +28,9 @@ def rootfs(tmp_path_factory) -> Path:
     base = tmp_path_factory.mktemp("rootfs")
     deb = os.environ.get("BUSYBOX_DEB")
     if not deb:
-        res = subprocess.run(["apt-get", "download", "busybox-static"], cwd=base, capture_output=True,
-                             text=True, timeout=120)
+        res = subprocess.run(
+            ["apt-get", "download", "busybox-static"], cwd=base, capture_output=True, text=True, timeout=120
+        )
         debs = sorted(base.glob("busybox-static*.deb"))
         if res.returncode != 0 or not debs:
             pytest.skip(f"cannot download busybox-static: {res.stderr.strip()[-200:]}")
@@ -52,6 +54,7 @@ class EngineFactory:
 
     def __call__(self, kind: str, mount_program=None, import_base=True, **kw) -> Engine:
         from tests.container.engines import MOUNT_PROGRAMS
+
         reason = skip_reason()
         if reason:
             pytest.skip(reason)

@@ -13,6 +13,7 @@ them the union filesystem's, are configured away: runc instead of crun (crun ref
 mode), no default ulimits (setrlimit RLIMIT_NOFILE/NPROC is refused), no network, file locks instead of
 the machine-wide /dev/shm lock table.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -31,8 +32,11 @@ from tests.util import mounts_under, unmount
 
 REPO = Path(__file__).resolve().parents[2]
 PYUNIONFS = str(REPO / ".venv" / "bin" / "pyunionfs")
-MOUNT_PROGRAMS = {"pyunionfs": PYUNIONFS, "fuse-overlayfs": shutil.which("fuse-overlayfs") or "fuse-overlayfs",
-                  "kernel": None}
+MOUNT_PROGRAMS = {
+    "pyunionfs": PYUNIONFS,
+    "fuse-overlayfs": shutil.which("fuse-overlayfs") or "fuse-overlayfs",
+    "kernel": None,
+}
 BASE_IMAGE = "localhost/unionfs-test/base:1"
 
 
@@ -46,9 +50,18 @@ def skip_reason(tool: str = "podman") -> Optional[str]:
 
 
 def _conf(runtime_dir: Path, rootless: bool) -> str:
-    lines = ["[containers]", "default_ulimits = []", 'netns = "none"', 'log_driver = "k8s-file"',
-             "[engine]", 'runtime = "runc"', 'cgroup_manager = "cgroupfs"', 'events_logger = "file"',
-             'lock_type = "file"', f'tmp_dir = "{runtime_dir}/libpod-tmp"']
+    lines = [
+        "[containers]",
+        "default_ulimits = []",
+        'netns = "none"',
+        'log_driver = "k8s-file"',
+        "[engine]",
+        'runtime = "runc"',
+        'cgroup_manager = "cgroupfs"',
+        'events_logger = "file"',
+        'lock_type = "file"',
+        f'tmp_dir = "{runtime_dir}/libpod-tmp"',
+    ]
     if rootless:
         lines.insert(1, 'cgroups = "disabled"')
     return "\n".join(lines) + "\n"
@@ -57,9 +70,16 @@ def _conf(runtime_dir: Path, rootless: bool) -> str:
 class Engine:
     """podman and buildah on a private storage under *base* with *mount_program* (None: the kernel)."""
 
-    def __init__(self, base: Path, mount_program: Optional[str], *, rootless: bool = False,
-                 mount_options: Sequence[str] = (), additional_stores: Sequence[str] = (),
-                 run_as: Sequence[str] = ()):
+    def __init__(
+        self,
+        base: Path,
+        mount_program: Optional[str],
+        *,
+        rootless: bool = False,
+        mount_options: Sequence[str] = (),
+        additional_stores: Sequence[str] = (),
+        run_as: Sequence[str] = (),
+    ):
         self.base = Path(base)
         self.mount_program = mount_program
         self.run_as = list(run_as)  # a prefix (e.g. setpriv ... / unshare ...) for rootless runs
@@ -77,13 +97,18 @@ class Engine:
             "[storage]\ndriver = \"overlay\"\n"
             f'runroot = "{self.runroot}"\ngraphroot = "{self.root}"\n'
             f"[storage.options]\nadditionalimagestores = [{stores}]\n"
-            "[storage.options.overlay]\n" + "\n".join(opts) + "\n")
+            "[storage.options.overlay]\n" + "\n".join(opts) + "\n"
+        )
         (self.base / "registries.conf").write_text("unqualified-search-registries = []\n")
-        self.env = dict(os.environ, CONTAINERS_CONF=str(self.base / "containers.conf"),
-                        CONTAINERS_STORAGE_CONF=str(self.base / "storage.conf"),
-                        CONTAINERS_REGISTRIES_CONF=str(self.base / "registries.conf"),
-                        XDG_RUNTIME_DIR=str(self.runroot), TMPDIR=str(self.runroot / "libpod-tmp"),
-                        BUILDAH_ISOLATION="chroot" if rootless else "oci")
+        self.env = dict(
+            os.environ,
+            CONTAINERS_CONF=str(self.base / "containers.conf"),
+            CONTAINERS_STORAGE_CONF=str(self.base / "storage.conf"),
+            CONTAINERS_REGISTRIES_CONF=str(self.base / "registries.conf"),
+            XDG_RUNTIME_DIR=str(self.runroot),
+            TMPDIR=str(self.runroot / "libpod-tmp"),
+            BUILDAH_ISOLATION="chroot" if rootless else "oci",
+        )
         self.env.pop("CONTAINER_HOST", None)
         self.env.pop("DOCKER_HOST", None)
 
@@ -91,8 +116,15 @@ class Engine:
 
     def _run(self, tool: str, args, *, check=True, input=None, timeout=180, text=True):
         argv = [*self.run_as, tool, *map(str, args)]
-        res = subprocess.run(argv, input=input, capture_output=True, timeout=timeout, env=self.env,
-                             text=text, stdin=None if input is not None else subprocess.DEVNULL)
+        res = subprocess.run(
+            argv,
+            input=input,
+            capture_output=True,
+            timeout=timeout,
+            env=self.env,
+            text=text,
+            stdin=None if input is not None else subprocess.DEVNULL,
+        )
         if check and res.returncode != 0:
             err = res.stderr if text else res.stderr.decode(errors="replace")
             raise AssertionError(f"{' '.join(argv)} exited {res.returncode}:\n{err[-4000:]}")
@@ -111,8 +143,7 @@ class Engine:
         return self._run("podman", ["import", "-", name], input=data, text=False).stdout.decode().strip()
 
     def build(self, context: Path, tag: str, *extra) -> None:
-        self.podman("build", "--pull=never", "--network=none", "--layers", *extra, "-t", tag, str(context),
-                    timeout=300)
+        self.podman("build", "--pull=never", "--network=none", "--layers", *extra, "-t", tag, str(context), timeout=300)
 
     def image_tree(self, image: str) -> dict:
         """The image's merged tree as `podman image mount` shows it (tests.util snapshot form)."""
@@ -171,8 +202,9 @@ def _stop_daemons_under(base: Path) -> None:
 
 
 def _tar_of(root: Path) -> bytes:
-    return subprocess.run(["tar", "-C", str(root), "--numeric-owner", "-cf", "-", "."], check=True,
-                          capture_output=True).stdout
+    return subprocess.run(
+        ["tar", "-C", str(root), "--numeric-owner", "-cf", "-", "."], check=True, capture_output=True
+    ).stdout
 
 
 def tree_of(root: Path) -> dict:
@@ -200,8 +232,16 @@ def tree_of(root: Path) -> dict:
 
 def stat_kind(mode: int) -> str:
     import stat as S
-    for test, ch in ((S.S_ISREG, "f"), (S.S_ISDIR, "d"), (S.S_ISLNK, "l"), (S.S_ISCHR, "c"),
-                     (S.S_ISBLK, "b"), (S.S_ISFIFO, "p"), (S.S_ISSOCK, "s")):
+
+    for test, ch in (
+        (S.S_ISREG, "f"),
+        (S.S_ISDIR, "d"),
+        (S.S_ISLNK, "l"),
+        (S.S_ISCHR, "c"),
+        (S.S_ISBLK, "b"),
+        (S.S_ISFIFO, "p"),
+        (S.S_ISSOCK, "s"),
+    ):
         if test(mode):
             return ch
     return "?"
@@ -220,6 +260,8 @@ def tar_entries(data: bytes) -> dict:
                 detail = ("link:" if m.islnk() else "") + m.linkname
             else:
                 detail = None
-            kind = "f" if m.isreg() else "d" if m.isdir() else "l" if m.issym() else "h" if m.islnk() else m.type.decode()
+            kind = (
+                "f" if m.isreg() else "d" if m.isdir() else "l" if m.issym() else "h" if m.islnk() else m.type.decode()
+            )
             entries[name] = (kind, m.mode & 0o7777, m.uid, m.gid, detail)
     return entries

@@ -11,6 +11,7 @@ namespace (`unshare -m`) that every podman call starts in:
 podman's pause process (which keeps the user namespace and its mount namespace for later calls) was
 started in such a namespace, so the mount program always sees the same fixes.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -112,24 +113,39 @@ def rootless_user(prefix: str = "i4p") -> Iterator[RootlessUser]:
     """useradd --system, a free subordinate id range (usermod --add-subuids/--add-subgids); in finally
     the user's processes are killed (by pid), the range removed and the user deleted."""
     name = f"{prefix}{os.getpid() % 100000}"
-    res = subprocess.run(["useradd", "--system", "--no-create-home", "--home-dir", "/nonexistent",
-                          "--shell", "/usr/sbin/nologin", "--user-group", name],
-                         capture_output=True, text=True, timeout=60)
+    res = subprocess.run(
+        [
+            "useradd",
+            "--system",
+            "--no-create-home",
+            "--home-dir",
+            "/nonexistent",
+            "--shell",
+            "/usr/sbin/nologin",
+            "--user-group",
+            name,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     if res.returncode != 0:
         raise RuntimeError(f"useradd {name} failed: {res.stderr.strip()}")
     user = None
     try:
         start = _free_range(SUBID_COUNT)
         rng = f"{start}-{start + SUBID_COUNT - 1}"
-        subprocess.run(["usermod", "--add-subuids", rng, "--add-subgids", rng, name], check=True,
-                       capture_output=True, timeout=60)
+        subprocess.run(
+            ["usermod", "--add-subuids", rng, "--add-subgids", rng, name], check=True, capture_output=True, timeout=60
+        )
         user = RootlessUser(pwd.getpwnam(name), start)
         yield user
     finally:
         if user is not None:
             user.kill_processes()
-            subprocess.run(["usermod", "--del-subuids", rng, "--del-subgids", rng, name],
-                           capture_output=True, timeout=60)
+            subprocess.run(
+                ["usermod", "--del-subuids", rng, "--del-subgids", rng, name], capture_output=True, timeout=60
+            )
         subprocess.run(["userdel", name], capture_output=True, timeout=60)
         for path in ("/etc/subuid", "/etc/subgid"):  # userdel of shadow 4.13 drops them too; make sure
             try:
@@ -160,8 +176,11 @@ def _unreachable_ancestor(user: RootlessUser, path: str):
     cur = "/"
     for part in parts[:-1]:
         st = os.stat(cur)
-        ok = (st.st_mode & 0o001 or (st.st_uid == user.uid and st.st_mode & 0o100)
-              or (st.st_gid == user.gid and st.st_mode & 0o010))
+        ok = (
+            st.st_mode & 0o001
+            or (st.st_uid == user.uid and st.st_mode & 0o100)
+            or (st.st_gid == user.gid and st.st_mode & 0o010)
+        )
         if not ok:
             return cur, part
         cur = os.path.join(cur, part)
@@ -171,14 +190,24 @@ def _unreachable_ancestor(user: RootlessUser, path: str):
 def run_as_prefix(user: RootlessUser) -> List[str]:
     """argv prefix: a private mount namespace with the fixes above, then setpriv to the user (no
     capabilities, no supplementary groups), ready for `podman ...`."""
-    script = ['set -e', 'd=$(mktemp -d /tmp/i4-ns.XXXXXX)', 'mount -t tmpfs -o size=16k,mode=755 i4-ns "$d"',
-              'mknod "$d/fuse" c 10 229', 'chmod 666 "$d/fuse"', 'mount --bind "$d/fuse" /dev/fuse']
+    script = [
+        'set -e',
+        'd=$(mktemp -d /tmp/i4-ns.XXXXXX)',
+        'mount -t tmpfs -o size=16k,mode=755 i4-ns "$d"',
+        'mknod "$d/fuse" c 10 229',
+        'chmod 666 "$d/fuse"',
+        'mount --bind "$d/fuse" /dev/fuse',
+    ]
     python = os.path.realpath(os.path.join(os.path.dirname(PYUNIONFS), "python"))
     fixes = {_unreachable_ancestor(user, p) for p in (PYUNIONFS, python, sys.base_prefix, sys.prefix, str(REPO))}
     for i, (a, c) in enumerate(sorted(f for f in fixes if f)):
-        script += [f'mkdir "$d/keep{i}"', f'mount --bind "{a}" "$d/keep{i}"',
-                   f'mount -t tmpfs -o size=16k,mode=755 i4-ns "{a}"', f'mkdir "{a}/{c}"',
-                   f'mount --bind "$d/keep{i}/{c}" "{a}/{c}"']
+        script += [
+            f'mkdir "$d/keep{i}"',
+            f'mount --bind "{a}" "$d/keep{i}"',
+            f'mount -t tmpfs -o size=16k,mode=755 i4-ns "{a}"',
+            f'mkdir "{a}/{c}"',
+            f'mount --bind "$d/keep{i}/{c}" "{a}/{c}"',
+        ]
     # a shared root inside the namespace (a new peer group: nothing propagates to the host) spares
     # podman its warning and lets its own mounts propagate within the namespace
     script += ['umount -l "$d"', 'rmdir "$d"', 'mount --make-rshared /', 'exec "$@"']
@@ -218,8 +247,9 @@ def adapt_engine(engine, user: RootlessUser) -> None:
         text = text.replace("[storage]\n", f'[storage]\nrootless_storage_path = "{engine.root}"\n', 1)
         conf.write_text(text)
     cconf = engine.base / "containers.conf"
-    cconf.write_text("".join(ln for ln in cconf.read_text().splitlines(keepends=True)
-                             if not ln.startswith("cgroups =")))
+    cconf.write_text(
+        "".join(ln for ln in cconf.read_text().splitlines(keepends=True) if not ln.startswith("cgroups ="))
+    )
     engine.env["BUILDAH_ISOLATION"] = "oci"
     rootless_env(engine, user)
     chown_tree(engine.base, user.uid, user.gid)
@@ -235,8 +265,10 @@ def image_tree(engine, image: str) -> dict:
     user namespace refuses processes outside it (even the host's root), so the walk runs in there:
     `podman unshare`, which joins the pause process's namespaces."""
     python = os.path.join(os.path.dirname(PYUNIONFS), "python")
-    script = ('m=$(podman image mount "$1") || exit 1; PYTHONPATH="$2" "$3" -c "$4" "$m"; rc=$?; '
-              'podman image unmount "$1" >/dev/null; exit $rc')
+    script = (
+        'm=$(podman image mount "$1") || exit 1; PYTHONPATH="$2" "$3" -c "$4" "$m"; rc=$?; '
+        'podman image unmount "$1" >/dev/null; exit $rc'
+    )
     out = engine.podman("unshare", "sh", "-c", script, "sh", image, str(REPO), python, _TREE_SCRIPT).stdout
     return {k: tuple(v) for k, v in json.loads(out).items()}
 
@@ -251,8 +283,9 @@ def run_detached(engine, name: str, image: str, *argv, timeout: float = 60) -> s
     engine.podman("run", "-d", "--pull=never", "--network=none", "--name", name, image, *argv)
     deadline = time.monotonic() + timeout
     while True:
-        state = engine.podman("container", "inspect", "--format", "{{.State.Status}} {{.State.ExitCode}}",
-                              name).stdout.split()
+        state = engine.podman(
+            "container", "inspect", "--format", "{{.State.Status}} {{.State.ExitCode}}", name
+        ).stdout.split()
         if state[0] in ("exited", "stopped") or time.monotonic() > deadline:
             break
         time.sleep(0.1)

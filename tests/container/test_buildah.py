@@ -2,6 +2,7 @@
 changed with `buildah run` step by step (each step a commit, so each deletion crosses a layer), and
 `buildah bud`; the images must hold what the steps say, as with the kernel's overlay, and no `.wh.`
 name may show through a mount."""
+
 from __future__ import annotations
 
 import pytest
@@ -15,8 +16,16 @@ STEPS = [
     "rm -rf /srv/a /srv/d/x /bin/vi && echo 22 > /srv/keep && mkdir /srv/x2 && rm /srv/x && mkdir /srv/x",
     "mkdir /srv/a && echo back > /srv/a/new && echo y > /srv/d/y && rmdir /srv/x && echo file > /srv/x",
 ]
-EXPECTED = {"srv": "d", "srv/a": "d", "srv/a/new": "f", "srv/d": "d", "srv/d/y": "f", "srv/keep": "f",
-            "srv/x": "f", "srv/x2": "d"}
+EXPECTED = {
+    "srv": "d",
+    "srv/a": "d",
+    "srv/a/new": "f",
+    "srv/d": "d",
+    "srv/d/y": "f",
+    "srv/keep": "f",
+    "srv/x": "f",
+    "srv/x2": "d",
+}
 
 
 def _srv(tree):
@@ -41,8 +50,15 @@ def test_buildah_run_and_commit_layer_by_layer(buildah_engines):
             image = f"localhost/t/step{i}"
             e.buildah("commit", "-q", ctr, image)
             e.buildah("rm", ctr)
-        listing = e.podman("run", "--rm", "--pull=never", image, "sh", "-c",
-                           "cat /srv/a/new /srv/keep /srv/x; ls -a /srv /srv/a /srv/d; ls /bin/vi 2>&1; true").stdout
+        listing = e.podman(
+            "run",
+            "--rm",
+            "--pull=never",
+            image,
+            "sh",
+            "-c",
+            "cat /srv/a/new /srv/keep /srv/x; ls -a /srv /srv/a /srv/d; ls /bin/vi 2>&1; true",
+        ).stdout
         assert listing.startswith("back\n22\nfile\n") and ".wh." not in listing, (kind, listing)
         trees[kind] = e.image_tree(image)
     assert _srv(trees["pyunionfs"]) == EXPECTED

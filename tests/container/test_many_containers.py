@@ -8,6 +8,7 @@ checks that no container sees another's changes, that each container's upper dir
 own changes, and reads every pyunionfs daemon's peak memory (VmHWM). The image's layer directories
 are hashed before the containers start and after they are gone.
 """
+
 from __future__ import annotations
 
 import os
@@ -68,8 +69,12 @@ def _daemons_under(base: Path) -> dict:
             argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[:-1]
         except OSError:
             continue
-        if (len(argv) > 2 and os.fsdecode(argv[-1]).startswith(prefix) and b"-o" in argv
-                and any(os.fsdecode(a) == PYUNIONFS or os.fsdecode(a).endswith("unionfs") for a in argv[:3])):
+        if (
+            len(argv) > 2
+            and os.fsdecode(argv[-1]).startswith(prefix)
+            and b"-o" in argv
+            and any(os.fsdecode(a) == PYUNIONFS or os.fsdecode(a).endswith("unionfs") for a in argv[:3])
+        ):
             out[int(pid)] = os.fsdecode(argv[-1])
     return out
 
@@ -107,8 +112,9 @@ def test_sixteen_containers_at_once(engines, tmp_path):
     t0 = time.monotonic()
     e.build(ctx, IMAGE)
     t_build = time.monotonic() - t0
-    layers = e.podman("image", "inspect", "--format",
-                      "{{.GraphDriver.Data.UpperDir}}:{{.GraphDriver.Data.LowerDir}}", IMAGE).stdout.strip()
+    layers = e.podman(
+        "image", "inspect", "--format", "{{.GraphDriver.Data.UpperDir}}:{{.GraphDriver.Data.LowerDir}}", IMAGE
+    ).stdout.strip()
     layer_dirs = [d for d in layers.split(":") if d]
     assert len(layer_dirs) == 4, layer_dirs  # the base and three RUN layers
     before = {d: tree_snapshot(d) for d in layer_dirs}
@@ -117,9 +123,25 @@ def test_sixteen_containers_at_once(engines, tmp_path):
     vol.mkdir()
     names = [f"many{i}" for i in range(N)]
     try:
+
         def start(i):
-            e.podman("run", "-d", "--pull=never", "--network=none", "--name", names[i],
-                     "-v", f"{vol}:/vol", "-v", f"{ctx / 'run.sh'}:/run.sh:ro", IMAGE, "sh", "/run.sh", str(i))
+            e.podman(
+                "run",
+                "-d",
+                "--pull=never",
+                "--network=none",
+                "--name",
+                names[i],
+                "-v",
+                f"{vol}:/vol",
+                "-v",
+                f"{ctx / 'run.sh'}:/run.sh:ro",
+                IMAGE,
+                "sh",
+                "/run.sh",
+                str(i),
+            )
+
         t0 = time.monotonic()
         with ThreadPoolExecutor(4) as pool:
             list(pool.map(start, range(N)))
@@ -148,10 +170,18 @@ def test_sixteen_containers_at_once(engines, tmp_path):
         podmans_own = None
         for i, upper in enumerate(uppers):
             got = _upper(upper)
-            mine = {"own": "d", f"own/c{i}": "d", f"own/c{i}/f": f"mine {i}\n".encode(), "data": "d",
-                    "data/shared": f"shared by {i}\n".encode(), "data/victims": "d",
-                    f"data/victims/v{i}": "whiteout", f"data/victims/mine{i}": f"made by {i}\n".encode(),
-                    "data/l2dir": "d", f"data/l2dir/c{i}": f"{i}\n".encode()}
+            mine = {
+                "own": "d",
+                f"own/c{i}": "d",
+                f"own/c{i}/f": f"mine {i}\n".encode(),
+                "data": "d",
+                "data/shared": f"shared by {i}\n".encode(),
+                "data/victims": "d",
+                f"data/victims/v{i}": "whiteout",
+                f"data/victims/mine{i}": f"made by {i}\n".encode(),
+                "data/l2dir": "d",
+                f"data/l2dir/c{i}": f"{i}\n".encode(),
+            }
             assert {k: got.get(k) for k in mine} == mine, (i, upper)
             rest = {k: v for k, v in got.items() if k not in mine}
             if podmans_own is None:
@@ -163,8 +193,10 @@ def test_sixteen_containers_at_once(engines, tmp_path):
         peaks = {pid: (_status_kib(pid, "VmHWM"), _status_kib(pid, "VmRSS")) for pid in daemons}
         print(f"\nbuild {t_build:.1f}s; {N} containers started and ready in {t_start:.1f}s")
         for pid, (hwm, rss) in sorted(peaks.items()):
-            print(f"pyunionfs pid {pid}: VmHWM {hwm / 1024:.1f} MiB, VmRSS {rss / 1024:.1f} MiB "
-                  f"({daemons[pid].rsplit('/', 2)[-2][:12]})")
+            print(
+                f"pyunionfs pid {pid}: VmHWM {hwm / 1024:.1f} MiB, VmRSS {rss / 1024:.1f} MiB "
+                f"({daemons[pid].rsplit('/', 2)[-2][:12]})"
+            )
         total = sum(h for h, _ in peaks.values())
         print(f"sum of VmHWM: {total / 1024:.1f} MiB, max {max(h for h, _ in peaks.values()) / 1024:.1f} MiB")
         for pid, (hwm, _) in peaks.items():

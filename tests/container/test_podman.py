@@ -10,6 +10,7 @@ checked against what the steps must give (so a fault shared by every engine stil
 the other engines' images: the merged tree of `podman image mount`, and layer by layer the tarballs of
 `podman save` (the same as fuse-overlayfs's: both diff by comparing mounts).
 """
+
 from __future__ import annotations
 
 import pytest
@@ -31,20 +32,49 @@ RUN mkdir -p /data/sub && echo again > /data/sub/new && echo back > /data/gone &
 """
 
 # What the three steps leave, as `find /data /usr/share/doc` in the image prints it.
-EXPECTED_DATA = sorted([
-    "/data", "/data/.hidden", "/data/gone", "/data/hl", "/data/hl2", "/data/keep", "/data/link", "/data/sub",
-    "/data/sub/new", "/data/todir", "/data/tofile", "/data/tofile/in", "/usr/share/doc", "/usr/share/doc/new",
-])
+EXPECTED_DATA = sorted(
+    [
+        "/data",
+        "/data/.hidden",
+        "/data/gone",
+        "/data/hl",
+        "/data/hl2",
+        "/data/keep",
+        "/data/link",
+        "/data/sub",
+        "/data/sub/new",
+        "/data/todir",
+        "/data/tofile",
+        "/data/tofile/in",
+        "/usr/share/doc",
+        "/usr/share/doc/new",
+    ]
+)
 
 # A container's changes to the image: the same kinds of change, seen by `podman diff` and committed.
-CONTAINER_CHANGES = ("rm /data/keep /bin/ls && rm -rf /data/sub && echo c > /data/gone && mkdir /data/sub "
-                     "&& echo s > /data/sub/only && mkdir -p /data/newdir && echo n > /data/newdir/n "
-                     "&& chmod 700 /data/tofile")
+CONTAINER_CHANGES = (
+    "rm /data/keep /bin/ls && rm -rf /data/sub && echo c > /data/gone && mkdir /data/sub "
+    "&& echo s > /data/sub/only && mkdir -p /data/newdir && echo n > /data/newdir/n "
+    "&& chmod 700 /data/tofile"
+)
 # With a mount program `podman diff` compares the container's mount with its image's (a naive diff):
 # /data/sub re-made is a change, and the name it held in the image is deleted. /etc is podman's own.
-EXPECTED_DIFF = sorted(["C /bin", "D /bin/ls", "C /data", "D /data/keep", "C /data/gone", "C /data/sub",
-                        "D /data/sub/new", "A /data/sub/only", "A /data/newdir", "A /data/newdir/n",
-                        "C /data/tofile", "C /etc"])
+EXPECTED_DIFF = sorted(
+    [
+        "C /bin",
+        "D /bin/ls",
+        "C /data",
+        "D /data/keep",
+        "C /data/gone",
+        "C /data/sub",
+        "D /data/sub/new",
+        "A /data/sub/only",
+        "A /data/newdir",
+        "A /data/newdir/n",
+        "C /data/tofile",
+        "C /etc",
+    ]
+)
 # fuse-overlayfs 1.10 misses "D /data/sub/new": right after it mounts, a lookup in a directory made
 # opaque by its `.wh..wh..opq` file still finds that lower name (readdir does not list it), so the
 # mount comparison sees it on both sides. The kernel's own diff reads the upper: an opaque directory
@@ -66,8 +96,11 @@ def _without_wh(tree: dict) -> list:
 
 
 def _data_paths(tree: dict) -> list:
-    return sorted("/" + p for p in tree if p in ("data", "usr/share/doc")
-                  or p.startswith("data/") or p.startswith("usr/share/doc/"))
+    return sorted(
+        "/" + p
+        for p in tree
+        if p in ("data", "usr/share/doc") or p.startswith("data/") or p.startswith("usr/share/doc/")
+    )
 
 
 @pytest.fixture(scope="module")
@@ -102,10 +135,15 @@ def test_build_gives_the_same_image_as_fuse_overlayfs_and_the_kernel(built):
 
 
 def test_run_shows_the_image_and_takes_changes(built):
-    script = ("cat /data/gone /data/keep /data/sub/new; ls -a /data; ls /bin/vi 2>&1; " + CONTAINER_CHANGES
-              + " && ls -a /data /data/sub && cat /data/gone")
-    outs = {kind: e.podman("run", "--rm", "--pull=never", "localhost/t/built", "sh", "-c", script).stdout
-            for kind, e in built.items()}
+    script = (
+        "cat /data/gone /data/keep /data/sub/new; ls -a /data; ls /bin/vi 2>&1; "
+        + CONTAINER_CHANGES
+        + " && ls -a /data /data/sub && cat /data/gone"
+    )
+    outs = {
+        kind: e.podman("run", "--rm", "--pull=never", "localhost/t/built", "sh", "-c", script).stdout
+        for kind, e in built.items()
+    }
     ours = outs["pyunionfs"]
     assert ours.startswith("back\nchanged\nagain\n")
     assert ".wh." not in ours and "No such file" in ours
@@ -137,8 +175,9 @@ def test_diff_commit_and_save(built):
     # comparing mounts); the container's layer records its deletions as whiteouts, here too the
     # deletion in the re-made /data/sub that fuse-overlayfs misses.
     assert len(layers["pyunionfs"]) == 5
-    assert [_but(t, FUSE_OVERLAYFS_HARDLINKS) for t in layers["pyunionfs"][:4]] == \
-        [_but(t, FUSE_OVERLAYFS_HARDLINKS) for t in layers["fuse-overlayfs"][:4]]
+    assert [_but(t, FUSE_OVERLAYFS_HARDLINKS) for t in layers["pyunionfs"][:4]] == [
+        _but(t, FUSE_OVERLAYFS_HARDLINKS) for t in layers["fuse-overlayfs"][:4]
+    ]
     top, theirs = layers["pyunionfs"][-1], layers["fuse-overlayfs"][-1]
     assert {"data/.wh.keep", "bin/.wh.ls", "data/sub/.wh.new", "data/sub/only"} <= set(top)
     assert set(top) - set(theirs) == {"data/sub/.wh.new"}

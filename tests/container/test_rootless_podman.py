@@ -13,6 +13,7 @@ subordinate range), a container that changes the image, `podman diff`, commit. I
 merged trees (`podman image mount` inside `podman unshare`) and the container's upper directory is read
 on the host.
 """
+
 from __future__ import annotations
 
 import os
@@ -40,18 +41,46 @@ RUN mkdir -p /data/sub && echo again > /data/sub/new && echo back > /data/gone &
  && mkdir /usr/share/doc && echo doc > /usr/share/doc/new
 """
 
-EXPECTED_DATA = sorted([
-    "/data", "/data/.hidden", "/data/gone", "/data/keep", "/data/link", "/data/owned", "/data/sub",
-    "/data/sub/new", "/data/todir", "/data/tofile", "/data/tofile/in", "/usr/share/doc", "/usr/share/doc/new",
-])
+EXPECTED_DATA = sorted(
+    [
+        "/data",
+        "/data/.hidden",
+        "/data/gone",
+        "/data/keep",
+        "/data/link",
+        "/data/owned",
+        "/data/sub",
+        "/data/sub/new",
+        "/data/todir",
+        "/data/tofile",
+        "/data/tofile/in",
+        "/usr/share/doc",
+        "/usr/share/doc/new",
+    ]
+)
 
-CONTAINER_CHANGES = ("rm /data/keep /bin/ls && rm -rf /data/sub && echo c > /data/gone && mkdir /data/sub "
-                     "&& echo s > /data/sub/only && mkdir -p /data/newdir && echo n > /data/newdir/n "
-                     "&& chown 5:6 /data/newdir/n && chmod 700 /data/tofile")
+CONTAINER_CHANGES = (
+    "rm /data/keep /bin/ls && rm -rf /data/sub && echo c > /data/gone && mkdir /data/sub "
+    "&& echo s > /data/sub/only && mkdir -p /data/newdir && echo n > /data/newdir/n "
+    "&& chown 5:6 /data/newdir/n && chmod 700 /data/tofile"
+)
 # `podman diff` with a mount program compares the container's mount with its image's; /etc is podman's.
-EXPECTED_DIFF = sorted(["C /bin", "D /bin/ls", "C /data", "D /data/keep", "C /data/gone", "C /data/sub",
-                        "D /data/sub/new", "A /data/sub/only", "A /data/newdir", "A /data/newdir/n",
-                        "C /data/tofile", "C /etc"])
+EXPECTED_DIFF = sorted(
+    [
+        "C /bin",
+        "D /bin/ls",
+        "C /data",
+        "D /data/keep",
+        "C /data/gone",
+        "C /data/sub",
+        "D /data/sub/new",
+        "A /data/sub/only",
+        "A /data/newdir",
+        "A /data/newdir/n",
+        "C /data/tofile",
+        "C /etc",
+    ]
+)
 # fuse-overlayfs 1.10 right after mounting still finds a lower name in a directory made opaque (its
 # lookup misses the marker), so both mounts show /data/sub/new and its diff and commit keep it.
 FUSE_OVERLAYFS_MISSES = {"D /data/sub/new"}
@@ -62,8 +91,11 @@ def _wh_names(tree: dict) -> list:
 
 
 def _data_paths(tree: dict) -> list:
-    return sorted("/" + p for p in tree if p in ("data", "usr/share/doc")
-                  or p.startswith("data/") or p.startswith("usr/share/doc/"))
+    return sorted(
+        "/" + p
+        for p in tree
+        if p in ("data", "usr/share/doc") or p.startswith("data/") or p.startswith("usr/share/doc/")
+    )
 
 
 @pytest.fixture(scope="module")
@@ -80,8 +112,13 @@ def setup(rootfs):
             out = {}
             for kind in KINDS:
                 opts = [f"logfile={w}/{kind}/pyunionfs.log"] if kind == "pyunionfs" else []
-                e = Engine(w / kind, MOUNT_PROGRAMS[kind], rootless=True, mount_options=opts,
-                           run_as=rootless.run_as_prefix(user))
+                e = Engine(
+                    w / kind,
+                    MOUNT_PROGRAMS[kind],
+                    rootless=True,
+                    mount_options=opts,
+                    run_as=rootless.run_as_prefix(user),
+                )
                 made.append(e)
                 rootless.adapt_engine(e, user)
                 probe = e.podman("unshare", "cat", "/proc/self/uid_map", check=False)
@@ -127,10 +164,22 @@ def _upper_entries(upper: str) -> dict:
             p = os.path.join(dirpath, name)
             st = os.lstat(p)
             xattrs = sorted(os.listxattr(p, follow_symlinks=False)) if not stat.S_ISLNK(st.st_mode) else []
-            kind = "c" if stat.S_ISCHR(st.st_mode) else "d" if stat.S_ISDIR(st.st_mode) else \
-                "l" if stat.S_ISLNK(st.st_mode) else "f"
-            out[os.path.relpath(p, upper)] = (kind, (os.major(st.st_rdev), os.minor(st.st_rdev)),
-                                              st.st_uid, st.st_gid, xattrs)
+            kind = (
+                "c"
+                if stat.S_ISCHR(st.st_mode)
+                else "d"
+                if stat.S_ISDIR(st.st_mode)
+                else "l"
+                if stat.S_ISLNK(st.st_mode)
+                else "f"
+            )
+            out[os.path.relpath(p, upper)] = (
+                kind,
+                (os.major(st.st_rdev), os.minor(st.st_rdev)),
+                st.st_uid,
+                st.st_gid,
+                xattrs,
+            )
     return out
 
 
@@ -138,11 +187,18 @@ def test_rootless_run_diff_commit(setup):
     user, built = setup
     diffs, trees, uppers, outs = {}, {}, {}, {}
     for kind, e in built.items():
-        outs[kind] = rootless.run_detached(e, "c1", "localhost/t/built", "sh", "-c", CONTAINER_CHANGES
-                                           + " && ls -a /data /data/sub /data/newdir && cat /data/gone")
+        outs[kind] = rootless.run_detached(
+            e,
+            "c1",
+            "localhost/t/built",
+            "sh",
+            "-c",
+            CONTAINER_CHANGES + " && ls -a /data /data/sub /data/newdir && cat /data/gone",
+        )
         diffs[kind] = sorted(e.podman("diff", "c1").stdout.split("\n")[:-1])
-        uppers[kind] = _upper_entries(e.podman("inspect", "--format", "{{.GraphDriver.Data.UpperDir}}",
-                                                "c1").stdout.strip())
+        uppers[kind] = _upper_entries(
+            e.podman("inspect", "--format", "{{.GraphDriver.Data.UpperDir}}", "c1").stdout.strip()
+        )
         e.podman("commit", "-q", "c1", "localhost/t/committed")
         trees[kind] = rootless.image_tree(e, "localhost/t/committed")
         e.podman("rm", "c1")
@@ -180,9 +236,15 @@ def test_rootless_run_diff_commit(setup):
     assert {k: v for k, v in trees["fuse-overlayfs"].items() if k not in differ} == ours
     # the committed image runs: the deletions stay deleted, no whiteout names show
     e = built["pyunionfs"]
-    seen = rootless.run_detached(e, "c2", "localhost/t/committed", "sh", "-c",
-                                 "ls -a /data /data/sub /bin | grep -c '^\\.wh\\.'; "
-                                 "ls /data/keep /data/sub/new /bin/ls 2>&1; cat /data/sub/only /data/gone")
+    seen = rootless.run_detached(
+        e,
+        "c2",
+        "localhost/t/committed",
+        "sh",
+        "-c",
+        "ls -a /data /data/sub /bin | grep -c '^\\.wh\\.'; "
+        "ls /data/keep /data/sub/new /bin/ls 2>&1; cat /data/sub/only /data/gone",
+    )
     e.podman("rm", "c2")
     lines = seen.split("\n")
     assert lines[0] == "0", seen

@@ -13,6 +13,7 @@ support either) that variant skips saying so. Everything the NFS variant starts 
 undone in reverse: the client mount, exactly its export (`exportfs -u`), nfsd threads and rpc.mountd
 only if this test started them, /proc/fs/nfsd only if this test mounted it.
 """
+
 from __future__ import annotations
 
 import errno
@@ -57,9 +58,11 @@ def _nfs_skip_reason() -> Optional[str]:
         missing = [name for name in ("nfsd", "nfs4") if name not in fs]
         if not missing:
             return None
-    why = f"the kernel ({os.uname().release}) has no NFS {'server' if 'nfsd' in missing else ''}" \
-          f"{' or ' if len(missing) == 2 else ''}{'client' if 'nfs4' in missing else ''}: " \
-          f"{', '.join(missing)} not in /proc/filesystems"
+    why = (
+        f"the kernel ({os.uname().release}) has no NFS {'server' if 'nfsd' in missing else ''}"
+        f"{' or ' if len(missing) == 2 else ''}{'client' if 'nfs4' in missing else ''}: "
+        f"{', '.join(missing)} not in /proc/filesystems"
+    )
     try:
         with gzip.open("/proc/config.gz", "rt") as f:
             config = f.read()
@@ -92,8 +95,12 @@ class LoopbackNFS:
             self._run("mount", "-t", "nfsd", "nfsd", nfsd_fs)
             self.undo.append(("umount /proc/fs/nfsd", lambda: self._run("umount", nfsd_fs, check=False)))
         if not self._mountd_running():
-            proc = subprocess.Popen(["rpc.mountd", "--foreground", "--no-udp", "-N", "2", "-N", "3"],
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+            proc = subprocess.Popen(
+                ["rpc.mountd", "--foreground", "--no-udp", "-N", "2", "-N", "3"],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                stdin=subprocess.DEVNULL,
+            )
             self.undo.append(("stop our rpc.mountd", lambda: (proc.terminate(), proc.wait(10))))
         threads = Path(nfsd_fs, "threads").read_text().strip()
         if threads in ("", "0"):
@@ -104,8 +111,9 @@ class LoopbackNFS:
         self.undo.append((f"exportfs -u {client}", lambda: self._run("exportfs", "-u", client, check=False)))
         deadline = time.monotonic() + 20
         while True:
-            res = self._run("mount", "-t", "nfs", "-o", "vers=4.2,ro,nolock,addr=127.0.0.1", client, self.mnt,
-                            check=False)
+            res = self._run(
+                "mount", "-t", "nfs", "-o", "vers=4.2,ro,nolock,addr=127.0.0.1", client, self.mnt, check=False
+            )
             if res.returncode == 0:
                 break
             if time.monotonic() > deadline:
@@ -191,24 +199,39 @@ def test_additional_image_store_read_only(engines, tmp_path, transport):
             (mnt / "probe").write_text("x")
         assert refused.value.errno == errno.EROFS
 
-        e = engines("pyunionfs", import_base=False, additional_stores=[str(mnt)],
-                    mount_options=[f"logfile={tmp_path}/pyunionfs.log"])
+        e = engines(
+            "pyunionfs",
+            import_base=False,
+            additional_stores=[str(mnt)],
+            mount_options=[f"logfile={tmp_path}/pyunionfs.log"],
+        )
         images = e.podman("images", "--format", "{{.Repository}}:{{.Tag}} {{.ReadOnly}}").stdout.split("\n")
         assert "localhost/t/shared:latest true" in images and "localhost/unionfs-test/base:1 true" in images, images
         assert _local_layers(e) == [], "the shared images' layers were copied into the local storage"
 
-        script = ("cat /data/one /data/d/two; ls /data /data/d; ls /bin/vi 2>&1; rm /data/one && rm -rf /data/d "
-                  "&& mkdir /data/d && echo mine > /data/d/mine && echo x >> /data/new/n && ls -a /data /data/d "
-                  "&& cat /data/new/n")
-        out = e.podman("run", "--rm", "--pull=never", "--network=none", "localhost/t/shared", "sh", "-c",
-                       script).stdout
+        script = (
+            "cat /data/one /data/d/two; ls /data /data/d; ls /bin/vi 2>&1; rm /data/one && rm -rf /data/d "
+            "&& mkdir /data/d && echo mine > /data/d/mine && echo x >> /data/new/n && ls -a /data /data/d "
+            "&& cat /data/new/n"
+        )
+        out = e.podman("run", "--rm", "--pull=never", "--network=none", "localhost/t/shared", "sh", "-c", script).stdout
         assert out.startswith("changed\ntwo\n"), out
         assert "No such file" in out and ".wh." not in out and "gone" not in out, out
         assert out.endswith("n\nx\n") and "mine" in out, out
 
         # a container kept, its upper is local and the shared layers are its lowers
-        e.podman("run", "-d", "--pull=never", "--network=none", "--name", "keep", "localhost/t/shared",
-                 "sh", "-c", "echo local > /data/local; rm /data/new/n; sleep 60")
+        e.podman(
+            "run",
+            "-d",
+            "--pull=never",
+            "--network=none",
+            "--name",
+            "keep",
+            "localhost/t/shared",
+            "sh",
+            "-c",
+            "echo local > /data/local; rm /data/new/n; sleep 60",
+        )
         deadline = time.monotonic() + 30
         upper = e.podman("inspect", "--format", "{{.GraphDriver.Data.UpperDir}}", "keep").stdout.strip()
         while not os.path.exists(os.path.join(upper, "data", "local")) and time.monotonic() < deadline:
@@ -227,10 +250,31 @@ def test_additional_image_store_read_only(engines, tmp_path, transport):
         child.mkdir()
         (child / "Containerfile").write_text(CHILD)
         e.build(child, "localhost/t/child")
-        ls = e.podman("run", "--rm", "--pull=never", "--network=none", "localhost/t/child", "sh", "-c",
-                      "ls -a /data /data/new; cat /data/child").stdout
-        assert ls.split("\n") == ["/data:", ".", "..", "child", "d", "new", "", "/data/new:", ".", "..", "m",
-                                  "child", ""], ls
+        ls = e.podman(
+            "run",
+            "--rm",
+            "--pull=never",
+            "--network=none",
+            "localhost/t/child",
+            "sh",
+            "-c",
+            "ls -a /data /data/new; cat /data/child",
+        ).stdout
+        assert ls.split("\n") == [
+            "/data:",
+            ".",
+            "..",
+            "child",
+            "d",
+            "new",
+            "",
+            "/data/new:",
+            ".",
+            "..",
+            "m",
+            "child",
+            "",
+        ], ls
         e.close()
         assert not mounts_under(e.base)
 
@@ -242,6 +286,7 @@ def test_additional_image_store_read_only(engines, tmp_path, transport):
     finally:
         if nfs is not None:
             nfs.stop()
-        elif any(m.mountpoint == str(mnt) for m in mounts_under(tmp_path, fstypes=("ext4", "xfs", "btrfs", "tmpfs"))) \
-                or os.path.ismount(mnt):
+        elif any(
+            m.mountpoint == str(mnt) for m in mounts_under(tmp_path, fstypes=("ext4", "xfs", "btrfs", "tmpfs"))
+        ) or os.path.ismount(mnt):
             subprocess.run(["umount", str(mnt)], capture_output=True, timeout=30)

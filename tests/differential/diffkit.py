@@ -32,8 +32,14 @@ import sys
 import tempfile
 from pathlib import Path
 
-from tests.util import (FUSE_SKIP_REASON, kernel_overlay_skip_reason, mount_kernel_overlay,
-                        mount_pyunionfs, mounts_under, tree_snapshot)
+from tests.util import (
+    FUSE_SKIP_REASON,
+    kernel_overlay_skip_reason,
+    mount_kernel_overlay,
+    mount_pyunionfs,
+    mounts_under,
+    tree_snapshot,
+)
 
 SELF_CHECK = os.environ.get("DIFF_SELF_CHECK", "") not in ("", "0")
 
@@ -59,8 +65,13 @@ FIXTURE = [
     ("l3", "both", "f", b"both from l3\n", {}),
     ("l3", "wh_target", "f", b"hidden by l2 whiteout\n", {}),
     ("l3", "gone", "f", b"hidden by upper whiteout\n", {}),
-    ("l3", "owned", "f", b"owned by 1001:1002\n", {"mode": 0o640, "uid": 1001, "gid": 1002,
-                                                      "xattrs": {"user.tag": b"l3"}}),
+    (
+        "l3",
+        "owned",
+        "f",
+        b"owned by 1001:1002\n",
+        {"mode": 0o640, "uid": 1001, "gid": 1002, "xattrs": {"user.tag": b"l3"}},
+    ),
     ("l3", "suid", "f", b"#!/bin/true\n", {"mode": 0o6755, "uid": 1001, "gid": 1002}),
     ("l3", "fifo_l", "p", None, {"mode": 0o644}),
     ("l3", "ftodir", "f", b"file below a dir\n", {}),
@@ -221,9 +232,15 @@ def mtime_token(ns: int):
 
 
 def _ftype(m):
-    for test, ch in ((stat.S_ISDIR, "d"), (stat.S_ISREG, "f"), (stat.S_ISLNK, "l"),
-                     (stat.S_ISCHR, "c"), (stat.S_ISBLK, "b"), (stat.S_ISFIFO, "p"),
-                     (stat.S_ISSOCK, "s")):
+    for test, ch in (
+        (stat.S_ISDIR, "d"),
+        (stat.S_ISREG, "f"),
+        (stat.S_ISLNK, "l"),
+        (stat.S_ISCHR, "c"),
+        (stat.S_ISBLK, "b"),
+        (stat.S_ISFIFO, "p"),
+        (stat.S_ISSOCK, "s"),
+    ):
         if test(m):
             return ch
     return "?"
@@ -231,8 +248,13 @@ def _ftype(m):
 
 def norm_stat(st):
     t = _ftype(st.st_mode)
-    out = {"type": t, "mode": oct(stat.S_IMODE(st.st_mode)), "uid": st.st_uid, "gid": st.st_gid,
-           "mtime": mtime_token(st.st_mtime_ns)}
+    out = {
+        "type": t,
+        "mode": oct(stat.S_IMODE(st.st_mode)),
+        "uid": st.st_uid,
+        "gid": st.st_gid,
+        "mtime": mtime_token(st.st_mtime_ns),
+    }
     if t != "d":  # merged directory size/nlink are artifacts (see module docstring)
         out["nlink"] = st.st_nlink
         out["size"] = st.st_size
@@ -283,7 +305,7 @@ WRITE_MODES = {
 
 
 def _attempt(fn, *args, **kwargs):
-    """"ok", or the errno of the OSError fn raised."""
+    """ "ok", or the errno of the OSError fn raised."""
     try:
         fn(*args, **kwargs)
         return "ok"
@@ -412,6 +434,7 @@ RENAME_FLAGS = {"noreplace": 1, "exchange": 2}  # renameat2(2)
 
 def _renameat2(src, dst, flags):
     from unionfs.engine import _sys  # the package's ctypes shim (Python's os has no renameat2)
+
     _sys.renameat2(-100, os.fsencode(src), -100, os.fsencode(dst), flags)  # AT_FDCWD
 
 
@@ -434,8 +457,11 @@ XATTR_FLAGS = {"any": 0, "create": os.XATTR_CREATE, "replace": os.XATTR_REPLACE}
 
 def op_setxattr(root, path, name, value, flags, follow):
     p = os.path.join(root, path)
-    return (_attempt(os.setxattr, p, name, value, XATTR_FLAGS[flags], follow_symlinks=follow), _lstat(p),
-            op_listxattr(root, path, follow))
+    return (
+        _attempt(os.setxattr, p, name, value, XATTR_FLAGS[flags], follow_symlinks=follow),
+        _lstat(p),
+        op_listxattr(root, path, follow),
+    )
 
 
 def op_getxattr(root, path, name, follow):
@@ -606,16 +632,26 @@ def upper_snapshot(root):
 
 def raw_snapshot(root):
     """Everything a writer could change in a lower, for the 'lowers untouched' check."""
+
     def visit(p, st):
-        e = {"mode": st.st_mode, "uid": st.st_uid, "gid": st.st_gid, "ino": st.st_ino,
-             "nlink": st.st_nlink, "size": st.st_size, "rdev": st.st_rdev,
-             "mtime": st.st_mtime_ns, "ctime": st.st_ctime_ns,
-             "xattrs": _xattrs(p, lambda n: True)}
+        e = {
+            "mode": st.st_mode,
+            "uid": st.st_uid,
+            "gid": st.st_gid,
+            "ino": st.st_ino,
+            "nlink": st.st_nlink,
+            "size": st.st_size,
+            "rdev": st.st_rdev,
+            "mtime": st.st_mtime_ns,
+            "ctime": st.st_ctime_ns,
+            "xattrs": _xattrs(p, lambda n: True),
+        }
         if stat.S_ISREG(st.st_mode):
             e["sha256"] = _sha(p)
         elif stat.S_ISLNK(st.st_mode):
             e["target"] = os.readlink(p)
         return e
+
     return _walk(str(root), visit)
 
 
@@ -675,8 +711,10 @@ class Pair:
     def check(self, name, *args):
         self.history.append((name, *args))
         a, b = self.run(name, *args)
-        assert a == b, (f"{name}{args!r} differs:\n  {self.labels[0]}: {a!r}\n"
-                        f"  {self.labels[1]}: {b!r}\n  replay steps: {self.history!r}")
+        assert a == b, (
+            f"{name}{args!r} differs:\n  {self.labels[0]}: {a!r}\n"
+            f"  {self.labels[1]}: {b!r}\n  replay steps: {self.history!r}"
+        )
         return a
 
     def finish(self, compare=True):
@@ -701,14 +739,14 @@ class Pair:
             work.mkdir()
             with mount_kernel_overlay(again, [ours / l for l in LAYERS], ours / "upper", work, options=["ro"]):
                 seen = merged_snapshot(str(again))
-            problems += ["kernel on the upper of " + l
-                         for l in diff_dicts(snaps[1], seen, self.labels[1], "kernel on its upper")]
+            problems += [
+                "kernel on the upper of " + l for l in diff_dicts(snaps[1], seen, self.labels[1], "kernel on its upper")
+            ]
         for label, d, before in zip(self.labels, self.sides, self.lower_before):
             for l in LAYERS:
                 for line in diff_dicts(before[l], raw_snapshot(d / l), "before", "after"):
                     problems.append(f"{label} lower {l} changed: {line}")
-        assert not problems, ("final state differs:\n  " + "\n  ".join(problems)
-                              + f"\n  replay steps: {self.history!r}")
+        assert not problems, "final state differs:\n  " + "\n  ".join(problems) + f"\n  replay steps: {self.history!r}"
 
     def cleanup(self):
         self.stack.close()
@@ -737,6 +775,7 @@ def minimize(template, base, steps, options=()):
     For hand use when hypothesis's shrinking ran out of time:
         python -m tests.differential.diffkit "[('op', args...), ...]"
     """
+
     def fails(candidate):
         d = Path(tempfile.mkdtemp(dir=base))
         try:
@@ -751,7 +790,7 @@ def minimize(template, base, steps, options=()):
     while changed:
         changed = False
         for i in reversed(range(len(steps))):
-            cand = steps[:i] + steps[i + 1:]
+            cand = steps[:i] + steps[i + 1 :]
             if fails(cand):
                 steps, changed = cand, True
     return steps
@@ -763,8 +802,12 @@ if __name__ == "__main__":
     os.umask(0o022)
     work = Path(tempfile.mkdtemp(prefix="diffmin."))
     try:
-        found = minimize(build_template(work / "template"), work, ast.literal_eval(sys.argv[1]),
-                         sys.argv[2].split(",") if len(sys.argv) > 2 else ())
+        found = minimize(
+            build_template(work / "template"),
+            work,
+            ast.literal_eval(sys.argv[1]),
+            sys.argv[2].split(",") if len(sys.argv) > 2 else (),
+        )
         print(repr(found))
     finally:
         if not mounts_under(work):

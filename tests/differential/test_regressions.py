@@ -23,8 +23,10 @@ def known_difference(reason):
     return pytest.mark.xfail(not SELF_CHECK, strict=True, reason="known difference: " + reason)
 
 
-SETXATTR_FLAGS = ("pyfuse3 checks XATTR_CREATE/XATTR_REPLACE itself (by calling getxattr) and never calls "
-                  "the daemon's setxattr when the check fails, so the daemon cannot copy up first: ")
+SETXATTR_FLAGS = (
+    "pyfuse3 checks XATTR_CREATE/XATTR_REPLACE itself (by calling getxattr) and never calls "
+    "the daemon's setxattr when the check fails, so the daemon cannot copy up first: "
+)
 
 
 @pytest.fixture
@@ -38,20 +40,26 @@ def replay(diff_template, diff_base):
     os.umask(old_umask)
 
 
-@known_difference(SETXATTR_FLAGS + "a setxattr that fails (XATTR_REPLACE of a missing name) leaves the lower file not "
-            "copied up; the kernel copies up first, then fails with ENODATA")
+@known_difference(
+    SETXATTR_FLAGS + "a setxattr that fails (XATTR_REPLACE of a missing name) leaves the lower file not "
+    "copied up; the kernel copies up first, then fails with ENODATA"
+)
 def test_failed_setxattr_replace_copies_up(replay):
     replay(("setxattr", "a", "user.a", b"", "replace", False))
 
 
-@known_difference(SETXATTR_FLAGS + "seen on a lower hard link: the kernel's copy-up splits the pair "
-            "(lstat nlink 1 after the failed setxattr), pyunionfs still reports nlink 2")
+@known_difference(
+    SETXATTR_FLAGS + "seen on a lower hard link: the kernel's copy-up splits the pair "
+    "(lstat nlink 1 after the failed setxattr), pyunionfs still reports nlink 2"
+)
 def test_failed_setxattr_replace_splits_hardlink(replay):
     replay(("setxattr", "hl_a", "user.new", b"other value", "replace", True))
 
 
-@known_difference("chown(-1, -1) of a lower file: the kernel overlay copies it up; the FUSE kernel module "
-                  "does not send a setattr that changes nothing, so the daemon never hears of it")
+@known_difference(
+    "chown(-1, -1) of a lower file: the kernel overlay copies it up; the FUSE kernel module "
+    "does not send a setattr that changes nothing, so the daemon never hears of it"
+)
 def test_noop_chown_copies_up(replay):
     replay(("chown", "a", -1, -1, False))
 
@@ -62,14 +70,18 @@ def test_lchown_lower_symlink(replay):
     replay(("chown", "lnk_abs", -1, 1002, False))
 
 
-@known_difference(SETXATTR_FLAGS + "setxattr XATTR_CREATE of a name a lower file already has fails EEXIST on both, but the "
-            "kernel has copied the file up first (and its parent dir for a dir entry)")
+@known_difference(
+    SETXATTR_FLAGS + "setxattr XATTR_CREATE of a name a lower file already has fails EEXIST on both, but the "
+    "kernel has copied the file up first (and its parent dir for a dir entry)"
+)
 def test_failed_setxattr_create_copies_up(replay):
     replay(("setxattr", "xf", "user.a", b"v", "create", False))
 
 
-@known_difference(SETXATTR_FLAGS + "failed setxattr on a lower-only directory: the kernel copies up dm/sub (and its parent "
-            "chain) before failing with ENODATA")
+@known_difference(
+    SETXATTR_FLAGS + "failed setxattr on a lower-only directory: the kernel copies up dm/sub (and its parent "
+    "chain) before failing with ENODATA"
+)
 def test_failed_setxattr_replace_copies_up_dir(replay):
     replay(("setxattr", "dm/sub", "user.new", b"v", "replace", False))
 
@@ -90,6 +102,7 @@ def test_root_mtime_after_big_copyup_and_rename(replay):
 
 # ---- redirect_dir=on on both sides: lower and merged directories rename by redirect.
 
+
 @pytest.fixture
 def replay_redirect(diff_template, diff_base):
     old_umask = os.umask(0o022)
@@ -103,45 +116,85 @@ def replay_redirect(diff_template, diff_base):
 
 def test_redirect_merged_dir_in_place_then_away(replay_redirect):
     # "name" redirect, then an absolute one, then the old place reused
-    replay_redirect(("rename", "dm", "dm2"), ("listdir", "dm2"), ("listdir", "dm2/sub"),
-                    ("rename", "dm2", "du/dm3"), ("listdir", "du/dm3"), ("read", "du/dm3/x2"),
-                    ("mkdir", "dm", 0o755), ("listdir", "dm"), ("create", "dm/n1", 0o644, b"new"))
+    replay_redirect(
+        ("rename", "dm", "dm2"),
+        ("listdir", "dm2"),
+        ("listdir", "dm2/sub"),
+        ("rename", "dm2", "du/dm3"),
+        ("listdir", "du/dm3"),
+        ("read", "du/dm3/x2"),
+        ("mkdir", "dm", 0o755),
+        ("listdir", "dm"),
+        ("create", "dm/n1", 0o644, b"new"),
+    )
 
 
 def test_redirect_nested_moves(replay_redirect):
     # a child moved within its redirected parent, the parent moved, the child moved out again
-    replay_redirect(("rename", "dm/sub", "dm/sub2"), ("rename", "dm", "dlow/e/dm"),
-                    ("listdir", "dlow/e/dm/sub2"), ("rename", "dlow/e/dm/sub2", "newsub"),
-                    ("read", "newsub/deep"), ("listdir", "dlow/e/dm"), ("stat", "dlow/e/dm/sub2", False))
+    replay_redirect(
+        ("rename", "dm/sub", "dm/sub2"),
+        ("rename", "dm", "dlow/e/dm"),
+        ("listdir", "dlow/e/dm/sub2"),
+        ("rename", "dlow/e/dm/sub2", "newsub"),
+        ("read", "newsub/deep"),
+        ("listdir", "dlow/e/dm"),
+        ("stat", "dlow/e/dm/sub2", False),
+    )
 
 
 def test_redirect_into_pure_upper_and_opaque_dirs(replay_redirect):
-    replay_redirect(("rename", "dlow", "du/sub/dl"), ("listdir", "du/sub/dl"),
-                    ("rename", "du", "dup_op/du"), ("read", "dup_op/du/sub/dl/f"),
-                    ("getxattr", "dup_op/du/sub/dl/f", "user.x", True),
-                    ("rename", "dop", "dup_op/dop"), ("listdir", "dup_op/dop"))
+    replay_redirect(
+        ("rename", "dlow", "du/sub/dl"),
+        ("listdir", "du/sub/dl"),
+        ("rename", "du", "dup_op/du"),
+        ("read", "dup_op/du/sub/dl/f"),
+        ("getxattr", "dup_op/du/sub/dl/f", "user.x", True),
+        ("rename", "dop", "dup_op/dop"),
+        ("listdir", "dup_op/dop"),
+    )
 
 
 def test_redirect_changes_inside_moved_dirs(replay_redirect):
     # copy-up, whiteouts and removal below a directory that merges another path
-    replay_redirect(("rename", "dm", "moved"), ("write", "moved/x3", "append", 0, b"+"),
-                    ("unlink", "moved/z1"), ("unlink", "moved/x2"), ("rmdir", "moved"),
-                    ("rename", "moved/sub", "moved/sub"), ("chmod", "moved/sub", 0o700),
-                    ("unlink", "moved/sub/deep"), ("rmdir", "moved/sub"), ("unlink", "moved/xu"),
-                    ("unlink", "moved/x3"), ("listdir", "moved"), ("rmdir", "moved"), ("listdir", ""))
+    replay_redirect(
+        ("rename", "dm", "moved"),
+        ("write", "moved/x3", "append", 0, b"+"),
+        ("unlink", "moved/z1"),
+        ("unlink", "moved/x2"),
+        ("rmdir", "moved"),
+        ("rename", "moved/sub", "moved/sub"),
+        ("chmod", "moved/sub", 0o700),
+        ("unlink", "moved/sub/deep"),
+        ("rmdir", "moved/sub"),
+        ("unlink", "moved/xu"),
+        ("unlink", "moved/x3"),
+        ("listdir", "moved"),
+        ("rmdir", "moved"),
+        ("listdir", ""),
+    )
 
 
 def test_redirect_over_existing_dirs_and_back(replay_redirect):
-    replay_redirect(("rename", "emptyd", "dm/sub2"), ("rename", "dlow/e", "emptyd"),
-                    ("rename", "dop", "ftodir/inner2"), ("rename", "ftodir", "dop"),
-                    ("listdir", "dop"), ("rename", "dop/inner2", "dop"), ("listdir", ""),
-                    ("rename", "dm/sub", "dlow"), ("rename", "dlow", "dm/sub"), ("listdir", "dm/sub"))
+    replay_redirect(
+        ("rename", "emptyd", "dm/sub2"),
+        ("rename", "dlow/e", "emptyd"),
+        ("rename", "dop", "ftodir/inner2"),
+        ("rename", "ftodir", "dop"),
+        ("listdir", "dop"),
+        ("rename", "dop/inner2", "dop"),
+        ("listdir", ""),
+        ("rename", "dm/sub", "dlow"),
+        ("rename", "dlow", "dm/sub"),
+        ("listdir", "dm/sub"),
+    )
 
 
-ONE_INODE = ("names of one lower file are one FUSE inode here (pyfuse3 makes st_ino the node id, and "
-             "the kernel overlay shows such names with one st_ino), so the VFS finds source and target the "
-             "same inode and returns before the daemon hears of the call; the kernel overlay (index=off) "
-             "gives them separate inodes with one st_ino, copies the source up and ")
+ONE_INODE = (
+    "names of one lower file are one FUSE inode here (pyfuse3 makes st_ino the node id, and "
+    "the kernel overlay shows such names with one st_ino), so the VFS finds source and target the "
+    "same inode and returns before the daemon hears of the call; the kernel overlay (index=off) "
+    "gives them separate inodes with one st_ino, copies the source up and "
+)
 
 
 # Found by exploring with fresh seeds. The engine (UnionFS) does what the kernel does; through FUSE the
@@ -166,12 +219,15 @@ def test_redirect_failed_rename_onto_a_full_upper_dir_records_a_redirect(replay_
     # Found by exploring with fresh seeds: a merged directory renamed onto a non-empty pure-upper one
     # fails ENOTEMPTY in the upper's rename(2); the kernel has recorded the redirect by then, and had
     # pyunionfs marked it opaque instead, the kernel reading that upper listed whiteouts as names.
-    replay_redirect(("rename", "dm", "dup_op"), ("listdir", "dm"), ("rename", "dlow", "dup_op"),
-                    ("listdir", "dlow"))
+    replay_redirect(("rename", "dm", "dup_op"), ("listdir", "dm"), ("rename", "dlow", "dup_op"), ("listdir", "dlow"))
 
 
 def test_fstat_of_an_open_fifo_after_its_last_name_goes(replay):
     # Found by exploring with fresh seeds: the kernel opens a fifo itself (the daemon gets no handle), so
     # after the unlink pyunionfs had nothing to answer fstat with (ENOENT); it keeps the last attributes.
-    replay(("fd_across", "fifo_l", "unlink", "n1", b"xy"), ("mkfifo", "n2", 0o644),
-           ("fd_across", "n2", "rename", "n1", b""), ("fd_across", "n1", "unlink", "a", b"z"))
+    replay(
+        ("fd_across", "fifo_l", "unlink", "n1", b"xy"),
+        ("mkfifo", "n2", 0o644),
+        ("fd_across", "n2", "rename", "n1", b""),
+        ("fd_across", "n1", "unlink", "a", b"z"),
+    )

@@ -107,8 +107,7 @@ class DiffMachine(RuleBasedStateMachine):
         self._check("listxattr", path, follow)
 
     # ---- data
-    @rule(path=paths, mode=st.sampled_from(sorted(diffkit.WRITE_MODES)),
-          offset=st.sampled_from([0, 5, 100]), data=data)
+    @rule(path=paths, mode=st.sampled_from(sorted(diffkit.WRITE_MODES)), offset=st.sampled_from([0, 5, 100]), data=data)
     def write(self, path, mode, offset, data):
         self._check("write", path, mode, offset, data)
 
@@ -141,8 +140,7 @@ class DiffMachine(RuleBasedStateMachine):
     def utime(self, path, atime_ns, mtime_ns, follow):
         self._check("utime", path, atime_ns, mtime_ns, follow)
 
-    @rule(path=paths, name=xnames, value=xvalues,
-          flags=st.sampled_from(sorted(diffkit.XATTR_FLAGS)), follow=booleans)
+    @rule(path=paths, name=xnames, value=xvalues, flags=st.sampled_from(sorted(diffkit.XATTR_FLAGS)), follow=booleans)
     def setxattr(self, path, name, value, flags, follow):
         if flags != "any" and self.pair is not None and not diffkit.SELF_CHECK:
             # A flag check that fails is a known difference (test_regressions.py, README): pyfuse3
@@ -197,13 +195,15 @@ class DiffMachine(RuleBasedStateMachine):
     def rename2(self, src, dst, flag):
         self._check("rename2", src, dst, flag)
 
-    @rule(src=paths, name=st.sampled_from(["n1", "hl_a", "hl_b", "a", "xf"]), flag=st.sampled_from(
-        sorted(diffkit.RENAME_FLAGS)))
+    @rule(
+        src=paths,
+        name=st.sampled_from(["n1", "hl_a", "hl_b", "a", "xf"]),
+        flag=st.sampled_from(sorted(diffkit.RENAME_FLAGS)),
+    )
     def rename2_sibling(self, src, name, flag):
         self._check("rename2", src, os.path.join(os.path.dirname(src), name), flag)
 
-    @rule(path=paths, action=st.sampled_from(["rename", "unlink"]), name=st.sampled_from(["n1", "x1", "a"]),
-          data=data)
+    @rule(path=paths, action=st.sampled_from(["rename", "unlink"]), name=st.sampled_from(["n1", "x1", "a"]), data=data)
     def fd_across(self, path, action, name, data):
         other = os.path.join(os.path.dirname(path), name)
         if action == "rename" and self._names_of_one_lower_file(path, other):
@@ -220,13 +220,17 @@ class DiffMachine(RuleBasedStateMachine):
 # Three configurations: the kernel's defaults; redirect_dir=on (lower and merged directories rename by
 # recording a redirect) on both sides; index=on (lower hard links stay whole across copy-up) on both.
 @pytest.mark.timeout(600)
-@pytest.mark.parametrize("options,examples", [((), 40), (("redirect_dir=on",), 25), (("index=on",), 25)],
-                         ids=["defaults", "redirect_dir=on", "index=on"])
+@pytest.mark.parametrize(
+    "options,examples",
+    [((), 40), (("redirect_dir=on",), 25), (("index=on",), 25)],
+    ids=["defaults", "redirect_dir=on", "index=on"],
+)
 def test_differential_vs_kernel(diff_template, diff_base, options, examples):
     old_umask = os.umask(0o022)
     try:
-        machine = type("DiffMachine", (DiffMachine,), {
-            "template": diff_template, "base": diff_base, "options": options})
+        machine = type(
+            "DiffMachine", (DiffMachine,), {"template": diff_template, "base": diff_base, "options": options}
+        )
         run_state_machine_as_test(
             machine,
             settings=settings(
@@ -236,8 +240,11 @@ def test_differential_vs_kernel(diff_template, diff_base, options, examples):
                 suppress_health_check=list(HealthCheck),
                 # DIFF_NO_SHRINK=1: report the first failing sequence as found (its "replay steps"
                 # can then be cut down with `python -m tests.differential.diffkit STEPS`)
-                **({"phases": [Phase.explicit, Phase.reuse, Phase.generate]}
-                   if os.environ.get("DIFF_NO_SHRINK") else {}),
+                **(
+                    {"phases": [Phase.explicit, Phase.reuse, Phase.generate]}
+                    if os.environ.get("DIFF_NO_SHRINK")
+                    else {}
+                ),
             ),
         )
     finally:

@@ -12,8 +12,13 @@ import stat
 
 import pytest
 
-from tests.util import (FUSE_SKIP_REASON, diff_snapshots, kernel_overlay_skip_reason, mount_kernel_overlay,
-                        mount_pyunionfs)
+from tests.util import (
+    FUSE_SKIP_REASON,
+    diff_snapshots,
+    kernel_overlay_skip_reason,
+    mount_kernel_overlay,
+    mount_pyunionfs,
+)
 
 IMPLS = ("pyunionfs", "kernel")
 

@@ -1,4 +1,5 @@
 """The embedded Python API: unionfs.mount / UnionMount / MountError, on real mounts."""
+
 from __future__ import annotations
 
 import errno
@@ -10,9 +11,9 @@ import time
 import pytest
 
 import unionfs
+from tests.util import is_mountpoint, mounts_under
 from unionfs import DaemonDied, MountError, UnionMount
 from unionfs.embed.api import mount
-from tests.util import is_mountpoint, mounts_under
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -73,7 +74,7 @@ def test_body_raises_still_unmounts(tmp_path):
     with pytest.raises(ZeroDivisionError):
         with mount(low, up, work, mountpoint=mnt) as m:
             assert m.alive
-            1 / 0
+            1 / 0  # noqa: B018 (raises inside the with block)
     assert not is_mountpoint(mnt)
     assert m.returncode == 0
 
@@ -107,8 +108,9 @@ def test_daemon_killed_and_body_raises_keeps_body_error(tmp_path):
     assert not is_mountpoint(mnt)
 
 
-@pytest.mark.parametrize("case", ["missing-lower", "workdir-not-empty", "upper-without-work", "bad-option",
-                                  "already-mounted"])
+@pytest.mark.parametrize(
+    "case", ["missing-lower", "workdir-not-empty", "upper-without-work", "bad-option", "already-mounted"]
+)
 def test_refused_mount_raises_mount_error(tmp_path, case):
     low, up, work, mnt = _layers(tmp_path)
     args = dict(lowers=[low], upper=up, work=work, mountpoint=mnt)
@@ -183,7 +185,10 @@ def test_unionfs_mount_stays_the_api_function():
     """The daemon module is unionfs.fuse.daemon, so importing it (cli.py does) cannot shadow unionfs.mount."""
     import subprocess
     import sys
-    code = ("import unionfs, unionfs.cli, unionfs.fuse.daemon, unionfs.embed.api; "
-            "assert unionfs.mount is unionfs.embed.api.mount, unionfs.mount")
+
+    code = (
+        "import unionfs, unionfs.cli, unionfs.fuse.daemon, unionfs.embed.api; "
+        "assert unionfs.mount is unionfs.embed.api.mount, unionfs.mount"
+    )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
     assert res.returncode == 0, res.stderr

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -76,10 +76,12 @@ def bad(name, xfail=None):
         if xfail:
             XFAIL[name] = xfail
         return fn
+
     return deco
 
 
 # --- layers overlapping each other ------------------------------------------------------------------
+
 
 @bad("upperdir inside workdir")
 def _(L, tmp, extra):
@@ -110,6 +112,7 @@ def _(L, tmp, extra):
 
 # --- the mountpoint inside a layer -------------------------------------------------------------------
 
+
 @bad("mountpoint inside a lower")
 def _(L, tmp, extra):
     return ["-o", opts(L), L.lowers[0] / "sub"]
@@ -125,7 +128,6 @@ def _(L, tmp, extra):
     return ["-o", opts(L), L.upper / "usub"]
 
 
-
 @bad("mountpoint inside workdir")
 def _(L, tmp, extra):
     (L.work / "work").mkdir()
@@ -138,6 +140,7 @@ def _(L, tmp, extra):
 
 
 # --- non-directory and odd layer paths ----------------------------------------------------------------
+
 
 @bad("lowerdir is a dangling symlink")
 def _(L, tmp, extra):
@@ -171,6 +174,7 @@ def _(L, tmp, extra):
 
 
 # --- malformed option strings -------------------------------------------------------------------------
+
 
 @bad("lowerdir with a trailing unbalanced escape")
 def _(L, tmp, extra):
@@ -258,6 +262,7 @@ def _(L, tmp, extra):
 
 # --- too many lowers ------------------------------------------------------------------------------------
 
+
 def _many_lowers(tmp: Path, n: int) -> list:
     base = tmp / "many"
     base.mkdir(exist_ok=True)
@@ -299,8 +304,9 @@ def _run_watching(args, root, timeout=30):
         seen += mounts_under(root, ("fuse",))
         out.seek(0)
         err.seek(0)
-        return subprocess.CompletedProcess(proc.args, proc.returncode, out.read().decode(errors="replace"),
-                                           err.read().decode(errors="replace")), seen
+        return subprocess.CompletedProcess(
+            proc.args, proc.returncode, out.read().decode(errors="replace"), err.read().decode(errors="replace")
+        ), seen
 
 
 def _cases():
@@ -314,8 +320,9 @@ def _cases():
 def _check_refused(res, before, after, mounted_after, case):
     lines = res.stderr.splitlines()
     assert res.returncode in (1, 2), f"{case}: exit {res.returncode}; stderr: {res.stderr!r}"
-    assert len(lines) == 1 and lines[0].startswith("pyunionfs: "), \
+    assert len(lines) == 1 and lines[0].startswith("pyunionfs: "), (
         f"{case}: stderr must be one 'pyunionfs: ' line: {res.stderr!r}"
+    )
     assert not mounted_after, f"{case}: something got mounted: {mounted_after}"
     assert after == before, f"{case}: files changed: " + ", ".join(k for k in before if before[k] != after[k])
 
@@ -367,18 +374,24 @@ def _nobody_layers(tmp_path):
 def _run_as_nobody(args):
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
-        proc = subprocess.run(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
-                               *PYTHON_M, *map(str, args)], stdin=subprocess.DEVNULL, stdout=out,
-                              stderr=err, timeout=30, env=env, cwd="/")
+        proc = subprocess.run(
+            ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", *PYTHON_M, *map(str, args)],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=err,
+            timeout=30,
+            env=env,
+            cwd="/",
+        )
         out.seek(0)
         err.seek(0)
-        return subprocess.CompletedProcess(proc.args, proc.returncode, out.read().decode(errors="replace"),
-                                           err.read().decode(errors="replace"))
+        return subprocess.CompletedProcess(
+            proc.args, proc.returncode, out.read().decode(errors="replace"), err.read().decode(errors="replace")
+        )
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("case", ["unreadable lower", "untraversable lower", "unreadable upper",
-                                  "unwritable upper"])
+@pytest.mark.parametrize("case", ["unreadable lower", "untraversable lower", "unreadable upper", "unwritable upper"])
 def test_bad_permissions_as_nobody(tmp_path, case):
     base, L = _nobody_layers(tmp_path)
     try:

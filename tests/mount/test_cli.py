@@ -13,8 +13,18 @@ from pathlib import Path
 
 import pytest
 
-from tests.util import (DIR, hash_tree, is_mountpoint, mount_entry, mount_kernel_overlay,
-                        mount_pyunionfs, mounts_under, escape_layer_path, kernel_overlay_skip_reason, unmount)
+from tests.util import (
+    DIR,
+    escape_layer_path,
+    hash_tree,
+    is_mountpoint,
+    kernel_overlay_skip_reason,
+    mount_entry,
+    mount_kernel_overlay,
+    mount_pyunionfs,
+    mounts_under,
+    unmount,
+)
 
 SPEC = {
     "lower0": {"f": "lower f\n", "file": "a file\n", "sub": DIR, "sub/x": "x\n", "wdir": DIR},
@@ -84,8 +94,11 @@ def L(layers):
 
 
 def opts(L, **kw) -> str:
-    d = {"lowerdir": ":".join(escape_layer_path(l) for l in L.lowers),
-         "upperdir": escape_layer_path(L.upper), "workdir": escape_layer_path(L.work)}
+    d = {
+        "lowerdir": ":".join(escape_layer_path(l) for l in L.lowers),
+        "upperdir": escape_layer_path(L.upper),
+        "workdir": escape_layer_path(L.work),
+    }
     d.update(kw)
     return ",".join(f"{k}={v}" if v is not True else k for k, v in d.items() if v is not None)
 
@@ -93,17 +106,26 @@ def opts(L, **kw) -> str:
 def run_cli(args, *, cwd=None, timeout=30, env=None):
     """Run the CLI with stdout/stderr in files (a daemon that keeps them open can't hang us)."""
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        proc = subprocess.run([*PYTHON_M, *map(str, args)], stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                              cwd=cwd, timeout=timeout, env=env)
+        proc = subprocess.run(
+            [*PYTHON_M, *map(str, args)],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=err,
+            cwd=cwd,
+            timeout=timeout,
+            env=env,
+        )
         out.seek(0)
         err.seek(0)
-        return subprocess.CompletedProcess(proc.args, proc.returncode, out.read().decode(errors="replace"),
-                                           err.read().decode(errors="replace"))
+        return subprocess.CompletedProcess(
+            proc.args, proc.returncode, out.read().decode(errors="replace"), err.read().decode(errors="replace")
+        )
 
 
 # ---------------------------------------------------------------------------------------------------
 # Bad input: one `pyunionfs: ` line on stderr, non-zero exit, nothing written, nothing mounted
 # ---------------------------------------------------------------------------------------------------
+
 
 def _other_fs_dir(tmp_path: Path) -> Path:
     for base in ("/dev/shm", "/run"):
@@ -119,6 +141,7 @@ def bad(name):
     def deco(fn):
         BAD[name] = fn
         return fn
+
     return deco
 
 
@@ -288,7 +311,9 @@ def test_bad_input(L, tmp_path, case, foreground):
                 shutil.rmtree(e, ignore_errors=True)
     lines = res.stderr.splitlines()
     assert res.returncode in (1, 2), f"exit {res.returncode}; stderr: {res.stderr!r}"
-    assert len(lines) == 1 and lines[0].startswith("pyunionfs: "), f"stderr must be one 'pyunionfs: ' line: {res.stderr!r}"
+    assert len(lines) == 1 and lines[0].startswith("pyunionfs: "), (
+        f"stderr must be one 'pyunionfs: ' line: {res.stderr!r}"
+    )
     assert not mounted_after, f"something got mounted: {mounted_after}"
     assert after == before, f"{case}: files changed: " + ", ".join(k for k in before if before[k] != after[k])
 
@@ -303,8 +328,13 @@ def test_console_script_name(L, tmp_path):
     script = Path(sys.executable).parent / "pyunionfs"
     if not script.exists():
         pytest.skip(f"console script not installed next to {sys.executable}")
-    res = subprocess.run([str(script), "-o", opts(L, lowerdir=tmp_path / "nope"), str(L.mnt)],
-                         stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30)
+    res = subprocess.run(
+        [str(script), "-o", opts(L, lowerdir=tmp_path / "nope"), str(L.mnt)],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert res.returncode == 1
     assert res.stderr.startswith("pyunionfs: ") and res.stderr.count("\n") == 1
 
@@ -312,6 +342,7 @@ def test_console_script_name(L, tmp_path):
 # ---------------------------------------------------------------------------------------------------
 # Successful mounts
 # ---------------------------------------------------------------------------------------------------
+
 
 def _check_live(L):
     m = L.mnt
@@ -349,8 +380,9 @@ def test_background_mount(L):
 def test_background_mount_detaches_stdio(L):
     """`out=$(pyunionfs ...)` must not hang: the background daemon lets go of the caller's pipes."""
     try:
-        res = subprocess.run([*PYTHON_M, "-o", opts(L), str(L.mnt)], stdin=subprocess.DEVNULL,
-                             capture_output=True, text=True, timeout=20)
+        res = subprocess.run(
+            [*PYTHON_M, "-o", opts(L), str(L.mnt)], stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=20
+        )
         assert res.returncode == 0, res.stderr
         assert is_mountpoint(L.mnt)
     except subprocess.TimeoutExpired:
@@ -396,15 +428,40 @@ def test_signal_unmounts_foreground_daemon(L, sig):
         assert not is_mountpoint(L.mnt), f"still mounted after {sig.name}"
 
 
-GENERIC = ["rw", "dev", "suid", "exec", "atime", "noatime", "relatime", "strictatime", "lazytime",
-           "nolazytime", "async", "dirsync", "auto", "noauto", "nouser", "_netdev", "nofail", "defaults",
-           "allow_other", "default_permissions"]
+GENERIC = [
+    "rw",
+    "dev",
+    "suid",
+    "exec",
+    "atime",
+    "noatime",
+    "relatime",
+    "strictatime",
+    "lazytime",
+    "nolazytime",
+    "async",
+    "dirsync",
+    "auto",
+    "noauto",
+    "nouser",
+    "_netdev",
+    "nofail",
+    "defaults",
+    "allow_other",
+    "default_permissions",
+]
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("group", [["rw", "noatime", "lazytime", "dev", "suid"], GENERIC,
-                                   ["nodev", "nosuid", "noexec", "sync", "users", "user", "allow_root"]],
-                         ids=["brief", "all", "restrictive"])
+@pytest.mark.parametrize(
+    "group",
+    [
+        ["rw", "noatime", "lazytime", "dev", "suid"],
+        GENERIC,
+        ["nodev", "nosuid", "noexec", "sync", "users", "user", "allow_root"],
+    ],
+    ids=["brief", "all", "restrictive"],
+)
 def test_generic_options_accepted(L, group):
     with mount_pyunionfs(L.mnt, L.lowers, L.upper, L.work, group):
         _check_live(L)
@@ -418,8 +475,14 @@ def test_fsname_option(L):
 
 @pytest.mark.timeout(60)
 def test_several_o_options_merged(L):
-    args = ["-o", f"lowerdir={L.lowers[0]}:{L.lowers[1]}", "-o", f"upperdir={L.upper}", "-o",
-            f"workdir={L.work},noatime"]
+    args = [
+        "-o",
+        f"lowerdir={L.lowers[0]}:{L.lowers[1]}",
+        "-o",
+        f"upperdir={L.upper}",
+        "-o",
+        f"workdir={L.work},noatime",
+    ]
     before = unionfs_pids()
     res = run_cli(args + [L.mnt])
     try:
@@ -489,14 +552,21 @@ def _path_with_pyunionfs(tmp_path: Path) -> str:
 @pytest.mark.timeout(60)
 def test_mount_fuse3_helper(L, tmp_path):
     helper = shutil.which("mount.fuse3") or next(
-        (p for p in ("/sbin/mount.fuse3", "/usr/sbin/mount.fuse3") if os.path.exists(p)), None)
+        (p for p in ("/sbin/mount.fuse3", "/usr/sbin/mount.fuse3") if os.path.exists(p)), None
+    )
     if helper is None:
         pytest.skip("mount.fuse3 not installed")
     env = dict(os.environ, PATH=_path_with_pyunionfs(tmp_path))
     before = unionfs_pids()
     try:
-        res = subprocess.run([helper, "overlay", str(L.mnt), "-t", "pyunionfs", "-o", opts(L)],
-                             env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30)
+        res = subprocess.run(
+            [helper, "overlay", str(L.mnt), "-t", "pyunionfs", "-o", opts(L)],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         assert res.returncode == 0, res.stderr
         _check_live(L)
     finally:
@@ -525,8 +595,13 @@ def test_mount_t_fuse_pyunionfs(L, tmp_path):
         link.symlink_to(script)
     before = unionfs_pids()
     try:
-        res = subprocess.run(["mount", "-t", "fuse.pyunionfs", "overlay", str(L.mnt), "-o", opts(L)],
-                             stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30)
+        res = subprocess.run(
+            ["mount", "-t", "fuse.pyunionfs", "overlay", str(L.mnt), "-o", opts(L)],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         assert res.returncode == 0, res.stderr
         _check_live(L)
     finally:

@@ -16,8 +16,10 @@ from tests.util import FUSE_SKIP_REASON, mount_pyunionfs, mounts_under
 
 REPO = Path(__file__).resolve().parents[2]
 
-pytestmark = [pytest.mark.skipif(FUSE_SKIP_REASON is not None, reason=FUSE_SKIP_REASON or ""),
-              pytest.mark.skipif(os.geteuid() != 0, reason="the examples run as root")]
+pytestmark = [
+    pytest.mark.skipif(FUSE_SKIP_REASON is not None, reason=FUSE_SKIP_REASON or ""),
+    pytest.mark.skipif(os.geteuid() != 0, reason="the examples run as root"),
+]
 
 
 def _tool(tmp_path: Path, script: str, module: str) -> str:
@@ -31,11 +33,21 @@ def _tool(tmp_path: Path, script: str, module: str) -> str:
 
 
 def run_example(tmp_path: Path, name: str, timeout: int = 90, **env):
-    e = dict(os.environ, TMPDIR=str(tmp_path),
-             PYUNIONFS=_tool(tmp_path, "pyunionfs", "unionfs"),
-             PYUNIONFS_LAYER=_tool(tmp_path, "pyunionfs-layer", "unionfs.layertools"), **env)
-    res = subprocess.run(["bash", str(REPO / "examples" / name)], env=e, stdin=subprocess.DEVNULL,
-                         capture_output=True, text=True, timeout=timeout)
+    e = dict(
+        os.environ,
+        TMPDIR=str(tmp_path),
+        PYUNIONFS=_tool(tmp_path, "pyunionfs", "unionfs"),
+        PYUNIONFS_LAYER=_tool(tmp_path, "pyunionfs-layer", "unionfs.layertools"),
+        **env,
+    )
+    res = subprocess.run(
+        ["bash", str(REPO / "examples" / name)],
+        env=e,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     assert not mounts_under(tmp_path), f"{name} left a mount behind"
     left = [p.name for p in tmp_path.iterdir() if p.name.startswith("unionfs-")]
     assert not left, f"{name} left temp dirs behind: {left}"
@@ -47,12 +59,12 @@ def test_shared_lower(tmp_path):
     res = run_example(tmp_path, "shared_lower.sh")
     out = res.stdout
     assert res.returncode == 0, out + res.stderr
-    assert out.count("$ grep -c") == 1 and re.search(r"^3$", out, re.M)          # three mounts
+    assert out.count("$ grep -c") == 1 and re.search(r"^3$", out, re.M)  # three mounts
     # client 1 sees its changes, client 2 the base data
     assert "File 1 changed by client 1" in out and "File 1 (base data)" in out
     assert re.search(r"^c---------.*\s0,\s+0\s.*\bfile2$", out, re.M), out
     assert re.search(r"diff client_1/upperdir lowerdir\nC /file1\nD /file2\nA /file4\n", out), out
-    assert re.search(r"diff client_2/upperdir lowerdir\n\n", out), out                # no changes
+    assert re.search(r"diff client_2/upperdir lowerdir\n\n", out), out  # no changes
     assert "diff client_3/upperdir lowerdir\nC /big-dataset\n" in out
     assert "lowerdir unchanged:" in out and out.rstrip().endswith("shared lower: OK")
 
@@ -69,8 +81,10 @@ def test_docker_overlay2(tmp_path):
     upper = re.search(r'"UpperDir": "([^"]+)"', out).group(1)
     assert upper.endswith("/diff") and "this is an update to the hello.txt" in out
     assert re.search(r"^c---------.*\s0,\s+0\s.*\benvironment$", out, re.M)
-    assert "diff UpperDir LowerDir...\nC /etc\nD /etc/environment\nA /hello-world.txt\nC /root\n" \
-           "A /root/newfile.txt\n" in out, out
+    assert (
+        "diff UpperDir LowerDir...\nC /etc\nD /etc/environment\nA /hello-world.txt\nC /root\n"
+        "A /root/newfile.txt\n" in out
+    ), out
     assert out.rstrip().endswith("docker overlay2: OK")
 
 
@@ -92,8 +106,10 @@ def _exec_through_mount_problem(tmp_path: Path):
 def test_build_layers(tmp_path):
     problem = _exec_through_mount_problem(tmp_path)
     if problem:
-        pytest.xfail("exec of a file on a pyunionfs mount fails (the kernel passes __FMODE_EXEC in the "
-                     f"FUSE open flags and openat2 refuses it with EINVAL): {problem}")
+        pytest.xfail(
+            "exec of a file on a pyunionfs mount fails (the kernel passes __FMODE_EXEC in the "
+            f"FUSE open flags and openat2 refuses it with EINVAL): {problem}"
+        )
     env = {}
     if os.environ.get("BUSYBOX_DEB"):
         env["BUSYBOX_DEB"] = os.environ["BUSYBOX_DEB"]
@@ -105,9 +121,11 @@ def test_build_layers(tmp_path):
     assert re.search(r"^LAYER1: \d+ entries", out, re.M)
     # LAYER2 holds what the install command changed, whiteouts included
     assert re.search(r"^c---------.*\s0,\s+0\s.*\bping$", out, re.M), out
-    assert ("diff layer2/diff layer1/diff\nC /bin\nD /bin/ping\nD /bin/ping6\nC /etc\nA /etc/hello\n"
-            "A /etc/hello/version\nC /etc/passwd\n") in out, out
-    assert "bin/.wh.ping" in out and "usr/local/bin/hello" in out            # tar -tvzf of the export
+    assert (
+        "diff layer2/diff layer1/diff\nC /bin\nD /bin/ping\nD /bin/ping6\nC /etc\nA /etc/hello\n"
+        "A /etc/hello/version\nC /etc/passwd\n"
+    ) in out, out
+    assert "bin/.wh.ping" in out and "usr/local/bin/hello" in out  # tar -tvzf of the export
     # the container reads what LAYER2 added
     assert out.count("hello from LAYER2") >= 1 and "hello 1.0 installed" in out
     assert "ls: /bin/ping: No such file or directory" in out

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.util import FUSERMOUNT, DIR, hash_tree, is_mountpoint, make_layers, mount_pyunionfs
+from tests.util import DIR, FUSERMOUNT, hash_tree, is_mountpoint, make_layers, mount_pyunionfs
 
 MiB = 1 << 20
 
@@ -39,6 +39,7 @@ MiB = 1 << 20
 # ---------------------------------------------------------------------------------------------------
 # helpers
 # ---------------------------------------------------------------------------------------------------
+
 
 def write_big(path: Path, size: int) -> str:
     """A file of `size` bytes of real (non-sparse, non-repeating per MiB) data; returns its sha256."""
@@ -88,8 +89,12 @@ def check_after_crash(L, lower_hashes) -> None:
 
 
 def run_worker(script: str, *args) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", textwrap.dedent(script), *map(str, args)],
-                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(script), *map(str, args)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
 
 
 def read_journal(path) -> list:
@@ -176,8 +181,10 @@ def test_sigkill_during_big_copy_up(tmp_path):
         t.join(timeout=30)
         assert not t.is_alive(), "the writer stayed blocked after the daemon died"
     if caught is None:
-        pytest.fail(f"copy-up of {BIG // MiB} MiB was not caught in progress (result {result}); "
-                    "the machine copies too fast for this test")
+        pytest.fail(
+            f"copy-up of {BIG // MiB} MiB was not caught in progress (result {result}); "
+            "the machine copies too fast for this test"
+        )
     assert "ok" not in result, "the write must not succeed: the daemon was killed during its copy-up"
     # The staging file is left behind by the crash...
     assert staging(L), "the crash should leave the half-copied staging file in W/work"
@@ -343,7 +350,9 @@ def test_sigkill_during_directory_renames(tmp_path):
         where = L.mnt / found[0]
         assert (where / "a").read_bytes() == b"a data\n"
         assert (where / "sub/b").read_bytes() == b"b data\n" * 100
-        assert sorted(os.listdir(L.mnt / "m")) == sorted(["lowerfile", "ld"] + ([found[0][2:]] if found[0][0] == "m" else []))
+        assert sorted(os.listdir(L.mnt / "m")) == sorted(
+            ["lowerfile", "ld"] + ([found[0][2:]] if found[0][0] == "m" else [])
+        )
         assert sorted(os.listdir(where)) == ["a", "sub"]
     print(f"\n{len(done)} renames completed before the kill; survivor {found[0]}")
 
@@ -365,7 +374,7 @@ class Writer(threading.Thread):
     def __init__(self, path):
         super().__init__(daemon=True)
         self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        self.acked = 0          # chunks whose write() returned in full
+        self.acked = 0  # chunks whose write() returned in full
         self.error = None
         self.close_error = None
         self.stop = threading.Event()
@@ -399,7 +408,7 @@ def check_written(path: Path, acked: int, *, exact: bool) -> None:
     if exact:
         assert len(data) == acked * CHUNK
     expect = b"".join(chunk(i) for i in range(len(data) // CHUNK))
-    assert data[:len(expect)] == expect, f"{path}: data differs from what was written"
+    assert data[: len(expect)] == expect, f"{path}: data differs from what was written"
 
 
 @pytest.mark.timeout(90)
@@ -457,6 +466,7 @@ def test_stop_while_a_file_is_being_written(tmp_path, how):
 # ---------------------------------------------------------------------------------------------------
 # Layers changed underneath a live mount
 # ---------------------------------------------------------------------------------------------------
+
 
 def attempt(fn, *args):
     """Run one operation: its result, or the errno it failed with."""
@@ -585,7 +595,7 @@ def scenario_upper_dir_removed(L):
     _create(m / "ud/x")
     os.mkdir(m / "ud/deep")
     os.listdir(m / "ud")
-    _create(m / "md/new")           # md is merged: now it has an upper dir too
+    _create(m / "md/new")  # md is merged: now it has an upper dir too
     os.listdir(m / "md")
     shutil.rmtree(L.upper / "ud")
     shutil.rmtree(L.upper / "md")
@@ -614,8 +624,14 @@ SCENARIOS = {
 }
 
 CHANGED_SPEC = {
-    "lower0": {"canary": "canary\n", "ld/a": "a\n", "ld/b": "b\n", "ld/c": "c\n", "ld/sub/s": "s\n",
-               "md/lf": "lower file\n"},
+    "lower0": {
+        "canary": "canary\n",
+        "ld/a": "a\n",
+        "ld/b": "b\n",
+        "ld/c": "c\n",
+        "ld/sub/s": "s\n",
+        "md/lf": "lower file\n",
+    },
     "upper": {"uf": "old upper\n", "ug": "upper g\n"},
 }
 
@@ -641,6 +657,7 @@ def test_layers_changed_underneath(tmp_path, scenario, timeout_opt):
 # The union's own mountpoint appearing inside a lower behind the live mount
 # ---------------------------------------------------------------------------------------------------
 
+
 @pytest.mark.timeout(90)
 def test_own_mountpoint_appears_inside_a_lower(tmp_path):
     """The union's own mount bound inside a lower behind its back: the daemon never steps into a mount
@@ -653,11 +670,14 @@ def test_own_mountpoint_appears_inside_a_lower(tmp_path):
         os.listdir(L.mnt)
         subprocess.run(["mount", "--bind", str(L.mnt), str(bind)], check=True, timeout=30)
         try:
-            results = run_bounded(lambda: {
-                "stat": attempt(os.stat, L.mnt / "loop"),
-                "listdir": attempt(os.listdir, L.mnt / "loop"),
-                "stat inside": attempt(os.stat, L.mnt / "loop/canary"),
-            }, timeout=5)
+            results = run_bounded(
+                lambda: {
+                    "stat": attempt(os.stat, L.mnt / "loop"),
+                    "listdir": attempt(os.listdir, L.mnt / "loop"),
+                    "stat inside": attempt(os.stat, L.mnt / "loop/canary"),
+                },
+                timeout=5,
+            )
             print(f"\nown mount inside a lower: {results}")
             run_bounded(lambda: (os.stat(L.mnt), os.listdir(L.mnt)), timeout=5)
             assert d.proc.poll() is None, "the daemon died"

@@ -15,6 +15,7 @@ only inside the layer directories.
 - A full upper filesystem: the writer gets ENOSPC, a copy-up that does not fit fails with ENOSPC and
   leaves nothing in the upper or in work/work, and the mount keeps working.
 """
+
 from __future__ import annotations
 
 import errno
@@ -23,8 +24,7 @@ import subprocess
 
 import pytest
 
-from tests.util import (Opaque, Symlink, WHITEOUT, hash_tree, make_layers, mount_pyunionfs,
-                        tree_snapshot, diff_snapshots)
+from tests.util import WHITEOUT, Opaque, Symlink, diff_snapshots, hash_tree, make_layers, mount_pyunionfs, tree_snapshot
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -86,32 +86,60 @@ def hostile_spec(canary: Canary):
     return {
         "lower0": {
             "file": "lower file",
-            "abs": Symlink(c), "absfile": Symlink(c + "/file"),
-            "rel": Symlink("../../outside/canary"), "relfile": Symlink("../../outside/canary/file"),
-            "loop": Symlink("loop"), "loopa": Symlink("loopb"), "loopb": Symlink("loopa"),
-            "d1/inner": "d1 inner",                # a directory here, a symlink in lower1
-            "d2": Symlink(c),                      # a symlink here, a directory in lower1
+            "abs": Symlink(c),
+            "absfile": Symlink(c + "/file"),
+            "rel": Symlink("../../outside/canary"),
+            "relfile": Symlink("../../outside/canary/file"),
+            "loop": Symlink("loop"),
+            "loopa": Symlink("loopb"),
+            "loopb": Symlink("loopa"),
+            "d1/inner": "d1 inner",  # a directory here, a symlink in lower1
+            "d2": Symlink(c),  # a symlink here, a directory in lower1
             "d5": Symlink("../../outside/canary"),  # the same, relative
             "d3/z": "hidden by the upper symlink",  # a directory here, a symlink in the upper
-            "d4": Symlink(c),                      # a symlink here, a directory in the upper
-            "real/f": "real f", "real/esc": Symlink("../../../outside/canary"),
+            "d4": Symlink(c),  # a symlink here, a directory in the upper
+            "real/f": "real f",
+            "real/esc": Symlink("../../../outside/canary"),
             "deep/a/b/f": "deep f",
-            "cu/f1": "cu 1", "cu/f2": "cu 2", "cu/sub/f3": "cu 3",
+            "cu/f1": "cu 1",
+            "cu/f2": "cu 2",
+            "cu/sub/f3": "cu 3",
         },
         "lower1": {
-            "d1": Symlink(c), "d2/x": "d2 x", "d5/y": "d5 y",
-            "real/g": "real g", "real/lesc": Symlink("../../../outside/canary/sub"),
+            "d1": Symlink(c),
+            "d2/x": "d2 x",
+            "d5/y": "d5 y",
+            "real/g": "real g",
+            "real/lesc": Symlink("../../../outside/canary/sub"),
         },
         "upper": {
-            "uabs": Symlink(c), "urel": Symlink("../../outside/canary"), "uloop": Symlink("uloop"),
-            "d3": Symlink(c), "d4/w": "upper w",
+            "uabs": Symlink(c),
+            "urel": Symlink("../../outside/canary"),
+            "uloop": Symlink("uloop"),
+            "d3": Symlink(c),
+            "d4/w": "upper w",
             "real/uesc": Symlink("../../../outside/canary"),
         },
     }
 
 
-SYMLINKS = ["abs", "absfile", "rel", "relfile", "loop", "loopa", "d2", "d5", "uabs", "urel", "uloop", "d3",
-            "real/esc", "real/lesc", "real/uesc"]
+SYMLINKS = [
+    "abs",
+    "absfile",
+    "rel",
+    "relfile",
+    "loop",
+    "loopa",
+    "d2",
+    "d5",
+    "uabs",
+    "urel",
+    "uloop",
+    "d3",
+    "real/esc",
+    "real/lesc",
+    "real/uesc",
+]
 DIRS = {"d1": "inner", "d4": "w", "real": "f", "deep/a/b": "f", "cu": "f1"}
 
 
@@ -121,7 +149,7 @@ def symlink_battery(mnt, name, canary: Canary):
     r = {}
     r["lstat"] = _try(os.lstat, p)
     r["readlink"] = _try(os.readlink, p)
-    r["create-at"] = _try(_write_nofollow, p)                        # ELOOP from the kernel
+    r["create-at"] = _try(_write_nofollow, p)  # ELOOP from the kernel
     r["create-excl"] = _try(_write_nofollow, p, flags=os.O_WRONLY | os.O_CREAT | os.O_EXCL)
     r["mkdir-at"] = _try(os.mkdir, p)
     r["utime"] = _try(os.utime, p, ns=(1, 1), follow_symlinks=False)  # copy-up of the symlink
@@ -134,7 +162,7 @@ def symlink_battery(mnt, name, canary: Canary):
         r["rename-back"] = _try(os.rename, p + ".mv", p)
     r["unlink-hl"] = _try(os.unlink, p + ".hl")
     r["unlink"] = _try(os.unlink, p)
-    r["recreate"] = _try(os.symlink, str(canary.dir), p)             # a fresh hostile symlink in the upper
+    r["recreate"] = _try(os.symlink, str(canary.dir), p)  # a fresh hostile symlink in the upper
     r["readdir"] = _try(os.listdir, os.path.dirname(p))
     return r
 
@@ -176,10 +204,12 @@ def dir_battery(dfd, existing, only=None):
     r = {}
     if only is not None:
         ops = {
-            "readdir": lambda: os.listdir(dfd), "create": lambda: _write_at(dfd, "new"),
+            "readdir": lambda: os.listdir(dfd),
+            "create": lambda: _write_at(dfd, "new"),
             "mkdir": lambda: os.mkdir("nd", dir_fd=dfd),
             "copy-up": lambda: _write_at(dfd, existing, b"changed", flags=os.O_WRONLY | os.O_APPEND),
-            "chmod-dir": lambda: os.chmod(dfd, 0o750), "setxattr-dir": lambda: os.setxattr(dfd, "user.h", b"1"),
+            "chmod-dir": lambda: os.chmod(dfd, 0o750),
+            "setxattr-dir": lambda: os.setxattr(dfd, "user.h", b"1"),
             "link": lambda: os.link(existing, "hl", src_dir_fd=dfd, dst_dir_fd=dfd, follow_symlinks=False),
             "rename": lambda: os.rename(existing, "new2", src_dir_fd=dfd, dst_dir_fd=dfd),
             "unlink": lambda: os.unlink(existing, dir_fd=dfd),
@@ -252,8 +282,20 @@ def test_planted_symlinks(tmp_path, canary):
     assert (L.upper / "d1" / "new2").is_file() and not (canary.dir / "new2").exists()
 
 
-BATTERY_OPS = ["readdir", "create", "mkdir", "copy-up", "chmod-dir", "setxattr-dir", "link", "rename",
-               "unlink", "symlink", "rmdir", "copy-up-deeper"]
+BATTERY_OPS = [
+    "readdir",
+    "create",
+    "mkdir",
+    "copy-up",
+    "chmod-dir",
+    "setxattr-dir",
+    "link",
+    "rename",
+    "unlink",
+    "symlink",
+    "rmdir",
+    "copy-up-deeper",
+]
 
 
 def test_upper_dirs_swapped_for_symlinks_behind_the_mount(tmp_path, canary):
@@ -320,12 +362,19 @@ def test_upper_dirs_swapped_for_symlinks_behind_the_mount(tmp_path, canary):
 
 
 def test_whiteout_names_and_opaque_xattrs_through_the_mount(tmp_path):
-    L = make_layers(tmp_path / "u", {
-        "lower0": {"x": "x", "dir/a": "a", "op": Opaque(), "op/shown": "s", "hid": WHITEOUT, "keep/k": "k"},
-        "lower1": {"dir/b": "b", "op/secret": "hidden below opaque", "hid": "hidden by whiteout",
-                   "keep/below": "below"},
-        "upper": {},
-    })
+    L = make_layers(
+        tmp_path / "u",
+        {
+            "lower0": {"x": "x", "dir/a": "a", "op": Opaque(), "op/shown": "s", "hid": WHITEOUT, "keep/k": "k"},
+            "lower1": {
+                "dir/b": "b",
+                "op/secret": "hidden below opaque",
+                "hid": "hidden by whiteout",
+                "keep/below": "below",
+            },
+            "upper": {},
+        },
+    )
 
     def view(mnt):
         out = {}
@@ -340,8 +389,16 @@ def test_whiteout_names_and_opaque_xattrs_through_the_mount(tmp_path):
     with mount_pyunionfs(*L.mount_args(), options=["whiteout_files=off"]):
         m = str(L.mnt)
         expected_before = view(m)
-        for name in (".wh.x", ".wh..wh..opq", ".wh.dir", ".wh.hid", "dir/.wh.a", "dir/.wh..wh..opq",
-                     "op/.wh.shown", "keep/.wh.below"):
+        for name in (
+            ".wh.x",
+            ".wh..wh..opq",
+            ".wh.dir",
+            ".wh.hid",
+            "dir/.wh.a",
+            "dir/.wh..wh..opq",
+            "op/.wh.shown",
+            "keep/.wh.below",
+        ):
             _write_nofollow(os.path.join(m, name), b"not a whiteout")
         os.mkdir(os.path.join(m, "keep", ".wh..wh..opq"))
         for d in ("dir", "keep"):
@@ -357,8 +414,12 @@ def test_whiteout_names_and_opaque_xattrs_through_the_mount(tmp_path):
         os.setxattr(os.path.join(m, "op"), "trusted.overlay.opaque", b"n")
         after = view(m)
     for rel, names in expected_before.items():
-        extra = {".": {".wh.x", ".wh..wh..opq", ".wh.dir", ".wh.hid"}, "dir": {".wh.a", ".wh..wh..opq"},
-                 "op": {".wh.shown"}, "keep": {".wh.below", ".wh..wh..opq"}}.get(rel, set())
+        extra = {
+            ".": {".wh.x", ".wh..wh..opq", ".wh.dir", ".wh.hid"},
+            "dir": {".wh.a", ".wh..wh..opq"},
+            "op": {".wh.shown"},
+            "keep": {".wh.below", ".wh..wh..opq"},
+        }.get(rel, set())
         assert set(after[rel]) == set(names) | extra, rel
     assert "secret" not in after["op"] and "hid" not in after["."]
     # stored escaped in the upper, so they are no markers for pyunionfs or the kernel
@@ -384,8 +445,12 @@ def small_fs(tmp_path):
         pytest.skip("mounting a small tmpfs for the upper needs root")
     d = tmp_path / "small"
     d.mkdir()
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m,mode=0755", "i4-enospc", str(d)],
-                         capture_output=True, text=True, timeout=30)
+    res = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=8m,mode=0755", "i4-enospc", str(d)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     if res.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs: {res.stderr.strip()}")
     try:

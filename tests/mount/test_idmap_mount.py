@@ -1,18 +1,29 @@
 """Ownership options through a real mount: what users see and what lands in the upper."""
+
 import os
 
 import pytest
 
 from tests.util import FUSE_SKIP_REASON, File, mount_pyunionfs
 
-pytestmark = [pytest.mark.mount, pytest.mark.timeout(90),
-              pytest.mark.skipif(FUSE_SKIP_REASON is not None, reason=FUSE_SKIP_REASON or "")]
+pytestmark = [
+    pytest.mark.mount,
+    pytest.mark.timeout(90),
+    pytest.mark.skipif(FUSE_SKIP_REASON is not None, reason=FUSE_SKIP_REASON or ""),
+]
 
 
 @pytest.fixture
 def L(layers):
-    return layers({"lower0": {"root_file": File("r\n", uid=0, gid=0), "one_file": File("1\n", uid=1, gid=1),
-                              "far_file": File("f\n", uid=99999, gid=99999)}})
+    return layers(
+        {
+            "lower0": {
+                "root_file": File("r\n", uid=0, gid=0),
+                "one_file": File("1\n", uid=1, gid=1),
+                "far_file": File("f\n", uid=99999, gid=99999),
+            }
+        }
+    )
 
 
 def owners(path):
@@ -25,12 +36,12 @@ def test_uidmapping_shows_and_stores_mapped_ids(L):
     with mount_pyunionfs(L.mnt, L.lowers, L.upper, L.work, options=[f"uidmapping={m}", f"gidmapping={m}"]):
         assert owners(L.mnt / "root_file") == (1000, 1000)
         assert owners(L.mnt / "one_file") == (110000, 110000)
-        assert owners(L.mnt / "far_file") == (65534, 65534)   # outside every range: the overflow id
-        os.chown(L.mnt / "root_file", 110005, 1000)           # a container's uid 5 chowns...
+        assert owners(L.mnt / "far_file") == (65534, 65534)  # outside every range: the overflow id
+        os.chown(L.mnt / "root_file", 110005, 1000)  # a container's uid 5 chowns...
         assert owners(L.mnt / "root_file") == (110005, 1000)
-        (L.mnt / "new").write_bytes(b"n\n")                   # root (0) is unmapped here:
+        (L.mnt / "new").write_bytes(b"n\n")  # root (0) is unmapped here:
         assert owners(L.mnt / "new") == (110000 + 65533,) * 2  # stored as 65534, shown through the map
-    assert owners(L.upper / "root_file") == (6, 0)            # ...and the layer stores host uid 6
+    assert owners(L.upper / "root_file") == (6, 0)  # ...and the layer stores host uid 6
     assert owners(L.upper / "new") == (65534, 65534)
     assert owners(L.lowers[0] / "root_file") == (0, 0)
 

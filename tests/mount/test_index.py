@@ -1,13 +1,17 @@
 """index=on through a real mount: names of one lower file stay one file across copy-up (what tar, rsync
 and backup tools see: one st_ino, one link count, one content), and st_ino survives a remount."""
+
 import os
 
 import pytest
 
 from tests.util import FUSE_SKIP_REASON, mount_pyunionfs
 
-pytestmark = [pytest.mark.mount, pytest.mark.timeout(120),
-              pytest.mark.skipif(FUSE_SKIP_REASON is not None, reason=FUSE_SKIP_REASON or "")]
+pytestmark = [
+    pytest.mark.mount,
+    pytest.mark.timeout(120),
+    pytest.mark.skipif(FUSE_SKIP_REASON is not None, reason=FUSE_SKIP_REASON or ""),
+]
 
 
 def test_hard_links_whole_and_st_ino_stable(layers):

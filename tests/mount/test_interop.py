@@ -1,16 +1,28 @@
 """Layers written by one implementation, read by the other: pyunionfs and kernel overlayfs, in both
 xattr namespaces (trusted.overlay.* as root; user.overlay.* with `userxattr`, the unprivileged format)."""
+
 import os
 import shutil
 import stat
 
 import pytest
 
-from tests.util import (DIR, FUSE_SKIP_REASON, kernel_overlay_skip_reason, mount_fuse_overlayfs, mount_kernel_overlay,
-                        mount_pyunionfs, tree_snapshot)
+from tests.util import (
+    DIR,
+    FUSE_SKIP_REASON,
+    kernel_overlay_skip_reason,
+    mount_fuse_overlayfs,
+    mount_kernel_overlay,
+    mount_pyunionfs,
+    tree_snapshot,
+)
 
-pytestmark = [pytest.mark.mount, pytest.mark.kernel, pytest.mark.timeout(120),
-              pytest.mark.skipif(FUSE_SKIP_REASON is not None, reason=FUSE_SKIP_REASON or "")]
+pytestmark = [
+    pytest.mark.mount,
+    pytest.mark.kernel,
+    pytest.mark.timeout(120),
+    pytest.mark.skipif(FUSE_SKIP_REASON is not None, reason=FUSE_SKIP_REASON or ""),
+]
 
 SPEC = {
     "lower1": {"f1": "lower1 f1\n", "d/a": "a\n", "d/b": "b\n", "gone/x": "x\n", "keep/k": "k\n"},
@@ -26,7 +38,7 @@ def change(mnt):
     os.unlink(os.path.join(mnt, "d/a"))
     os.unlink(os.path.join(mnt, "gone/x"))
     os.rmdir(os.path.join(mnt, "gone"))
-    os.mkdir(os.path.join(mnt, "gone"))          # over a whiteout: opaque
+    os.mkdir(os.path.join(mnt, "gone"))  # over a whiteout: opaque
     with open(os.path.join(mnt, "gone/new"), "w") as f:
         f.write("new\n")
     os.mkdir(os.path.join(mnt, "e/sub"))
@@ -51,8 +63,11 @@ def test_upper_written_by_one_reads_the_same_in_the_other(layers, skip_without_k
     L = layers(SPEC)
     kernel_opts = ["userxattr"] if userxattr else []
     ours_opts = ["userxattr"] if userxattr else []
-    writer_mount = (mount_pyunionfs(L.mnt, L.lowers, L.upper, L.work, options=ours_opts) if writer == "pyunionfs"
-                    else mount_kernel_overlay(L.mnt, L.lowers, L.upper, L.work, options=kernel_opts))
+    writer_mount = (
+        mount_pyunionfs(L.mnt, L.lowers, L.upper, L.work, options=ours_opts)
+        if writer == "pyunionfs"
+        else mount_kernel_overlay(L.mnt, L.lowers, L.upper, L.work, options=kernel_opts)
+    )
     with writer_mount:
         change(L.mnt)
         seen_by_writer = view(L.mnt)
@@ -61,9 +76,11 @@ def test_upper_written_by_one_reads_the_same_in_the_other(layers, skip_without_k
     assert "gone/x" not in seen_by_writer and "d/a" not in seen_by_writer
     reader_work = L.root / "work2"
     reader_work.mkdir()
-    reader_mount = (mount_kernel_overlay(L.mnt, L.lowers, L.upper, reader_work, options=kernel_opts + ["ro"])
-                    if writer == "pyunionfs" else mount_pyunionfs(L.mnt, L.lowers, L.upper, reader_work,
-                                                                  options=["ro"]))
+    reader_mount = (
+        mount_kernel_overlay(L.mnt, L.lowers, L.upper, reader_work, options=kernel_opts + ["ro"])
+        if writer == "pyunionfs"
+        else mount_pyunionfs(L.mnt, L.lowers, L.upper, reader_work, options=["ro"])
+    )
     with reader_mount:
         assert view(L.mnt) == seen_by_writer
 
@@ -120,8 +137,14 @@ def test_docker_overlay2_stack_written_by_the_kernel(tmp_path, skip_without_kern
     the container mounts them through the short `l/` symlinks. pyunionfs mounts that stack as the kernel
     does, and a container's changes on it land the same way."""
     base = tmp_path / "layer0/diff"
-    for rel, text in {"etc/os-release": "ID=test\n", "etc/app/conf": "a=1\n", "usr/lib/x/mod.py": "x\n",
-                      "usr/lib/x/old.py": "old\n", "var/cache/c1": "c\n", "bin/tool": "#!/bin/sh\n"}.items():
+    for rel, text in {
+        "etc/os-release": "ID=test\n",
+        "etc/app/conf": "a=1\n",
+        "usr/lib/x/mod.py": "x\n",
+        "usr/lib/x/old.py": "old\n",
+        "var/cache/c1": "c\n",
+        "bin/tool": "#!/bin/sh\n",
+    }.items():
         _write(base / rel, text, 0o755 if rel.startswith("bin") else 0o644)
     os.symlink("tool", base / "bin/alias")
     os.link(base / "bin/tool", base / "bin/tool-hl")
@@ -129,17 +152,17 @@ def test_docker_overlay2_stack_written_by_the_kernel(tmp_path, skip_without_kern
 
     def step1(m):  # apt-get-like: replace a tree, delete, modify, add
         shutil.rmtree(f"{m}/var/cache")
-        os.mkdir(f"{m}/var/cache")                       # opaque over the removed dir
+        os.mkdir(f"{m}/var/cache")  # opaque over the removed dir
         _write(f"{m}/var/cache/c2", "new cache\n")
-        os.unlink(f"{m}/usr/lib/x/old.py")               # whiteout
-        with open(f"{m}/etc/app/conf", "a") as f:        # copy-up keeps the xattr
+        os.unlink(f"{m}/usr/lib/x/old.py")  # whiteout
+        with open(f"{m}/etc/app/conf", "a") as f:  # copy-up keeps the xattr
             f.write("b=2\n")
         _write(f"{m}/usr/lib/x/new.py", "new\n")
         os.symlink("../lib/x", f"{m}/usr/lib/x-link")
 
     def step2(m):  # a later step undoes part of the first
         os.unlink(f"{m}/usr/lib/x-link")
-        _write(f"{m}/usr/lib/x/old.py", "back\n")       # over a lower whiteout
+        _write(f"{m}/usr/lib/x/old.py", "back\n")  # over a lower whiteout
         os.chmod(f"{m}/bin/tool", 0o700)
         os.rename(f"{m}/etc/os-release", f"{m}/etc/os-release.orig")
 
@@ -186,7 +209,7 @@ def _records_changes(mnt):
     os.chmod(os.path.join(mnt, "etc-conf"), 0o640)
     os.mkdir(os.path.join(mnt, "svc"), 0o750)
     os.chown(os.path.join(mnt, "svc"), 33, 33)
-    os.chown(os.path.join(mnt, "f1"), 7, 8)           # a lower file: copied up, then recorded
+    os.chown(os.path.join(mnt, "f1"), 7, 8)  # a lower file: copied up, then recorded
     os.chmod(os.path.join(mnt, "d/b"), 0o600)
 
 

@@ -15,13 +15,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.util import FUSE_SKIP_REASON, Dir, File, Hardlink, Symlink, diff_snapshots, mount_pyunionfs, tree_snapshot
 from unionfs.engine.xattrs import to_visible
 
-from tests.util import (FUSE_SKIP_REASON, Dir, File, Hardlink, Symlink, diff_snapshots, mount_pyunionfs,
-                        tree_snapshot)
-
-pytestmark = [pytest.mark.skipif(FUSE_SKIP_REASON is not None, reason=FUSE_SKIP_REASON or ""),
-              pytest.mark.skipif(os.geteuid() != 0, reason="needs root (whiteouts, trusted.* xattrs, owners)")]
+pytestmark = [
+    pytest.mark.skipif(FUSE_SKIP_REASON is not None, reason=FUSE_SKIP_REASON or ""),
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root (whiteouts, trusted.* xattrs, owners)"),
+]
 
 LAYER = [sys.executable, "-m", "unionfs.layertools"]
 T0 = 1_500_000_000_000_000_000
@@ -30,7 +30,9 @@ LOWER = {
     "etc/motd": "welcome\n",
     "etc/environment": "PATH=/bin\n",
     "etc/hosts": File("127.0.0.1 localhost\n", mtime_ns=T0),
-    "var/cache/a": "a", "var/cache/b": "b", "var/cache/sub/c": "c",
+    "var/cache/a": "a",
+    "var/cache/b": "b",
+    "var/cache/sub/c": "c",
     "bin/tool": File("#!/bin/sh\necho tool\n", mode=0o755),
     "bin/tool2": Hardlink("bin/tool"),
     "srv": Dir(mode=0o750, uid=33, gid=33),
@@ -45,10 +47,10 @@ def layer(*args, **kw):
 
 
 def write_through_mount(m: Path) -> None:
-    (m / "etc" / "motd").write_text("changed motd\n")              # copy-up
-    os.unlink(m / "etc" / "environment")                             # whiteout
-    shutil.rmtree(m / "var" / "cache")                               # whiteout of a dir...
-    os.mkdir(m / "var" / "cache")                                    # ...then mkdir over it: opaque
+    (m / "etc" / "motd").write_text("changed motd\n")  # copy-up
+    os.unlink(m / "etc" / "environment")  # whiteout
+    shutil.rmtree(m / "var" / "cache")  # whiteout of a dir...
+    os.mkdir(m / "var" / "cache")  # ...then mkdir over it: opaque
     (m / "var" / "cache" / "new").write_text("fresh")
     (m / "root").mkdir(mode=0o700)
     (m / "root" / "newfile.txt").write_text("NEW FILE\n")
@@ -57,7 +59,7 @@ def write_through_mount(m: Path) -> None:
     (m / "usr" / "bin").mkdir(parents=True)
     (m / "usr" / "bin" / "su").write_text("suid")
     os.chmod(m / "usr" / "bin" / "su", 0o4755)
-    os.chmod(m / "srv", 0o2770)                                      # dir copy-up keeps its owner
+    os.chmod(m / "srv", 0o2770)  # dir copy-up keeps its owner
     os.link(m / "usr" / "bin" / "su", m / "usr" / "bin" / "su-link")
     os.symlink("../etc/motd", m / "usr" / "motd-link")
     os.mkfifo(m / "usr" / "pipe", 0o600)
@@ -85,10 +87,29 @@ def test_export_import_end_to_end(layers, tmp_path):
     res = layer("diff", L.upper, L.lower)
     assert res.returncode == 0, res.stderr
     assert res.stdout.decode().splitlines() == [
-        "C /bin", "C /bin/tool", "C /etc", "D /etc/environment", "C /etc/hosts", "C /etc/motd",
-        "A /root", "A /root/newfile.txt", "C /srv", "A /usr", "A /usr/bin", "A /usr/bin/su",
-        "A /usr/bin/su-link", "A /usr/motd-link", "A /usr/null", "A /usr/pipe",
-        "C /var", "C /var/cache", "D /var/cache/a", "D /var/cache/b", "A /var/cache/new", "D /var/cache/sub"]
+        "C /bin",
+        "C /bin/tool",
+        "C /etc",
+        "D /etc/environment",
+        "C /etc/hosts",
+        "C /etc/motd",
+        "A /root",
+        "A /root/newfile.txt",
+        "C /srv",
+        "A /usr",
+        "A /usr/bin",
+        "A /usr/bin/su",
+        "A /usr/bin/su-link",
+        "A /usr/motd-link",
+        "A /usr/null",
+        "A /usr/pipe",
+        "C /var",
+        "C /var/cache",
+        "D /var/cache/a",
+        "D /var/cache/b",
+        "A /var/cache/new",
+        "D /var/cache/sub",
+    ]
     res = layer("diff", "--json", L.upper, L.lower)
     assert {"path": "/var/cache/sub", "change": "D", "kind": 2} in json.loads(res.stdout)
 
@@ -107,8 +128,12 @@ def test_export_import_end_to_end(layers, tmp_path):
     nf = by["root/newfile.txt"].pax_headers
     assert nf["SCHILY.xattr.user.origin"] == "container"
     assert nf["SCHILY.xattr.trusted.overlay.fake"] == "not a marker"
-    assert not [n for n, m in by.items() for k in m.pax_headers
-                if k.startswith(("SCHILY.xattr.trusted.overlay.opaque", "SCHILY.xattr.user.overlay."))]
+    assert not [
+        n
+        for n, m in by.items()
+        for k in m.pax_headers
+        if k.startswith(("SCHILY.xattr.trusted.overlay.opaque", "SCHILY.xattr.user.overlay."))
+    ]
 
     # GNU tar lists it and extracts it with xattrs
     res = subprocess.run(["tar", "-tvf", str(tar)], capture_output=True, text=True, timeout=60)
@@ -119,8 +144,12 @@ def test_export_import_end_to_end(layers, tmp_path):
     assert "1000/1000" in listing and "33/33" in listing
     gx = tmp_path / "gnutar"
     gx.mkdir()
-    res = subprocess.run(["tar", "--xattrs", "--xattrs-include=*", "--numeric-owner", "-xpf", str(tar),
-                          "-C", str(gx)], capture_output=True, text=True, timeout=60)
+    res = subprocess.run(
+        ["tar", "--xattrs", "--xattrs-include=*", "--numeric-owner", "-xpf", str(tar), "-C", str(gx)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert res.returncode == 0 and res.stderr == "", res.stderr
     g = tree_snapshot(gx)
     for rel, e in upper_snap.items():
@@ -131,9 +160,15 @@ def test_export_import_end_to_end(layers, tmp_path):
             continue
         ge = g[rel]
         # GNU tar stores the xattrs as the mount shows them: markers gone, escaped names unescaped
-        want = e._replace(xattrs=tuple(sorted(
-            (os.fsdecode(to_visible(os.fsencode(k))), v) for k, v in e.xattrs
-            if to_visible(os.fsencode(k)) is not None)))
+        want = e._replace(
+            xattrs=tuple(
+                sorted(
+                    (os.fsdecode(to_visible(os.fsencode(k))), v)
+                    for k, v in e.xattrs
+                    if to_visible(os.fsencode(k)) is not None
+                )
+            )
+        )
         got = ge
         assert got == want, (rel, got, want)
     assert g["var/cache/.wh..wh..opq"].type == "f"
@@ -174,8 +209,7 @@ def test_umoci_reads_the_layers(layers, tmp_path):
     assert layer("export", L.upper, top).returncode == 0
 
     def umoci(*args):
-        res = subprocess.run([UMOCI, *map(str, args)], capture_output=True, text=True, timeout=120,
-                             cwd=tmp_path)
+        res = subprocess.run([UMOCI, *map(str, args)], capture_output=True, text=True, timeout=120, cwd=tmp_path)
         assert res.returncode == 0, f"umoci {args}: {res.stderr}"
         return res
 

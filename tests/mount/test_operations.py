@@ -30,8 +30,9 @@ OPQ = "trusted.overlay.opaque"
 def standard_spec():
     return {
         "lower0": {
-            "lo_file": File("lower file\n", mode=0o640, uid=1234, gid=2345,
-                            xattrs={"user.test": b"hello"}, mtime_ns=T0),
+            "lo_file": File(
+                "lower file\n", mode=0o640, uid=1234, gid=2345, xattrs={"user.test": b"hello"}, mtime_ns=T0
+            ),
             "both_file": File("lower version\n", mode=0o600),
             "dir_lo": Dir(mode=0o750, uid=1234, gid=2345, xattrs={"user.dirattr": b"d"}, mtime_ns=T0),
             "dir_lo/x": "x in lower\n",
@@ -102,12 +103,25 @@ def assert_errno(err, fn, *args, **kw):
 # lookup, stat, read, readdir
 # ---------------------------------------------------------------------------------------------------
 
+
 def test_merged_view(L, impl):
     m = L.mnt
     with union_mount(impl, L):
-        assert sorted(os.listdir(m)) == sorted([
-            "lo_file", "both_file", "up_file", "dir_lo", "dir_both", "dir_up", "dir_lo_empty", "dir_up_empty",
-            "dir_gone", "link_lo", "opq"])
+        assert sorted(os.listdir(m)) == sorted(
+            [
+                "lo_file",
+                "both_file",
+                "up_file",
+                "dir_lo",
+                "dir_both",
+                "dir_up",
+                "dir_lo_empty",
+                "dir_up_empty",
+                "dir_gone",
+                "link_lo",
+                "opq",
+            ]
+        )
         assert sorted(os.listdir(m / "dir_both")) == ["dboth", "dlo", "dup"]
         assert (m / "dir_both/dboth").read_bytes() == b"dboth upper\n"
         assert (m / "dir_both/dlo").read_bytes() == b"dlo\n"
@@ -174,10 +188,12 @@ def test_read_does_not_copy_up(L, impl):
 
 @pytest.mark.parametrize("form", ["trusted", "user"])
 def test_opaque_dir_hides_lower(layers, impl, form):
-    L = layers({
-        "lower0": {"o": DIR, "o/hidden": "h\n", "o/sub": DIR, "o/sub/deep": "d\n", "o/same": "lower\n"},
-        "upper": {"o": Opaque(user=(form == "user")), "o/visible": "v\n", "o/same": "upper\n"},
-    })
+    L = layers(
+        {
+            "lower0": {"o": DIR, "o/hidden": "h\n", "o/sub": DIR, "o/sub/deep": "d\n", "o/same": "lower\n"},
+            "upper": {"o": Opaque(user=(form == "user")), "o/visible": "v\n", "o/same": "upper\n"},
+        }
+    )
     # The kernel reads user.overlay.* markers only with userxattr; pyunionfs reads both forms always.
     options = ["userxattr"] if (form == "user" and impl == "kernel") else []
     with union_mount(impl, L, options):
@@ -190,18 +206,52 @@ def test_opaque_dir_hides_lower(layers, impl, form):
 
 
 def test_three_lowers_precedence(layers, impl):
-    L = layers({
-        "lower0": {"a": "0\n", "d": DIR, "d/x0": "x0\n", "d/shared": "from 0\n", "filedir": "file in 0\n",
-                   "dirfile": DIR, "dirfile/in0": "in0\n", "o": Opaque(), "o/top": "top\n",
-                   "gone": WHITEOUT},
-        "lower1": {"a": "1\n", "b": "1b\n", "d": DIR, "d/x1": "x1\n", "d/shared": "from 1\n",
-                   "filedir": DIR, "filedir/in1": "in1\n", "dirfile": "file in 1\n",
-                   "o": DIR, "o/mid": "mid\n", "gone": "gone in 1\n"},
-        "lower2": {"a": "2\n", "b": "2b\n", "c": "2c\n", "d": DIR, "d/x2": "x2\n", "d/shared": "from 2\n",
-                   "dirfile": DIR, "dirfile/in2": "in2\n", "o": DIR, "o/bottom": "b\n",
-                   "gone": "gone in 2\n", "w": DIR, "w/keep": "k\n", "w/drop": "d\n"},
-        "upper": {"w": DIR, "w/drop": WHITEOUT},
-    })
+    L = layers(
+        {
+            "lower0": {
+                "a": "0\n",
+                "d": DIR,
+                "d/x0": "x0\n",
+                "d/shared": "from 0\n",
+                "filedir": "file in 0\n",
+                "dirfile": DIR,
+                "dirfile/in0": "in0\n",
+                "o": Opaque(),
+                "o/top": "top\n",
+                "gone": WHITEOUT,
+            },
+            "lower1": {
+                "a": "1\n",
+                "b": "1b\n",
+                "d": DIR,
+                "d/x1": "x1\n",
+                "d/shared": "from 1\n",
+                "filedir": DIR,
+                "filedir/in1": "in1\n",
+                "dirfile": "file in 1\n",
+                "o": DIR,
+                "o/mid": "mid\n",
+                "gone": "gone in 1\n",
+            },
+            "lower2": {
+                "a": "2\n",
+                "b": "2b\n",
+                "c": "2c\n",
+                "d": DIR,
+                "d/x2": "x2\n",
+                "d/shared": "from 2\n",
+                "dirfile": DIR,
+                "dirfile/in2": "in2\n",
+                "o": DIR,
+                "o/bottom": "b\n",
+                "gone": "gone in 2\n",
+                "w": DIR,
+                "w/keep": "k\n",
+                "w/drop": "d\n",
+            },
+            "upper": {"w": DIR, "w/drop": WHITEOUT},
+        }
+    )
     m = L.mnt
     with union_mount(impl, L):
         assert sorted(os.listdir(m)) == ["a", "b", "c", "d", "dirfile", "filedir", "o", "w"]
@@ -234,8 +284,15 @@ def test_three_lowers_precedence(layers, impl):
 # Large directory, read in small getdents chunks
 # ---------------------------------------------------------------------------------------------------
 
-_SYS_GETDENTS64 = {"x86_64": 217, "aarch64": 61, "arm64": 61, "ppc64le": 202, "s390x": 220,
-                   "riscv64": 61, "loongarch64": 61}
+_SYS_GETDENTS64 = {
+    "x86_64": 217,
+    "aarch64": 61,
+    "arm64": 61,
+    "ppc64le": 202,
+    "s390x": 220,
+    "riscv64": 61,
+    "loongarch64": 61,
+}
 
 
 def getdents_names(path, bufsize=1024):
@@ -260,8 +317,8 @@ def getdents_names(path, bufsize=1024):
             raw = buf.raw[:n]
             off = 0
             while off < n:
-                reclen = int.from_bytes(raw[off + 16:off + 18], "little")
-                name = raw[off + 19:off + reclen].split(b"\0", 1)[0]
+                reclen = int.from_bytes(raw[off + 16 : off + 18], "little")
+                name = raw[off + 19 : off + reclen].split(b"\0", 1)[0]
                 names.append(os.fsdecode(name))
                 off += reclen
     finally:
@@ -294,8 +351,9 @@ def test_large_merged_directory(layers, impl):
         assert sorted(os.listdir(big)) == sorted(expected)
         with os.scandir(big) as it:
             assert sorted(e.name for e in it) == sorted(expected)
-        out = subprocess.run(f"ls -f '{big}' | wc -l", shell=True, capture_output=True, text=True,
-                             timeout=60, check=True).stdout
+        out = subprocess.run(
+            f"ls -f '{big}' | wc -l", shell=True, capture_output=True, text=True, timeout=60, check=True
+        ).stdout
         assert int(out) == len(expected) + 2  # with . and ..
         assert (big / "c00007").read_bytes() == b"U"
 
@@ -303,6 +361,7 @@ def test_large_merged_directory(layers, impl):
 # ---------------------------------------------------------------------------------------------------
 # Changing files: write, append, O_TRUNC, truncate, chmod, chown, utime, xattrs
 # ---------------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("kind", FILES)
 def test_append(L, impl, kind):
@@ -467,6 +526,7 @@ def test_fd_opened_before_copy_up_sees_new_data(L, impl):
 # Creating and removing
 # ---------------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("parent", ["", "dir_up", "dir_lo", "dir_both", "dir_lo/sub"])
 def test_create_file(L, impl, parent):
     rel = f"{parent}/new" if parent else "new"
@@ -480,7 +540,7 @@ def test_create_file(L, impl, parent):
         assert "new" in os.listdir(L.mnt / parent if parent else L.mnt)
     assert (L.upper / rel).read_bytes() == b"created\n"
     if parent in ("dir_lo", "dir_lo/sub"):
-        for d in ("dir_lo", "dir_lo/sub")[:parent.count("/") + 1]:
+        for d in ("dir_lo", "dir_lo/sub")[: parent.count("/") + 1]:
             assert OPQ not in xattr_names(L.upper / d)
             assert stat.S_IMODE(os.lstat(L.upper / d).st_mode) == stat.S_IMODE(os.lstat(L.lower / d).st_mode)
 
@@ -565,10 +625,18 @@ def test_unlink_in_lower_dir_and_symlink(L, impl):
     assert OPQ not in xattr_names(L.upper / "dir_lo/sub")
 
 
-@pytest.mark.parametrize("name,nonempty", [
-    ("dir_up_empty", False), ("dir_lo_empty", False), ("dir_gone", False),
-    ("dir_up", True), ("dir_lo", True), ("dir_both", True), ("opq", True),
-])
+@pytest.mark.parametrize(
+    "name,nonempty",
+    [
+        ("dir_up_empty", False),
+        ("dir_lo_empty", False),
+        ("dir_gone", False),
+        ("dir_up", True),
+        ("dir_lo", True),
+        ("dir_both", True),
+        ("opq", True),
+    ],
+)
 def test_rmdir(L, impl, name, nonempty):
     with union_mount(impl, L):
         if nonempty:
@@ -622,6 +690,7 @@ def test_mknod_fifo(L, impl):
 def test_exec_lower_and_upper_programs(L, impl):
     """exec opens with __FMODE_EXEC among the flags; the daemon once passed it to openat2 (EINVAL)."""
     import shutil
+
     true_bin = shutil.which("true")
     with open(true_bin, "rb") as f:
         program = f.read()
@@ -649,6 +718,7 @@ def test_hardlink_lower_file(L, impl):
 # ---------------------------------------------------------------------------------------------------
 # rename
 # ---------------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("kind", FILES)
 def test_rename_file(L, impl, kind):
@@ -694,6 +764,7 @@ def test_rename_upper_dir(L, impl):
 # ---------------------------------------------------------------------------------------------------
 # statfs, fsync
 # ---------------------------------------------------------------------------------------------------
+
 
 def test_statfs(L, impl):
     with union_mount(impl, L):
@@ -748,6 +819,7 @@ def test_upper_layer_shape(L, impl):
 # Bigger data and concurrency
 # ---------------------------------------------------------------------------------------------------
 
+
 @pytest.mark.timeout(120)
 def test_copy_up_large_file(layers, impl):
     data = os.urandom(1 << 20) * 12 + b"tail"  # 12 MiB + 4 bytes
@@ -758,7 +830,7 @@ def test_copy_up_large_file(layers, impl):
             f.write(b"MIDDLE")
         with open(L.mnt / "big", "rb") as f:
             got = f.read()
-    want = data[:5 << 20] + b"MIDDLE" + data[(5 << 20) + 6:]
+    want = data[: 5 << 20] + b"MIDDLE" + data[(5 << 20) + 6 :]
     assert hashlib.sha256(got).hexdigest() == hashlib.sha256(want).hexdigest()
     assert (L.upper / "big").read_bytes() == want
 
@@ -797,8 +869,7 @@ def test_concurrent_first_writes_copy_up_once(L, impl):
 @pytest.mark.timeout(120)
 def test_many_small_operations(layers, impl):
     """A few hundred creates, renames and unlinks in one directory merged from two lowers."""
-    L = layers({"lower0": {f"d/a{i}": f"a{i}" for i in range(100)},
-                "lower1": {f"d/b{i}": f"b{i}" for i in range(100)}})
+    L = layers({"lower0": {f"d/a{i}": f"a{i}" for i in range(100)}, "lower1": {f"d/b{i}": f"b{i}" for i in range(100)}})
     d = L.mnt / "d"
     with union_mount(impl, L):
         for i in range(0, 100, 2):
@@ -816,6 +887,7 @@ def test_many_small_operations(layers, impl):
 # ---------------------------------------------------------------------------------------------------
 # Private xattrs and open-but-unlinked files
 # ---------------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("form", ["trusted", "user"])
 def test_opaque_marker_cannot_be_forged(layers, impl, form):
@@ -875,7 +947,12 @@ def test_changes_through_fd_of_unlinked_file(L, impl, kind):
             os.setxattr(fd, "user.gone", b"still here")
             st = os.fstat(fd)
             assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, st.st_size, st.st_mtime_ns) == (
-                0o611, 4444, 5555, 3, T0)
+                0o611,
+                4444,
+                5555,
+                3,
+                T0,
+            )
             assert os.getxattr(fd, "user.gone") == b"still here"
             assert os.pread(fd, 10, 0) == FILE_DATA[kind][:3]
         finally:
@@ -904,30 +981,59 @@ def _listing(path):
     out = {}
     with os.scandir(path) as it:
         for e in it:
-            kind = ("l" if e.is_symlink() else "d" if e.is_dir(follow_symlinks=False)
-                    else "f" if e.is_file(follow_symlinks=False) else "o")
+            kind = (
+                "l"
+                if e.is_symlink()
+                else "d"
+                if e.is_dir(follow_symlinks=False)
+                else "f"
+                if e.is_file(follow_symlinks=False)
+                else "o"
+            )
             out[e.name] = (e.inode(), kind)
     return out
 
 
 def _kind(st):
-    return ("l" if stat.S_ISLNK(st.st_mode) else "d" if stat.S_ISDIR(st.st_mode)
-            else "f" if stat.S_ISREG(st.st_mode) else "o")
+    return (
+        "l"
+        if stat.S_ISLNK(st.st_mode)
+        else "d"
+        if stat.S_ISDIR(st.st_mode)
+        else "f"
+        if stat.S_ISREG(st.st_mode)
+        else "o"
+    )
 
 
 def test_listings_of_entries_the_kernel_holds(layers, impl):
     """Listed again once the kernel holds every entry (pyunionfs then lists files without attributes,
     see bare_entries.py): the same names, d_ino equal to st_ino, d_type the kind, and what stat, ACLs
     and reads show stays what the changes made, not what an earlier listing said."""
-    L = layers({
-        "lower0": {"lo": "lower\n", "both": "lower both\n", "d/x": "x\n", "ln": Symlink("lo"),
-                   "fifo": Fifo(), "h1": "linked\n", "h2": Hardlink("h1"), "gone": "gone\n",
-                   "acl": File("acl\n", mode=0o640)},
-        "upper": {"up": "upper\n", "both": "upper both\n", "gone": WHITEOUT},
-    })
-    acl = (b"\x02\x00\x00\x00" b"\x01\x00\x06\x00\xff\xff\xff\xff" b"\x02\x00\x06\x00\xd2\x04\x00\x00"
-           b"\x04\x00\x04\x00\xff\xff\xff\xff" b"\x10\x00\x06\x00\xff\xff\xff\xff"
-           b"\x20\x00\x00\x00\xff\xff\xff\xff")  # user::rw- user:1234:rw- group::r-- mask::rw- other::---
+    L = layers(
+        {
+            "lower0": {
+                "lo": "lower\n",
+                "both": "lower both\n",
+                "d/x": "x\n",
+                "ln": Symlink("lo"),
+                "fifo": Fifo(),
+                "h1": "linked\n",
+                "h2": Hardlink("h1"),
+                "gone": "gone\n",
+                "acl": File("acl\n", mode=0o640),
+            },
+            "upper": {"up": "upper\n", "both": "upper both\n", "gone": WHITEOUT},
+        }
+    )
+    acl = (
+        b"\x02\x00\x00\x00"
+        b"\x01\x00\x06\x00\xff\xff\xff\xff"
+        b"\x02\x00\x06\x00\xd2\x04\x00\x00"
+        b"\x04\x00\x04\x00\xff\xff\xff\xff"
+        b"\x10\x00\x06\x00\xff\xff\xff\xff"
+        b"\x20\x00\x00\x00\xff\xff\xff\xff"
+    )  # user::rw- user:1234:rw- group::r-- mask::rw- other::---
     os.setxattr(L.lowers[0] / "acl", "system.posix_acl_access", acl)
     with union_mount(impl, L):
         first = _listing(L.mnt)

@@ -1,4 +1,5 @@
 """The pytest plugin (entry point pytest11: unionfs), run in fresh pytest processes through `pytester`."""
+
 from __future__ import annotations
 
 import os
@@ -109,14 +110,16 @@ def test_skips_without_fuse(pytester, tmp_path, monkeypatch):
     bindir.mkdir()
     monkeypatch.setenv("PATH", str(bindir))
     assert shutil.which("fusermount3") is None
-    pytester.makepyfile(test_skip='''
+    pytester.makepyfile(
+        test_skip='''
 def test_needs_fuse(union_mount):
     raise AssertionError("must have been skipped")
 
 def test_engine_needs_nothing(union_engine):
     u = union_engine({"lower": {"a": "1"}})
     assert u.fs.read_bytes("a") == b"1"
-''')
+'''
+    )
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-rs", timeout=60)
     result.assert_outcomes(passed=1, skipped=1)
     result.stdout.fnmatch_lines(["*SKIPPED*FUSE unavailable: fusermount3 not found on PATH*"])

@@ -13,8 +13,14 @@ from tests.util import DIR, KERNEL_BOOKKEEPING_XATTRS, WHITEOUT, File, Symlink, 
 from .conftest import union_mount
 
 SPEC = {
-    "lower0": {"f": File("top\n", mode=0o644, xattrs={"user.k": b"v"}), "d": DIR, "d/a": "a0\n",
-               "gone": WHITEOUT, "link": Symlink("f"), "empty": DIR},
+    "lower0": {
+        "f": File("top\n", mode=0o644, xattrs={"user.k": b"v"}),
+        "d": DIR,
+        "d/a": "a0\n",
+        "gone": WHITEOUT,
+        "link": Symlink("f"),
+        "empty": DIR,
+    },
     "lower1": {"f": "bottom\n", "d": DIR, "d/b": "b1\n", "gone": "gone\n", "g": "g1\n"},
 }
 

@@ -11,6 +11,7 @@ whiteout.
 Then, mounted by root (allow_other, default_permissions), the same user must not read, change or delete
 through the mount what it could not on a plain filesystem, and what it creates belongs to it.
 """
+
 from __future__ import annotations
 
 import json
@@ -52,9 +53,22 @@ def user():
     if reason:
         pytest.skip(reason)
     name = f"i4u{os.getpid() % 100000}"
-    res = subprocess.run(["useradd", "--system", "--no-create-home", "--home-dir", "/nonexistent",
-                          "--shell", "/usr/sbin/nologin", "--user-group", name],
-                         capture_output=True, text=True, timeout=60)
+    res = subprocess.run(
+        [
+            "useradd",
+            "--system",
+            "--no-create-home",
+            "--home-dir",
+            "/nonexistent",
+            "--shell",
+            "/usr/sbin/nologin",
+            "--user-group",
+            name,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     if res.returncode != 0:
         pytest.skip(f"useradd failed: {res.stderr.strip()}")
     try:
@@ -82,10 +96,13 @@ def _unreachable_ancestor(user, path):
     to `path`; None when the user can reach `path`."""
     parts = os.path.realpath(path).split("/")[1:]
     cur = "/"
-    for i, part in enumerate(parts[:-1]):
+    for part in parts[:-1]:
         st = os.stat(cur)
-        ok = (st.st_mode & 0o001 or (st.st_uid == user.pw_uid and st.st_mode & 0o100)
-              or (st.st_gid == user.pw_gid and st.st_mode & 0o010))
+        ok = (
+            st.st_mode & 0o001
+            or (st.st_uid == user.pw_uid and st.st_mode & 0o100)
+            or (st.st_gid == user.pw_gid and st.st_mode & 0o010)
+        )
         if not ok:
             return cur, part
         cur = os.path.join(cur, part)
@@ -102,21 +119,33 @@ def _as_user(user, argv, *, namespace: bool = True, fuse_node: bool = True, time
       user can start this interpreter (the daemon is `sys.executable -m unionfs`).
     """
     env = dict(os.environ, PYTHONPATH=REPO, HOME="/nonexistent")
-    drop = ["setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--clear-groups",
-            "--inh-caps=-all"]  # (the bounding set stays: setuid fusermount3 needs CAP_SYS_ADMIN)
+    drop = [
+        "setpriv",
+        f"--reuid={user.pw_uid}",
+        f"--regid={user.pw_gid}",
+        "--clear-groups",
+        "--inh-caps=-all",
+    ]  # (the bounding set stays: setuid fusermount3 needs CAP_SYS_ADMIN)
     if not namespace:
-        return subprocess.run([*drop, *argv], capture_output=True, text=True, timeout=timeout, env=env,
-                              stdin=subprocess.DEVNULL)
+        return subprocess.run(
+            [*drop, *argv], capture_output=True, text=True, timeout=timeout, env=env, stdin=subprocess.DEVNULL
+        )
     script = ['set -e', 'd=$(mktemp -d /tmp/i4-ns.XXXXXX)', 'mount -t tmpfs -o size=16k,mode=755 i4-ns "$d"']
     if fuse_node:
         script += ['mknod "$d/fuse" c 10 229', 'chmod 666 "$d/fuse"', 'mount --bind "$d/fuse" /dev/fuse']
-    fixes = {_unreachable_ancestor(user, p) for p in (sys.executable, os.path.realpath(sys.executable),
-                                                       sys.base_prefix, sys.prefix, REPO)}
+    fixes = {
+        _unreachable_ancestor(user, p)
+        for p in (sys.executable, os.path.realpath(sys.executable), sys.base_prefix, sys.prefix, REPO)
+    }
     for i, fix in enumerate(sorted(f for f in fixes if f)):
         a, c = fix
-        script += [f'mkdir "$d/keep{i}"', f'mount --bind "{a}" "$d/keep{i}"',
-                   f'mount -t tmpfs -o size=16k,mode=755 i4-ns "{a}"', f'mkdir "{a}/{c}"',
-                   f'mount --bind "$d/keep{i}/{c}" "{a}/{c}"']
+        script += [
+            f'mkdir "$d/keep{i}"',
+            f'mount --bind "{a}" "$d/keep{i}"',
+            f'mount -t tmpfs -o size=16k,mode=755 i4-ns "{a}"',
+            f'mkdir "{a}/{c}"',
+            f'mount --bind "$d/keep{i}/{c}" "{a}/{c}"',
+        ]
     script += ['umount -l "$d"', 'rmdir "$d"', 'exec "$@"']
     argv = ["unshare", "-m", "--propagation", "private", "sh", "-c", "; ".join(script), "sh", *drop, *argv]
     return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env, stdin=subprocess.DEVNULL)
@@ -185,9 +214,16 @@ def test_rootless_mount_by_unprivileged_user(user, workspace):
     _chown_tree(w, user.pw_uid, user.pw_gid)
     os.chown(w, 0, 0)
 
-    probe = _as_user(user, [sys.executable, "-c", "import subprocess, sys; import unionfs, pyfuse3; "
-                            "subprocess.run([sys.executable, '-c', 'import pyfuse3'], check=True)"],
-                     fuse_node=False)
+    probe = _as_user(
+        user,
+        [
+            sys.executable,
+            "-c",
+            "import subprocess, sys; import unionfs, pyfuse3; "
+            "subprocess.run([sys.executable, '-c', 'import pyfuse3'], check=True)",
+        ],
+        fuse_node=False,
+    )
     if probe.returncode != 0:
         pytest.skip(f"user {user.pw_name} cannot run {sys.executable} with unionfs: {probe.stderr.strip()[-300:]}")
     # Without the 0666 node the host's /dev/fuse (0600 here) refuses the user: the daemon's one line says so.
@@ -293,8 +329,14 @@ def test_allow_other_permissions(user, workspace):
     os.chown(os.path.join(low, "sticky", "others"), 65534, 65534)  # nobody's
     with open(os.path.join(w, "inner.py"), "w") as fh:
         fh.write(INNER_ALLOW_OTHER)
-    before = {p: (os.lstat(p).st_mode, open(p, "rb").read()) for p in
-              (os.path.join(low, "secret"), os.path.join(low, "rootdir", "file"), os.path.join(low, "sticky", "others"))}
+    before = {
+        p: (os.lstat(p).st_mode, open(p, "rb").read())
+        for p in (
+            os.path.join(low, "secret"),
+            os.path.join(low, "rootdir", "file"),
+            os.path.join(low, "sticky", "others"),
+        )
+    }
 
     with mount_pyunionfs(mnt, [low], up, work) as d:
         assert "allow_other" in open("/proc/self/mountinfo").read().split(mnt, 1)[1].split("\n", 1)[0]
@@ -302,12 +344,21 @@ def test_allow_other_permissions(user, workspace):
         assert run.returncode == 0, run.stderr
         res = json.loads(run.stdout)
     assert res == {
-        "read secret": "EACCES", "chmod secret": "EPERM", "unlink secret": "EACCES",
-        "create in rootdir": "EACCES", "mkdir in rootdir": "EACCES", "write rootdir/file": "EACCES",
-        "unlink rootdir/file": "EACCES", "rename rootdir/file": "EACCES",
-        "unlink others in sticky": "EPERM", "rename others in sticky": "EPERM", "read others": "ok",
-        "create in sticky": "ok", "mkdir in sticky": "ok",
-        "mine owner": [user.pw_uid, user.pw_gid], "mydir owner": [user.pw_uid, user.pw_gid],
+        "read secret": "EACCES",
+        "chmod secret": "EPERM",
+        "unlink secret": "EACCES",
+        "create in rootdir": "EACCES",
+        "mkdir in rootdir": "EACCES",
+        "write rootdir/file": "EACCES",
+        "unlink rootdir/file": "EACCES",
+        "rename rootdir/file": "EACCES",
+        "unlink others in sticky": "EPERM",
+        "rename others in sticky": "EPERM",
+        "read others": "ok",
+        "create in sticky": "ok",
+        "mkdir in sticky": "ok",
+        "mine owner": [user.pw_uid, user.pw_gid],
+        "mydir owner": [user.pw_uid, user.pw_gid],
         "unlink mine": "ok",
     }, res
     for p, (mode, data) in before.items():
@@ -404,8 +455,7 @@ def test_inside_a_user_namespace(user, workspace, options):
         pytest.skip(f"unprivileged user namespaces are not available: {probe.stderr.strip()}")
     results = {}
     for who in ("kernel", "pyunionfs"):
-        run = _as_user(user, ["unshare", "-r", "-m", sys.executable, os.path.join(w, "inner.py"), w, who,
-                              options])
+        run = _as_user(user, ["unshare", "-r", "-m", sys.executable, os.path.join(w, "inner.py"), w, who, options])
         if who == "kernel" and run.returncode != 0 and "mount" in run.stderr:
             pytest.skip(f"the kernel cannot mount overlayfs in a user namespace here: {run.stderr[-300:]}")
         assert run.returncode == 0, f"{who}\nstdout: {run.stdout}\nstderr: {run.stderr}"
@@ -419,8 +469,7 @@ def test_inside_a_user_namespace(user, workspace, options):
     assert kernel["owners"] == {"mine": [0, 0], "roots": nobody, "d": [0, 0], "shared": nobody}
     assert (kernel["append roots"], kernel["create in shared"]) == ("EACCES", "EOVERFLOW")
     if not options:
-        for key in ("owners", "owners after", "append mine", "append roots", "chown mine", "listing",
-                    "upper"):
+        for key in ("owners", "owners after", "append mine", "append roots", "chown mine", "listing", "upper"):
             assert ours[key] == kernel[key], (key, ours[key], kernel[key])
         # FUSE shows an id the namespace cannot map as an invalid one, and the VFS refuses any write to
         # such an inode (EACCES) before the daemon hears of it; the kernel overlay gets as far as the

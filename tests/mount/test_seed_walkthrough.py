@@ -92,8 +92,14 @@ def _pyunionfs_command(tmp_path: Path) -> str:
 @pytest.mark.timeout(90)
 def test_seed_walkthrough_script(tmp_path):
     env = dict(os.environ, PYUNIONFS=_pyunionfs_command(tmp_path), TMPDIR=str(tmp_path))
-    res = subprocess.run(["bash", str(REPO / "examples" / "seed_walkthrough.sh")], env=env,
-                         stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
+    res = subprocess.run(
+        ["bash", str(REPO / "examples" / "seed_walkthrough.sh")],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     out = res.stdout + res.stderr
     assert res.returncode == 0, out
     assert re.search(r"^c---------.*\s0,\s+0\s.*\bf2$", res.stdout, re.M), out

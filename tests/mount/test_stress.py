@@ -60,6 +60,7 @@ def base_seed() -> int:
 # The worker (runs in its own process: python -c "from tests.mount.test_stress import worker_main ...")
 # ---------------------------------------------------------------------------------------------------
 
+
 def lower_subtree(root: str) -> dict:
     """What a worker's subtree holds in the lower before the run."""
     spec = {f"{root}/ld{d}/f{k}": f"{root} ld{d} f{k}\n" * (k + 1) for d in range(2) for k in range(4)}
@@ -79,9 +80,9 @@ class Worker:
         self.rng = random.Random(seed)
         self.seed = seed
         self.deadline = time.monotonic() + seconds
-        self.inodes = {}      # id -> bytearray
-        self.files = {}       # relpath -> inode id
-        self.dirs = set()     # relpaths of directories (root included)
+        self.inodes = {}  # id -> bytearray
+        self.files = {}  # relpath -> inode id
+        self.dirs = set()  # relpaths of directories (root included)
         self.lower_dirs = set()
         self.next_ino = 0
         self.ops = 0
@@ -110,8 +111,9 @@ class Worker:
 
     def children(self, d: str) -> set:
         pre = d + "/"
-        return {x[len(pre):] for x in list(self.files) + list(self.dirs)
-                if x.startswith(pre) and "/" not in x[len(pre):]}
+        return {
+            x[len(pre) :] for x in list(self.files) + list(self.dirs) if x.startswith(pre) and "/" not in x[len(pre) :]
+        }
 
     def exists(self, rel: str) -> bool:
         return rel in self.files or rel in self.dirs
@@ -138,8 +140,9 @@ class Worker:
             fn(*args)
         except OSError as exc:
             if exc.errno != code:
-                self.fail(f"{fn.__name__}{args}: errno {errno.errorcode.get(exc.errno)}, expected "
-                          f"{errno.errorcode[code]}")
+                self.fail(
+                    f"{fn.__name__}{args}: errno {errno.errorcode.get(exc.errno)}, expected {errno.errorcode[code]}"
+                )
             return
         self.fail(f"{fn.__name__}{args}: succeeded, expected {errno.errorcode[code]}")
 
@@ -179,7 +182,7 @@ class Worker:
             os.close(fd)
         if off > len(buf):
             buf.extend(bytes(off - len(buf)))
-        buf[off:off + len(data)] = data
+        buf[off : off + len(data)] = data
 
     def op_append(self):
         path = self.rand_file()
@@ -210,7 +213,7 @@ class Worker:
         if src is None:
             return
         if self.rng.random() < 0.3 and len(self.files) > 1:
-            dst = self.rand_file()   # replace an existing file
+            dst = self.rand_file()  # replace an existing file
         else:
             dst = self.fresh_name(self.rand_dir())
         os.rename(self.p(src), self.p(dst))
@@ -234,7 +237,8 @@ class Worker:
         pre = src + "/"
 
         def move(x):
-            return dst + x[len(src):] if x == src or x.startswith(pre) else x
+            return dst + x[len(src) :] if x == src or x.startswith(pre) else x
+
         self.files = {move(k): v for k, v in self.files.items()}
         self.dirs = {move(d) for d in self.dirs}
         self.lower_dirs = {move(d) for d in self.lower_dirs}
@@ -285,8 +289,10 @@ class Worker:
         with open(self.p(path), "rb") as f:
             got = f.read()
         if got != want:
-            self.fail(f"read {path}: {len(got)} bytes, model {len(want)}; first difference at "
-                      f"{next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))}")
+            self.fail(
+                f"read {path}: {len(got)} bytes, model {len(want)}; first difference at "
+                f"{next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))}"
+            )
         if os.stat(self.p(path)).st_size != len(want):
             self.fail(f"stat {path}: size differs from model {len(want)}")
 
@@ -299,16 +305,29 @@ class Worker:
         fd = os.open(self.p(name), os.O_RDWR)
         try:
             os.pwrite(fd, data, base + off)
-            buf[off:off + len(data)] = data
+            buf[off : off + len(data)] = data
             got = os.pread(fd, REGION, base)
         finally:
             os.close(fd)
         if got != bytes(buf):
             self.fail(f"shared file {name} region {self.region} differs from model")
 
-    OPS = [("create", 10), ("create_existing", 1), ("write", 14), ("append", 8), ("truncate", 5),
-           ("rename_file", 6), ("rename_dir", 3), ("unlink", 5), ("mkdir", 4), ("rmdir", 3), ("link", 3),
-           ("readdir", 8), ("read", 14), ("shared", 8)]
+    OPS = [
+        ("create", 10),
+        ("create_existing", 1),
+        ("write", 14),
+        ("append", 8),
+        ("truncate", 5),
+        ("rename_file", 6),
+        ("rename_dir", 3),
+        ("unlink", 5),
+        ("mkdir", 4),
+        ("rmdir", 3),
+        ("link", 3),
+        ("readdir", 8),
+        ("read", 14),
+        ("shared", 8),
+    ]
 
     def run(self):
         names = [n for n, _ in self.OPS]
@@ -332,7 +351,10 @@ class Worker:
 
     def result(self) -> dict:
         return {
-            "ok": True, "ops": self.ops, "counts": self.counts, "seed": self.seed,
+            "ok": True,
+            "ops": self.ops,
+            "counts": self.counts,
+            "seed": self.seed,
             "files": {p: hashlib.sha256(bytes(self.inodes[i])).hexdigest() for p, i in self.files.items()},
             "links": {p: i for p, i in self.files.items()},
             "dirs": sorted(self.dirs),
@@ -355,6 +377,7 @@ def worker_main(argv=None):
 # ---------------------------------------------------------------------------------------------------
 # helpers for the test process
 # ---------------------------------------------------------------------------------------------------
+
 
 def fd_count(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
@@ -384,8 +407,18 @@ def run_round(mnt: Path, tmp: Path, roots: list, regions: list, seed: int, secon
         out = tmp / f"result-{root}.json"
         code = "import sys; from tests.mount.test_stress import worker_main; worker_main()"
         args = [str(mnt), root, str(region), str(seed + region), str(seconds), str(out)]
-        procs.append((subprocess.Popen([sys.executable, "-c", code, *args], cwd=REPO, stdin=subprocess.DEVNULL,
-                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT), out))
+        procs.append(
+            (
+                subprocess.Popen(
+                    [sys.executable, "-c", code, *args],
+                    cwd=REPO,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                ),
+                out,
+            )
+        )
     results = []
     for proc, out in procs:
         try:
@@ -455,7 +488,7 @@ def check_models_through_mount(mnt: Path, roots: list, results) -> None:
     problems = []
     for root, r in zip(roots, results):
         seen_files, seen_dirs = {}, set()
-        for dirpath, dirnames, filenames in os.walk(mnt / root):
+        for dirpath, _dirnames, filenames in os.walk(mnt / root):
             rel = os.path.relpath(dirpath, mnt)
             seen_dirs.add(rel)
             for n in filenames:
@@ -471,6 +504,7 @@ def check_models_through_mount(mnt: Path, roots: list, results) -> None:
 # ---------------------------------------------------------------------------------------------------
 # the tests
 # ---------------------------------------------------------------------------------------------------
+
 
 @pytest.mark.timeout(600)
 def test_stress_random_operations(tmp_path):
@@ -494,8 +528,7 @@ def test_stress_random_operations(tmp_path):
         rss = []
         fds = []
         for rnd in range(ROUNDS):
-            res = run_round(L.mnt, tmp_path, roots[rnd], [rnd * WORKERS + k for k in range(WORKERS)],
-                            seed, seconds)
+            res = run_round(L.mnt, tmp_path, roots[rnd], [rnd * WORKERS + k for k in range(WORKERS)], seed, seconds)
             all_results += res
             figures[f"round {rnd + 1} ops"] = sum(r["ops"] for r in res)
             figures[f"round {rnd + 1} fds right after"] = fd_count(pid)
@@ -507,8 +540,10 @@ def test_stress_random_operations(tmp_path):
             figures[f"round {rnd + 1} rss KiB after forget"] = rss[-1]
             figures["drop_caches"] = dropped
         print("\nstress figures: " + json.dumps(figures))
-        print("op counts: " + json.dumps({k: sum(r["counts"].get(k, 0) for r in all_results)
-                                          for k in all_results[0]["counts"]}))
+        print(
+            "op counts: "
+            + json.dumps({k: sum(r["counts"].get(k, 0) for r in all_results) for k in all_results[0]["counts"]})
+        )
         # The shared files through the mount: every region as its worker's model says.
         for name in SHARED:
             data = (L.mnt / name).read_bytes()
@@ -525,13 +560,16 @@ def test_stress_random_operations(tmp_path):
 
 
 def _trigger_copy_up(path: Path) -> subprocess.Popen:
-    code = ("import os, sys, time\n"
-            "t = time.monotonic()\n"
-            "fd = os.open(sys.argv[1], os.O_WRONLY | os.O_APPEND)\n"
-            "print(time.monotonic() - t, flush=True)\n"
-            "os.write(fd, b'x'); os.close(fd)\n")
-    return subprocess.Popen([sys.executable, "-c", code, str(path)], stdout=subprocess.PIPE,
-                            stdin=subprocess.DEVNULL, text=True)
+    code = (
+        "import os, sys, time\n"
+        "t = time.monotonic()\n"
+        "fd = os.open(sys.argv[1], os.O_WRONLY | os.O_APPEND)\n"
+        "print(time.monotonic() - t, flush=True)\n"
+        "os.write(fd, b'x'); os.close(fd)\n"
+    )
+    return subprocess.Popen(
+        [sys.executable, "-c", code, str(path)], stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True
+    )
 
 
 def _probe(mnt: Path, n_small: int, stop) -> list:
@@ -539,7 +577,7 @@ def _probe(mnt: Path, n_small: int, stop) -> list:
     i = 0
     while not stop():
         name = mnt / "small" / f"f{i % n_small}"
-        for fn in (lambda: os.stat(name), lambda: os.listdir(mnt / "small"), lambda: name.read_bytes()):
+        for fn in (lambda: os.stat(name), lambda: os.listdir(mnt / "small"), lambda: name.read_bytes()):  # noqa: B023 (called at once)
             t = time.perf_counter()
             fn()
             lat.append(time.perf_counter() - t)

@@ -1,5 +1,6 @@
 """`.wh.` markers (OCI layers, containers-storage's layers for mount programs) are read by default, as
 fuse-overlayfs reads them; `-o whiteout_files=off` is the kernel-exact mode that shows them as names."""
+
 import errno
 import os
 
@@ -7,17 +8,21 @@ import pytest
 
 from tests.util import FUSE_SKIP_REASON, hash_tree, mount_pyunionfs
 
-pytestmark = [pytest.mark.mount, pytest.mark.timeout(90),
-              pytest.mark.skipif(FUSE_SKIP_REASON is not None, reason=FUSE_SKIP_REASON or "")]
+pytestmark = [
+    pytest.mark.mount,
+    pytest.mark.timeout(90),
+    pytest.mark.skipif(FUSE_SKIP_REASON is not None, reason=FUSE_SKIP_REASON or ""),
+]
 
 
 @pytest.fixture
 def L(layers):
-    return layers({
-        "lower1": {"gone": "g\n", "keep": "k\n", "op/hidden": "h\n", "d/inner": "i\n"},
-        "lower0": {".wh.gone": "", "op/.wh..wh..opq": "", "op/shown": "s\n", "d/.wh.inner": "",
-                   "d/mine": "m\n"},
-    })
+    return layers(
+        {
+            "lower1": {"gone": "g\n", "keep": "k\n", "op/hidden": "h\n", "d/inner": "i\n"},
+            "lower0": {".wh.gone": "", "op/.wh..wh..opq": "", "op/shown": "s\n", "d/.wh.inner": "", "d/mine": "m\n"},
+        }
+    )
 
 
 @pytest.mark.parametrize("options", [(), ("whiteout_files",)], ids=["default", "whiteout_files"])
@@ -31,7 +36,7 @@ def test_oci_markers_in_lowers(L, options):
         with pytest.raises(OSError) as exc:
             (L.mnt / ".wh.keep").write_bytes(b"forged")
         assert exc.value.errno == errno.EINVAL
-        os.unlink(L.mnt / "keep")            # kernel-format whiteout in the upper (mknod works here)
+        os.unlink(L.mnt / "keep")  # kernel-format whiteout in the upper (mknod works here)
         (L.mnt / "gone").write_bytes(b"back\n")
         assert sorted(os.listdir(L.mnt)) == ["d", "gone", "op"]
     st = os.lstat(L.upper / "keep")
@@ -43,7 +48,7 @@ def test_kernel_exact_mode_shows_markers_as_plain_files(L):
     with mount_pyunionfs(L.mnt, L.lowers, L.upper, L.work, options=["whiteout_files=off"]):
         assert sorted(os.listdir(L.mnt)) == [".wh.gone", "d", "gone", "keep", "op"]
         assert sorted(os.listdir(L.mnt / "op")) == [".wh..wh..opq", "hidden", "shown"]
-        (L.mnt / ".wh.new").write_bytes(b"plain\n")   # an ordinary name, as on the kernel
+        (L.mnt / ".wh.new").write_bytes(b"plain\n")  # an ordinary name, as on the kernel
     assert (L.upper / ".wh.new").read_bytes() == b"plain\n"
 
 

@@ -1,5 +1,6 @@
 """readdirplus entries without attributes (bare_entries.py): the probe finds pyfuse3's layout on the
 installed build, and strip zeroes the node id alone."""
+
 import ctypes
 import stat
 import struct

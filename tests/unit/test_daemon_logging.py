@@ -1,4 +1,5 @@
 """The daemon's log: a reply to a request the kernel stopped waiting for is no error."""
+
 import io
 import logging
 

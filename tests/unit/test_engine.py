@@ -1,4 +1,5 @@
 """Fast tests of the union engine on plain directories: no FUSE, no mount."""
+
 import errno
 import os
 import stat
@@ -90,9 +91,13 @@ def test_precedence_whiteouts_and_opaque(stack):
     u = stack()
     assert walk(u, u.root) == {
         b"a": ("f", b"upper"),
-        b"dir": ("d", None), b"dir/deep": ("f", b"deep"), b"dir/mid": ("f", b"mid"),
-        b"op": ("d", None), b"op/shown": ("f", b"s"),
-        b"uop": ("d", None), b"uop/shown": ("f", b"s"),
+        b"dir": ("d", None),
+        b"dir/deep": ("f", b"deep"),
+        b"dir/mid": ("f", b"mid"),
+        b"op": ("d", None),
+        b"op/shown": ("f", b"s"),
+        b"uop": ("d", None),
+        b"uop/shown": ("f", b"s"),
     }
 
 
@@ -233,9 +238,13 @@ def test_readonly_union_refuses_changes(stack):
     write(f"{stack.dirs['lower0']}/f", b"x")
     u = stack(readonly=True)
     node, _ = u.lookup(u.root, b"f")
-    for call in (lambda: u.open(node, os.O_WRONLY), lambda: u.unlink(u.root, b"f"),
-                 lambda: u.mkdir(u.root, b"d", 0o755, ROOT), lambda: u.setattr(node, mode=0o600),
-                 lambda: u.setxattr(node, b"user.x", b"1")):
+    for call in (
+        lambda: u.open(node, os.O_WRONLY),
+        lambda: u.unlink(u.root, b"f"),
+        lambda: u.mkdir(u.root, b"d", 0o755, ROOT),
+        lambda: u.setattr(node, mode=0o600),
+        lambda: u.setxattr(node, b"user.x", b"1"),
+    ):
         with pytest.raises(OSError) as exc:
             call()
         assert exc.value.errno == errno.EROFS
@@ -365,11 +374,17 @@ def test_scan_resolves_like_lookup(stack):
     for name, (_, index, st, merge, lpaths, redirect) in scanned.items():
         node, lst = u.lookup(u.root, name)
         assert (node.layer, node.merge, st.st_ino, node.lpaths, node.redirect) == (
-            index, merge, lst.st_ino, lpaths, redirect), name
+            index,
+            merge,
+            lst.st_ino,
+            lpaths,
+            redirect,
+        ), name
 
 
 def test_upper_and_work_are_locked_while_in_use(stack, tmp_path):
     from unionfs.engine import LayerInUse
+
     first = stack()
     with pytest.raises(LayerInUse) as exc:
         stack()
@@ -398,8 +413,13 @@ def oci_layers(d):
 def test_wh_markers_are_read_by_default_as_fuse_overlayfs(stack):
     oci_layers(stack.dirs)
     u = stack()
-    assert walk(u, u.root) == {b"keep": ("f", b"k"), b"op": ("d", None), b"op/shown": ("f", b"s"),
-                               b"d": ("d", None), b"d/mine": ("f", b"m")}
+    assert walk(u, u.root) == {
+        b"keep": ("f", b"k"),
+        b"op": ("d", None),
+        b"op/shown": ("f", b"s"),
+        b"d": ("d", None),
+        b"d/mine": ("f", b"m"),
+    }
     scanned = {entry[0]: entry for entry in u.scan(u.root)}
     assert sorted(scanned) == [b"d", b"keep", b"op"]
     with pytest.raises(FileNotFoundError):
@@ -423,6 +443,7 @@ def test_kernel_exact_mode_shows_wh_names_as_plain_names(stack):
 
 def test_wh_files_are_written_where_mknod_is_refused(stack, monkeypatch):
     import unionfs.engine.union as engine
+
     monkeypatch.setattr(engine, "_can_make_whiteouts", lambda fd: False)
     d = stack.dirs
     write(f"{d['lower0']}/f", b"lower")
@@ -476,11 +497,13 @@ def test_create_in_place_or_through_the_work_dir(stack, monkeypatch):
     real = u._finish_create
     monkeypatch.setattr(u, "_finish_create", lambda *a: renames.append(a[2]) or real(*a))
     sg = u.child(u.root, b"sg")
-    cases = [(u.root, b"mine", 0o640, ROOT, (0, 0, 0o640), False),
-             (u.root, b"theirs", 0o600, Caller(1000, 1001), (1000, 1001, 0o600), True),
-             (u.root, b"suid", 0o4755, ROOT, (0, 0, 0o4755), True),
-             (sg, b"in_sg", 0o644, ROOT, (0, 777, 0o644), False),  # the group the upper gives it
-             (u.root, b"gone", 0o644, ROOT, (0, 0, 0o644), True)]
+    cases = [
+        (u.root, b"mine", 0o640, ROOT, (0, 0, 0o640), False),
+        (u.root, b"theirs", 0o600, Caller(1000, 1001), (1000, 1001, 0o600), True),
+        (u.root, b"suid", 0o4755, ROOT, (0, 0, 0o4755), True),
+        (sg, b"in_sg", 0o644, ROOT, (0, 777, 0o644), False),  # the group the upper gives it
+        (u.root, b"gone", 0o644, ROOT, (0, 0, 0o644), True),
+    ]
     for parent, name, mode, caller, want, via_work in cases:
         node, h, st = u.create(parent, name, mode, os.O_WRONLY, caller)
         u.release(h)
@@ -518,6 +541,7 @@ def test_absent_names_are_remembered_until_made(stack):
     assert dirnode.absent == {b"swapped"}
     # bounded: past ABSENT_MAX names the set starts again
     from unionfs.engine.union import ABSENT_MAX
+
     for i in range(ABSENT_MAX + 5):
         with pytest.raises(FileNotFoundError):
             u.child(dirnode, b"n%d" % i)
@@ -531,6 +555,7 @@ def test_listings_are_kept_until_the_directory_changes(stack, monkeypatch):
     import time
 
     import unionfs.engine.union as engine_module
+
     monkeypatch.setattr(engine_module, "LISTING_SETTLE_NS", 200_000_000)
     d = stack.dirs
     write(f"{d['lower0']}/lo/a", b"a")

@@ -5,6 +5,7 @@ One scripted operation sequence runs three times over identical copies of the sa
 result (value or errno), the merged tree at the end, and the upper and work trees left on disk must be
 the same: the engine API gives library users exactly what a mount gives processes.
 """
+
 from __future__ import annotations
 
 import errno
@@ -13,13 +14,34 @@ import stat
 
 import pytest
 
+from tests.util import (
+    DIR,
+    FUSE_SKIP_REASON,
+    WHITEOUT,
+    Opaque,
+    Symlink,
+    copy_layers,
+    diff_snapshots,
+    make_layers,
+    mount_pyunionfs,
+    tree_snapshot,
+)
 from unionfs import Caller, Union, UnionFS
-from tests.util import (FUSE_SKIP_REASON, DIR, Opaque, Symlink, WHITEOUT, copy_layers, diff_snapshots,
-                        make_layers, mount_pyunionfs, tree_snapshot)
 
 SPEC = {
-    "lower0": {"f1": "one", "f2": "two", "d/x": "x", "d/y": "y", "ld/sub/z": "z", "link": Symlink("f1"),
-               "e": DIR, "gone": "g", "op": Opaque(), "op/top": "t", "big": "B" * 70000},
+    "lower0": {
+        "f1": "one",
+        "f2": "two",
+        "d/x": "x",
+        "d/y": "y",
+        "ld/sub/z": "z",
+        "link": Symlink("f1"),
+        "e": DIR,
+        "gone": "g",
+        "op": Opaque(),
+        "op/top": "t",
+        "big": "B" * 70000,
+    },
     "lower1": {"f1": "bottom", "d/w": "w", "gone": "hidden", "op/below": "b", "only1/q": "q"},
     "upper": {"f3": "up", "d/u": "du", "f4": "four", "gone": WHITEOUT},
 }
@@ -66,7 +88,12 @@ class OsExec:
 
     def stat(self, path):
         st = os.lstat(self.p(path))
-        return _kind(st.st_mode), stat.S_IMODE(st.st_mode), st.st_size if stat.S_ISREG(st.st_mode) else None, st.st_nlink
+        return (
+            _kind(st.st_mode),
+            stat.S_IMODE(st.st_mode),
+            st.st_size if stat.S_ISREG(st.st_mode) else None,
+            st.st_nlink,
+        )
 
     def remove(self, path):
         os.unlink(self.p(path))
@@ -124,7 +151,12 @@ class FsExec:
 
     def stat(self, path):
         st = self.fs.stat(path)
-        return _kind(st.st_mode), stat.S_IMODE(st.st_mode), st.st_size if stat.S_ISREG(st.st_mode) else None, st.st_nlink
+        return (
+            _kind(st.st_mode),
+            stat.S_IMODE(st.st_mode),
+            st.st_size if stat.S_ISREG(st.st_mode) else None,
+            st.st_nlink,
+        )
 
     def remove(self, path):
         self.fs.remove(path)
@@ -183,8 +215,7 @@ class EngineExec:
         try:
             node = self.u.child(parent, name)
         except FileNotFoundError:
-            node, h, _ = self.u.create(parent, name, 0o666 & ~UMASK, os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
-                                       self.caller)
+            node, h, _ = self.u.create(parent, name, 0o666 & ~UMASK, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, self.caller)
         else:
             h = self.u.open(node, os.O_WRONLY | os.O_TRUNC)
         try:
@@ -212,8 +243,12 @@ class EngineExec:
     def stat(self, path):
         node = self.node(path)
         st = self.u.getattr(node)
-        return (_kind(st.st_mode), stat.S_IMODE(st.st_mode), st.st_size if stat.S_ISREG(st.st_mode) else None,
-                self.u.reported_nlink(node, st))
+        return (
+            _kind(st.st_mode),
+            stat.S_IMODE(st.st_mode),
+            st.st_size if stat.S_ISREG(st.st_mode) else None,
+            self.u.reported_nlink(node, st),
+        )
 
     def remove(self, path):
         self.u.unlink(*self.parent(path))
@@ -250,34 +285,68 @@ class EngineExec:
 
 
 SCRIPT = [
-    ("listdir", "."), ("listdir", "d"), ("listdir", "op"),
-    ("write", "new", b"hello"),                 # create
-    ("write", "f1", b"ONE"),                    # copy-up without data (O_TRUNC), then write
-    ("write_at", "f2", 1, b"W"),                # copy-up with data
-    ("write_at", "big", 65536, b"tail"),        # copy-up of a larger file
-    ("read", "f1"), ("read", "f2"), ("read", "f3"), ("read", "new"), ("read", "only1/q"), ("read", "gone"),
-    ("stat", "f1"), ("stat", "d"), ("stat", "link"), ("stat", "new"), ("stat", "e"), ("stat", "nope"),
-    ("remove", "f2"),                           # lower: whiteout
-    ("remove", "f3"),                           # upper only: gone
-    ("remove", "d/x"), ("remove", "nope"), ("remove", "d"),
-    ("rename", "f1", "g1"),                     # upper copy moves; whiteout at f1? (f1 is in lower0+1)
+    ("listdir", "."),
+    ("listdir", "d"),
+    ("listdir", "op"),
+    ("write", "new", b"hello"),  # create
+    ("write", "f1", b"ONE"),  # copy-up without data (O_TRUNC), then write
+    ("write_at", "f2", 1, b"W"),  # copy-up with data
+    ("write_at", "big", 65536, b"tail"),  # copy-up of a larger file
+    ("read", "f1"),
+    ("read", "f2"),
+    ("read", "f3"),
+    ("read", "new"),
+    ("read", "only1/q"),
+    ("read", "gone"),
+    ("stat", "f1"),
+    ("stat", "d"),
+    ("stat", "link"),
+    ("stat", "new"),
+    ("stat", "e"),
+    ("stat", "nope"),
+    ("remove", "f2"),  # lower: whiteout
+    ("remove", "f3"),  # upper only: gone
+    ("remove", "d/x"),
+    ("remove", "nope"),
+    ("remove", "d"),
+    ("rename", "f1", "g1"),  # upper copy moves; whiteout at f1? (f1 is in lower0+1)
     ("rename", "new", "d/new"),
-    ("rename", "d", "dd"),                      # merged directory: EXDEV
-    ("rename", "g1", "f4"),                     # replaces an upper file
-    ("rename", "only1/q", "q2"),                # copy-up from the bottom lower, parent copied up
-    ("mkdir", "f2", 0o755),                     # over a whiteout: opaque
-    ("mkdir", "d/sub", 0o750), ("mkdir", "f4", 0o755), ("mkdir", "nodir/x", 0o755),
-    ("rename", "d/sub", "d/sub2"),              # upper-only directory renames
-    ("rmdir", "d"), ("rmdir", "e"), ("rmdir", "d/sub2"), ("rmdir", "ld/sub"),
-    ("chmod", "f4", 0o600), ("chmod", "ld/sub/z", 0o640), ("chmod", "d", 0o700),
-    ("symlink", "f4", "s1"), ("symlink", "x", "s1"), ("readlink", "s1"), ("readlink", "link"),
+    ("rename", "d", "dd"),  # merged directory: EXDEV
+    ("rename", "g1", "f4"),  # replaces an upper file
+    ("rename", "only1/q", "q2"),  # copy-up from the bottom lower, parent copied up
+    ("mkdir", "f2", 0o755),  # over a whiteout: opaque
+    ("mkdir", "d/sub", 0o750),
+    ("mkdir", "f4", 0o755),
+    ("mkdir", "nodir/x", 0o755),
+    ("rename", "d/sub", "d/sub2"),  # upper-only directory renames
+    ("rmdir", "d"),
+    ("rmdir", "e"),
+    ("rmdir", "d/sub2"),
+    ("rmdir", "ld/sub"),
+    ("chmod", "f4", 0o600),
+    ("chmod", "ld/sub/z", 0o640),
+    ("chmod", "d", 0o700),
+    ("symlink", "f4", "s1"),
+    ("symlink", "x", "s1"),
+    ("readlink", "s1"),
+    ("readlink", "link"),
     ("readlink", "f4"),
-    ("link", "d/y", "hard"), ("read", "hard"), ("stat", "hard"),
-    ("truncate", "d/w", 0), ("truncate", "d/u", 1),
-    ("setxattr", "d/y", "user.note", b"v"), ("getxattr", "d/y", "user.note"),
-    ("setxattr", "op/top", "user.overlay.opaque", b"y"), ("getxattr", "op/top", "user.overlay.opaque"),
-    ("remove", "gone"), ("remove", "link"),
-    ("listdir", "."), ("listdir", "d"), ("listdir", "f2"), ("listdir", "op"), ("listdir", "ld/sub"),
+    ("link", "d/y", "hard"),
+    ("read", "hard"),
+    ("stat", "hard"),
+    ("truncate", "d/w", 0),
+    ("truncate", "d/u", 1),
+    ("setxattr", "d/y", "user.note", b"v"),
+    ("getxattr", "d/y", "user.note"),
+    ("setxattr", "op/top", "user.overlay.opaque", b"y"),
+    ("getxattr", "op/top", "user.overlay.opaque"),
+    ("remove", "gone"),
+    ("remove", "link"),
+    ("listdir", "."),
+    ("listdir", "d"),
+    ("listdir", "f2"),
+    ("listdir", "op"),
+    ("listdir", "ld/sub"),
 ]
 
 
@@ -318,8 +387,7 @@ def three_copies(tmp_path):
 
 
 def _check_work_clean(L):
-    left = [n for n in os.listdir(L.work / "work")
-            if not (stat.S_ISCHR(os.lstat(L.work / "work" / n).st_mode))]
+    left = [n for n in os.listdir(L.work / "work") if not (stat.S_ISCHR(os.lstat(L.work / "work" / n).st_mode))]
     assert not left, f"staging leftovers in {L.work}/work: {left}"
 
 
@@ -393,8 +461,13 @@ def test_unionfs_without_fuse(tmp_path):
             fs.listdir("evil")
         assert fs.listdir(b"a") == [b"b"]
         assert fs.listdir("/a/../a/./") == ["b"]
-        assert list(fs.walk()) == [(".", ["a", "x"], ["c", "evil"]), ("./a", [], ["b"]), ("./x", ["y"], []),
-                                    ("./x/y", ["z"], []), ("./x/y/z", [], [])]  # as os.walk(".")
+        assert list(fs.walk()) == [
+            (".", ["a", "x"], ["c", "evil"]),
+            ("./a", [], ["b"]),
+            ("./x", ["y"], []),
+            ("./x/y", ["z"], []),
+            ("./x/y/z", [], []),
+        ]  # as os.walk(".")
         fs.remove("c")
         assert stat.S_ISCHR(os.lstat(L.upper / "c").st_mode)
         assert (L.lower / "c").read_text() == "c"

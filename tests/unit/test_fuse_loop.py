@@ -2,6 +2,7 @@
 lock (one owner, waiters served in order, handed over on release) that does not yield when free.
 That other requests go on while one waits on a copy-up is tested through a real mount in
 tests/mount/test_stress.py (test_latency_during_big_copy_up)."""
+
 import os
 
 import pyfuse3
@@ -80,6 +81,7 @@ def test_wait_readable_returns_at_once_while_requests_queue_then_lets_others_run
     lowlevel = fuse_loop._Lowlevel()
     r, w = os.pipe()
     try:
+
         async def main():
             with trio.CancelScope() as scope:
                 scope.cancel()

@@ -1,4 +1,5 @@
 """uidmapping/gidmapping and squash options (fuse-overlayfs's semantics), without mounting."""
+
 import pytest
 
 from unionfs.engine.idmap import OVERFLOW_ID, IdMap
@@ -14,15 +15,16 @@ def test_mapping_both_ways_as_fuse_overlayfs_man_page():
 
 def test_options_and_precedence():
     opts = build(parse_o(["lowerdir=/l,uidmapping=0:1000:10,gidmapping=0:2000:10,squash_to_root"]))
-    assert opts.uid_map.shown(5) == 0 and opts.gid_map.shown(5) == 0   # squash wins when showing
-    assert opts.uid_map.stored(1005) == 5                                # but not when storing
+    assert opts.uid_map.shown(5) == 0 and opts.gid_map.shown(5) == 0  # squash wins when showing
+    assert opts.uid_map.stored(1005) == 5  # but not when storing
     opts = build(parse_o(["lowerdir=/l,squash_to_root,squash_to_uid=42"]))
     assert (opts.uid_map.shown(7), opts.gid_map.shown(7)) == (42, 0)
     assert build(parse_o(["lowerdir=/l"])).uid_map.identity
 
 
-@pytest.mark.parametrize("bad", ["uidmapping=0:1", "uidmapping=a:b:c", "gidmapping=0:10:0",
-                                 "squash_to_uid=x", "uidmapping"])
+@pytest.mark.parametrize(
+    "bad", ["uidmapping=0:1", "uidmapping=a:b:c", "gidmapping=0:10:0", "squash_to_uid=x", "uidmapping"]
+)
 def test_bad_mappings_refused(bad):
     with pytest.raises(OptionError):
         build(parse_o(["lowerdir=/l," + bad]))

@@ -1,4 +1,5 @@
 """index=on: lower hard links stay one file across copy-up, st_ino stays across copy-up and remount."""
+
 import errno
 import os
 import stat
@@ -57,7 +58,7 @@ def test_hard_links_stay_whole_across_copy_up(stack):
         assert st.st_nlink == 3
     assert by_path(u, b"b").id == ino
     assert sorted(os.listdir(d["upper"])) == ["a"]  # b and sub/c reach the index; not linked up yet
-    append(u, b"b", b"+b")                         # a change through b links b up (as the kernel)
+    append(u, b"b", b"+b")  # a change through b links b up (as the kernel)
     assert sorted(os.listdir(d["upper"])) == ["a", "b"]
     assert os.stat(f"{d['upper']}/a").st_ino == os.stat(f"{d['upper']}/b").st_ino
     assert read(u, b"sub/c") == b"data+a+b"
@@ -109,6 +110,7 @@ def test_index_over_other_lowers_is_refused(stack, tmp_path):
     other = tmp_path / "other"
     other.mkdir()
     from unionfs.engine import Union
+
     with pytest.raises(OSError) as exc:
         Union([str(other)], stack.dirs["upper"], stack.dirs["work"], index=True)
     assert exc.value.errno == errno.ESTALE

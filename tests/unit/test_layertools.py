@@ -13,8 +13,19 @@ import tarfile
 
 import pytest
 
-from tests.util import (DIR, WHITEOUT, Dir, Fifo, File, Hardlink, Opaque, Symlink, diff_snapshots, make_layers,
-                        tree_snapshot)
+from tests.util import (
+    DIR,
+    WHITEOUT,
+    Dir,
+    Fifo,
+    File,
+    Hardlink,
+    Opaque,
+    Symlink,
+    diff_snapshots,
+    make_layers,
+    tree_snapshot,
+)
 from unionfs.layertools import cli as layertools
 from unionfs.layertools.cli import layer_diff, main
 from unionfs.layertools.ocilayer import Progress
@@ -38,30 +49,56 @@ def lines(changes):
 # diff
 # --------------------------------------------------------------------------------------------------
 
+
 @needs_root
 def test_diff_against_lowers(tmp_path):
-    L = make_layers(tmp_path, {
-        "lower1": {"f1": "a", "f2": "b", "d/x": "x", "d/sub/y": "y", "o/z": "z", "o/keep": "k",
-                   "deep/a/b": "b", "gone": DIR, "gone/in": "i"},
-        "lower0": {"d/x": "x2", "l0only": "l", "wh": "w", "f3": ".wh.-hidden", ".wh.gone": ""},
-        "upper": {
-            "f1": "changed", "f2": WHITEOUT, "new": "n",
-            "d/q": "q",
-            "o": Opaque(), "o/keep": "again", "o/added": "a",
-            "ou": Opaque(user=True),
-            "l0only": WHITEOUT,
-            ".wh.wh": "",                      # OCI-style whiteout file in the upper
-            "deep": DIR, "deep/.wh..wh..opq": "", "deep/a": DIR,
+    L = make_layers(
+        tmp_path,
+        {
+            "lower1": {
+                "f1": "a",
+                "f2": "b",
+                "d/x": "x",
+                "d/sub/y": "y",
+                "o/z": "z",
+                "o/keep": "k",
+                "deep/a/b": "b",
+                "gone": DIR,
+                "gone/in": "i",
+            },
+            "lower0": {"d/x": "x2", "l0only": "l", "wh": "w", "f3": ".wh.-hidden", ".wh.gone": ""},
+            "upper": {
+                "f1": "changed",
+                "f2": WHITEOUT,
+                "new": "n",
+                "d/q": "q",
+                "o": Opaque(),
+                "o/keep": "again",
+                "o/added": "a",
+                "ou": Opaque(user=True),
+                "l0only": WHITEOUT,
+                ".wh.wh": "",  # OCI-style whiteout file in the upper
+                "deep": DIR,
+                "deep/.wh..wh..opq": "",
+                "deep/a": DIR,
+            },
         },
-    })
+    )
     changes = lines(layer_diff(str(L.upper), [str(l) for l in L.lowers]))
     assert changes == [
-        "C /d", "A /d/q",
-        "C /deep", "C /deep/a", "D /deep/a/b",   # opaque via .wh..wh..opq: what's below a is hidden too
-        "C /f1", "D /f2",
+        "C /d",
+        "A /d/q",
+        "C /deep",
+        "C /deep/a",
+        "D /deep/a/b",  # opaque via .wh..wh..opq: what's below a is hidden too
+        "C /f1",
+        "D /f2",
         "D /l0only",
         "A /new",
-        "C /o", "A /o/added", "C /o/keep", "D /o/z",
+        "C /o",
+        "A /o/added",
+        "C /o/keep",
+        "D /o/z",
         "A /ou",
         "D /wh",
     ]
@@ -70,11 +107,14 @@ def test_diff_against_lowers(tmp_path):
 @needs_root
 def test_diff_lower_markers_and_stack(tmp_path):
     """Whiteouts and opaque dirs inside the lowers decide what the old view had."""
-    L = make_layers(tmp_path, {
-        "lower1": {"a": "a", "b": "b", "od/x": "x"},
-        "lower0": {"a": WHITEOUT, ".wh.b": "", "od": Opaque(), "od/y": "y"},
-        "upper": {"a": "again", "b": "again", "od": DIR, "od/x": "new", ".wh.b": ""},
-    })
+    L = make_layers(
+        tmp_path,
+        {
+            "lower1": {"a": "a", "b": "b", "od/x": "x"},
+            "lower0": {"a": WHITEOUT, ".wh.b": "", "od": Opaque(), "od/y": "y"},
+            "upper": {"a": "again", "b": "again", "od": DIR, "od/x": "new", ".wh.b": ""},
+        },
+    )
     changes = lines(layer_diff(str(L.upper), [str(l) for l in L.lowers]))
     # a and b were deleted in lower0, so the upper adds them; od/x is hidden by lower0's opaque od.
     assert changes == ["A /a", "A /b", "C /od", "A /od/x"]
@@ -82,8 +122,18 @@ def test_diff_lower_markers_and_stack(tmp_path):
 
 @needs_root
 def test_diff_without_lowers(tmp_path, capsys):
-    L = make_layers(tmp_path, {"upper": {"f": "x", "w": WHITEOUT, "d/f": "y", "o": Opaque(),
-                                         "c": File("c", xattrs={"trusted.overlay.origin": b"\x00fh"})}})
+    L = make_layers(
+        tmp_path,
+        {
+            "upper": {
+                "f": "x",
+                "w": WHITEOUT,
+                "d/f": "y",
+                "o": Opaque(),
+                "c": File("c", xattrs={"trusted.overlay.origin": b"\x00fh"}),
+            }
+        },
+    )
     rc, out, err = run(capsys, "diff", L.upper)
     assert rc == 0 and err == ""
     assert out.splitlines() == ["C /c", "C /d", "A /d/f", "A /f", "C /o", "D /w"]
@@ -105,11 +155,17 @@ def test_diff_bad_args(tmp_path, capsys):
 # export
 # --------------------------------------------------------------------------------------------------
 
+
 def rich_upper_spec():
     return {
-        "f1": File("new f1\n", mode=0o4755, uid=1234, gid=5678, mtime_ns=T0,
-                   xattrs={"user.comment": b"hi", "trusted.overlay.overlay.x": b"escaped",
-                           "security.blob": b"\x00\x01\xff"}),
+        "f1": File(
+            "new f1\n",
+            mode=0o4755,
+            uid=1234,
+            gid=5678,
+            mtime_ns=T0,
+            xattrs={"user.comment": b"hi", "trusted.overlay.overlay.x": b"escaped", "security.blob": b"\x00\x01\xff"},
+        ),
         "sgid": File("s", mode=0o2750, mtime_ns=T0),
         "f2": WHITEOUT,
         "d": Dir(mode=0o1777, uid=7, gid=8, mtime_ns=T0 - 10**9),
@@ -156,9 +212,10 @@ def test_export_contents(tmp_path, capsys):
     assert f1.pax_headers["SCHILY.xattr.security.blob"].encode("utf-8", "surrogateescape") == b"\x00\x01\xff"
     assert by["sgid"].mode == 0o2750
     assert by["d"].isdir() and by["d"].mode == 0o1777 and (by["d"].uid, by["d"].gid) == (7, 8)
-    for m in members:   # never the overlay's own markers
-        assert not any(k.startswith(("SCHILY.xattr.trusted.overlay.opaque", "SCHILY.xattr.user.overlay."))
-                       for k in m.pax_headers), m.name
+    for m in members:  # never the overlay's own markers
+        assert not any(
+            k.startswith(("SCHILY.xattr.trusted.overlay.opaque", "SCHILY.xattr.user.overlay.")) for k in m.pax_headers
+        ), m.name
         assert "atime" not in m.pax_headers and "ctime" not in m.pax_headers
     assert by["link"].issym() and by["link"].linkname == "/etc/passwd"
     assert by["fifo"].isfifo() and by["fifo"].mode == 0o640
@@ -177,7 +234,7 @@ def test_export_reproducible_and_gzip(tmp_path, capsys):
     assert a.read_bytes() == b.read_bytes()
     assert gz1.read_bytes() == gz2.read_bytes()
     raw = gz1.read_bytes()
-    assert raw[:2] == b"\x1f\x8b" and raw[4:8] == b"\0\0\0\0"          # gzip mtime 0
+    assert raw[:2] == b"\x1f\x8b" and raw[4:8] == b"\0\0\0\0"  # gzip mtime 0
     assert gzip.decompress(raw) == a.read_bytes()
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
@@ -193,6 +250,7 @@ def test_export_refuses_inside_layer_and_missing(tmp_path, capsys):
 
 def test_export_skips_socket_with_warning(tmp_path, capsys):
     import socket
+
     up = tmp_path / "up"
     up.mkdir()
     (up / "f").write_text("x")
@@ -211,6 +269,7 @@ def test_export_skips_socket_with_warning(tmp_path, capsys):
 # import and round trips
 # --------------------------------------------------------------------------------------------------
 
+
 def mtimes(root):
     out = {}
     for dirpath, dirnames, filenames in os.walk(root):
@@ -222,7 +281,7 @@ def mtimes(root):
 
 def inode_groups(root):
     groups = {}
-    for dirpath, dirnames, filenames in os.walk(root):
+    for dirpath, _dirnames, filenames in os.walk(root):
         for n in filenames:
             p = os.path.join(dirpath, n)
             st = os.lstat(p)
@@ -258,9 +317,8 @@ def test_round_trip_through_pipes(tmp_path):
     upper = build_upper(tmp_path)
     exe = [sys.executable, "-m", "unionfs.layertools"]
     exp = subprocess.run(exe + ["export", "-z", str(upper), "-"], capture_output=True, timeout=60)
-    assert exp.returncode == 0 and exp.stderr == b"", exp.stderr   # not a tty: no progress
-    imp = subprocess.run(exe + ["import", "-", str(tmp_path / "in")], input=exp.stdout,
-                         capture_output=True, timeout=60)
+    assert exp.returncode == 0 and exp.stderr == b"", exp.stderr  # not a tty: no progress
+    imp = subprocess.run(exe + ["import", "-", str(tmp_path / "in")], input=exp.stdout, capture_output=True, timeout=60)
     assert imp.returncode == 0 and imp.stderr == b"", imp.stderr
     assert tree_snapshot(upper) == tree_snapshot(tmp_path / "in")
 
@@ -270,6 +328,7 @@ def test_import_userxattr_and_oci_tar(tmp_path, capsys):
     """A tarball as other tools write it: ./ prefixes, .wh. files with mode 0600, dirs after contents."""
     tar = tmp_path / "oci.tar"
     with tarfile.open(tar, "w", format=tarfile.PAX_FORMAT) as tf:
+
         def add(name, type_=tarfile.REGTYPE, data=b"", **kw):
             ti = tarfile.TarInfo(name)
             ti.type = type_
@@ -278,6 +337,7 @@ def test_import_userxattr_and_oci_tar(tmp_path, capsys):
             for k, v in kw.items():
                 setattr(ti, k, v)
             tf.addfile(ti, io.BytesIO(data) if data else None)
+
         add("./etc/.wh.motd", mode=0o600)
         add("./etc/hostname", data=b"box\n")
         add("./var/lib/.wh..wh..opq")
@@ -299,13 +359,23 @@ def test_import_userxattr_and_oci_tar(tmp_path, capsys):
     names = os.listxattr(dest / "usr" / "bin" / "evil-trusted")
     assert "trusted.overlay.overlay.opaque" in names and "trusted.overlay.opaque" not in names
     assert run(capsys, "diff", dest)[1].splitlines() == [
-        "C /etc", "A /etc/hostname", "D /etc/motd", "C /usr", "C /usr/bin", "A /usr/bin/evil-trusted",
-        "C /var", "C /var/lib", "C /var/lib/pkg", "A /var/lib/pkg/db"]
+        "C /etc",
+        "A /etc/hostname",
+        "D /etc/motd",
+        "C /usr",
+        "C /usr/bin",
+        "A /usr/bin/evil-trusted",
+        "C /var",
+        "C /var/lib",
+        "C /var/lib/pkg",
+        "A /var/lib/pkg/db",
+    ]
 
 
 # --------------------------------------------------------------------------------------------------
 # hostile and broken input
 # --------------------------------------------------------------------------------------------------
+
 
 def make_tar(path, entries, *, compress=False):
     buf = io.BytesIO()
@@ -347,15 +417,17 @@ def test_import_hostile(tmp_path, capsys, case):
     outside.mkdir()
     (outside / "secret").write_text("secret\n")
     before = tree_snapshot(outside)
-    entries = [(n.replace("OUTSIDE", str(outside)), k, a.replace("OUTSIDE", str(outside)) if isinstance(a, str)
-                else a) for n, k, a in HOSTILE[case]]
+    entries = [
+        (n.replace("OUTSIDE", str(outside)), k, a.replace("OUTSIDE", str(outside)) if isinstance(a, str) else a)
+        for n, k, a in HOSTILE[case]
+    ]
     tar = make_tar(tmp_path / "evil.tar", entries)
     dest = tmp_path / "layer"
     rc, out, err = run(capsys, "import", tar, dest)
     assert rc == 1, (out, err)
     assert len(err.splitlines()) == 1 and err.startswith("pyunionfs-layer: import: "), err
     assert tree_snapshot(outside) == before
-    assert sorted(os.listdir(tmp_path)) == ["evil.tar", "outside"]   # the new LAYERDIR is gone again
+    assert sorted(os.listdir(tmp_path)) == ["evil.tar", "outside"]  # the new LAYERDIR is gone again
     assert os.stat(outside / "secret").st_nlink == 1
 
 
@@ -370,7 +442,7 @@ def test_import_never_follows_existing_symlink(tmp_path, capsys):
     rc, _, err = run(capsys, "import", tar, dest)
     assert rc == 1 and "symlink" in err
     assert os.listdir(outside) == []
-    assert sorted(os.listdir(dest)) == ["keep", "pre"]          # a non-empty LAYERDIR is left as it was
+    assert sorted(os.listdir(dest)) == ["keep", "pre"]  # a non-empty LAYERDIR is left as it was
     # an entry *named* like the symlink replaces the symlink itself, and writes nothing through it
     tar = make_tar(tmp_path / "t2.tar", [("pre", "f", b"file now")])
     assert run(capsys, "import", tar, dest)[0] == 0
@@ -386,7 +458,7 @@ def test_import_bad_input(tmp_path, capsys, content):
         tf.addfile(ti, io.BytesIO(b"x" * 100_000))
     if content == "truncated-gz":
         gz = gzip.compress(good.getvalue())
-        content = gz[:len(gz) - 6]             # the CRC and size trailer cut off
+        content = gz[: len(gz) - 6]  # the CRC and size trailer cut off
     elif content == "truncated-tar":
         content = good.getvalue()[:20_000]
     bad = tmp_path / "bad.tar"
@@ -395,7 +467,7 @@ def test_import_bad_input(tmp_path, capsys, content):
     dest.mkdir()
     rc, _, err = run(capsys, "import", bad, dest)
     assert rc == 1 and len(err.splitlines()) == 1, err
-    assert os.listdir(dest) == []                                # emptied again
+    assert os.listdir(dest) == []  # emptied again
     rc, _, err = run(capsys, "import", tmp_path / "missing.tar", tmp_path / "l2")
     assert rc == 1 and "missing.tar" in err and not (tmp_path / "l2").exists()
 
@@ -404,10 +476,12 @@ def test_import_bad_input(tmp_path, capsys, content):
 # progress
 # --------------------------------------------------------------------------------------------------
 
+
 def test_progress_only_on_a_terminal():
     class FakeTTY(io.StringIO):
         def isatty(self):
             return True
+
     quiet = io.StringIO()
     p = Progress("export", stream=quiet)
     p.add(5, 1 << 20)
@@ -419,7 +493,7 @@ def test_progress_only_on_a_terminal():
     p.done()
     assert "export: 5 entries, 3.0 MiB" in tty.getvalue() and tty.getvalue().endswith("\n")
     tty = FakeTTY()
-    p = Progress("import", enabled=False, stream=tty)     # -q
+    p = Progress("import", enabled=False, stream=tty)  # -q
     p.add(1)
     p.done()
     assert tty.getvalue() == ""

@@ -1,6 +1,7 @@
 """The mount table that lets listings stat with fstatat: parsing, which names it covers, and that a mount
 made inside a layer behind a live Union is seen at the next listing (its name takes openat2, which refuses
 to step into it)."""
+
 import os
 import subprocess
 
@@ -11,18 +12,22 @@ from unionfs.engine import layermounts as mounts
 
 
 def test_parse_mountinfo_unescapes_mount_points():
-    text = (b"22 1 0:21 / /proc rw,nosuid - proc proc rw\n"
-            b"97 22 0:50 / /srv/lower\\040one/a\\134b rw shared:1 - tmpfs tmpfs rw\n")
+    text = (
+        b"22 1 0:21 / /proc rw,nosuid - proc proc rw\n"
+        b"97 22 0:50 / /srv/lower\\040one/a\\134b rw shared:1 - tmpfs tmpfs rw\n"
+    )
     assert list(mounts.parse_mountinfo(text)) == [(22, 1, b"/proc"), (97, 22, b"/srv/lower one/a\\b")]
 
 
 def test_covered_names_are_children_of_the_layer_mount_under_its_path():
-    table = [(30, 1, b"/srv/l"),            # the layer's own mount point: not a name in it
-             (31, 30, b"/srv/l/a/m"),       # inside the layer, on its mount
-             (32, 30, b"/srv/l/top"),
-             (33, 30, b"/srv/other/x"),     # on the layer's mount, outside its path
-             (34, 31, b"/srv/l/a/m/deeper"),  # below another mount: never reached
-             (35, 2, b"/srv/l/b")]          # another mount's child at a path that looks inside
+    table = [
+        (30, 1, b"/srv/l"),  # the layer's own mount point: not a name in it
+        (31, 30, b"/srv/l/a/m"),  # inside the layer, on its mount
+        (32, 30, b"/srv/l/top"),
+        (33, 30, b"/srv/other/x"),  # on the layer's mount, outside its path
+        (34, 31, b"/srv/l/a/m/deeper"),  # below another mount: never reached
+        (35, 2, b"/srv/l/b"),
+    ]  # another mount's child at a path that looks inside
     assert mounts.covered_names(table, 30, b"/srv/l") == {b"a": {b"m"}, b"": {b"top"}}
     assert mounts.covered_names(table, 30, b"/srv/l/") == {b"a": {b"m"}, b"": {b"top"}}
 
@@ -50,8 +55,9 @@ def test_a_mount_made_inside_a_layer_behind_the_union_is_not_entered(stack):  # 
     names = sorted(e[0] for e in u.scan(u.child(u.root, b"d")))
     assert names == [b"file", b"mnt"]
     point = lower + "/d/mnt"
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "i5-mounts", point],
-                         capture_output=True, text=True, timeout=30)
+    res = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "i5-mounts", point], capture_output=True, text=True, timeout=30
+    )
     if res.returncode != 0:
         pytest.skip("cannot mount a tmpfs: " + res.stderr.strip())
     try:

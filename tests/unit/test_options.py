@@ -1,4 +1,5 @@
 """The command line and option parsing, without mounting."""
+
 import pytest
 
 from unionfs.cli import UsageError, parse_argv
@@ -12,8 +13,9 @@ def test_escaped_lowerdir():
 
 
 def test_several_o_and_mount_helper_form():
-    opts = parse_argv(["overlay", "/mnt", "-o", "rw,noatime,lowerdir=/l", "-o", "upperdir=/u,workdir=/w",
-                       "-o", "dev,suid,lazytime"])
+    opts = parse_argv(
+        ["overlay", "/mnt", "-o", "rw,noatime,lowerdir=/l", "-o", "upperdir=/u,workdir=/w", "-o", "dev,suid,lazytime"]
+    )
     assert opts.mountpoint == "/mnt" and opts.fsname == "overlay"
     assert opts.lowers == ["/l"] and "noatime" in opts.fuse_options
 
@@ -26,25 +28,35 @@ def test_what_podman_passes():
     assert opts.upper is None and not opts.volatile
 
 
-@pytest.mark.parametrize("text,expected", [
-    ("lowerdir=/a", True), ("lowerdir=/a,whiteout_files", True), ("lowerdir=/a,whiteout_files=on", True),
-    ("lowerdir=/a,whiteout_files=off", False), ("lowerdir=/a,nowhiteout_files", False)])
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("lowerdir=/a", True),
+        ("lowerdir=/a,whiteout_files", True),
+        ("lowerdir=/a,whiteout_files=on", True),
+        ("lowerdir=/a,whiteout_files=off", False),
+        ("lowerdir=/a,nowhiteout_files", False),
+    ],
+)
 def test_wh_markers_are_read_unless_turned_off(text, expected):
     assert build(parse_o([text])).whiteout_files is expected
 
 
-@pytest.mark.parametrize("text,message", [
-    ("lowerdir=/a,whiteout_files=maybe", "whiteout_files needs on or off"),
-    ("upperdir=/u,workdir=/w", "no lowerdir"),
-    ("lowerdir=/a::/b", "empty component"),
-    ("lowerdir=/a:", "empty component"),
-    ("lowerdir=/a,upperdir=/u", "together"),
-    ("lowerdir=/a,bogus", "unknown option: bogus"),
-    ("lowerdir=/a,redirect_dir=sideways", "redirect_dir needs one of"),
-    ("lowerdir=/a,index=maybe", "index needs on or off"),
-    ("lowerdir=/a,metacopy=on", "not supported"),
-    ("lowerdir=" + ":".join("/l%d" % i for i in range(501)), "too many"),
-])
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("lowerdir=/a,whiteout_files=maybe", "whiteout_files needs on or off"),
+        ("upperdir=/u,workdir=/w", "no lowerdir"),
+        ("lowerdir=/a::/b", "empty component"),
+        ("lowerdir=/a:", "empty component"),
+        ("lowerdir=/a,upperdir=/u", "together"),
+        ("lowerdir=/a,bogus", "unknown option: bogus"),
+        ("lowerdir=/a,redirect_dir=sideways", "redirect_dir needs one of"),
+        ("lowerdir=/a,index=maybe", "index needs on or off"),
+        ("lowerdir=/a,metacopy=on", "not supported"),
+        ("lowerdir=" + ":".join("/l%d" % i for i in range(501)), "too many"),
+    ],
+)
 def test_refused(text, message):
     with pytest.raises(OptionError, match=message):
         build(parse_o([text]))

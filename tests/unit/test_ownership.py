@@ -1,5 +1,6 @@
 """Ownership records (fuse-overlayfs's override_stat xattrs): read from any layer that uses them, written
 to the upper with xattr_permissions=1|2, never through the mount."""
+
 import errno
 import os
 import stat
@@ -8,21 +9,27 @@ import pytest
 
 from tests.unit import test_engine
 from tests.unit.test_engine import by_path, write
-from unionfs.engine import ownership
-from unionfs.engine import Caller
+from unionfs.engine import Caller, ownership
 
 stack = test_engine.stack
 C = b"user.containers.override_stat"
 
 
-@pytest.mark.parametrize("value,expected", [
-    (b"0:0:755", (0, 0, 0o755, None, None)),
-    (b"1000:1001:100644", (1000, 1001, 0o644, None, None)),  # fuse-overlayfs may store the type bits
-    (b"5:6:4755:dir", (5, 6, 0o4755, stat.S_IFDIR, None)),
-    (b"0:0:666:char-1-3", (0, 0, 0o666, stat.S_IFCHR, os.makedev(1, 3))),
-    (b"1:2", None), (b"a:b:755", None), (b"1:2:9", None), (b"1:2:755:weird", None), (b"-1:0:755", None),
-    (b"0:0:644:block-x", None),
-])
+@pytest.mark.parametrize(
+    "value,expected",
+    [
+        (b"0:0:755", (0, 0, 0o755, None, None)),
+        (b"1000:1001:100644", (1000, 1001, 0o644, None, None)),  # fuse-overlayfs may store the type bits
+        (b"5:6:4755:dir", (5, 6, 0o4755, stat.S_IFDIR, None)),
+        (b"0:0:666:char-1-3", (0, 0, 0o666, stat.S_IFCHR, os.makedev(1, 3))),
+        (b"1:2", None),
+        (b"a:b:755", None),
+        (b"1:2:9", None),
+        (b"1:2:755:weird", None),
+        (b"-1:0:755", None),
+        (b"0:0:644:block-x", None),
+    ],
+)
 def test_parse(value, expected):
     assert ownership.parse(value) == expected
 

@@ -1,5 +1,6 @@
 """redirect_dir: renaming lower and merged directories by recording a redirect, and following the
 redirects a layer holds (the kernel's format; tests/differential compares with the kernel itself)."""
+
 import errno
 import os
 
@@ -24,12 +25,18 @@ def test_lower_directories_rename_with_redirects(stack):
     d = stack.dirs
     tree(d)
     u = stack(redirect_dir="on")
-    u.rename(by_path(u, b"a"), b"x", by_path(u, b"a"), b"y")      # same parent: "x"
-    u.rename(by_path(u, b"a"), b"y", by_path(u, b"b"), b"z")      # elsewhere: "/a/x"
-    u.rename(u.root, b"a", u.root, b"c")                          # merged root child: "a"
-    expected = {b"b": ("d", None), b"b/z": ("d", None), b"b/z/f": ("f", b"f"),
-                b"b/z/top": ("f", b"top"), b"b/z/deep": ("d", None), b"b/z/deep/g": ("f", b"g"),
-                b"c": ("d", None)}
+    u.rename(by_path(u, b"a"), b"x", by_path(u, b"a"), b"y")  # same parent: "x"
+    u.rename(by_path(u, b"a"), b"y", by_path(u, b"b"), b"z")  # elsewhere: "/a/x"
+    u.rename(u.root, b"a", u.root, b"c")  # merged root child: "a"
+    expected = {
+        b"b": ("d", None),
+        b"b/z": ("d", None),
+        b"b/z/f": ("f", b"f"),
+        b"b/z/top": ("f", b"top"),
+        b"b/z/deep": ("d", None),
+        b"b/z/deep/g": ("f", b"g"),
+        b"c": ("d", None),
+    }
     assert walk(u, u.root) == expected
     assert os.getxattr(f"{d['upper']}/b/z", REDIRECT) == b"/a/x"
     assert os.getxattr(f"{d['upper']}/c", REDIRECT) == b"a"
@@ -37,8 +44,11 @@ def test_lower_directories_rename_with_redirects(stack):
     u.close()
     # Remounted with the kernel's default (off: redirects followed) the tree is the same; with
     # nofollow the moved directories merge nothing below.
-    for mode, want in (("off", expected), ("follow", expected),
-                       ("nofollow", {b"b": ("d", None), b"b/z": ("d", None), b"c": ("d", None)})):
+    for mode, want in (
+        ("off", expected),
+        ("follow", expected),
+        ("nofollow", {b"b": ("d", None), b"b/z": ("d", None), b"c": ("d", None)}),
+    ):
         again = stack(redirect_dir=mode)
         assert walk(again, again.root) == want, mode
         again.close()
@@ -64,7 +74,7 @@ def test_children_keep_their_lower_paths_after_the_parent_moves(stack):
     d = stack.dirs
     tree(d)
     u = stack(redirect_dir="on")
-    deep = by_path(u, b"a/x/deep")   # held by the node table across the moves
+    deep = by_path(u, b"a/x/deep")  # held by the node table across the moves
     g = u.child(deep, b"g")
     u.rename(u.root, b"a", by_path(u, b"b"), b"moved")
     assert u.read(u.open(g, os.O_RDONLY), 0, 10) == b"g"
@@ -89,7 +99,12 @@ def test_scan_answers_as_lookup_for_redirected_entries(stack):
     for name, (index, st, merge, lpaths, redirect) in scanned.items():
         node, lst = u.lookup(u.root, name)
         assert (node.layer, node.merge, node.lpaths, node.redirect, st.st_ino) == (
-            index, merge, lpaths, redirect, lst.st_ino)
+            index,
+            merge,
+            lpaths,
+            redirect,
+            lst.st_ino,
+        )
     assert scanned[b"c"][4] == b"a" and scanned[b"c"][3] == {1: b"a", 2: b"a"}
 
 
@@ -101,8 +116,13 @@ def test_redirects_in_lower_layers_are_followed(stack):
     write(f"{d['lower1']}/there/t", b"t")
     write(f"{d['lower1']}/p/here/not", b"n")
     u = stack()
-    assert walk(u, u.root) == {b"p": ("d", None), b"p/here": ("d", None), b"p/here/t": ("f", b"t"),
-                               b"there": ("d", None), b"there/t": ("f", b"t")}
+    assert walk(u, u.root) == {
+        b"p": ("d", None),
+        b"p/here": ("d", None),
+        b"p/here/t": ("f", b"t"),
+        b"there": ("d", None),
+        b"there/t": ("f", b"t"),
+    }
 
 
 @pytest.mark.parametrize("value", [b"/", b"//x", b"/a/../../etc", b"../up", b"a/b", b"/a\0b", b".", b""])

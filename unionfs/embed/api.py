@@ -34,6 +34,7 @@ daemon had exited (or was killed) before the block ended: what the block wrote m
 Started as root the daemon mounts with ``allow_other,default_permissions``; started by an ordinary user
 it mounts through the setuid ``fusermount3``, which needs a usable ``/dev/fuse``.
 """
+
 from __future__ import annotations
 
 import atexit
@@ -47,7 +48,8 @@ import threading
 import time
 import weakref
 from pathlib import Path
-from typing import Iterable, Optional, Sequence, Union as _U
+from typing import Iterable, Optional, Sequence
+from typing import Union as _U
 
 __all__ = ["mount", "UnionMount", "MountError", "DaemonDied", "fuse_unavailable_reason"]
 
@@ -63,8 +65,7 @@ class MountError(RuntimeError):
     ``log`` (the daemon's whole stdout/stderr), ``argv`` (the daemon's command line).
     """
 
-    def __init__(self, message: str, *, returncode: Optional[int] = None, log: str = "",
-                 argv: Sequence[str] = ()):
+    def __init__(self, message: str, *, returncode: Optional[int] = None, log: str = "", argv: Sequence[str] = ()):
         super().__init__(message)
         self.message = message
         self.returncode = returncode
@@ -108,11 +109,12 @@ def fuse_unavailable_reason() -> Optional[str]:
 # mount table
 # ------------------------------------------------------------------------------------------------
 
+
 def _unescape(field: str) -> str:
     out, i = [], 0
     while i < len(field):
-        if field[i] == "\\" and field[i + 1:i + 4].isdigit() and len(field[i + 1:i + 4]) == 3:
-            out.append(chr(int(field[i + 1:i + 4], 8)))
+        if field[i] == "\\" and field[i + 1 : i + 4].isdigit() and len(field[i + 1 : i + 4]) == 3:
+            out.append(chr(int(field[i + 1 : i + 4], 8)))
             i += 4
         else:
             out.append(field[i])
@@ -151,7 +153,7 @@ def _abspath(p: PathLike) -> str:
 # UnionMount
 # ------------------------------------------------------------------------------------------------
 
-_live: "weakref.WeakSet[UnionMount]" = weakref.WeakSet()
+_live: weakref.WeakSet[UnionMount] = weakref.WeakSet()
 
 
 @atexit.register
@@ -181,10 +183,19 @@ class UnionMount:
     ``pid`` (the daemon's, while started), ``returncode`` (after stop, or once the daemon exited).
     """
 
-    def __init__(self, lowers: _U[PathLike, Iterable[PathLike]], upper: Optional[PathLike] = None,
-                 work: Optional[PathLike] = None, mountpoint: Optional[PathLike] = None, *,
-                 options: _U[str, Sequence[str]] = (), timeout: float = 30, stop_timeout: float = 10,
-                 debug: bool = False, env: Optional[dict] = None):
+    def __init__(
+        self,
+        lowers: _U[PathLike, Iterable[PathLike]],
+        upper: Optional[PathLike] = None,
+        work: Optional[PathLike] = None,
+        mountpoint: Optional[PathLike] = None,
+        *,
+        options: _U[str, Sequence[str]] = (),
+        timeout: float = 30,
+        stop_timeout: float = 10,
+        debug: bool = False,
+        env: Optional[dict] = None,
+    ):
         if isinstance(lowers, (str, bytes, os.PathLike)):
             lowers = [lowers]
         self.lowers = [_abspath(p) for p in lowers]
@@ -216,8 +227,15 @@ class UnionMount:
         if self.work is not None:
             opts.append("workdir=" + _escape_opt(self.work))
         opts.extend(o for o in self.options if o)
-        return [sys.executable, "-m", "unionfs", "-d" if self.debug else "-f", "-o", ",".join(opts),
-                str(self.mountpoint)]
+        return [
+            sys.executable,
+            "-m",
+            "unionfs",
+            "-d" if self.debug else "-f",
+            "-o",
+            ",".join(opts),
+            str(self.mountpoint),
+        ]
 
     @property
     def pid(self) -> Optional[int]:
@@ -269,13 +287,13 @@ class UnionMount:
         lines = [l.strip() for l in text.splitlines() if l.strip()]
         for line in reversed(lines):
             if line.startswith("pyunionfs: "):
-                return line[len("pyunionfs: "):]
+                return line[len("pyunionfs: ") :]
         for line in reversed(lines):
             if "ERROR" in line or "Error" in line:
                 return line
         return fallback
 
-    def start(self) -> "UnionMount":
+    def start(self) -> UnionMount:
         """Start the daemon; return once the mount is live. Raises MountError (nothing left mounted)."""
         with self._lock:
             if self._proc is not None:
@@ -290,9 +308,15 @@ class UnionMount:
             argv = self.argv()
             try:
                 with os.fdopen(fd, "wb") as logf:
-                    self._proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf,
-                                                  env=self._daemon_env(), start_new_session=True,
-                                                  close_fds=True)
+                    self._proc = subprocess.Popen(
+                        argv,
+                        stdin=subprocess.DEVNULL,
+                        stdout=logf,
+                        stderr=logf,
+                        env=self._daemon_env(),
+                        start_new_session=True,
+                        close_fds=True,
+                    )
             except OSError as exc:
                 self._cleanup_files()
                 raise MountError(f"cannot start the daemon: {exc}", argv=argv) from None
@@ -300,16 +324,14 @@ class UnionMount:
             deadline = time.monotonic() + self.timeout
             delay = 0.005
             while True:
-                new = {i: t for i, t in _mounts_at(self._real_mnt).items()
-                       if i not in before and t.startswith("fuse")}
+                new = {i: t for i, t in _mounts_at(self._real_mnt).items() if i not in before and t.startswith("fuse")}
                 if new:
                     self._mount_id = max(new)
                     return self
                 rc = self._proc.poll()
                 if rc is not None:
                     # One last look: it may have mounted and died at once.
-                    new = [i for i, t in _mounts_at(self._real_mnt).items()
-                           if i not in before and t.startswith("fuse")]
+                    new = [i for i, t in _mounts_at(self._real_mnt).items() if i not in before and t.startswith("fuse")]
                     if new:
                         self._mount_id = max(new)
                         return self
@@ -320,8 +342,9 @@ class UnionMount:
                 if time.monotonic() > deadline:
                     text = self.log_text()
                     self._teardown()
-                    raise MountError(f"not mounted after {self.timeout:g} s; daemon killed",
-                                     returncode=None, log=text, argv=argv)
+                    raise MountError(
+                        f"not mounted after {self.timeout:g} s; daemon killed", returncode=None, log=text, argv=argv
+                    )
                 time.sleep(delay)
                 # Capped at 10 ms: the daemon takes about 200 ms to mount, and a longer sleep here would
                 # add up to its own length to every mount() (reading mountinfo costs ~0.1 ms).
@@ -380,8 +403,7 @@ class UnionMount:
         # start() failed: make sure nothing is left running or mounted.
         if self._proc is not None and self._proc.poll() is None:
             self._proc.kill()
-        new = [i for i, t in _mounts_at(self._real_mnt).items()
-               if t.startswith("fuse") and i not in self._before]
+        new = [i for i, t in _mounts_at(self._real_mnt).items() if t.startswith("fuse") and i not in self._before]
         if new and self._proc is not None:
             # Only a mount our daemon made can be there now (the table was checked before starting).
             self._mount_id = max(new)
@@ -408,13 +430,16 @@ class UnionMount:
             _live.discard(self)
             self._cleanup_files()
             if still is not None:
-                raise MountError(f"{self._real_mnt} is still mounted after fusermount3 -u/-uz",
-                                 returncode=self.returncode, argv=self.argv())
+                raise MountError(
+                    f"{self._real_mnt} is still mounted after fusermount3 -u/-uz",
+                    returncode=self.returncode,
+                    argv=self.argv(),
+                )
             return self.returncode
 
     # -------------------------------------------------------------------------- context manager
 
-    def __enter__(self) -> "UnionMount":
+    def __enter__(self) -> UnionMount:
         if self._proc is None:
             self.start()
         return self
@@ -425,17 +450,19 @@ class UnionMount:
         rc = self.stop()
         if exc is not None:
             if died and hasattr(exc, "add_note"):
-                exc.add_note(f"pyunionfs daemon (pid {self.pid}) had died with status {rc}; "
-                             f"its log:\n{text}")
+                exc.add_note(f"pyunionfs daemon (pid {self.pid}) had died with status {rc}; its log:\n{text}")
             return False
         if died:
-            raise DaemonDied(f"the pyunionfs daemon exited with status {rc} while {self.mountpoint} "
-                             "was in use", returncode=rc, log=text, argv=self.argv())
+            raise DaemonDied(
+                f"the pyunionfs daemon exited with status {rc} while {self.mountpoint} was in use",
+                returncode=rc,
+                log=text,
+                argv=self.argv(),
+            )
         return False
 
 
-def mount(lowers, upper=None, work=None, mountpoint=None, options=(), timeout: float = 30,
-          **kw) -> UnionMount:
+def mount(lowers, upper=None, work=None, mountpoint=None, options=(), timeout: float = 30, **kw) -> UnionMount:
     """Mount a union for a ``with`` block: ``with mount(lowers, upper, work, mountpoint=MNT) as m:``.
 
     Returns a started UnionMount (see there for the arguments); ``m.mountpoint`` is the merged view.

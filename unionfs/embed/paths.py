@@ -30,13 +30,15 @@ Differences from a mount, all because no kernel is in between:
 - One `UnionFS` is one engine: do not use the same layers through two of them, or through a mount, at
   the same time (just as a layer must not be changed behind a mount). It is not thread-safe.
 """
+
 from __future__ import annotations
 
 import errno
 import io
 import os
 import stat as _stat
-from typing import Optional, Union as _U
+from typing import Optional
+from typing import Union as _U
 
 from ..engine import Caller, Union
 
@@ -74,14 +76,29 @@ class UnionFS:
     as a context manager; open files keep working until closed.
     """
 
-    def __init__(self, lowers, upper=None, work=None, *, userxattr: bool = False,
-                 redirect_dir: str = "off", whiteout_files: bool = True, caller: Optional[Caller] = None,
-                 umask: Optional[int] = None):
+    def __init__(
+        self,
+        lowers,
+        upper=None,
+        work=None,
+        *,
+        userxattr: bool = False,
+        redirect_dir: str = "off",
+        whiteout_files: bool = True,
+        caller: Optional[Caller] = None,
+        umask: Optional[int] = None,
+    ):
         if isinstance(lowers, (str, bytes, os.PathLike)):
             lowers = [lowers]
         fspath = lambda p: os.fsdecode(os.fspath(p)) if p is not None else None  # noqa: E731
-        self.union = Union([fspath(p) for p in lowers], fspath(upper), fspath(work), userxattr=userxattr,
-                           redirect_dir=redirect_dir, whiteout_files=whiteout_files)
+        self.union = Union(
+            [fspath(p) for p in lowers],
+            fspath(upper),
+            fspath(work),
+            userxattr=userxattr,
+            redirect_dir=redirect_dir,
+            whiteout_files=whiteout_files,
+        )
         self.caller = caller if caller is not None else Caller(os.geteuid(), os.getegid())
         self.umask = _process_umask() if umask is None else umask
 
@@ -91,7 +108,7 @@ class UnionFS:
         """Close the layer descriptors (idempotent)."""
         self.union.close()
 
-    def __enter__(self) -> "UnionFS":
+    def __enter__(self) -> UnionFS:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -216,8 +233,17 @@ class UnionFS:
 
     # -------------------------------------------------------------------- files
 
-    def open(self, path: PathArg, mode: str = "r", buffering: int = -1, encoding: Optional[str] = None,
-             errors: Optional[str] = None, newline: Optional[str] = None, *, perm: int = 0o666):
+    def open(
+        self,
+        path: PathArg,
+        mode: str = "r",
+        buffering: int = -1,
+        encoding: Optional[str] = None,
+        errors: Optional[str] = None,
+        newline: Optional[str] = None,
+        *,
+        perm: int = 0o666,
+    ):
         """Like the builtin `open` (modes r w a x, + and b/t); `perm` is the new file's mode before umask.
 
         Opening for writing copies a lower file up (without its data for 'w'), as on a mount.
@@ -253,7 +279,7 @@ class UnionFS:
         text.mode = mode
         return text
 
-    def _open_raw(self, path: PathArg, flags: int, perm: int) -> "_UnionFile":
+    def _open_raw(self, path: PathArg, flags: int, perm: int) -> _UnionFile:
         parent, name = self._parent(path)
         try:
             node = self.union.child(parent, name)
@@ -264,8 +290,9 @@ class UnionFS:
         if node is None:
             if not flags & os.O_CREAT:
                 raise _err(errno.ENOENT, os.fspath(path))
-            node, handle, _st = self._call(path, self.union.create, parent, name, perm & ~self.umask & 0o7777,
-                                           flags, self.caller)
+            node, handle, _st = self._call(
+                path, self.union.create, parent, name, perm & ~self.umask & 0o7777, flags, self.caller
+            )
             self._done(node)
         else:
             if flags & os.O_CREAT and flags & os.O_EXCL:
@@ -339,8 +366,7 @@ class UnionFS:
     def symlink(self, target: PathArg, path: PathArg) -> None:
         """Make `path` a symlink to `target` (the order of os.symlink)."""
         parent, name = self._parent(path)
-        node, _st = self._call(path, self.union.symlink, parent, name, os.fsencode(os.fspath(target)),
-                               self.caller)
+        node, _st = self._call(path, self.union.symlink, parent, name, os.fsencode(os.fspath(target)), self.caller)
         self._done(node)
 
     def link(self, src: PathArg, dst: PathArg) -> None:
@@ -362,8 +388,9 @@ class UnionFS:
         self._call(path, self.union.setattr, self._node(path), mode=mode)
 
     def chown(self, path: PathArg, uid: int = -1, gid: int = -1) -> None:
-        self._call(path, self.union.setattr, self._node(path), uid=None if uid == -1 else uid,
-                   gid=None if gid == -1 else gid)
+        self._call(
+            path, self.union.setattr, self._node(path), uid=None if uid == -1 else uid, gid=None if gid == -1 else gid
+        )
 
     def utime(self, path: PathArg, ns: tuple) -> None:
         """Set (atime_ns, mtime_ns)."""

@@ -33,6 +33,7 @@ directories are made.
 The mount fixtures skip the test, saying why, where FUSE is unavailable (no /dev/fuse, no fusermount3,
 pyfuse3 not importable, /dev/fuse not usable); ``union_engine`` never skips.
 """
+
 from __future__ import annotations
 
 import os
@@ -80,8 +81,16 @@ class MountedUnion:
     holding them all), ``mount`` (the ``unionfs.UnionMount``; None for ``union_engine``), ``fs`` (the
     ``unionfs.UnionFS``; None for mounts)."""
 
-    def __init__(self, root: Path, lowers: list, upper: Optional[Path], work: Optional[Path],
-                 path: Optional[Path], mount: Optional[UnionMount] = None, fs=None):
+    def __init__(
+        self,
+        root: Path,
+        lowers: list,
+        upper: Optional[Path],
+        work: Optional[Path],
+        path: Optional[Path],
+        mount: Optional[UnionMount] = None,
+        fs=None,
+    ):
         self.root, self.lowers, self.upper, self.work = root, lowers, upper, work
         self.path, self.mount, self.fs = path, mount, fs
 
@@ -159,8 +168,9 @@ def build_layers(root, spec: dict, *, readonly: bool = False):
 
 def pytest_configure(config):
     config.addinivalue_line(
-        "markers", "union_layers(spec, options=(), readonly=False): the layers of the `union` fixture "
-                   "(unionfs pytest plugin)")
+        "markers",
+        "union_layers(spec, options=(), readonly=False): the layers of the `union` fixture (unionfs pytest plugin)",
+    )
 
 
 def _skip_without_fuse():
@@ -213,8 +223,9 @@ def _spec_from(request):
         if isinstance(param, tuple):
             return param[0], dict(param[1])
         return param, {}
-    raise pytest.UsageError("the `union` fixture needs @pytest.mark.union_layers({...}) or an indirect "
-                            "parameter with the layer description")
+    raise pytest.UsageError(
+        "the `union` fixture needs @pytest.mark.union_layers({...}) or an indirect parameter with the layer description"
+    )
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@
 Everything the mount shows is decided here, on nodes of the merged view; callers (the FUSE request
 layer in `unionfs.fuse`, the path API in `unionfs.embed.paths`) only translate.
 """
+
 from .union import Caller, LayerInUse, Union
 
 __all__ = ["Caller", "LayerInUse", "Union"]

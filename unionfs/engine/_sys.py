@@ -3,6 +3,7 @@
 Python's os module has neither. Both are reached through libc with ctypes; where the kernel or libc
 lacks them, the callers get OSError(ENOSYS) and fall back to slower portable code.
 """
+
 import ctypes
 import errno
 import os
@@ -20,8 +21,7 @@ RESOLVE_NO_SYMLINKS = 0x04
 RESOLVE_BENEATH = 0x08
 
 # openat2 has the same number in the generic table (arm64, riscv) and on x86_64.
-_SYS_OPENAT2 = {"x86_64": 437, "aarch64": 437, "riscv64": 437, "ppc64le": 437, "s390x": 437}.get(
-    platform.machine())
+_SYS_OPENAT2 = {"x86_64": 437, "aarch64": 437, "riscv64": 437, "ppc64le": 437, "s390x": 437}.get(platform.machine())
 
 
 class _OpenHow(ctypes.Structure):
@@ -33,9 +33,13 @@ _syscall.restype = ctypes.c_long
 _have_openat2 = _SYS_OPENAT2 is not None
 
 
-def openat2(dirfd: int, path: bytes, flags: int, mode: int = 0,
-            resolve: int = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_XDEV
-            ) -> int:
+def openat2(
+    dirfd: int,
+    path: bytes,
+    flags: int,
+    mode: int = 0,
+    resolve: int = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_XDEV,
+) -> int:
     """openat2(2): open *path* under *dirfd* without ever crossing a symlink or a mount point, or
     leaving dirfd. (A mount point inside a layer may be the union's own mount: stepping into it from
     the daemon's one thread would wait on itself forever. The kernel's overlay does not cross either.)"""
@@ -43,8 +47,13 @@ def openat2(dirfd: int, path: bytes, flags: int, mode: int = 0,
     if not _have_openat2:
         raise OSError(errno.ENOSYS, "openat2 unavailable")
     how = _OpenHow(flags | os.O_CLOEXEC, mode, resolve)
-    fd = _syscall(ctypes.c_long(_SYS_OPENAT2), ctypes.c_int(dirfd), ctypes.c_char_p(path),
-                  ctypes.byref(how), ctypes.c_size_t(ctypes.sizeof(how)))
+    fd = _syscall(
+        ctypes.c_long(_SYS_OPENAT2),
+        ctypes.c_int(dirfd),
+        ctypes.c_char_p(path),
+        ctypes.byref(how),
+        ctypes.c_size_t(ctypes.sizeof(how)),
+    )
     if fd < 0:
         err = ctypes.get_errno()
         if err == errno.ENOSYS:

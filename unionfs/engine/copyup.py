@@ -7,6 +7,7 @@ A job has three steps so that the long one can run in a worker thread:
 - commit (event-loop thread): owner, mode, xattrs, times, then one rename into the upper.
 Until the rename, nothing is visible in the upper: a crash leaves only a temp in the work dir.
 """
+
 import errno
 import fcntl
 import os
@@ -64,8 +65,9 @@ def _copy_range(src_fd, dst_fd, start, end):
         pos += done
 
 
-def set_mode_xattrs_times(dir_fd: int, name: bytes, st: os.stat_result, *, mode: int = None,
-                          src_xattr_path: bytes = None, skip=()) -> None:
+def set_mode_xattrs_times(
+    dir_fd: int, name: bytes, st: os.stat_result, *, mode: int = None, src_xattr_path: bytes = None, skip=()
+) -> None:
     """Give a new entry in dir_fd (already given its owner) the mode (*mode*, else st's), the xattrs
     (but *skip*'s names) and the times of *st*.
 

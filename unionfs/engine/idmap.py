@@ -7,6 +7,7 @@ This lets rootless container tools share one layer store across user namespaces 
 `squash_to_root`, `squash_to_uid=N`, `squash_to_gid=N` show every entry as owned by 0 or by N (the
 squash wins over a mapping); what is stored is not squashed.
 """
+
 from dataclasses import dataclass, field
 
 OVERFLOW_ID = 65534
@@ -32,7 +33,7 @@ class IdMap:
             numbers = [int(p) for p in parts]
         except ValueError:
             raise IdMapError("%s needs numbers, got %r" % (what, text)) from None
-        ranges = [tuple(numbers[i:i + 3]) for i in range(0, len(numbers), 3)]
+        ranges = [tuple(numbers[i : i + 3]) for i in range(0, len(numbers), 3)]
         if any(n < 0 for n in numbers) or any(length == 0 for _, _, length in ranges):
             raise IdMapError("%s has a negative number or an empty range: %r" % (what, text))
         return cls(ranges=ranges)

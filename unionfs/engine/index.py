@@ -14,6 +14,7 @@ filesystems' uuids, and checks them; the two cannot share an index):
 - `W/pyunionfs-index/.lowers` records the lower layers' root inodes: mounting the upper over other lowers
   with index=on is refused, as the kernel refuses it.
 """
+
 import errno
 import os
 
@@ -48,8 +49,9 @@ def check_manifest(index_fd: int, expected: bytes) -> None:
     try:
         fd = os.open(MANIFEST, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=index_fd)
     except FileNotFoundError:
-        fd = os.open(MANIFEST, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
-                     dir_fd=index_fd)
+        fd = os.open(
+            MANIFEST, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=index_fd
+        )
         try:
             os.write(fd, expected)
             os.fsync(fd)

@@ -13,6 +13,7 @@ mount are never reached) and its mount point lies under the layer's path. Where 
 trusted (no /proc, no mnt_id in fdinfo, a layer whose path no longer leads to its root fd) `known` is
 False and every name takes the openat2 path, as before.
 """
+
 import os
 import select
 
@@ -25,8 +26,8 @@ def _unescape(field: bytes) -> bytes:
         return field
     out, i = bytearray(), 0
     while i < len(field):
-        if field[i:i + 1] == b"\\" and field[i + 1:i + 4].isdigit():
-            out.append(int(field[i + 1:i + 4], 8))
+        if field[i : i + 1] == b"\\" and field[i + 1 : i + 4].isdigit():
+            out.append(int(field[i + 1 : i + 4], 8))
             i += 4
         else:
             out.append(field[i])
@@ -61,7 +62,7 @@ def covered_names(mounts, layer_mnt_id: int, layer_path: bytes) -> dict:
     for _mnt_id, parent_id, point in mounts:
         if parent_id != layer_mnt_id or not point.startswith(prefix):
             continue
-        parent, _, name = point[len(prefix):].rpartition(b"/")
+        parent, _, name = point[len(prefix) :].rpartition(b"/")
         if name:
             out.setdefault(parent, set()).add(name)
     return out

@@ -5,6 +5,7 @@ Every path the daemon uses inside a layer is relative bytes, resolved under the 
 never followed and nothing outside the layer is ever reached. Without openat2 (kernels before 5.6) the
 same guarantee comes from walking one component at a time with O_NOFOLLOW.
 """
+
 import errno
 import os
 from contextlib import contextmanager

@@ -14,6 +14,7 @@ live nodes never share an st_ino.
 A node stays in the table while the kernel holds a lookup of it, a file handle is open on it, or a child
 node names it as a parent (the pyfuse3 "Lookup Counts" rule).
 """
+
 import errno
 
 ROOT_ID = 1
@@ -28,31 +29,49 @@ def _set_child(parent, name: bytes, node) -> None:
 
 
 class Node:
-    __slots__ = ("id", "is_dir", "names", "layer", "merge", "key", "lookups", "opens", "children",
-                 "shared_lower", "handles", "xattr_names", "lpaths", "redirect", "gone_stat", "absent", "listing", "__weakref__")
+    __slots__ = (
+        "id",
+        "is_dir",
+        "names",
+        "layer",
+        "merge",
+        "key",
+        "lookups",
+        "opens",
+        "children",
+        "shared_lower",
+        "handles",
+        "xattr_names",
+        "lpaths",
+        "redirect",
+        "gone_stat",
+        "absent",
+        "listing",
+        "__weakref__",
+    )
 
     def __init__(self, node_id, is_dir, layer, merge, key):
         self.id = node_id
         self.is_dir = is_dir
-        self.names = []          # [(parent Node, name bytes)], the first one is used to reach the file
-        self.layer = layer       # index of the topmost layer that holds this entry
-        self.merge = merge       # directories: layers merged into this one, top first
-        self.key = key           # (layer, st_dev, st_ino) of the backing entry
-        self.lookups = 0         # kernel lookup count
-        self.opens = 0           # open file and directory handles
-        self.children = {}       # name -> live child Node (directories)
+        self.names = []  # [(parent Node, name bytes)], the first one is used to reach the file
+        self.layer = layer  # index of the topmost layer that holds this entry
+        self.merge = merge  # directories: layers merged into this one, top first
+        self.key = key  # (layer, st_dev, st_ino) of the backing entry
+        self.lookups = 0  # kernel lookup count
+        self.opens = 0  # open file and directory handles
+        self.children = {}  # name -> live child Node (directories)
         self.shared_lower = False  # a lower file with other names (hard links): see fuse_ops
-        self.handles = []        # open FileHandles, to stat a file whose last name is gone
+        self.handles = []  # open FileHandles, to stat a file whose last name is gone
         self.xattr_names = None  # stored xattr names once listed (the kernel asks for
         #                          security.capability before every write): None = not known
-        self.lpaths = None       # directories: {lower layer index: path in it} where that differs
+        self.lpaths = None  # directories: {lower layer index: path in it} where that differs
         #                          from path() (a redirect, or a moved ancestor); None = path() everywhere
-        self.redirect = None     # directories: the upper's redirect marker ("/a/b" or "name"), if any
-        self.gone_stat = None    # the last stat of a node whose last name went while the kernel may still
+        self.redirect = None  # directories: the upper's redirect marker ("/a/b" or "name"), if any
+        self.gone_stat = None  # the last stat of a node whose last name went while the kernel may still
         #                          hold it open without a daemon handle (a fifo, a device, a directory)
-        self.absent = None       # directories: names a lookup found in no layer, until a name is made
+        self.absent = None  # directories: names a lookup found in no layer, until a name is made
         #                          here (the layers change only through the daemon); None = none known
-        self.listing = None      # directories: (key, [(name, file type)]) of the last listing, see
+        self.listing = None  # directories: (key, [(name, file type)]) of the last listing, see
         #                          Union.list_entries
 
     def __repr__(self):
@@ -116,8 +135,9 @@ class NodeTable:
         self._next_fallback += 1
         return self._next_fallback - 1
 
-    def attach(self, parent: Node, name: bytes, key, is_dir: bool, layer: int, merge,
-               lpaths=None, redirect=None) -> Node:
+    def attach(
+        self, parent: Node, name: bytes, key, is_dir: bool, layer: int, merge, lpaths=None, redirect=None
+    ) -> Node:
         """The node for parent/name, resolved to the backing *key*; reuses a live node of that key."""
         node = parent.children.get(name)
         if node is not None and node.key == key and node.is_dir == is_dir:
@@ -204,8 +224,7 @@ class NodeTable:
         self.maybe_drop(node)
 
     def maybe_drop(self, node: Node) -> None:
-        while (node is not None and node.lookups == 0 and node.opens == 0 and not node.children
-               and node.id != ROOT_ID):
+        while node is not None and node.lookups == 0 and node.opens == 0 and not node.children and node.id != ROOT_ID:
             if self.by_id.get(node.id) is node:
                 del self.by_id[node.id]
             if self.by_key.get(node.key) is node:

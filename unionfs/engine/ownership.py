@@ -21,6 +21,7 @@ the real root, whose mount is neither nosuid nor nodev -- such records give no s
 device type (`strict`); `security.fuseoverlayfs.override_stat` needs CAP_SYS_ADMIN to set and is taken
 whole.
 """
+
 import os
 import stat
 
@@ -30,8 +31,15 @@ USER = b"user.fuseoverlayfs.override_stat"
 NAMES = (PRIVILEGED, CONTAINERS, USER)  # fuse-overlayfs's order of preference on a layer's root
 BACKING_MODE = 0o755  # or-ed into a recorded entry's real mode, as fuse-overlayfs does
 
-_TYPES = {b"dir": stat.S_IFDIR, b"file": stat.S_IFREG, b"symlink": stat.S_IFLNK, b"pipe": stat.S_IFIFO,
-          b"socket": stat.S_IFSOCK, b"block": stat.S_IFBLK, b"char": stat.S_IFCHR}
+_TYPES = {
+    b"dir": stat.S_IFDIR,
+    b"file": stat.S_IFREG,
+    b"symlink": stat.S_IFLNK,
+    b"pipe": stat.S_IFIFO,
+    b"socket": stat.S_IFSOCK,
+    b"block": stat.S_IFBLK,
+    b"char": stat.S_IFCHR,
+}
 
 
 def layer_record_name(root_path: bytes):
@@ -63,7 +71,7 @@ def parse(value: bytes):
             if word.startswith(prefix):
                 kind = fmt
                 if fmt in (stat.S_IFBLK, stat.S_IFCHR):
-                    numbers = word[len(prefix):].lstrip(b"-").split(b"-")
+                    numbers = word[len(prefix) :].lstrip(b"-").split(b"-")
                     try:
                         rdev = os.makedev(int(numbers[0]), int(numbers[1]))
                     except (ValueError, IndexError):
@@ -80,6 +88,7 @@ def encode(uid: int, gid: int, mode: int) -> bytes:
 
 class StatView:
     """An os.stat_result with the owner and mode a record gives; every other field is the file's."""
+
     __slots__ = ("_st", "st_uid", "st_gid", "st_mode", "st_rdev")
 
     def __init__(self, st, record, strict: bool = False):

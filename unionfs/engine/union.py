@@ -5,6 +5,7 @@ Changes land in the upper layer only; a lower entry is copied up before its firs
 lower entry leaves a char 0/0 whiteout; new entries are prepared in the work dir and renamed into place.
 The engine is single-threaded: only `CopyUpJob.copy_data` may run in another thread.
 """
+
 import errno
 import fcntl
 import itertools
@@ -15,12 +16,23 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from . import _sys, copyup, index as indexing, ownership, xattrs
-from .layers import O_PATH_DIR, Layer, join, lstat_at, open_at
+from . import _sys, copyup, ownership, xattrs
+from . import index as indexing
 from .layermounts import MountTable
+from .layers import O_PATH_DIR, Layer, join, lstat_at, open_at
 from .nodes import Node, NodeTable
-from .whiteout import (REDIRECT, REDIRECT_MAX, REDIRECT_MODES, TRUSTED_PREFIX, USER_PREFIX, is_whiteout,
-                       make_whiteout, proc_path, read_dir_markers, set_opaque)
+from .whiteout import (
+    REDIRECT,
+    REDIRECT_MAX,
+    REDIRECT_MODES,
+    TRUSTED_PREFIX,
+    USER_PREFIX,
+    is_whiteout,
+    make_whiteout,
+    proc_path,
+    read_dir_markers,
+    set_opaque,
+)
 
 log = logging.getLogger("unionfs")
 
@@ -35,12 +47,14 @@ _OPEN_KEEP = _ACCMODE | os.O_SYNC | os.O_DSYNC | getattr(os, "O_LARGEFILE", 0)
 @dataclass
 class Caller:
     """Who asks: new entries get this owner (when the daemon may chown)."""
+
     uid: int
     gid: int
 
 
 class FileHandle:
     """An open regular file: a descriptor on its backing in one layer."""
+
     __slots__ = ("fd", "node", "layer", "writable")
 
     def __init__(self, fd, node, layer, writable):
@@ -49,6 +63,7 @@ class FileHandle:
 
 class CopyUpJob:
     """One copy-up in flight (see copyup.py); created by Union.copy_up_begin."""
+
     __slots__ = ("node", "src_layer", "src_st", "src_fd", "tmp_name", "dst_fd", "with_data", "linked")
 
     def __init__(self, node, src_layer, src_st):
@@ -77,9 +92,20 @@ class CopyUpJob:
 class Union:
     """A merged view of `lowers` (topmost first) under an optional `upper` that takes every change."""
 
-    def __init__(self, lowers, upper=None, work=None, *, userxattr=False, whiteout_files=True,
-                 redirect_dir="off", ignore_chown_errors=False, xattr_permissions=0, index=False,
-                 volatile=False):
+    def __init__(
+        self,
+        lowers,
+        upper=None,
+        work=None,
+        *,
+        userxattr=False,
+        whiteout_files=True,
+        redirect_dir="off",
+        ignore_chown_errors=False,
+        xattr_permissions=0,
+        index=False,
+        volatile=False,
+    ):
         if not lowers:
             raise ValueError("at least one lower layer is needed")
         if redirect_dir not in REDIRECT_MODES:
@@ -95,8 +121,9 @@ class Union:
         # uid 0 may chown (to the ids its user namespace maps); trusted.* xattrs are only for root in the
         # initial namespace, so the root of a user namespace (`unshare -r`) writes user.overlay.* markers.
         self.as_root = os.geteuid() == 0
-        self.marker_prefix = (TRUSTED_PREFIX if self.as_root and not userxattr and _in_initial_user_namespace()
-                              else USER_PREFIX)
+        self.marker_prefix = (
+            TRUSTED_PREFIX if self.as_root and not userxattr and _in_initial_user_namespace() else USER_PREFIX
+        )
         # With squash options the stored owner is never shown: a chown the namespace cannot make (an
         # unmapped id) is then skipped, as fuse-overlayfs does, instead of failing the copy-up.
         self.ignore_chown_errors = ignore_chown_errors
@@ -107,7 +134,8 @@ class Union:
         # refuses redirect_dir altogether): a redirect there is anyone's to write.
         self.redirect_create = redirect_dir == "on" and upper is not None
         self.redirect_follow = redirect_dir in ("on", "follow") or (
-            redirect_dir == "off" and self.marker_prefix == TRUSTED_PREFIX)
+            redirect_dir == "off" and self.marker_prefix == TRUSTED_PREFIX
+        )
         self.work = None
         self._locks = []
         if work is not None:
@@ -163,7 +191,7 @@ class Union:
             raise OSError(errno.EINVAL, "the index is not a directory on the upper's filesystem")
         self.layers.append(layer)
         self.index_pos = layer.index
-        indexing.check_manifest(layer.root_fd, indexing.manifest(self.layers[1:self.nlayers]))
+        indexing.check_manifest(layer.root_fd, indexing.manifest(self.layers[1 : self.nlayers]))
         self.origin_name = self.marker_prefix + indexing.ORIGIN
         self.nlink_name = self.marker_prefix + indexing.NLINK
 
@@ -189,16 +217,20 @@ class Union:
             st = os.stat(root)
             for layer in self.layers[1:]:
                 if layer.record:
-                    st = self._record_view(os.stat(proc_path(layer.root_fd)), proc_path(layer.root_fd),
-                                           layer.record, True)
+                    st = self._record_view(
+                        os.stat(proc_path(layer.root_fd)), proc_path(layer.root_fd), layer.record, True
+                    )
                     break
             try:
                 os.setxattr(root, name, ownership.encode(st.st_uid, st.st_gid, st.st_mode))
             except OSError as exc:
-                raise OSError(exc.errno, "cannot write the ownership record %s on the upper dir (%s)"
-                              % (name.decode(), exc.strerror)) from None
+                raise OSError(
+                    exc.errno,
+                    "cannot write the ownership record %s on the upper dir (%s)" % (name.decode(), exc.strerror),
+                ) from None
             upper.record = name
         self.records_in_use = True
+
     def close(self):
         """Close the layer fds (idempotent)."""
         for layer in self.layers:
@@ -493,7 +525,7 @@ class Union:
             name = os.fsencode(entry.name)
             if self.read_wh_files and name.startswith(WH_PREFIX):
                 if name != WH_OPAQUE:
-                    pending.append(name[len(WH_PREFIX):])
+                    pending.append(name[len(WH_PREFIX) :])
                 continue
             if name not in names:
                 names[name] = not _is_whiteout_entry(fd, entry)
@@ -509,7 +541,7 @@ class Union:
         """
         last = len(node.merge) - 1
         bottom = self.nlayers - 1
-        found = {}    # name -> [layer index, stat, merge list, merge stopped]
+        found = {}  # name -> [layer index, stat, merge list, merge stopped]
         hidden = set()
         redirected = []
         pending, layer_pos = [], None
@@ -532,7 +564,7 @@ class Union:
             name = os.fsencode(entry.name)
             if read_wh and name.startswith(WH_PREFIX):
                 if name != WH_OPAQUE:
-                    pending.append(name[len(WH_PREFIX):])
+                    pending.append(name[len(WH_PREFIX) :])
                 continue
             rec = found.get(name)
             if rec is None:
@@ -724,8 +756,9 @@ class Union:
             if stat.S_ISREG(src_st.st_mode):
                 job.with_data = with_data and src_st.st_size > 0
                 job.src_fd = layer.open(rel, os.O_RDONLY)
-                job.dst_fd = os.open(job.tmp_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
-                                     0o600, dir_fd=self.work.root_fd)
+                job.dst_fd = os.open(
+                    job.tmp_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600, dir_fd=self.work.root_fd
+                )
             else:
                 self._make_special(job.tmp_name, src_st, layer, rel)
         except BaseException:
@@ -748,8 +781,13 @@ class Union:
     def _link_up(self, node: Node) -> None:
         """index=on: the name the node is reached by becomes a link to its index entry in the upper."""
         tmp = self._tmp_name()
-        os.link(self._rel(node, self.index_pos), tmp, src_dir_fd=self.layers[self.index_pos].root_fd,
-                dst_dir_fd=self.work.root_fd, follow_symlinks=False)
+        os.link(
+            self._rel(node, self.index_pos),
+            tmp,
+            src_dir_fd=self.layers[self.index_pos].root_fd,
+            dst_dir_fd=self.work.root_fd,
+            follow_symlinks=False,
+        )
         parent, name = node.names[0]
         try:
             self._copy_up_rename(tmp, parent, name)
@@ -771,8 +809,13 @@ class Union:
         if job.src_st.st_nlink < 2:
             return False
         os.setxattr(path, self.nlink_name, b"%d" % job.src_st.st_nlink, follow_symlinks=False)
-        os.link(job.tmp_name, origin, src_dir_fd=self.work.root_fd,
-                dst_dir_fd=self.layers[self.index_pos].root_fd, follow_symlinks=False)
+        os.link(
+            job.tmp_name,
+            origin,
+            src_dir_fd=self.work.root_fd,
+            dst_dir_fd=self.layers[self.index_pos].root_fd,
+            follow_symlinks=False,
+        )
         return True
 
     def copy_up_commit(self, job: CopyUpJob) -> None:
@@ -788,12 +831,16 @@ class Union:
             self._chown_new(job.tmp_name, shown.st_uid, shown.st_gid)
             mode = shown.st_mode
             if self.write_records and not stat.S_ISLNK(mode):
-                self._write_record(proc_path(self.work.root_fd, job.tmp_name), False, shown.st_uid,
-                                   shown.st_gid, mode)
+                self._write_record(proc_path(self.work.root_fd, job.tmp_name), False, shown.st_uid, shown.st_gid, mode)
                 mode |= ownership.BACKING_MODE
-            copyup.set_mode_xattrs_times(self.work.root_fd, job.tmp_name, job.src_st, mode=mode,
-                                         src_xattr_path=src_path,
-                                         skip=ownership.NAMES if self.records_in_use else ())
+            copyup.set_mode_xattrs_times(
+                self.work.root_fd,
+                job.tmp_name,
+                job.src_st,
+                mode=mode,
+                src_xattr_path=src_path,
+                skip=ownership.NAMES if self.records_in_use else (),
+            )
         indexed = self._index_entry(job)
         parent, name = node.names[0]
         self._copy_up_rename(job.tmp_name, parent, name)
@@ -868,8 +915,14 @@ class Union:
     def _make_whiteout(self, dir_fd: int, name: bytes) -> None:
         """A whiteout for name in dir_fd: char 0/0, or a .wh.NAME file where mknod is refused."""
         if self.write_wh_files:
-            os.close(os.open(WH_PREFIX + name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW |
-                             os.O_CLOEXEC, 0, dir_fd=dir_fd))
+            os.close(
+                os.open(
+                    WH_PREFIX + name,
+                    os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                    0,
+                    dir_fd=dir_fd,
+                )
+            )
         else:
             make_whiteout(dir_fd, name)
 
@@ -880,8 +933,7 @@ class Union:
         except OSError as exc:
             if not (self.read_wh_files and exc.errno in (errno.ENOTSUP, errno.EPERM)):
                 raise
-            os.close(os.open(WH_OPAQUE, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0,
-                             dir_fd=dir_path_fd))
+            os.close(os.open(WH_OPAQUE, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0, dir_fd=dir_path_fd))
 
     def _drop_file_whiteout(self, dir_fd: int, name: bytes) -> None:
         try:
@@ -934,8 +986,9 @@ class Union:
             raise OSError(errno.EEXIST, os.strerror(errno.EEXIST))
         self.ensure_upper_dir(parent)
 
-    def _finish_create(self, tmp_name: bytes, parent: Node, name: bytes, is_dir: bool,
-                       uid: int, gid: int, mode: int) -> Node:
+    def _finish_create(
+        self, tmp_name: bytes, parent: Node, name: bytes, is_dir: bool, uid: int, gid: int, mode: int
+    ) -> Node:
         """Set owner and mode of a work-dir entry, then move it to parent/name (over a whiteout)."""
         work_fd = self.work.root_fd
         try:
@@ -990,8 +1043,7 @@ class Union:
         else:
             fd = os.open(tmp, open_flags, stat.S_IMODE(mode), dir_fd=self.work.root_fd)
             try:
-                node = self._finish_create(tmp, parent, name, False, uid, gid,
-                                           mode if mode & 0o7000 else None)
+                node = self._finish_create(tmp, parent, name, False, uid, gid, mode if mode & 0o7000 else None)
             except BaseException:
                 os.close(fd)
                 raise
@@ -1168,7 +1220,8 @@ class Union:
         up first (the FUSE adapter, in a worker thread): as the kernel, a refused rename copies nothing."""
         self._require_upper()
         if flags & ~(_sys.RENAME_NOREPLACE | _sys.RENAME_EXCHANGE) or flags == (
-                _sys.RENAME_NOREPLACE | _sys.RENAME_EXCHANGE):
+            _sys.RENAME_NOREPLACE | _sys.RENAME_EXCHANGE
+        ):
             raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
         self._check_new_name(new_name)
         if flags & _sys.RENAME_EXCHANGE:
@@ -1285,13 +1338,11 @@ class Union:
                 raise
         raise OSError(errno.EIO, "rename onto a non-empty directory succeeded in the upper")
 
-    def _split_on_copy_up(self, node: Node, parent: Node, name: bytes, new_parent: Node,
-                          new_name: bytes) -> bool:
+    def _split_on_copy_up(self, node: Node, parent: Node, name: bytes, new_parent: Node, new_name: bytes) -> bool:
         """Two names of one lower file (a hard link) that copy-up will split, so that a rename between
         them is not the no-op it is between names of one file: the kernel (index=off) gives such names
         separate inodes, copies the source up and renames it over the other. Copies *name* up."""
-        if (parent, name) == (new_parent, new_name) or node.is_dir or self.is_upper(node) or \
-                self.index_pos is not None:
+        if (parent, name) == (new_parent, new_name) or node.is_dir or self.is_upper(node) or self.index_pos is not None:
             return False  # (index=on keeps them one file: rename between them does nothing, as there)
         self.nodes.prefer_name(node, parent, name)  # the name that is copied up
         self.copy_up(node)
@@ -1454,8 +1505,18 @@ class Union:
 
     # ------------------------------------------------------------------ attributes
 
-    def setattr(self, node: Node, *, size=None, mode=None, uid=None, gid=None, atime_ns=None,
-                mtime_ns=None, handle: FileHandle = None) -> os.stat_result:
+    def setattr(
+        self,
+        node: Node,
+        *,
+        size=None,
+        mode=None,
+        uid=None,
+        gid=None,
+        atime_ns=None,
+        mtime_ns=None,
+        handle: FileHandle = None,
+    ) -> os.stat_result:
         self._require_upper()
         if size is not None and node.is_dir:
             raise OSError(errno.EISDIR, os.strerror(errno.EISDIR))
@@ -1477,9 +1538,13 @@ class Union:
                 # no user.* xattr: as fuse-overlayfs, its chown is let go).
                 if not is_link:
                     shown = self._record_view(st, proc_path(fd), self.upper.record, True)
-                    self._write_record(proc_path(fd), True, shown.st_uid if uid is None else uid,
-                                       shown.st_gid if gid is None else gid,
-                                       shown.st_mode if mode is None else mode)
+                    self._write_record(
+                        proc_path(fd),
+                        True,
+                        shown.st_uid if uid is None else uid,
+                        shown.st_gid if gid is None else gid,
+                        shown.st_mode if mode is None else mode,
+                    )
                 uid = gid = mode = None
             # A symlink is reached as name under its parent without following it (a symlink is never a
             # mount point); anything else through its own O_PATH fd, so no mount point is crossed.
@@ -1493,8 +1558,13 @@ class Union:
                     with _layer_fd(self.upper, rel, os.O_WRONLY) as wfd:
                         os.ftruncate(wfd, size)
             if uid is not None or gid is not None:
-                os.chown(target, -1 if uid is None else uid, -1 if gid is None else gid, dir_fd=where,
-                         follow_symlinks=where is None)
+                os.chown(
+                    target,
+                    -1 if uid is None else uid,
+                    -1 if gid is None else gid,
+                    dir_fd=where,
+                    follow_symlinks=where is None,
+                )
             if mode is not None:
                 if is_link:
                     raise OSError(errno.EOPNOTSUPP, os.strerror(errno.EOPNOTSUPP))
@@ -1516,8 +1586,13 @@ class Union:
             os.ftruncate(handle.fd if handle is not None and handle.writable else writable[0], size)
         if self.write_records and (uid is not None or gid is not None or mode is not None):
             shown = self._shown_fd(self.upper, fd)
-            self._write_record(proc_path(fd), True, shown.st_uid if uid is None else uid,
-                               shown.st_gid if gid is None else gid, shown.st_mode if mode is None else mode)
+            self._write_record(
+                proc_path(fd),
+                True,
+                shown.st_uid if uid is None else uid,
+                shown.st_gid if gid is None else gid,
+                shown.st_mode if mode is None else mode,
+            )
             uid = gid = mode = None
         if uid is not None or gid is not None:
             os.fchown(fd, -1 if uid is None else uid, -1 if gid is None else gid)
@@ -1525,8 +1600,10 @@ class Union:
             os.fchmod(fd, stat.S_IMODE(mode))
         if atime_ns is not None or mtime_ns is not None:
             st = os.fstat(fd)
-            os.utime(fd, ns=(st.st_atime_ns if atime_ns is None else atime_ns,
-                             st.st_mtime_ns if mtime_ns is None else mtime_ns))
+            os.utime(
+                fd,
+                ns=(st.st_atime_ns if atime_ns is None else atime_ns, st.st_mtime_ns if mtime_ns is None else mtime_ns),
+            )
         node.xattr_names = None
         return self._shown_fd(self.upper, fd)
 
@@ -1640,6 +1717,7 @@ class Union:
 
 class _WithNlink:
     """A stat result with another st_nlink (an indexed file's union link count)."""
+
     __slots__ = ("_st", "st_nlink")
 
     def __init__(self, st, nlink):

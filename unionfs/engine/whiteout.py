@@ -3,6 +3,7 @@
 Opaque markers are read in the kernel's two xattr namespaces (`trusted.overlay.*`, `user.overlay.*`) and
 in fuse-overlayfs's `user.fuseoverlayfs.*`; the kernel namespace chosen at mount time is written.
 """
+
 import os
 import stat
 
@@ -58,7 +59,7 @@ def read_dir_markers(path: bytes, prefix: bytes, follow: bool = False):
     opaque, redirect = False, None
     for item in names:
         name = os.fsencode(item)
-        if name.endswith(b"." + OPAQUE) and name[:-len(OPAQUE)] in OPAQUE_PREFIXES:
+        if name.endswith(b"." + OPAQUE) and name[: -len(OPAQUE)] in OPAQUE_PREFIXES:
             try:
                 opaque = opaque or os.getxattr(path, name, follow_symlinks=follow) == b"y"
             except OSError:

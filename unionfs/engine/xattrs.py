@@ -6,6 +6,7 @@ a name under such a prefix is stored escaped as `<prefix>overlay.<rest>` (the ke
 overlays), and the markers themselves never show in listings. Nobody can forge a marker through the
 mount.
 """
+
 import errno
 import os
 
@@ -18,7 +19,7 @@ _ESCAPE = b"overlay."
 def to_stored(name: bytes) -> bytes:
     for prefix in PRIVATE_PREFIXES:
         if name.startswith(prefix):
-            return prefix + _ESCAPE + name[len(prefix):]
+            return prefix + _ESCAPE + name[len(prefix) :]
     return name
 
 
@@ -26,9 +27,9 @@ def to_visible(stored: bytes):
     """The name users see for a stored xattr, or None for the overlay's own markers."""
     for prefix in PRIVATE_PREFIXES:
         if stored.startswith(prefix):
-            rest = stored[len(prefix):]
+            rest = stored[len(prefix) :]
             if rest.startswith(_ESCAPE):
-                return prefix + rest[len(_ESCAPE):]
+                return prefix + rest[len(_ESCAPE) :]
             return None
     return stored
 

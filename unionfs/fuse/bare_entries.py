@@ -12,6 +12,7 @@ So the node id is zeroed in the object's own memory, at the offset found by `_pr
 build (two marker values, and st_ino of the stat right after them must keep its value). Where the probe
 finds no such layout, `available` is False and every entry carries its attributes, as before.
 """
+
 import ctypes
 import struct
 
@@ -30,9 +31,12 @@ def _probe():
         size = type(attr).__basicsize__
         raw = ctypes.string_at(id(attr), size)
         # fuse_entry_param: ino, generation, then struct stat (st_dev, st_ino, ...)
-        hits = [off for off in range(0, size - 32, 8)
-                if struct.unpack_from("=QQ", raw, off) == (_MARK_INO, _MARK_GEN)
-                and struct.unpack_from("=Q", raw, off + 24)[0] == _MARK_INO]
+        hits = [
+            off
+            for off in range(0, size - 32, 8)
+            if struct.unpack_from("=QQ", raw, off) == (_MARK_INO, _MARK_GEN)
+            and struct.unpack_from("=Q", raw, off + 24)[0] == _MARK_INO
+        ]
         if len(hits) != 1:
             return None
         offset = hits[0]

@@ -7,6 +7,7 @@ Start-up time counts (a container engine execs the mount program for every conta
 before the mount is only what the mount needs: the layers checked (Union), pyfuse3 and the handlers.
 logging.handlers is imported only when the background daemon logs to syslog, after the mount.
 """
+
 import gc
 import logging
 import os
@@ -17,8 +18,8 @@ import sys
 import pyfuse3
 import trio
 
-from . import loop as fuse_loop
 from ..engine import LayerInUse, Union
+from . import loop as fuse_loop
 from .operations import UnionOperations
 
 log = logging.getLogger("unionfs")
@@ -46,8 +47,11 @@ class _DroppedReplies(logging.Filter):
     as it does for a release or an interrupted call while the mount goes away. Nothing failed: debug."""
 
     def filter(self, record):
-        if record.levelno >= logging.ERROR and "fuse_reply_" in str(record.msg) and \
-                "No such file or directory" in record.getMessage():
+        if (
+            record.levelno >= logging.ERROR
+            and "fuse_reply_" in str(record.msg)
+            and "No such file or directory" in record.getMessage()
+        ):
             record.levelno, record.levelname = logging.DEBUG, "DEBUG"
             return logging.getLogger("pyfuse3").isEnabledFor(logging.DEBUG)
         return True
@@ -63,6 +67,7 @@ def _setup_logging(opts, to_stderr: bool):
         handler.setFormatter(logging.Formatter("%(asctime)s pyunionfs[%(process)d] %(levelname)s: %(message)s"))
     elif os.path.exists("/dev/log"):
         from logging.handlers import SysLogHandler  # not at the top: only a background daemon needs it
+
         handler = SysLogHandler(address="/dev/log")
         handler.setFormatter(logging.Formatter("pyunionfs[%(process)d]: %(levelname)s %(message)s"))
     else:
@@ -122,11 +127,18 @@ def run(opts, gc_after_mount: bool = False) -> int:
         # `ro` with an upper: the upper is shown as the topmost layer and nothing is written.
         lowers, upper, work = [upper] + lowers, None, None
     try:
-        union = Union(lowers, upper, work, userxattr=opts.userxattr, whiteout_files=opts.whiteout_files,
-                      redirect_dir=opts.redirect_dir,
-                      ignore_chown_errors=opts.uid_map.squash is not None or opts.gid_map.squash is not None,
-                      xattr_permissions=opts.xattr_permissions, index=opts.index,
-                      volatile=opts.volatile)
+        union = Union(
+            lowers,
+            upper,
+            work,
+            userxattr=opts.userxattr,
+            whiteout_files=opts.whiteout_files,
+            redirect_dir=opts.redirect_dir,
+            ignore_chown_errors=opts.uid_map.squash is not None or opts.gid_map.squash is not None,
+            xattr_permissions=opts.xattr_permissions,
+            index=opts.index,
+            volatile=opts.volatile,
+        )
     except LayerInUse as exc:
         raise MountError(exc.strerror) from None
     except OSError as exc:
@@ -142,10 +154,12 @@ def run(opts, gc_after_mount: bool = False) -> int:
             try:
                 mode = "%o" % (os.stat("/dev/fuse").st_mode & 0o7777)
             except OSError:
-                raise MountError("cannot mount %s: /dev/fuse is missing (is the fuse module loaded?)"
-                                 % opts.mountpoint) from None
-            raise MountError("cannot mount %s: /dev/fuse is not usable by this user (mode %s)"
-                             % (opts.mountpoint, mode)) from None
+                raise MountError(
+                    "cannot mount %s: /dev/fuse is missing (is the fuse module loaded?)" % opts.mountpoint
+                ) from None
+            raise MountError(
+                "cannot mount %s: /dev/fuse is not usable by this user (mode %s)" % (opts.mountpoint, mode)
+            ) from None
         raise MountError("cannot mount %s: %s" % (opts.mountpoint, exc)) from None
     if not opts.foreground:
         _daemonize()

@@ -22,6 +22,7 @@ This uses two seams of pyfuse3: its module attribute `trio` (the one pyfuse3.asy
 `_session_loop(nursery, min_tasks, max_tasks)`, the same in pyfuse3 3.3 to 3.5. Where either is missing
 the daemon runs plain pyfuse3.main() and logs that it did.
 """
+
 import logging
 import select
 
@@ -37,6 +38,7 @@ _NEVER = -(1 << 30)  # max_tasks: pyfuse3 never starts a worker of its own
 class _ReadLock:
     """trio.Lock without the scheduling point on a free acquire (the wait for readability that follows
     is one), handing the lock straight to the next waiter on release."""
+
     __slots__ = ("_owner", "_lot")
 
     def __init__(self):
@@ -90,6 +92,7 @@ READY_STREAK = 8
 
 class _TrioForPyfuse3:
     """What pyfuse3 reaches as its `trio`: trio itself, with the read lock and the wait above."""
+
     Lock = _ReadLock
 
     def __init__(self):
@@ -107,8 +110,10 @@ def available() -> bool:
 def install() -> bool:
     """Give pyfuse3 the read lock above; call before pyfuse3.init() (3.3 makes its lock there)."""
     if not available():
-        log.info("pyfuse3 %s lacks the single-reader seams: using pyfuse3.main() as it is",
-                 getattr(pyfuse3, "__version__", "?"))
+        log.info(
+            "pyfuse3 %s lacks the single-reader seams: using pyfuse3.main() as it is",
+            getattr(pyfuse3, "__version__", "?"),
+        )
         return False
     pyfuse3.trio = _TrioForPyfuse3()
     return True
@@ -130,5 +135,4 @@ async def main(nursery) -> None:
 def spare_reader() -> None:
     """Start one more reader before this request waits, so the others are not held up meanwhile."""
     if _spare_nursery is not None:
-        _spare_nursery.start_soon(pyfuse3._session_loop, _spare_nursery, 0, _NEVER,
-                                  name="pyunionfs-spare-reader")
+        _spare_nursery.start_soon(pyfuse3._session_loop, _spare_nursery, 0, _NEVER, name="pyunionfs-spare-reader")

@@ -5,6 +5,7 @@ exception becomes EIO plus an ERROR log line with the traceback, so the mount ne
 Copy-up of large files runs its byte copy in a worker thread under a per-node lock, so other requests go
 on while it runs and two opens of one file never copy it twice.
 """
+
 import errno
 import functools
 import itertools
@@ -15,9 +16,10 @@ import stat
 import pyfuse3
 import trio
 
-from . import bare_entries, loop as fuse_loop
 from ..engine import Caller, Union
 from ..engine.idmap import IdMap
+from . import bare_entries
+from . import loop as fuse_loop
 
 log = logging.getLogger("unionfs")
 
@@ -39,6 +41,7 @@ def _boundary(handler):
         except Exception:
             log.exception("ERROR in %s%r", handler.__name__, args[:3])
             raise pyfuse3.FUSEError(errno.EIO) from None
+
     return wrapper
 
 
@@ -177,8 +180,14 @@ class UnionOperations(pyfuse3.Operations):
     @_boundary
     async def setattr(self, inode, attr, fields, fh, ctx):
         node = self._node(inode)
-        if not (fields.update_size or fields.update_mode or fields.update_uid or fields.update_gid
-                or fields.update_atime or fields.update_mtime):
+        if not (
+            fields.update_size
+            or fields.update_mode
+            or fields.update_uid
+            or fields.update_gid
+            or fields.update_atime
+            or fields.update_mtime
+        ):
             # Only ctime (the write-back cache flushes it after unlink or rename): the backing file
             # keeps its own; nothing to copy up.
             return self._entry(node, self.union.getattr(node))
@@ -206,8 +215,17 @@ class UnionOperations(pyfuse3.Operations):
     async def statfs(self, ctx):
         vfs = self.union.statfs()
         out = pyfuse3.StatvfsData()
-        for field in ("f_bsize", "f_frsize", "f_blocks", "f_bfree", "f_bavail", "f_files", "f_ffree",
-                      "f_favail", "f_namemax"):
+        for field in (
+            "f_bsize",
+            "f_frsize",
+            "f_blocks",
+            "f_bfree",
+            "f_bavail",
+            "f_files",
+            "f_ffree",
+            "f_favail",
+            "f_namemax",
+        ):
             setattr(out, field, getattr(vfs, field))
         return out
 
@@ -243,8 +261,14 @@ class UnionOperations(pyfuse3.Operations):
             # its cached ACLs. Directories keep theirs: reading a directory makes the kernel drop its
             # atime, and without this refresh the walker's next stat of it would be a request. A
             # shared lower file is looked up by name each time (entry_timeout 0).
-            if (child is not None and child.lookups > 0 and bare_entries.available and not child.is_dir
-                    and not child.shared_lower and (scanned is None or union.is_scanned_node(child, scanned))):
+            if (
+                child is not None
+                and child.lookups > 0
+                and bare_entries.available
+                and not child.is_dir
+                and not child.shared_lower
+                and (scanned is None or union.is_scanned_node(child, scanned))
+            ):
                 if not pyfuse3.readdir_reply(token, name, self._bare(child.id, ftype), index + 1):
                     return
                 continue
@@ -343,8 +367,7 @@ class UnionOperations(pyfuse3.Operations):
 
     @_boundary
     async def create(self, parent_inode, name, mode, flags, ctx):
-        node, handle, st = self.union.create(self._node(parent_inode), name, mode, flags,
-                                             self._caller(ctx))
+        node, handle, st = self.union.create(self._node(parent_inode), name, mode, flags, self._caller(ctx))
         return self._file_info(handle), self._entry(node, st)
 
     @_boundary

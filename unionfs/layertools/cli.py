@@ -6,6 +6,7 @@
 
 Exit status: 0 on success, 1 on refused or bad input (one line on stderr), 2 for a malformed command line.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -131,7 +132,7 @@ def layer_diff(upper: str, lowers: List[str]) -> List[Tuple[str, bytes]]:
 
 def _diff_dir(ufd: int, lfds: List[int], rel: bytes, hidden: bool, known: bool, out: list) -> None:
     scan = layerfs.DirScan(ufd)
-    hidden = hidden or scan.opaque   # the lowers' content of this directory no longer shows
+    hidden = hidden or scan.opaque  # the lowers' content of this directory no longer shows
     old = layerfs.merged_children(lfds) if lfds else {}
     try:
         names = set(scan.entries) | set(scan.whiteouts)
@@ -158,7 +159,7 @@ def _diff_dir(ufd: int, lfds: List[int], rel: bytes, hidden: bool, known: bool, 
             elif n in scan.whiteouts:
                 if o is not None or not known:
                     out.append(("D", p))
-            else:   # hidden by an opaque directory, not added again
+            else:  # hidden by an opaque directory, not added again
                 out.append(("D", p))
     finally:
         layerfs.close_all(old)
@@ -183,6 +184,7 @@ def cmd_diff(args) -> int:
 # --------------------------------------------------------------------------------------------------
 # export / import
 # --------------------------------------------------------------------------------------------------
+
 
 def cmd_export(args) -> int:
     if not os.path.isdir(args.upper):
@@ -224,6 +226,7 @@ def cmd_import(args) -> int:
 # command line
 # --------------------------------------------------------------------------------------------------
 
+
 def build_parser() -> argparse.ArgumentParser:
     fmt = argparse.RawDescriptionHelpFormatter
     p = argparse.ArgumentParser(prog=PROG, description=DESCRIPTION, formatter_class=fmt)
@@ -231,15 +234,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
-    d = sub.add_parser("diff", help="what an upper changes against its lowers", description=DIFF_HELP,
-                       formatter_class=fmt)
+    d = sub.add_parser(
+        "diff", help="what an upper changes against its lowers", description=DIFF_HELP, formatter_class=fmt
+    )
     d.add_argument("--json", action="store_true", help="print a JSON list")
     d.add_argument("upper", metavar="UPPER")
     d.add_argument("lowers", metavar="LOWER", nargs="*", help="lower layers, topmost first")
     d.set_defaults(func=cmd_diff)
 
-    e = sub.add_parser("export", help="an upper as an OCI layer tarball", description=EXPORT_HELP,
-                       formatter_class=fmt)
+    e = sub.add_parser("export", help="an upper as an OCI layer tarball", description=EXPORT_HELP, formatter_class=fmt)
     e.add_argument("--gzip", "-z", action="store_true", help="gzip the tarball (implied by a .gz/.tgz name)")
     e.add_argument("--names", action="store_true", help="also record user and group names")
     e.add_argument("--quiet", "-q", action="store_true", help="no progress line even on a terminal")
@@ -247,10 +250,14 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("out", metavar="OUT", help="OUT.tar, OUT.tar.gz, or - for stdout")
     e.set_defaults(func=cmd_export)
 
-    i = sub.add_parser("import", help="apply an OCI layer tarball to a layer directory",
-                       description=IMPORT_HELP, formatter_class=fmt)
-    i.add_argument("--userxattr", action="store_true",
-                   help="mark opaque directories with user.overlay.opaque (default when not root)")
+    i = sub.add_parser(
+        "import", help="apply an OCI layer tarball to a layer directory", description=IMPORT_HELP, formatter_class=fmt
+    )
+    i.add_argument(
+        "--userxattr",
+        action="store_true",
+        help="mark opaque directories with user.overlay.opaque (default when not root)",
+    )
     i.add_argument("--quiet", "-q", action="store_true", help="no progress line even on a terminal")
     i.add_argument("tarball", metavar="IN", help="IN.tar[.gz], or - for stdin")
     i.add_argument("layerdir", metavar="LAYERDIR")

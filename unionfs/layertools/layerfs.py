@@ -10,6 +10,7 @@ reported as a symlink and never walked into. Markers are read in all the formats
 
 Names are bytes throughout.
 """
+
 from __future__ import annotations
 
 import errno
@@ -20,7 +21,7 @@ from typing import Dict, List, Optional
 from ..engine.whiteout import FUSEOVERLAYFS_PREFIX, OPAQUE, TRUSTED_PREFIX, USER_PREFIX, is_whiteout
 
 WH_PREFIX = b".wh."
-WH_META_PREFIX = b".wh..wh."      # AUFS/OCI metadata names (.wh..wh..opq, .wh..wh.plnk, ...)
+WH_META_PREFIX = b".wh..wh."  # AUFS/OCI metadata names (.wh..wh..opq, .wh..wh.plnk, ...)
 WH_OPAQUE = b".wh..wh..opq"
 
 OPAQUE_XATTRS = (TRUSTED_PREFIX + OPAQUE, USER_PREFIX + OPAQUE, FUSEOVERLAYFS_PREFIX + OPAQUE)
@@ -97,7 +98,7 @@ class DirScan:
                 continue  # .wh..wh..opq handled above; other AUFS metadata ignored
             st = os.stat(n, dir_fd=fd, follow_symlinks=False)
             if n.startswith(WH_PREFIX) and len(n) > len(WH_PREFIX):
-                self.whiteouts.setdefault(n[len(WH_PREFIX):], st)
+                self.whiteouts.setdefault(n[len(WH_PREFIX) :], st)
             elif is_whiteout(st):
                 self.whiteouts[n] = st
             else:
@@ -129,7 +130,7 @@ def merged_children(dir_fds: List[int]) -> Dict[bytes, LowerEntry]:
 
     The caller closes the returned entries (`LowerEntry.close`)."""
     result: Dict[bytes, Optional[LowerEntry]] = {}
-    stopped: set = set()       # directory names whose merge already ended (opaque or non-dir below)
+    stopped: set = set()  # directory names whose merge already ended (opaque or non-dir below)
     try:
         for fd in dir_fds:
             scan = DirScan(fd)

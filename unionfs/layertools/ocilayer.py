@@ -30,6 +30,7 @@ Import applies a tarball (plain, gzip, bzip2 or xz) to a layer directory:
 - on any error: one line, exit status 1, and when the directory was empty (or created) before, it is
   emptied (or removed) again. Nothing is ever written outside it.
 """
+
 from __future__ import annotations
 
 import errno
@@ -43,10 +44,10 @@ import tarfile
 import tempfile
 from typing import BinaryIO, Dict, List, Optional, Tuple
 
-from . import layerfs
-from .layerfs import WH_OPAQUE, WH_PREFIX, WH_META_PREFIX, join
 from ..engine.whiteout import OPAQUE, TRUSTED_PREFIX, USER_PREFIX
 from ..engine.xattrs import to_stored, to_visible
+from . import layerfs
+from .layerfs import WH_META_PREFIX, WH_OPAQUE, WH_PREFIX, join
 
 XATTR_PAX = "SCHILY.xattr."
 CHUNK = 1 << 20
@@ -60,11 +61,13 @@ class LayerError(Exception):
 # Progress
 # --------------------------------------------------------------------------------------------------
 
+
 class Progress:
     """A one-line counter on stderr, only when stderr is a terminal (and not asked to be quiet)."""
 
     def __init__(self, verb: str, enabled: Optional[bool] = None, stream=None):
         import time
+
         self._time = time.monotonic
         self.stream = stream or sys.stderr
         if enabled is None:
@@ -107,6 +110,7 @@ def warn(msg: str) -> None:
 # --------------------------------------------------------------------------------------------------
 # Export
 # --------------------------------------------------------------------------------------------------
+
 
 def _mtime_fields(info: tarfile.TarInfo, st: os.stat_result) -> None:
     sec, nsec = divmod(st.st_mtime_ns, 1_000_000_000)
@@ -154,6 +158,7 @@ class _Exporter:
         if self.names:
             import grp
             import pwd
+
             if st.st_uid not in self._unames:
                 try:
                     self._unames[st.st_uid] = pwd.getpwuid(st.st_uid).pw_name
@@ -166,8 +171,9 @@ class _Exporter:
                     self._gnames[st.st_gid] = ""
             info.uname, info.gname = self._unames[st.st_uid], self._gnames[st.st_gid]
 
-    def _info(self, name: str, st: os.stat_result, type_: bytes, path: Optional[bytes],
-              follow: bool = False) -> tarfile.TarInfo:
+    def _info(
+        self, name: str, st: os.stat_result, type_: bytes, path: Optional[bytes], follow: bool = False
+    ) -> tarfile.TarInfo:
         info = tarfile.TarInfo(name)
         info.type = type_
         info.mode = stat.S_IMODE(st.st_mode)
@@ -254,8 +260,13 @@ class _Exporter:
                 self.tf.addfile(info)
                 self.progress.add(1)
             elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode) or stat.S_ISFIFO(mode):
-                t = tarfile.CHRTYPE if stat.S_ISCHR(mode) else tarfile.BLKTYPE if stat.S_ISBLK(mode) \
+                t = (
+                    tarfile.CHRTYPE
+                    if stat.S_ISCHR(mode)
+                    else tarfile.BLKTYPE
+                    if stat.S_ISBLK(mode)
                     else tarfile.FIFOTYPE
+                )
                 info = self._info(tname, est, t, path)
                 if t != tarfile.FIFOTYPE:
                     info.devmajor, info.devminor = os.major(est.st_rdev), os.minor(est.st_rdev)
@@ -277,8 +288,9 @@ class _Counting(io.RawIOBase):
         return True
 
 
-def export_layer(upper: str, out: BinaryIO, *, gzip_out: bool = False, names: bool = False,
-                 progress: Optional[Progress] = None) -> None:
+def export_layer(
+    upper: str, out: BinaryIO, *, gzip_out: bool = False, names: bool = False, progress: Optional[Progress] = None
+) -> None:
     """Write the upper directory `upper` to the binary stream `out` as an OCI layer tarball."""
     progress = progress or Progress("export", enabled=False)
     try:
@@ -291,8 +303,9 @@ def export_layer(upper: str, out: BinaryIO, *, gzip_out: bool = False, names: bo
         if gzip_out:
             gz = gzip.GzipFile(filename="", mode="wb", fileobj=out, mtime=0, compresslevel=6)
             stream = gz
-        with tarfile.open(fileobj=stream, mode="w|", format=tarfile.PAX_FORMAT, encoding="utf-8",
-                          errors="surrogateescape") as tf:
+        with tarfile.open(
+            fileobj=stream, mode="w|", format=tarfile.PAX_FORMAT, encoding="utf-8", errors="surrogateescape"
+        ) as tf:
             _Exporter(tf, progress, names).export_dir(root, b"", os.fstat(root))
         if gz is not None:
             gz.close()
@@ -304,6 +317,7 @@ def export_layer(upper: str, out: BinaryIO, *, gzip_out: bool = False, names: bo
 # --------------------------------------------------------------------------------------------------
 # Import
 # --------------------------------------------------------------------------------------------------
+
 
 def split_member_name(name: str, what: Optional[str] = None) -> List[bytes]:
     """The components of a tar member name, or LayerError for a name that would leave the directory."""
@@ -338,7 +352,7 @@ class _Importer:
         self.as_root = os.geteuid() == 0
         self.opaque_name = (USER_PREFIX if (userxattr or not self.as_root) else TRUSTED_PREFIX) + OPAQUE
         self.progress = progress
-        self.deferred: Dict[Tuple[bytes, ...], Tuple[int, int]] = {}   # dir -> (mode, mtime_ns)
+        self.deferred: Dict[Tuple[bytes, ...], Tuple[int, int]] = {}  # dir -> (mode, mtime_ns)
         self.skipped_xattrs: set = set()
 
     # -- resolution ------------------------------------------------------------------------------
@@ -349,7 +363,7 @@ class _Importer:
             for i, comp in enumerate(parts[:-1]):
                 if comp.startswith(WH_PREFIX):
                     raise LayerError(f"entry {member!r}: whiteout name {os.fsdecode(comp)!r} used as a directory")
-                nfd = self._open_sub(fd, comp, member, create=True, rel=parts[:i + 1])
+                nfd = self._open_sub(fd, comp, member, create=True, rel=parts[: i + 1])
                 os.close(fd)
                 fd = nfd
             return fd
@@ -398,7 +412,7 @@ class _Importer:
         for key, value in sorted(info.pax_headers.items()):
             if not key.startswith(XATTR_PAX):
                 continue
-            xname = os.fsencode(key[len(XATTR_PAX):])
+            xname = os.fsencode(key[len(XATTR_PAX) :])
             if not xname:
                 continue
             stored = to_stored(xname)
@@ -446,7 +460,7 @@ class _Importer:
             if name.startswith(WH_META_PREFIX):
                 return  # other AUFS metadata (.wh..wh.plnk, .wh..wh.aufs): meaningless here
             if name.startswith(WH_PREFIX):
-                target = name[len(WH_PREFIX):]
+                target = name[len(WH_PREFIX) :]
                 if target in (b"", b".", b".."):
                     raise LayerError(f"entry {member!r}: bad whiteout name")
                 self._remove(pfd, target)
@@ -501,8 +515,7 @@ class _Importer:
             return
         self._remove(pfd, name)
         if info.isreg():
-            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
-                         dir_fd=pfd)
+            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=pfd)
             try:
                 src = tf.extractfile(info)
                 remaining = info.size
@@ -547,7 +560,7 @@ class _Importer:
         fd = os.open(".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=self.root)
         try:
             for i, comp in enumerate(dparts):
-                nfd = self._open_sub(fd, comp, member, create=False, rel=dparts[:i + 1])
+                nfd = self._open_sub(fd, comp, member, create=False, rel=dparts[: i + 1])
                 os.close(fd)
                 fd = nfd
             return fd
@@ -580,8 +593,7 @@ def _empty_dir(fd: int) -> None:
             os.unlink(n, dir_fd=fd)
 
 
-def import_layer(src: BinaryIO, layerdir: str, *, userxattr: bool = False,
-                 progress: Optional[Progress] = None) -> None:
+def import_layer(src: BinaryIO, layerdir: str, *, userxattr: bool = False, progress: Optional[Progress] = None) -> None:
     """Apply the tarball read from `src` to `layerdir` (created if missing; its parent must exist)."""
     progress = progress or Progress("import", enabled=False)
     created = False
@@ -643,9 +655,11 @@ def _decompressed(src: BinaryIO) -> BinaryIO:
         return gzip.GzipFile(fileobj=src, mode="rb")
     if head[:3] == b"BZh":
         import bz2
+
         return bz2.BZ2File(src, "rb")
     if head == b"\xfd7zXZ\x00":
         import lzma
+
         return lzma.LZMAFile(src, "rb")
     return src
 
@@ -653,6 +667,7 @@ def _decompressed(src: BinaryIO) -> BinaryIO:
 def zlib_errors():
     import lzma
     import zlib
+
     return (zlib.error, lzma.LZMAError, gzip.BadGzipFile)
 
 
@@ -678,6 +693,7 @@ def open_output(path: str):
             os.unlink(tmp)
         except OSError:
             pass
+
     return f, commit, abort
 
 
