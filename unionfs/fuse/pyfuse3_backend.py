@@ -86,7 +86,12 @@ class Pyfuse3Operations(pyfuse3.Operations):
             entry = await self.requests.lookup(parent_inode, name)
         except OSError as exc:
             raise FUSEError(exc.errno) from None
-        return _attrs(entry)
+        if entry.node_id:
+            return _attrs(entry)
+        negative = EntryAttributes()  # node id 0: the name is absent, for entry_timeout
+        negative.st_ino = 0
+        negative.entry_timeout = entry.entry_timeout
+        return negative
 
     async def forget(self, inode_list):
         await self.requests.forget(inode_list)
