@@ -1,6 +1,7 @@
 """The pyfuse3 backend only translates: records into pyfuse3's types, OSError into FUSEError."""
 
 import errno
+import logging
 import os
 import stat
 
@@ -11,7 +12,7 @@ import trio
 from unionfs.engine import Union
 from unionfs.fuse import bare_entries
 from unionfs.fuse.pyfuse3_backend import Pyfuse3Operations, _bare
-from unionfs.fuse.requests import UnionRequests
+from unionfs.fuse.requests import Entry, UnionRequests
 
 
 @pytest.fixture
@@ -69,3 +70,17 @@ def test_bare_entry_keeps_d_ino_and_type():
     attrs = _bare(77, stat.S_IFREG)
     assert attrs.st_mode == stat.S_IFREG
     assert attrs.st_ino == (0 if bare_entries.available else 77)  # the node id
+
+
+def test_a_translation_bug_is_eio_and_an_error_line(ops, caplog, monkeypatch):
+    # pyfuse3 ends the session on any exception but FUSEError: a record it cannot take must not do that
+    async def broken_record(node_id):
+        return Entry(node_id, 0, node_id, None, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1.0, 1.0)
+
+    monkeypatch.setattr(ops.requests, "getattr", broken_record)
+    with caplog.at_level(logging.ERROR, logger="unionfs"):
+        with pytest.raises(pyfuse3.FUSEError) as exc:
+            trio.run(ops.getattr, 1)
+    assert exc.value.errno == errno.EIO
+    assert [r.getMessage().split(" Entry(")[0] for r in caplog.records] == ["ERROR translating entry"]
+    assert caplog.records[0].exc_info[0] is TypeError

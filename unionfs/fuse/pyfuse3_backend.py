@@ -2,8 +2,13 @@
 
 Each handler only converts: pyfuse3's arguments into plain values, the request layer's records into
 pyfuse3's (one EntryAttributes straight from an Entry, no dict in between), and OSError into FUSEError.
-Every decision is the request layer's (requests.py), which also holds the error boundary.
+Every decision is the request layer's (requests.py), which also holds the error boundary; a failure
+of a translation here (a bug) is answered EIO with an ERROR line too: pyfuse3 would end the session on
+any exception but FUSEError.
 """
+
+import errno
+import logging
 
 import pyfuse3
 from pyfuse3 import EntryAttributes, FileInfo, FUSEError, readdir_reply
@@ -12,46 +17,56 @@ from . import bare_entries
 from . import loop as fuse_loop
 from .requests import SetAttr, UnionRequests
 
+log = logging.getLogger("unionfs")
+
 _NO_CHANGES = SetAttr()
+
+
+def _untranslatable(what, value) -> FUSEError:
+    log.exception("ERROR translating %s %r for pyfuse3", what, value)
+    return FUSEError(errno.EIO)
 
 
 def _attrs(entry) -> EntryAttributes:
     """An Entry as pyfuse3's EntryAttributes (its st_ino is the node id and st_ino together)."""
-    (
-        node_id,
-        generation,
-        _st_ino,
-        mode,
-        nlink,
-        uid,
-        gid,
-        rdev,
-        size,
-        blksize,
-        blocks,
-        atime_ns,
-        mtime_ns,
-        ctime_ns,
-        entry_timeout,
-        attr_timeout,
-    ) = entry
-    attr = EntryAttributes()
-    attr.st_ino = node_id
-    attr.generation = generation
-    attr.entry_timeout = entry_timeout
-    attr.attr_timeout = attr_timeout
-    attr.st_mode = mode
-    attr.st_nlink = nlink
-    attr.st_uid = uid
-    attr.st_gid = gid
-    attr.st_rdev = rdev
-    attr.st_size = size
-    attr.st_blksize = blksize
-    attr.st_blocks = blocks
-    attr.st_atime_ns = atime_ns
-    attr.st_mtime_ns = mtime_ns
-    attr.st_ctime_ns = ctime_ns
-    return attr
+    try:
+        (
+            node_id,
+            generation,
+            _st_ino,
+            mode,
+            nlink,
+            uid,
+            gid,
+            rdev,
+            size,
+            blksize,
+            blocks,
+            atime_ns,
+            mtime_ns,
+            ctime_ns,
+            entry_timeout,
+            attr_timeout,
+        ) = entry
+        attr = EntryAttributes()
+        attr.st_ino = node_id
+        attr.generation = generation
+        attr.entry_timeout = entry_timeout
+        attr.attr_timeout = attr_timeout
+        attr.st_mode = mode
+        attr.st_nlink = nlink
+        attr.st_uid = uid
+        attr.st_gid = gid
+        attr.st_rdev = rdev
+        attr.st_size = size
+        attr.st_blksize = blksize
+        attr.st_blocks = blocks
+        attr.st_atime_ns = atime_ns
+        attr.st_mtime_ns = mtime_ns
+        attr.st_ctime_ns = ctime_ns
+        return attr
+    except Exception:
+        raise _untranslatable("entry", entry) from None
 
 
 def _bare(ino, ftype) -> EntryAttributes:
@@ -65,7 +80,10 @@ def _bare(ino, ftype) -> EntryAttributes:
 
 
 def _file_info(opened) -> FileInfo:
-    return FileInfo(fh=opened.fh, keep_cache=opened.keep_cache, direct_io=opened.direct_io)
+    try:
+        return FileInfo(fh=opened.fh, keep_cache=opened.keep_cache, direct_io=opened.direct_io)
+    except Exception:
+        raise _untranslatable("open reply", opened) from None
 
 
 class Pyfuse3Operations(pyfuse3.Operations):
@@ -140,15 +158,18 @@ class Pyfuse3Operations(pyfuse3.Operations):
         except OSError as exc:
             raise FUSEError(exc.errno) from None
         out = pyfuse3.StatvfsData()
-        out.f_bsize = vfs.bsize
-        out.f_frsize = vfs.frsize
-        out.f_blocks = vfs.blocks
-        out.f_bfree = vfs.bfree
-        out.f_bavail = vfs.bavail
-        out.f_files = vfs.files
-        out.f_ffree = vfs.ffree
-        out.f_favail = vfs.favail
-        out.f_namemax = vfs.namemax
+        try:
+            out.f_bsize = vfs.bsize
+            out.f_frsize = vfs.frsize
+            out.f_blocks = vfs.blocks
+            out.f_bfree = vfs.bfree
+            out.f_bavail = vfs.bavail
+            out.f_files = vfs.files
+            out.f_ffree = vfs.ffree
+            out.f_favail = vfs.favail
+            out.f_namemax = vfs.namemax
+        except Exception:
+            raise _untranslatable("statfs", vfs) from None
         return out
 
     # ----------------------------------------------------------- directories
