@@ -18,7 +18,7 @@ import itertools
 import logging
 import os
 import stat
-from typing import NamedTuple, Optional
+from typing import List, NamedTuple, Optional, Tuple
 
 import trio
 
@@ -492,7 +492,7 @@ class UnionRequests:
         except Exception as exc:
             raise _failure(exc, "open", (node_id, flags)) from None
 
-    async def create(self, parent_id: int, name: bytes, mode: int, flags: int, ctx) -> tuple:
+    async def create(self, parent_id: int, name: bytes, mode: int, flags: int, ctx) -> Tuple[Opened, Entry]:
         """(Opened, Entry) of the new file parent/name, open with *flags*."""
         try:
             node, handle, st = self.union.create(self._node(parent_id), name, mode, flags, self._caller(ctx))
@@ -536,7 +536,7 @@ class UnionRequests:
         except Exception as exc:
             raise _failure(exc, "getxattr", (node_id, name)) from None
 
-    async def listxattr(self, node_id: int) -> list:
+    async def listxattr(self, node_id: int) -> List[bytes]:
         """The names (bytes) of the node's xattrs."""
         try:
             return self.union.listxattr(self._node(node_id))
