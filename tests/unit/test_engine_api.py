@@ -193,7 +193,7 @@ class FsExec:
 
 
 class EngineExec:
-    """unionfs.Union directly: nodes, handles and names as bytes (what fuse_ops does for the kernel)."""
+    """unionfs.Union directly: nodes, handles and names as bytes (what the request layer does for the kernel)."""
 
     def __init__(self, u: Union):
         self.u = u

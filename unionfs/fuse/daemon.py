@@ -6,6 +6,9 @@ SIGINT, SIGTERM and SIGHUP end the loop; the mount is always closed on the way o
 Start-up time counts (a container engine execs the mount program for every container), so the work
 before the mount is only what the mount needs: the layers checked (Union), pyfuse3 and the handlers.
 logging.handlers is imported only when the background daemon logs to syslog, after the mount.
+
+`open_requests` (the layers and the request layer, from the options) knows no FUSE binding; the
+steps after it (`_mount`, `_serve`, `_stop_on_signal`) are pyfuse3's.
 """
 
 import gc
@@ -20,7 +23,8 @@ import trio
 
 from ..engine import LayerInUse, Union
 from . import loop as fuse_loop
-from .operations import UnionOperations
+from .pyfuse3_backend import Pyfuse3Operations
+from .requests import UnionRequests
 
 log = logging.getLogger("unionfs")
 
@@ -116,12 +120,8 @@ async def _stop_on_signal():
             return
 
 
-def run(opts, gc_after_mount: bool = False) -> int:
-    """Mount and serve until unmounted. *gc_after_mount*: freeze what exists and turn the garbage
-    collector on once the mount is made (cli.main turns it off for the start-up, see there)."""
-    os.umask(0)  # modes of new entries come from the caller (the kernel applied its umask)
-    _raise_fd_limit()
-    _setup_logging(opts, to_stderr=True)
+def open_requests(opts) -> UnionRequests:
+    """The union of the options' layers and the request layer over it, for any backend."""
     lowers, upper, work = opts.lowers, opts.upper, opts.work
     if opts.readonly and upper is not None:
         # `ro` with an upper: the upper is shown as the topmost layer and nothing is written.
@@ -143,12 +143,17 @@ def run(opts, gc_after_mount: bool = False) -> int:
         raise MountError(exc.strerror) from None
     except OSError as exc:
         raise MountError("cannot open the layers: %s" % exc) from None
-    ops = UnionOperations(union, timeout=opts.timeout, uid_map=opts.uid_map, gid_map=opts.gid_map)
+    return UnionRequests(union, timeout=opts.timeout, uid_map=opts.uid_map, gid_map=opts.gid_map)
+
+
+def _mount(requests: UnionRequests, opts) -> None:
+    """Mount through pyfuse3; on failure the layers are let go and MountError says why in one line."""
+    ops = Pyfuse3Operations(requests)
     fuse_loop.install()
     try:
         pyfuse3.init(ops, opts.mountpoint, fuse_options(opts))
     except Exception as exc:
-        union.close()
+        requests.union.close()
         if not os.access("/dev/fuse", os.R_OK | os.W_OK):
             # libfuse printed its reason on a line of its own; the one line must say it.
             try:
@@ -161,6 +166,17 @@ def run(opts, gc_after_mount: bool = False) -> int:
                 "cannot mount %s: /dev/fuse is not usable by this user (mode %s)" % (opts.mountpoint, mode)
             ) from None
         raise MountError("cannot mount %s: %s" % (opts.mountpoint, exc)) from None
+
+
+def run(opts, gc_after_mount: bool = False) -> int:
+    """Mount and serve until unmounted. *gc_after_mount*: freeze what exists and turn the garbage
+    collector on once the mount is made (cli.main turns it off for the start-up, see there)."""
+    os.umask(0)  # modes of new entries come from the caller (the kernel applied its umask)
+    _raise_fd_limit()
+    _setup_logging(opts, to_stderr=True)
+    requests = open_requests(opts)
+    union = requests.union
+    _mount(requests, opts)
     if not opts.foreground:
         _daemonize()
         _setup_logging(opts, to_stderr=False)

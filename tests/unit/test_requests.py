@@ -1,0 +1,334 @@
+"""The request layer (unionfs/fuse/requests.py) called directly on plain directories: no FUSE, no mount."""
+
+import errno
+import logging
+import os
+import stat
+
+import pytest
+import trio
+
+from unionfs.engine import Union
+from unionfs.engine.idmap import IdMap
+from unionfs.fuse import requests as requests_mod
+from unionfs.fuse.requests import Context, Entry, Opened, SetAttr, Statfs, UnionRequests
+
+ROOT_ID = 1
+ROOT = Context(0, 0, 1, 0o022)
+
+
+def write(path, data=b"", mode=None):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(data)
+    if mode is not None:
+        os.chmod(path, mode)
+
+
+@pytest.fixture
+def layers(tmp_path):
+    """lower (read-only), upper, work; returns a function that opens a UnionRequests over them."""
+    dirs = {name: str(tmp_path / name) for name in ("lower", "upper", "work")}
+    for d in dirs.values():
+        os.mkdir(d)
+    opened = []
+
+    def open_requests(timeout=300.0, **kw):
+        union = Union([dirs["lower"]], dirs["upper"], dirs["work"])
+        opened.append(union)
+        return UnionRequests(union, timeout=timeout, **kw)
+
+    open_requests.dirs = dirs
+    yield open_requests
+    for union in opened:
+        union.close()
+
+
+def run(fn, *args):
+    return trio.run(fn, *args)
+
+
+def errno_of(fn, *args) -> int:
+    with pytest.raises(OSError) as exc:
+        run(fn, *args)
+    return exc.value.errno
+
+
+def test_lookup_and_getattr_give_plain_records(layers):
+    write(f"{layers.dirs['lower']}/f", b"hello", mode=0o640)
+    os.chown(f"{layers.dirs['lower']}/f", 1000, 1001)
+    r = layers(timeout=7.0)
+    entry = run(r.lookup, ROOT_ID, b"f")
+    st = os.lstat(f"{layers.dirs['lower']}/f")
+    assert isinstance(entry, Entry)
+    assert entry.node_id == entry.st_ino and entry.node_id not in (0, ROOT_ID)
+    assert entry.generation == 0
+    assert (entry.mode, entry.nlink, entry.uid, entry.gid, entry.size) == (stat.S_IFREG | 0o640, 1, 1000, 1001, 5)
+    assert (entry.atime_ns, entry.mtime_ns, entry.ctime_ns) == (st.st_atime_ns, st.st_mtime_ns, st.st_ctime_ns)
+    assert (entry.blksize, entry.blocks, entry.rdev) == (st.st_blksize, st.st_blocks, 0)
+    assert (entry.entry_timeout, entry.attr_timeout) == (7.0, 7.0)
+    assert run(r.getattr, entry.node_id) == entry
+    with pytest.raises(AttributeError):
+        entry.size = 0  # frozen
+    root = run(r.getattr, ROOT_ID)
+    assert root.node_id == ROOT_ID and stat.S_ISDIR(root.mode)
+
+
+def test_negative_lookup_is_an_entry_with_no_node(layers):
+    r = layers(timeout=9.0)
+    entry = run(r.lookup, ROOT_ID, b"absent")
+    assert entry.node_id == 0 and entry.st_ino == 0 and entry.mode == 0
+    assert entry.entry_timeout == 9.0  # the absence is cached as long as a name
+
+
+def test_shared_lower_name_gets_zero_entry_timeout(layers):
+    lower = layers.dirs["lower"]
+    write(f"{lower}/a", b"linked")
+    os.link(f"{lower}/a", f"{lower}/b")
+    write(f"{lower}/single", b"s")
+    r = layers()
+    a = run(r.lookup, ROOT_ID, b"a")
+    assert a.nlink == 2
+    # copy-up splits the names: the kernel must ask for each name every time
+    assert a.entry_timeout == 0 and a.attr_timeout == 300.0
+    assert run(r.lookup, ROOT_ID, b"single").entry_timeout == 300.0
+
+
+def test_ids_are_shown_and_stored_through_the_maps(layers):
+    write(f"{layers.dirs['lower']}/f", b"x")
+    os.chown(f"{layers.dirs['lower']}/f", 100000, 100000)
+    r = layers(uid_map=IdMap.parse("100000:0:65536", "uidmapping"), gid_map=IdMap.parse("100000:0:65536", "gidmapping"))
+    entry = run(r.lookup, ROOT_ID, b"f")
+    assert (entry.uid, entry.gid) == (0, 0)
+    created = run(r.mkdir, ROOT_ID, b"d", 0o755, Context(5, 6))
+    assert (created.uid, created.gid) == (5, 6)
+    st = os.lstat(f"{layers.dirs['upper']}/d")
+    assert (st.st_uid, st.st_gid) == (100005, 100006)  # stored as the host ids
+    after = run(r.setattr, entry.node_id, SetAttr(uid=7), None)
+    assert after.uid == 7 and os.lstat(f"{layers.dirs['upper']}/f").st_uid == 100007
+
+
+def test_create_write_read_release(layers):
+    r = layers()
+
+    async def scenario():
+        opened, entry = await r.create(ROOT_ID, b"new", stat.S_IFREG | 0o644, os.O_RDWR | os.O_CREAT, ROOT)
+        assert isinstance(opened, Opened) and opened.fh > 0 and opened.keep_cache and not opened.direct_io
+        assert stat.S_ISREG(entry.mode) and entry.size == 0
+        assert await r.write(opened.fh, 0, b"hello world") == 11
+        assert await r.read(opened.fh, 6, 100) == b"world"
+        await r.fsync(opened.fh, False)
+        await r.release(opened.fh)
+        again = await r.lookup(ROOT_ID, b"new")
+        assert again.node_id == entry.node_id and again.size == 11
+        reopened = await r.open(entry.node_id, os.O_RDONLY)
+        assert reopened.fh != opened.fh
+        assert await r.read(reopened.fh, 0, 5) == b"hello"
+        await r.release(reopened.fh)
+
+    run(scenario)
+    with open(f"{layers.dirs['upper']}/new", "rb") as f:
+        assert f.read() == b"hello world"
+
+
+def test_unlink_of_a_lower_file_leaves_a_whiteout(layers):
+    write(f"{layers.dirs['lower']}/f", b"lower")
+    r = layers()
+
+    async def scenario():
+        await r.lookup(ROOT_ID, b"f")
+        await r.unlink(ROOT_ID, b"f")
+        assert (await r.lookup(ROOT_ID, b"f")).node_id == 0
+
+    run(scenario)
+    st = os.lstat(f"{layers.dirs['upper']}/f")
+    assert stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
+    assert os.path.exists(f"{layers.dirs['lower']}/f")  # the lower layer is never written
+
+
+def test_open_for_writing_copies_up_a_big_file_in_a_thread(layers):
+    size = requests_mod.THREAD_COPY_MIN + 4096
+    write(f"{layers.dirs['lower']}/big", b"b" * size)
+    r = layers()
+    waits = []
+    r.before_wait = lambda: waits.append(trio.lowlevel.current_task().name)
+
+    async def scenario():
+        entry = await r.lookup(ROOT_ID, b"big")
+        opened = await r.open(entry.node_id, os.O_WRONLY)
+        assert await r.write(opened.fh, size, b"!") == 1
+        await r.release(opened.fh)
+
+    run(scenario)
+    assert len(waits) == 1  # the backend was told before the copy thread ran
+    assert os.path.getsize(f"{layers.dirs['upper']}/big") == size + 1
+    assert os.path.getsize(f"{layers.dirs['lower']}/big") == size
+    assert r._copy_locks == {}
+
+
+def test_setattr_truncate_copies_up_and_ctime_only_changes_nothing(layers):
+    write(f"{layers.dirs['lower']}/f", b"0123456789")
+    r = layers()
+    entry = run(r.lookup, ROOT_ID, b"f")
+    same = run(r.setattr, entry.node_id, SetAttr(), None)
+    assert same == entry and not os.path.exists(f"{layers.dirs['upper']}/f")
+    after = run(r.setattr, entry.node_id, SetAttr(size=4, mode=0o600, mtime_ns=10**18), None)
+    assert (after.size, stat.S_IMODE(after.mode), after.mtime_ns) == (4, 0o600, 10**18)
+    with open(f"{layers.dirs['upper']}/f", "rb") as f:
+        assert f.read() == b"0123"
+
+
+def test_readdir_offsets_and_a_full_reply(layers):
+    for name in ("a", "b", "c"):
+        write(f"{layers.dirs['lower']}/{name}", name.encode())
+    r = layers()
+    union = r.union
+    r.bare_entries = True
+
+    async def scenario():
+        fh = await r.opendir(ROOT_ID)
+        seen = []
+
+        def take_three(name, ino, ftype, entry, next_offset):
+            if len(seen) == 3:
+                return False  # full: this entry is not sent
+            seen.append((name, ino, ftype, entry, next_offset))
+            return True
+
+        await r.readdir(fh, 0, take_three)
+        assert [(s[0], s[4]) for s in seen] == [(b".", 1), (b"..", 2), (seen[2][0], 3)]
+        assert seen[0][1] == ROOT_ID and seen[0][2] == stat.S_IFDIR and seen[0][3] is None
+        first = seen[2]
+        assert first[3] is not None and first[3].node_id == first[1] and first[2] == stat.S_IFREG
+        rejected = [n for n in (b"a", b"b", b"c") if n != first[0]][0]
+        # the entry the reply refused took no reference
+        child = union.nodes.root.children.get(rejected)
+        assert child is None or child.lookups == 0
+
+        rest = []
+        await r.readdir(fh, 3, lambda *e: rest.append(e) or True)
+        assert [e[4] for e in rest] == [4, 5]
+        assert sorted([first[0]] + [e[0] for e in rest]) == [b"a", b"b", b"c"]
+        assert all(e[3] is not None for e in rest)
+
+        # again from 0: the kernel holds every file now, so they go bare (d_ino and d_type only)
+        again = []
+        await r.readdir(fh, 0, lambda *e: again.append(e) or True)
+        assert [e[0] for e in again[2:]] == [first[0]] + [e[0] for e in rest]
+        assert all(e[3] is None for e in again)
+        assert [e[1] for e in again[2:]] == [first[3].node_id] + [e[3].node_id for e in rest]
+        await r.releasedir(fh)
+        for name in (b"a", b"b", b"c"):
+            assert union.nodes.root.children[name].lookups == 1
+
+    run(scenario)
+
+
+def test_readdir_without_plus_takes_no_references(layers):
+    write(f"{layers.dirs['lower']}/f", b"x")
+    os.mkdir(f"{layers.dirs['lower']}/d")
+    r = layers()
+
+    async def scenario():
+        fh = await r.opendir(ROOT_ID)
+        got = []
+        await r.readdir(fh, 0, lambda *e: got.append(e) or True, plus=False)
+        await r.releasedir(fh)
+        for name in (b"d", b"f"):
+            child = r.union.nodes.root.children.get(name)
+            assert child is None or child.lookups == 0
+        return got
+
+    got = run(scenario)
+    assert sorted((e[0], e[2]) for e in got[2:]) == [(b"d", stat.S_IFDIR), (b"f", stat.S_IFREG)]
+    assert all(e[3] is None for e in got)
+    # d_ino is the st_ino a lookup reports
+    for name, ino, *_ in got[2:]:
+        assert run(r.lookup, ROOT_ID, name).st_ino == ino
+
+
+def test_names_xattrs_and_statfs(layers):
+    write(f"{layers.dirs['lower']}/f", b"x")
+    r = layers()
+
+    async def scenario():
+        f = await r.lookup(ROOT_ID, b"f")
+        link = await r.link(f.node_id, ROOT_ID, b"g")
+        assert link.node_id == f.node_id and link.nlink == 2
+        await r.rename(ROOT_ID, b"g", ROOT_ID, b"h", 0)
+        sym = await r.symlink(ROOT_ID, b"s", b"h", ROOT)
+        assert stat.S_ISLNK(sym.mode) and await r.readlink(sym.node_id) == b"h"
+        fifo = await r.mknod(ROOT_ID, b"p", stat.S_IFIFO | 0o600, 0, ROOT)
+        assert stat.S_ISFIFO(fifo.mode)
+        d = await r.mkdir(ROOT_ID, b"d", 0o700, ROOT)
+        await r.rmdir(ROOT_ID, b"d")
+        assert (await r.lookup(ROOT_ID, b"d")).node_id == 0
+        await r.setxattr(f.node_id, b"user.k", b"v")
+        assert await r.getxattr(f.node_id, b"user.k") == b"v"
+        assert b"user.k" in await r.listxattr(f.node_id)
+        await r.removexattr(f.node_id, b"user.k")
+        vfs = await r.statfs()
+        assert isinstance(vfs, Statfs) and vfs.bsize > 0 and vfs.namemax > 0
+        await r.forget([(d.node_id, 1), (fifo.node_id, 1), (123456789, 1)])
+
+    run(scenario)
+    assert sorted(os.listdir(layers.dirs["upper"])) == ["f", "h", "p", "s"]
+
+
+def test_failed_operations_give_their_errno(layers):
+    write(f"{layers.dirs['lower']}/f", b"x")
+    os.mkdir(f"{layers.dirs['lower']}/d")
+    write(f"{layers.dirs['lower']}/d/inside", b"y")
+    r = layers()
+    f = run(r.lookup, ROOT_ID, b"f")
+    assert errno_of(r.mkdir, ROOT_ID, b"f", 0o755, ROOT) == errno.EEXIST
+    assert errno_of(r.rmdir, ROOT_ID, b"d") == errno.ENOTEMPTY
+    assert errno_of(r.unlink, ROOT_ID, b"absent") == errno.ENOENT
+    assert errno_of(r.getattr, 987654321) == errno.ESTALE
+    assert errno_of(r.lookup, f.node_id, b"x") == errno.ENOTDIR
+    # ENODATA before any copy-up, as the kernel
+    assert errno_of(r.removexattr, f.node_id, b"user.none") == errno.ENODATA
+    assert not os.path.exists(f"{layers.dirs['upper']}/f")
+    assert errno_of(r.rename, ROOT_ID, b"f", ROOT_ID, b"g", 0xFF) == errno.EINVAL
+
+
+def test_error_boundary_turns_a_bug_into_eio_and_an_error_line(layers, caplog, monkeypatch):
+    write(f"{layers.dirs['lower']}/f", b"x")
+    r = layers()
+    f = run(r.lookup, ROOT_ID, b"f")
+
+    def broken(node):
+        raise ValueError("a bug in the engine")
+
+    monkeypatch.setattr(r.union, "getattr", broken)
+    with caplog.at_level(logging.DEBUG, logger="unionfs"):
+        assert errno_of(r.getattr, f.node_id) == errno.EIO
+    errors = [rec for rec in caplog.records if rec.levelno == logging.ERROR]
+    assert len(errors) == 1
+    assert errors[0].getMessage() == "ERROR in getattr(%d,)" % f.node_id
+    assert errors[0].exc_info[0] is ValueError  # the traceback goes to the log
+    assert "a bug in the engine" in caplog.text
+    monkeypatch.undo()
+
+    # an unknown handle is a bug too (the kernel only sends handles it was given)
+    caplog.clear()
+    with caplog.at_level(logging.ERROR, logger="unionfs"):
+        assert errno_of(r.read, 4242, 0, 10) == errno.EIO
+    assert [rec.getMessage() for rec in caplog.records] == ["ERROR in read(4242, 0, 10)"]
+
+
+def test_error_boundary_passes_oserror_without_an_error_line(layers, caplog, monkeypatch):
+    r = layers()
+
+    def denied(node):
+        raise PermissionError(errno.EACCES, "denied")
+
+    def no_errno(node):
+        raise OSError("no errno")
+
+    with caplog.at_level(logging.INFO, logger="unionfs"):
+        monkeypatch.setattr(r.union, "getattr", denied)
+        assert errno_of(r.getattr, ROOT_ID) == errno.EACCES
+        monkeypatch.setattr(r.union, "getattr", no_errno)
+        assert errno_of(r.getattr, ROOT_ID) == errno.EIO
+    assert caplog.records == []

@@ -1,0 +1,566 @@
+"""The request layer: one async method per FUSE operation over the union engine, plain values in and out.
+
+It knows no FUSE binding. A backend (pyfuse3_backend.py today, the native protocol session next)
+decodes a request into plain values, awaits the method and encodes what it returns: an `Entry` record, a
+file handle (`Opened`), bytes, a `Statfs`, or nothing. Every decision that is not the binding's is made
+here: node ids and the uid/gid mapping as shown, timeouts (a zero entry timeout for a shared lower
+name), the copy-up locks and threads, file and directory handles, listing snapshots.
+
+Every method ends in the one error boundary (`_failure`): an OSError leaves with its errno, any other
+exception leaves as OSError(EIO) with an ERROR log line and its traceback, so the mount never dies.
+Backends turn OSError into their error reply and nothing else.
+Copy-up of a large file runs its byte copy in a worker thread under a per-node lock: other requests go
+on meanwhile, and two opens of one file never copy it twice.
+"""
+
+import errno
+import itertools
+import logging
+import os
+import stat
+from typing import List, NamedTuple, Optional, Tuple
+
+import trio
+
+from ..engine import Caller, Union
+from ..engine.idmap import IdMap
+
+log = logging.getLogger("unionfs")
+
+# Copies smaller than this are done inline: a thread round trip costs more than the copy.
+THREAD_COPY_MIN = 1 << 20
+
+_S_IFDIR = stat.S_IFDIR
+
+
+class Entry(NamedTuple):
+    """A node's attributes as the kernel is to see them, with how long it may cache them.
+
+    node_id 0 is "no node": a negative lookup (cache the absence for entry_timeout; every other field 0).
+    """
+
+    node_id: int
+    generation: int
+    st_ino: int
+    mode: int
+    nlink: int
+    uid: int
+    gid: int
+    rdev: int
+    size: int
+    blksize: int
+    blocks: int
+    atime_ns: int
+    mtime_ns: int
+    ctime_ns: int
+    entry_timeout: float
+    attr_timeout: float
+
+
+class Opened(NamedTuple):
+    """An open file: its handle number and the open flags of the reply."""
+
+    fh: int
+    keep_cache: bool
+    direct_io: bool
+
+
+class SetAttr(NamedTuple):
+    """What a setattr changes; None leaves a field alone. uid/gid as the caller sees them (before the
+    mount's mapping); times in ns since the epoch ("now" already resolved by the backend)."""
+
+    size: Optional[int] = None
+    mode: Optional[int] = None
+    uid: Optional[int] = None
+    gid: Optional[int] = None
+    atime_ns: Optional[int] = None
+    mtime_ns: Optional[int] = None
+
+
+class Statfs(NamedTuple):
+    bsize: int
+    frsize: int
+    blocks: int
+    bfree: int
+    bavail: int
+    files: int
+    ffree: int
+    favail: int
+    namemax: int
+
+
+class Context(NamedTuple):
+    """Who sent a request. Any object with these attributes will do (pyfuse3's RequestContext is
+    passed as it is); only uid and gid are read, for the owner of new entries."""
+
+    uid: int
+    gid: int
+    pid: int = 0
+    umask: int = 0
+
+
+_new = tuple.__new__  # a record straight from a tuple: no Python-level __new__ per reply
+_EIO = os.strerror(errno.EIO)
+
+
+def _failure(exc: Exception, op: str, args: tuple) -> OSError:
+    """THE error boundary: what a failed request raises. OSError keeps its errno (EIO if it has none);
+    anything else is a bug somewhere: EIO, and an ERROR line with the traceback."""
+    if isinstance(exc, OSError):
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("%s%r: %s", op, args, exc)
+        if exc.errno:
+            return exc
+        return OSError(errno.EIO, _EIO)
+    log.error("ERROR in %s%r", op, args, exc_info=exc)
+    return OSError(errno.EIO, _EIO)
+
+
+def _noop():
+    pass
+
+
+class _DirHandle:
+    __slots__ = ("node", "names")
+
+    def __init__(self, node):
+        self.node = node
+        self.names = None  # union.list_entries(), taken at the first readdir from offset 0 (and rewinddir)
+
+
+class UnionRequests:
+    """FUSE requests as async methods over one `Union`.
+
+    Set by the backend before serving:
+    - `before_wait`: called right before a request waits (a copy-up's byte copy in a thread, or another
+      request's copy-up), so the backend can keep reading requests meanwhile.
+    - `bare_entries`: whether the backend can send a readdirplus entry without attributes (node id 0).
+    """
+
+    # What the backend asks the kernel for at INIT (FUSE capabilities):
+    # The write-back cache is off: with it the kernel flushes its own mtime/ctime with a setattr at
+    # close, which cannot be told from a user's utimes and would copy a lower file up (or fail on an
+    # unlinked one). Measured it gained little: 4 KiB writes cost a getxattr(security.capability)
+    # request each either way, and 1 MiB writes ran at the same speed.
+    writeback_cache = False
+    posix_acl = True  # the engine keeps system.posix_acl_* xattrs; the kernel enforces them
+    dot_lookup = True  # lookup of "." and ".." answers (export by file handle)
+
+    def __init__(self, union: Union, timeout: float = 300.0, uid_map: IdMap = None, gid_map: IdMap = None):
+        self.union = union
+        union.writes_need_reads = self.writeback_cache
+        self.timeout = timeout
+        self.uid_map = uid_map or IdMap()
+        self.gid_map = gid_map or IdMap()
+        self.before_wait = _noop
+        self.bare_entries = True
+        self._node = union.nodes.get
+        self._files = {}
+        self._dirs = {}
+        self._fh = itertools.count(1)
+        self._copy_locks = {}
+        self._copy_limiter = trio.CapacityLimiter(4)
+        self._negative = Entry(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, timeout, timeout)
+
+    # ----------------------------------------------------------- helpers
+
+    def _entry(self, node, st) -> Entry:
+        timeout = self.timeout
+        return _new(
+            Entry,
+            (
+                node.id,
+                0,
+                node.id,
+                st.st_mode,
+                self.union.reported_nlink(node, st),
+                self.uid_map.shown(st.st_uid),
+                self.gid_map.shown(st.st_gid),
+                st.st_rdev,
+                st.st_size,
+                st.st_blksize,
+                st.st_blocks,
+                st.st_atime_ns,
+                st.st_mtime_ns,
+                st.st_ctime_ns,
+                # A lower file with several names is split by copy-up; a zero entry timeout makes the
+                # kernel ask for the name each time, so the daemon knows which name is being changed.
+                0 if node.shared_lower else timeout,
+                timeout,
+            ),
+        )
+
+    def _caller(self, ctx) -> Caller:
+        """The owner new entries get on disk (after uidmapping/gidmapping)."""
+        return Caller(self.uid_map.stored(ctx.uid), self.gid_map.stored(ctx.gid))
+
+    async def _copy_up(self, node, with_data=True):
+        """Copy a node up unless it is there already; big copies run in a worker thread."""
+        union = self.union
+        if union.is_upper(node):
+            return
+        if node.is_dir:
+            union.ensure_upper_dir(node)
+            return
+        lock = self._copy_locks.setdefault(node.id, trio.Lock())
+        try:
+            if lock.locked():
+                self.before_wait()
+            async with lock:
+                if union.is_upper(node):
+                    return
+                job = union.copy_up_begin(node, with_data)
+                try:
+                    if job.data_size >= THREAD_COPY_MIN:
+                        self.before_wait()
+                        await trio.to_thread.run_sync(job.copy_data, limiter=self._copy_limiter)
+                    else:
+                        job.copy_data()
+                    union.copy_up_commit(job)
+                finally:
+                    union.copy_up_abort(job)
+        finally:
+            if not lock.locked() and lock.statistics().tasks_waiting == 0:
+                self._copy_locks.pop(node.id, None)
+
+    async def _settled(self, node):
+        """Wait for a copy-up of this node in flight (before removing or renaming it)."""
+        lock = self._copy_locks.get(node.id)
+        if lock is not None:
+            if lock.locked():
+                self.before_wait()
+            async with lock:
+                pass
+
+    async def _settled_child(self, parent, name):
+        try:
+            child = self.union.child(parent, name)
+        except OSError:
+            return None
+        await self._settled(child)
+        return child
+
+    # ----------------------------------------------------------- lookup and attributes
+
+    async def lookup(self, parent_id: int, name: bytes) -> Entry:
+        """The entry of parent/name, counting one kernel reference; a negative entry (node_id 0) if absent."""
+        try:
+            try:
+                node, st = self.union.lookup(self._node(parent_id), name)
+            except FileNotFoundError:
+                return self._negative
+            return self._entry(node, st)
+        except Exception as exc:
+            raise _failure(exc, "lookup", (parent_id, name)) from None
+
+    async def forget(self, items) -> None:
+        """Drop kernel references: *items* is an iterable of (node_id, count). Never raises."""
+        for node_id, count in items:
+            try:
+                self.union.forget(node_id, count)
+            except Exception:
+                log.exception("ERROR in forget(%d, %d)", node_id, count)
+
+    async def getattr(self, node_id: int) -> Entry:
+        try:
+            node = self._node(node_id)
+            return self._entry(node, self.union.getattr(node))
+        except Exception as exc:
+            raise _failure(exc, "getattr", (node_id,)) from None
+
+    async def setattr(self, node_id: int, changes: SetAttr, fh: Optional[int] = None) -> Entry:
+        """Change what *changes* names (on the open file *fh* where given); the attributes after."""
+        try:
+            node = self._node(node_id)
+            size, mode, uid, gid, atime_ns, mtime_ns = changes
+            if size is None and mode is None and uid is None and gid is None and atime_ns is None and mtime_ns is None:
+                # Only ctime (the write-back cache flushes it after unlink or rename): the backing file
+                # keeps its own; nothing to copy up.
+                return self._entry(node, self.union.getattr(node))
+            await self._settled(node)
+            if self.union.upper is not None and node.names:
+                await self._copy_up(node, with_data=size != 0)
+            st = self.union.setattr(
+                node,
+                size=size,
+                mode=mode,
+                uid=None if uid is None else self.uid_map.stored(uid),
+                gid=None if gid is None else self.gid_map.stored(gid),
+                atime_ns=atime_ns,
+                mtime_ns=mtime_ns,
+                handle=self._files.get(fh) if fh is not None else None,
+            )
+            return self._entry(node, st)
+        except Exception as exc:
+            raise _failure(exc, "setattr", (node_id, changes, fh)) from None
+
+    async def readlink(self, node_id: int) -> bytes:
+        try:
+            return self.union.readlink(self._node(node_id))
+        except Exception as exc:
+            raise _failure(exc, "readlink", (node_id,)) from None
+
+    async def statfs(self) -> Statfs:
+        try:
+            vfs = self.union.statfs()
+            return Statfs(
+                vfs.f_bsize,
+                vfs.f_frsize,
+                vfs.f_blocks,
+                vfs.f_bfree,
+                vfs.f_bavail,
+                vfs.f_files,
+                vfs.f_ffree,
+                vfs.f_favail,
+                vfs.f_namemax,
+            )
+        except Exception as exc:
+            raise _failure(exc, "statfs", ()) from None
+
+    # ----------------------------------------------------------- directories
+
+    async def opendir(self, node_id: int) -> int:
+        """A directory handle number."""
+        try:
+            node = self._node(node_id)
+            self.union.opendir(node)
+            fh = next(self._fh)
+            self._dirs[fh] = _DirHandle(node)
+            return fh
+        except Exception as exc:
+            raise _failure(exc, "opendir", (node_id,)) from None
+
+    async def readdir(self, fh: int, offset: int, reply, plus: bool = True) -> None:
+        """List the directory from *offset* (0, or a next_offset given before) by calling
+        reply(name: bytes, ino: int, ftype: int, entry: Entry | None, next_offset: int) -> bool
+        for each entry until it returns False (the reply is full; that entry was not sent).
+
+        ino is the entry's d_ino, ftype its S_IFMT bits. With *plus*, *entry* carries the attributes
+        and one kernel reference of the node (taken back here if reply returns False), or is None:
+        "." and "..", and files the kernel holds already, go without attributes when `bare_entries`
+        (readdirplus with node id 0). Without *plus* *entry* is always None and no reference is taken.
+        """
+        try:
+            handle = self._dirs[fh]
+            node = handle.node
+            union = self.union
+            if offset == 0 or handle.names is None:
+                handle.names = [(b".", _S_IFDIR, None), (b"..", _S_IFDIR, None)] + union.list_entries(node)
+            entries = handle.names
+            bare = self.bare_entries and plus
+            for index in range(offset, len(entries)):
+                name, ftype, scanned = entries[index]
+                if index < 2:
+                    # The kernel takes no lookup reference for "." and ".." and reads no attributes of
+                    # them (fuse_direntplus_link skips them): d_ino and d_type are all that count.
+                    target = node if index == 0 else (node.parent or union.root)
+                    if not reply(name, target.id, _S_IFDIR, None, index + 1):
+                        return
+                    continue
+                child = node.children.get(name)
+                if not plus:
+                    if scanned is not None:
+                        child = union.attach_scanned(node, scanned)[0]
+                    elif child is None:
+                        try:
+                            child = union.child(node, name)
+                        except OSError:
+                            continue  # gone behind the mount since
+                    ino = child.id
+                    union.forget(ino, 0)  # a node nobody holds is not kept for this
+                    if not reply(name, ino, ftype, None, index + 1):
+                        return
+                    continue
+                # A file the kernel holds goes without attributes (bare_entries.py): a refresh would
+                # drop its cached ACLs. Directories keep theirs: reading a directory makes the kernel
+                # drop its atime, and without this refresh the walker's next stat of it would be a
+                # request. A shared lower file is looked up by name each time (entry_timeout 0).
+                if (
+                    bare
+                    and child is not None
+                    and child.lookups > 0
+                    and not child.is_dir
+                    and not child.shared_lower
+                    and (scanned is None or union.is_scanned_node(child, scanned))
+                ):
+                    if not reply(name, child.id, ftype, None, index + 1):
+                        return
+                    continue
+                if scanned is None:  # a listing kept from before: the entry's attributes are looked up
+                    try:
+                        child, st = union.lookup(node, name)
+                    except OSError:
+                        continue  # gone behind the mount since
+                else:
+                    child, st = union.lookup_scanned(node, scanned)
+                if not reply(name, child.id, ftype, self._entry(child, st), index + 1):
+                    union.forget(child.id, 1)
+                    return
+        except Exception as exc:
+            raise _failure(exc, "readdir", (fh, offset)) from None
+
+    async def releasedir(self, fh: int) -> None:
+        try:
+            handle = self._dirs.pop(fh)
+            self.union.releasedir(handle.node)
+        except Exception as exc:
+            raise _failure(exc, "releasedir", (fh,)) from None
+
+    async def fsyncdir(self, fh: int, datasync: bool) -> None:
+        pass
+
+    async def mkdir(self, parent_id: int, name: bytes, mode: int, ctx) -> Entry:
+        try:
+            node, st = self.union.mkdir(self._node(parent_id), name, mode, self._caller(ctx))
+            return self._entry(node, st)
+        except Exception as exc:
+            raise _failure(exc, "mkdir", (parent_id, name, mode)) from None
+
+    async def rmdir(self, parent_id: int, name: bytes) -> None:
+        try:
+            parent = self._node(parent_id)
+            await self._settled_child(parent, name)
+            self.union.rmdir(parent, name)
+        except Exception as exc:
+            raise _failure(exc, "rmdir", (parent_id, name)) from None
+
+    # ----------------------------------------------------------- names
+
+    async def mknod(self, parent_id: int, name: bytes, mode: int, rdev: int, ctx) -> Entry:
+        try:
+            node, st = self.union.mknod(self._node(parent_id), name, mode, rdev, self._caller(ctx))
+            return self._entry(node, st)
+        except Exception as exc:
+            raise _failure(exc, "mknod", (parent_id, name, mode)) from None
+
+    async def symlink(self, parent_id: int, name: bytes, target: bytes, ctx) -> Entry:
+        try:
+            node, st = self.union.symlink(self._node(parent_id), name, target, self._caller(ctx))
+            return self._entry(node, st)
+        except Exception as exc:
+            raise _failure(exc, "symlink", (parent_id, name, target)) from None
+
+    async def link(self, node_id: int, new_parent_id: int, new_name: bytes) -> Entry:
+        try:
+            node = self._node(node_id)
+            await self._settled(node)
+            self.union.check_link(new_name)
+            await self._copy_up(node)
+            linked, st = self.union.link(node, self._node(new_parent_id), new_name)
+            return self._entry(linked, st)
+        except Exception as exc:
+            raise _failure(exc, "link", (node_id, new_parent_id, new_name)) from None
+
+    async def unlink(self, parent_id: int, name: bytes) -> None:
+        try:
+            parent = self._node(parent_id)
+            await self._settled_child(parent, name)
+            self.union.unlink(parent, name)
+        except Exception as exc:
+            raise _failure(exc, "unlink", (parent_id, name)) from None
+
+    async def rename(self, parent_id: int, name: bytes, new_parent_id: int, new_name: bytes, flags: int = 0) -> None:
+        """flags: renameat2's RENAME_NOREPLACE or RENAME_EXCHANGE (any other: EINVAL)."""
+        try:
+            union = self.union
+            parent = self._node(parent_id)
+            new_parent = self._node(new_parent_id)
+            node = await self._settled_child(parent, name)
+            await self._settled_child(new_parent, new_name)
+            if node is not None and not node.is_dir and union.upper is not None:
+                union.check_rename(parent, name, new_parent, new_name, flags)
+                await self._copy_up(node)
+            union.rename(parent, name, new_parent, new_name, flags)
+        except Exception as exc:
+            raise _failure(exc, "rename", (parent_id, name, new_parent_id, new_name)) from None
+
+    # ----------------------------------------------------------- files
+
+    def _opened(self, handle) -> Opened:
+        fh = next(self._fh)
+        self._files[fh] = handle
+        return _new(Opened, (fh, True, False))
+
+    async def open(self, node_id: int, flags: int) -> Opened:
+        """flags: open(2) flags as the kernel passes them."""
+        try:
+            node = self._node(node_id)
+            if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC) and self.union.upper is not None:
+                await self._settled(node)
+                await self._copy_up(node, with_data=not flags & os.O_TRUNC)
+            return self._opened(self.union.open(node, flags))
+        except Exception as exc:
+            raise _failure(exc, "open", (node_id, flags)) from None
+
+    async def create(self, parent_id: int, name: bytes, mode: int, flags: int, ctx) -> Tuple[Opened, Entry]:
+        """(Opened, Entry) of the new file parent/name, open with *flags*."""
+        try:
+            node, handle, st = self.union.create(self._node(parent_id), name, mode, flags, self._caller(ctx))
+            return self._opened(handle), self._entry(node, st)
+        except Exception as exc:
+            raise _failure(exc, "create", (parent_id, name, mode, flags)) from None
+
+    async def read(self, fh: int, offset: int, size: int) -> bytes:
+        try:
+            return self.union.read(self._files[fh], offset, size)
+        except Exception as exc:
+            raise _failure(exc, "read", (fh, offset, size)) from None
+
+    async def write(self, fh: int, offset: int, data: bytes) -> int:
+        """The number of bytes written."""
+        try:
+            return self.union.write(self._files[fh], offset, data)
+        except Exception as exc:
+            raise _failure(exc, "write", (fh, offset, len(data))) from None
+
+    # No flush: writes reach the backing file at once, so close(2) has nothing to report. A backend
+    # answers ENOSYS and the kernel stops sending FLUSH: one request less per close.
+
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        try:
+            self.union.fsync(self._files[fh], datasync)
+        except Exception as exc:
+            raise _failure(exc, "fsync", (fh, datasync)) from None
+
+    async def release(self, fh: int) -> None:
+        try:
+            self.union.release(self._files.pop(fh))
+        except Exception as exc:
+            raise _failure(exc, "release", (fh,)) from None
+
+    # ----------------------------------------------------------- xattrs
+
+    async def getxattr(self, node_id: int, name: bytes) -> bytes:
+        try:
+            return self.union.getxattr(self._node(node_id), name)
+        except Exception as exc:
+            raise _failure(exc, "getxattr", (node_id, name)) from None
+
+    async def listxattr(self, node_id: int) -> List[bytes]:
+        """The names (bytes) of the node's xattrs."""
+        try:
+            return self.union.listxattr(self._node(node_id))
+        except Exception as exc:
+            raise _failure(exc, "listxattr", (node_id,)) from None
+
+    async def setxattr(self, node_id: int, name: bytes, value: bytes, flags: int = 0) -> None:
+        """flags: XATTR_CREATE / XATTR_REPLACE, or 0."""
+        try:
+            node = self._node(node_id)
+            await self._settled(node)
+            if self.union.upper is not None and not self.union.indexed(node):
+                await self._copy_up(node)
+            self.union.setxattr(node, name, value, flags)
+        except Exception as exc:
+            raise _failure(exc, "setxattr", (node_id, name)) from None
+
+    async def removexattr(self, node_id: int, name: bytes) -> None:
+        try:
+            node = self._node(node_id)
+            await self._settled(node)
+            self.union.getxattr(node, name)  # ENODATA before any copy-up, as the kernel
+            if self.union.upper is not None and not self.union.indexed(node):
+                await self._copy_up(node)
+            self.union.removexattr(node, name)
+        except Exception as exc:
+            raise _failure(exc, "removexattr", (node_id, name)) from None
