@@ -133,9 +133,3 @@ def lstat_at(dir_fd: int, name: bytes) -> os.stat_result:
 
 def join(parent: bytes, name: bytes) -> bytes:
     return parent + b"/" + name if parent else name
-
-
-def split(rel: bytes):
-    """(parent, name) of a non-root relative path."""
-    head, _, tail = rel.rpartition(b"/")
-    return head, tail

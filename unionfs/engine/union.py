@@ -27,6 +27,8 @@ from .whiteout import (
     REDIRECT_MODES,
     TRUSTED_PREFIX,
     USER_PREFIX,
+    WH_OPAQUE,
+    WH_PREFIX,
     is_whiteout,
     make_whiteout,
     proc_path,
@@ -157,8 +159,6 @@ class Union:
         # volatile (the kernel's and fuse-overlayfs's option, podman's `--rm` containers): the upper is
         # thrown away after a crash anyway, so fsync does not wait for the disk.
         self.volatile = volatile
-        # With the kernel's write-back cache, a file open for writing may be read too (partial pages).
-        self.writes_need_reads = False
         top = self.layers[0]
         single_dev = len({layer.dev for layer in self.layers}) == 1
         self.nodes = NodeTable((0, top.dev, top.root_ino), tuple(range(len(self.layers))), single_dev)
@@ -246,6 +246,18 @@ class Union:
     @property
     def root(self) -> Node:
         return self.nodes.root
+
+    @property
+    def writes_need_reads(self) -> bool:
+        """Always False: the engine opens files as asked, so it cannot serve the kernel's write-back
+        cache (which reads partial pages through files opened write-only). The FUSE adapter sets it
+        from its cache setting; only False is accepted."""
+        return False
+
+    @writes_need_reads.setter
+    def writes_need_reads(self, value: bool) -> None:
+        if value:
+            raise ValueError("the union engine does not support the kernel's write-back cache")
 
     # ------------------------------------------------------------------ resolution
 
@@ -680,9 +692,6 @@ class Union:
         st = scanned[2]
         return node.key == (scanned[1], st.st_dev, st.st_ino)
 
-    def count_lookup(self, node: Node) -> None:
-        node.lookups += 1
-
     def is_empty_dir(self, node: Node) -> bool:
         return not self.listdir(node)
 
@@ -1033,10 +1042,6 @@ class Union:
         uid, gid, mode = self._new_owner(parent, caller, stat.S_IFREG | (mode & 0o7777))
         tmp = self._tmp_name()
         open_flags = (flags & _OPEN_KEEP) | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
-        if flags & _ACCMODE == os.O_RDONLY:
-            open_flags = (open_flags & ~_ACCMODE) | os.O_RDONLY
-        elif self.writes_need_reads:
-            open_flags = (open_flags & ~_ACCMODE) | os.O_RDWR
         made = self._create_in_place(parent, name, open_flags, uid, gid, mode)
         if made is not None:
             fd, node = made
@@ -1451,14 +1456,7 @@ class Union:
             self._require_upper()
             self.copy_up(node, with_data=not flags & os.O_TRUNC)
         open_flags = (flags & _OPEN_KEEP) | (flags & os.O_TRUNC)
-        layer, rel = self.layers[node.layer], self._rel(node, node.layer)
-        if self.writes_need_reads and flags & _ACCMODE == os.O_WRONLY:
-            try:
-                fd = layer.open(rel, (open_flags & ~_ACCMODE) | os.O_RDWR)
-            except PermissionError:  # a write-only file of an unprivileged daemon
-                fd = layer.open(rel, open_flags)
-        else:
-            fd = layer.open(rel, open_flags)
+        fd = self.layers[node.layer].open(self._rel(node, node.layer), open_flags)
         return self._new_handle(fd, node, node.layer, flags)
 
     def read(self, handle: FileHandle, offset: int, size: int) -> bytes:
@@ -1788,8 +1786,6 @@ def _remove_tree(dir_fd: int, name: bytes) -> None:
     os.rmdir(name, dir_fd=dir_fd)
 
 
-WH_PREFIX = b".wh."
-WH_OPAQUE = b".wh..wh..opq"
 WHITED_OUT = object()  # _in_layer's answer for a whiteout
 
 

@@ -1,4 +1,5 @@
-"""The overlay's on-disk markers: whiteouts (char 0/0 devices) and opaque directories.
+"""The overlay's on-disk markers: whiteouts (char 0/0 devices, or OCI `.wh.` files), opaque and redirect
+markers on directories.
 
 Opaque markers are read in the kernel's two xattr namespaces (`trusted.overlay.*`, `user.overlay.*`) and
 in fuse-overlayfs's `user.fuseoverlayfs.*`; the kernel namespace chosen at mount time is written.
@@ -17,6 +18,11 @@ REDIRECT = b"redirect"
 # "nofollow" follow them ("off" is the kernel's default, with redirect_always_follow=Y, and ours).
 REDIRECT_MODES = ("off", "follow", "on", "nofollow")
 REDIRECT_MAX = 256  # the kernel's default redirect_max: longer redirects are not made (EXDEV)
+# The OCI (AUFS) forms: `.wh.NAME` hides NAME, `.wh..wh..opq` makes its directory opaque; other
+# `.wh..wh.*` names are AUFS metadata.
+WH_PREFIX = b".wh."
+WH_OPAQUE = b".wh..wh..opq"
+WH_META_PREFIX = b".wh..wh."
 
 
 def is_whiteout(st: os.stat_result) -> bool:
