@@ -107,6 +107,7 @@ class Union:
         xattr_permissions=0,
         index=False,
         volatile=False,
+        clock=time.time_ns,
     ):
         if not lowers:
             raise ValueError("at least one lower layer is needed")
@@ -159,6 +160,7 @@ class Union:
         # volatile (the kernel's and fuse-overlayfs's option, podman's `--rm` containers): the upper is
         # thrown away after a crash anyway, so fsync does not wait for the disk.
         self.volatile = volatile
+        self.clock = clock  # wall-clock nanoseconds, to compare with file times (tests set their own)
         top = self.layers[0]
         single_dev = len({layer.dev for layer in self.layers}) == 1
         self.nodes = NodeTable((0, top.dev, top.root_ino), tuple(range(len(self.layers))), single_dev)
@@ -648,7 +650,7 @@ class Union:
             st = self.upper.lstat(self._rel(node, 0))
         except OSError:
             return None
-        if time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) < LISTING_SETTLE_NS:
+        if self.clock() - max(st.st_mtime_ns, st.st_ctime_ns) < LISTING_SETTLE_NS:
             return None
         return (self.mounts.generation, node.merge, node.lpaths, st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
 
