@@ -442,9 +442,9 @@ def test_kernel_exact_mode_shows_wh_names_as_plain_names(stack):
 
 
 def test_wh_files_are_written_where_mknod_is_refused(stack, monkeypatch):
-    import unionfs.engine.union as engine
+    import unionfs.engine.stack as stack_module
 
-    monkeypatch.setattr(engine, "_can_make_whiteouts", lambda fd: False)
+    monkeypatch.setattr(stack_module, "_can_make_whiteouts", lambda fd: False)
     d = stack.dirs
     write(f"{d['lower0']}/f", b"lower")
     write(f"{d['lower0']}/dir/x", b"x")

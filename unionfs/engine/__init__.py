@@ -4,6 +4,7 @@ Everything the mount shows is decided here, on nodes of the merged view; callers
 layer in `unionfs.fuse`, the path API in `unionfs.embed.paths`) only translate.
 """
 
-from .union import Caller, LayerInUse, Union
+from .stack import LayerInUse
+from .union import Caller, Union
 
 __all__ = ["Caller", "LayerInUse", "Union"]

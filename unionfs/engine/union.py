@@ -7,33 +7,26 @@ The engine is single-threaded: only `CopyUpJob.copy_data` may run in another thr
 """
 
 import errno
-import fcntl
-import itertools
 import logging
 import os
 import stat
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 from . import _sys, copyup, ownership, xattrs
 from . import index as indexing
-from .layermounts import MountTable
-from .layers import O_PATH_DIR, Layer, join, lstat_at, open_at
+from .layers import O_PATH_DIR, Layer, join, lstat_at, opened, remove_tree
 from .nodes import Node, NodeTable
+from .stack import Stack
 from .whiteout import (
     REDIRECT,
     REDIRECT_MAX,
-    REDIRECT_MODES,
-    TRUSTED_PREFIX,
-    USER_PREFIX,
     WH_OPAQUE,
     WH_PREFIX,
     is_whiteout,
+    is_whiteout_entry,
     make_whiteout,
     proc_path,
-    read_dir_markers,
-    set_opaque,
 )
 
 log = logging.getLogger("unionfs")
@@ -109,65 +102,25 @@ class Union:
         volatile=False,
         clock=time.time_ns,
     ):
-        if not lowers:
-            raise ValueError("at least one lower layer is needed")
-        if redirect_dir not in REDIRECT_MODES:
-            raise ValueError("redirect_dir is one of %s" % ", ".join(REDIRECT_MODES))
-        if (upper is None) != (work is None):
-            raise ValueError("upper and work go together")
-        self.layers = []
-        if upper is not None:
-            self.layers.append(Layer(0, upper, writable=True))
-        for path in lowers:
-            self.layers.append(Layer(len(self.layers), path, writable=False))
-        self.upper = self.layers[0] if upper is not None else None
-        # uid 0 may chown (to the ids its user namespace maps); trusted.* xattrs are only for root in the
-        # initial namespace, so the root of a user namespace (`unshare -r`) writes user.overlay.* markers.
-        self.as_root = os.geteuid() == 0
-        self.marker_prefix = (
-            TRUSTED_PREFIX if self.as_root and not userxattr and _in_initial_user_namespace() else USER_PREFIX
+        self.stack = stack = Stack(
+            lowers,
+            upper,
+            work,
+            userxattr=userxattr,
+            whiteout_files=whiteout_files,
+            redirect_dir=redirect_dir,
+            ignore_chown_errors=ignore_chown_errors,
+            volatile=volatile,
         )
-        # With squash options the stored owner is never shown: a chown the namespace cannot make (an
-        # unmapped id) is then skipped, as fuse-overlayfs does, instead of failing the copy-up.
+        self.layers, self.upper, self.work, self.nlayers = stack.layers, stack.upper, stack.work, stack.nlayers
+        self.as_root, self.marker_prefix = stack.as_root, stack.marker_prefix
         self.ignore_chown_errors = ignore_chown_errors
-        # The kernel's redirect_dir: "on" renames lower and merged directories by recording where they
-        # came from; "follow" only follows such records, and so does "off" (the kernel's default, with
-        # its redirect_always_follow=Y), so that an upper written with "on" reads the same under "off".
-        # With user.overlay.* markers "off" means "nofollow", as the kernel's userxattr mode (which
-        # refuses redirect_dir altogether): a redirect there is anyone's to write.
-        self.redirect_create = redirect_dir == "on" and upper is not None
-        self.redirect_follow = redirect_dir in ("on", "follow") or (
-            redirect_dir == "off" and self.marker_prefix == TRUSTED_PREFIX
-        )
-        self.work = None
-        self._locks = []
-        if work is not None:
-            try:
-                # One mount at a time per upper and work dir (as the kernel's "in use" check): held by
-                # this process until it ends, so a crashed daemon frees them.
-                self._locks = [_lock_dir(upper, "upperdir"), _lock_dir(work, "workdir")]
-                self.work = _open_work_dir(work)
-            except BaseException:
-                self.close()
-                raise
-        # `.wh.NAME` files and `.wh..wh..opq` are read as markers when asked (OCI layers) and whenever
-        # this daemon cannot make char 0/0 whiteouts, in which case it writes them too.
-        self.write_wh_files = self.work is not None and not _can_make_whiteouts(self.work.root_fd)
-        self.read_wh_files = whiteout_files or self.write_wh_files
-        if self.write_wh_files:
-            log.warning("cannot create char 0/0 whiteouts here: writing .wh.NAME files instead")
-        self._tmp_counter = itertools.count(1)
-        # volatile (the kernel's and fuse-overlayfs's option, podman's `--rm` containers): the upper is
-        # thrown away after a crash anyway, so fsync does not wait for the disk.
-        self.volatile = volatile
+        self.redirect_create, self.redirect_follow = stack.redirect_create, stack.redirect_follow
+        self.markers, self.mounts, self.volatile = stack.markers, stack.mounts, stack.volatile
         self.clock = clock  # wall-clock nanoseconds, to compare with file times (tests set their own)
         top = self.layers[0]
         single_dev = len({layer.dev for layer in self.layers}) == 1
         self.nodes = NodeTable((0, top.dev, top.root_ino), tuple(range(len(self.layers))), single_dev)
-        self.nlayers = len(self.layers)  # the stack; the index (index=on) is a pseudo-layer after it
-        self.mounts = MountTable()
-        self.mounts.track(self.layers)
-        self._euid, self._egid = os.geteuid(), os.getegid()  # who owns what the daemon creates
         self.index_pos = None
         self.offline_changes_off = self.redirect_create or (bool(index) and self.work is not None)
         try:
@@ -203,7 +156,7 @@ class Union:
         for layer in self.layers:
             layer.record = ownership.layer_record_name(proc_path(layer.root_fd))
         # The real root's mount honours setuid and devices: user.* records may not grant those.
-        self.strict_records = self.as_root and _in_initial_user_namespace()
+        self.strict_records = self.as_root and self.stack.initial_userns
         self.records_in_use = any(layer.record for layer in self.layers)
         self.write_records = bool(xattr_permissions) and self.upper is not None
         if not self.write_records:
@@ -234,16 +187,16 @@ class Union:
         self.records_in_use = True
 
     def close(self):
-        """Close the layer fds (idempotent)."""
-        for layer in self.layers:
-            layer.close()
-        if getattr(self, "mounts", None) is not None:
-            self.mounts.close()
-        if self.work is not None:
-            self.work.close()
-        for fd in self._locks:
-            os.close(fd)
-        self._locks = []
+        """Close the layer fds and free the locks (idempotent)."""
+        self.stack.close()
+
+    @property
+    def read_wh_files(self) -> bool:
+        return self.markers.read_wh_files
+
+    @property
+    def write_wh_files(self) -> bool:
+        return self.markers.write_wh_files
 
     @property
     def root(self) -> Node:
@@ -348,7 +301,7 @@ class Union:
             # redirect reaches layers the parent does not merge); else to the parent's last layer.
             if (index == bottom) if self.redirect_follow else (pos >= len(layers)):
                 break
-            opaque, target = self._markers(layer, rel)
+            opaque, target = self.markers.of_dir(layer, rel)
             if opaque:
                 break
             if target is None or not self.redirect_follow:
@@ -369,18 +322,6 @@ class Union:
         if parent_lpaths is not None or followed:
             lpaths = {index: rel for index, rel in zip(merge, rels) if index}
         return top[0], top[1], tuple(merge), lpaths, redirect
-
-    def _markers(self, layer: Layer, rel: bytes):
-        """(opaque, redirect) of the directory at rel in layer."""
-        try:
-            fd = layer.open(rel, O_PATH_DIR)
-        except OSError:
-            return False, None
-        try:
-            opaque, redirect = read_dir_markers(proc_path(fd), self.marker_prefix, follow=True)
-            return opaque or (self.read_wh_files and _has_opq_file(fd)), redirect
-        finally:
-            os.close(fd)
 
     def _attach(self, parent, name, index, st, merge, lpaths=None, redirect=None) -> Node:
         key = (index, st.st_dev, st.st_ino)
@@ -413,7 +354,7 @@ class Union:
 
     def _read_origin(self, rel: bytes):
         try:
-            with _layer_fd(self.upper, rel, os.O_PATH) as fd:
+            with self.upper.opened(rel, os.O_PATH) as fd:
                 if stat.S_ISLNK(os.fstat(fd).st_mode):
                     return None
                 value = os.getxattr(proc_path(fd), self.origin_name)
@@ -477,12 +418,12 @@ class Union:
             return self._index_stat(rel)
         if layer.record is None:
             return layer.lstat(rel)
-        with _layer_fd(layer, rel, os.O_PATH) as fd:
+        with layer.opened(rel, os.O_PATH) as fd:
             return self._shown_fd(layer, fd)
 
     def _index_stat(self, key: bytes):
         """An index entry's stat, with the union's link count (index.py) as st_nlink."""
-        with _layer_fd(self.layers[self.index_pos], key, os.O_PATH) as fd:
+        with self.layers[self.index_pos].opened(key, os.O_PATH) as fd:
             st = self._shown_fd(self.upper, fd)
             try:
                 nlink = int(os.getxattr(proc_path(fd), self.nlink_name))
@@ -542,7 +483,7 @@ class Union:
                     pending.append(name[len(WH_PREFIX) :])
                 continue
             if name not in names:
-                names[name] = not _is_whiteout_entry(fd, entry)
+                names[name] = not is_whiteout_entry(fd, entry)
         return [name for name, visible in names.items() if visible]
 
     def scan(self, node: Node):
@@ -657,21 +598,13 @@ class Union:
     def _entry_stops(self, dir_fd: int, name: bytes, redirected: list) -> bool:
         """Whether the directory *name* in dir_fd stops the merge (opaque); a redirect marker puts the
         name on *redirected* (its merge is another path's) and stops this pass's merging of it."""
-        opaque, target = read_dir_markers(proc_path(dir_fd, name), self.marker_prefix)
-        if opaque or (self.read_wh_files and self._opq_file_in(dir_fd, name)):
+        opaque, target = self.markers.of_entry(dir_fd, name)
+        if opaque:
             return True
         if target is not None and self.redirect_follow:
             redirected.append(name)
             return True
         return False
-
-    def _opq_file_in(self, dir_fd: int, name: bytes) -> bool:
-        try:
-            fd = _sys.openat2(dir_fd, name + b"/" + WH_OPAQUE, os.O_PATH | os.O_NOFOLLOW)
-        except OSError:
-            return False
-        os.close(fd)
-        return True
 
     def lookup_scanned(self, parent: Node, scanned):
         """(node, stat) for one entry of `scan`, counting one kernel lookup, like `lookup`."""
@@ -721,16 +654,9 @@ class Union:
         except OSError:
             return False
 
-    def _require_upper(self):
-        if self.upper is None:
-            raise OSError(errno.EROFS, os.strerror(errno.EROFS))
-
-    def _tmp_name(self) -> bytes:
-        return b"#%x" % next(self._tmp_counter)
-
     def ensure_upper_dir(self, node: Node) -> None:
         """Copy a directory and its missing parents up (metadata only, not contents, not opaque)."""
-        self._require_upper()
+        self.stack.require_upper()
         if node.merge and node.merge[0] == 0:
             return
         parent = node.parent
@@ -749,7 +675,7 @@ class Union:
         self._copy_up_entry(node, with_data)
 
     def copy_up_begin(self, node: Node, with_data: bool = True) -> CopyUpJob:
-        self._require_upper()
+        self.stack.require_upper()
         if node.parent is None:
             raise OSError(errno.ENOENT, "file has no name left")
         self.ensure_upper_dir(node.parent)
@@ -762,7 +688,7 @@ class Union:
         rel = self._rel(node, node.layer)
         src_st = layer.lstat(rel)
         job = CopyUpJob(node, layer, src_st)
-        job.tmp_name = self._tmp_name()
+        job.tmp_name = self.stack.tmp_name()
         try:
             if stat.S_ISREG(src_st.st_mode):
                 job.with_data = with_data and src_st.st_size > 0
@@ -791,7 +717,7 @@ class Union:
 
     def _link_up(self, node: Node) -> None:
         """index=on: the name the node is reached by becomes a link to its index entry in the upper."""
-        tmp = self._tmp_name()
+        tmp = self.stack.tmp_name()
         os.link(
             self._rel(node, self.index_pos),
             tmp,
@@ -803,7 +729,7 @@ class Union:
         try:
             self._copy_up_rename(tmp, parent, name)
         except BaseException:
-            _remove_tree(self.work.root_fd, tmp)
+            remove_tree(self.work.root_fd, tmp)
             raise
 
     def _index_entry(self, job: CopyUpJob) -> bool:
@@ -876,7 +802,7 @@ class Union:
     def copy_up_abort(self, job: CopyUpJob) -> None:
         job.close()
         if job.tmp_name is not None:
-            _remove_tree(self.work.root_fd, job.tmp_name)
+            remove_tree(self.work.root_fd, job.tmp_name)
             job.tmp_name = None
 
     def _copy_up_entry(self, node: Node, with_data: bool) -> None:
@@ -906,51 +832,6 @@ class Union:
             if st is not None:
                 return st is not WHITED_OUT
         return False
-
-    def _upper_whiteout(self, parent_dfd: int, name: bytes):
-        """The kind of whiteout the upper holds at name: "dev" (char 0/0), "file" (.wh.NAME) or None."""
-        try:
-            if is_whiteout(lstat_at(parent_dfd, name)):
-                return "dev"
-            return None
-        except FileNotFoundError:
-            pass
-        if self.read_wh_files:
-            try:
-                lstat_at(parent_dfd, WH_PREFIX + name)
-                return "file"
-            except OSError:
-                pass
-        return None
-
-    def _make_whiteout(self, dir_fd: int, name: bytes) -> None:
-        """A whiteout for name in dir_fd: char 0/0, or a .wh.NAME file where mknod is refused."""
-        if self.write_wh_files:
-            os.close(
-                os.open(
-                    WH_PREFIX + name,
-                    os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                    0,
-                    dir_fd=dir_fd,
-                )
-            )
-        else:
-            make_whiteout(dir_fd, name)
-
-    def _set_opaque(self, dir_path_fd: int) -> None:
-        """Mark a directory opaque: the xattr, or a .wh..wh..opq file where xattrs are refused."""
-        try:
-            set_opaque(dir_path_fd, self.marker_prefix)
-        except OSError as exc:
-            if not (self.read_wh_files and exc.errno in (errno.ENOTSUP, errno.EPERM)):
-                raise
-            os.close(os.open(WH_OPAQUE, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0, dir_fd=dir_path_fd))
-
-    def _drop_file_whiteout(self, dir_fd: int, name: bytes) -> None:
-        try:
-            os.unlink(WH_PREFIX + name, dir_fd=dir_fd)
-        except FileNotFoundError:
-            pass
 
     def _chown_new(self, tmp_name: bytes, uid: int, gid: int) -> None:
         """Give a work-dir entry its owner (when the daemon may chown at all, and keeps no records)."""
@@ -985,7 +866,7 @@ class Union:
         return caller.uid, gid, mode
 
     def _prepare_create(self, parent: Node, name: bytes):
-        self._require_upper()
+        self.stack.require_upper()
         if not parent.is_dir:
             raise OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
         self._check_new_name(name)
@@ -1013,13 +894,13 @@ class Union:
             if mode is not None:
                 os.chmod(tmp_name, stat.S_IMODE(mode), dir_fd=work_fd)
             with self.upper.dir(parent.path()) as dfd:
-                whiteout = self._upper_whiteout(dfd, name)
+                whiteout = self.markers.whiteout_at(dfd, name)
                 if is_dir and (whiteout or (self.offline_changes_off and len(parent.merge) > 1)):
                     # As the kernel: a directory made where a name was deleted hides what lay below
                     # (and with redirect_dir=on or index=on every new directory in a merged one is
                     # marked so: the kernel then assumes no lower changes offline).
-                    with _opened(work_fd, tmp_name, O_PATH_DIR) as fd:
-                        self._set_opaque(fd)
+                    with opened(work_fd, tmp_name, O_PATH_DIR) as fd:
+                        self.markers.set_opaque(fd)
                 if is_dir and whiteout == "dev":
                     _sys.renameat2(work_fd, tmp_name, dfd, name, _sys.RENAME_EXCHANGE)
                     os.unlink(tmp_name, dir_fd=work_fd)  # now the old whiteout
@@ -1028,10 +909,10 @@ class Union:
                 else:
                     _sys.renameat2(work_fd, tmp_name, dfd, name, _sys.RENAME_NOREPLACE)
                     if whiteout == "file":
-                        self._drop_file_whiteout(dfd, name)
+                        self.markers.drop_whiteout_file(dfd, name)
                 st = lstat_at(dfd, name)
         except BaseException:
-            _remove_tree(work_fd, tmp_name)
+            remove_tree(work_fd, tmp_name)
             raise
         merge = (0,)
         return self._attach(parent, name, 0, st, merge)
@@ -1042,7 +923,7 @@ class Union:
         """Create and open a regular file: (node, FileHandle, stat); counts one lookup."""
         self._prepare_create(parent, name)
         uid, gid, mode = self._new_owner(parent, caller, stat.S_IFREG | (mode & 0o7777))
-        tmp = self._tmp_name()
+        tmp = self.stack.tmp_name()
         open_flags = (flags & _OPEN_KEEP) | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
         made = self._create_in_place(parent, name, open_flags, uid, gid, mode)
         if made is not None:
@@ -1068,10 +949,10 @@ class Union:
         with self.upper.dir(parent.path()) as dfd:
             if self.as_root:
                 parent_st = os.fstat(dfd)
-                made_gid = parent_st.st_gid if parent_st.st_mode & stat.S_ISGID else self._egid
-                if (uid, gid) != (self._euid, made_gid):
+                made_gid = parent_st.st_gid if parent_st.st_mode & stat.S_ISGID else self.stack.egid
+                if (uid, gid) != (self.stack.euid, made_gid):
                     return None
-            if self._upper_whiteout(dfd, name) is not None:
+            if self.markers.whiteout_at(dfd, name) is not None:
                 return None
             fd = os.open(name, open_flags, stat.S_IMODE(mode), dir_fd=dfd)
             try:
@@ -1085,7 +966,7 @@ class Union:
     def mkdir(self, parent: Node, name: bytes, mode: int, caller: Caller):
         self._prepare_create(parent, name)
         uid, gid, mode = self._new_owner(parent, caller, stat.S_IFDIR | (mode & 0o7777))
-        tmp = self._tmp_name()
+        tmp = self.stack.tmp_name()
         os.mkdir(tmp, 0o700, dir_fd=self.work.root_fd)
         node = self._finish_create(tmp, parent, name, True, uid, gid, mode)
         node.lookups += 1
@@ -1094,7 +975,7 @@ class Union:
     def mknod(self, parent: Node, name: bytes, mode: int, rdev: int, caller: Caller):
         self._prepare_create(parent, name)
         uid, gid, mode = self._new_owner(parent, caller, mode)
-        tmp = self._tmp_name()
+        tmp = self.stack.tmp_name()
         os.mknod(tmp, stat.S_IFMT(mode) | 0o600, rdev, dir_fd=self.work.root_fd)
         node = self._finish_create(tmp, parent, name, False, uid, gid, mode)
         node.lookups += 1
@@ -1103,7 +984,7 @@ class Union:
     def symlink(self, parent: Node, name: bytes, target: bytes, caller: Caller):
         self._prepare_create(parent, name)
         uid, gid, _ = self._new_owner(parent, caller, stat.S_IFLNK | 0o777)
-        tmp = self._tmp_name()
+        tmp = self.stack.tmp_name()
         os.symlink(target, tmp, dir_fd=self.work.root_fd)
         node = self._finish_create(tmp, parent, name, False, uid, gid, None)
         node.lookups += 1
@@ -1121,20 +1002,20 @@ class Union:
         self._prepare_create(new_parent, new_name)
         self.copy_up(node)
         src_parent, _, src_name = node.path().rpartition(b"/")
-        tmp = self._tmp_name()
+        tmp = self.stack.tmp_name()
         with self.upper.dir(src_parent) as sdfd:
             os.link(src_name, tmp, src_dir_fd=sdfd, dst_dir_fd=self.work.root_fd, follow_symlinks=False)
         with self.upper.dir(new_parent.path()) as dfd:
             try:
-                whiteout = self._upper_whiteout(dfd, new_name)
+                whiteout = self.markers.whiteout_at(dfd, new_name)
                 if whiteout == "dev":
                     os.rename(tmp, new_name, src_dir_fd=self.work.root_fd, dst_dir_fd=dfd)
                 else:
                     _sys.renameat2(self.work.root_fd, tmp, dfd, new_name, _sys.RENAME_NOREPLACE)
                     if whiteout == "file":
-                        self._drop_file_whiteout(dfd, new_name)
+                        self.markers.drop_whiteout_file(dfd, new_name)
             except BaseException:
-                _remove_tree(self.work.root_fd, tmp)
+                remove_tree(self.work.root_fd, tmp)
                 raise
             st = lstat_at(dfd, new_name)
         linked = self._attach(new_parent, new_name, 0, st, ())
@@ -1146,14 +1027,14 @@ class Union:
     # ------------------------------------------------------------------ removing
 
     def unlink(self, parent: Node, name: bytes) -> None:
-        self._require_upper()
+        self.stack.require_upper()
         node = self.child(parent, name)
         if node.is_dir:
             raise OSError(errno.EISDIR, os.strerror(errno.EISDIR))
         self._remove_entry(parent, name, node)
 
     def rmdir(self, parent: Node, name: bytes) -> None:
-        self._require_upper()
+        self.stack.require_upper()
         node = self.child(parent, name)
         if not node.is_dir:
             raise OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
@@ -1181,22 +1062,22 @@ class Union:
         in_upper = self._upper_has(parent, name) if indexed else self.is_upper(node)
         with self.upper.dir(parent.path()) as dfd:
             if in_upper:
-                tmp = self._tmp_name()
+                tmp = self.stack.tmp_name()
                 if needs_whiteout and not self.write_wh_files:
                     # Swap the entry for a whiteout in one step, then clear the old entry away.
                     make_whiteout(work_fd, tmp)
                     _sys.renameat2(work_fd, tmp, dfd, name, _sys.RENAME_EXCHANGE)
-                    _remove_tree(work_fd, tmp)
+                    remove_tree(work_fd, tmp)
                 else:
                     if node.is_dir:
                         os.rename(name, tmp, src_dir_fd=dfd, dst_dir_fd=work_fd)
-                        _remove_tree(work_fd, tmp)
+                        remove_tree(work_fd, tmp)
                     else:
                         os.unlink(name, dir_fd=dfd)
                     if needs_whiteout:  # .wh. files: not atomic, as fuse-overlayfs
-                        self._make_whiteout(dfd, name)
+                        self.markers.make_whiteout(dfd, name)
             else:
-                self._make_whiteout(dfd, name)
+                self.markers.make_whiteout(dfd, name)
         if indexed:
             self._count_link(node, -1)
         self.nodes.detach(parent, name)
@@ -1212,7 +1093,7 @@ class Union:
 
     def _count_link(self, node: Node, change: int) -> None:
         """index=on: the union's link count of an indexed file, kept on its index entry."""
-        with _layer_fd(self.layers[self.index_pos], self._rel(node, self.index_pos), os.O_PATH) as fd:
+        with self.layers[self.index_pos].opened(self._rel(node, self.index_pos), os.O_PATH) as fd:
             path = proc_path(fd)
             try:
                 count = int(os.getxattr(path, self.nlink_name))
@@ -1225,7 +1106,7 @@ class Union:
     def check_rename(self, parent: Node, name: bytes, new_parent: Node, new_name: bytes, flags: int = 0):
         """The errors `rename` gives before it copies anything up, for a caller that copies the source
         up first (the FUSE adapter, in a worker thread): as the kernel, a refused rename copies nothing."""
-        self._require_upper()
+        self.stack.require_upper()
         if flags & ~(_sys.RENAME_NOREPLACE | _sys.RENAME_EXCHANGE) or flags == (
             _sys.RENAME_NOREPLACE | _sys.RENAME_EXCHANGE
         ):
@@ -1267,8 +1148,8 @@ class Union:
                         self.copy_up(node)
                         self._set_redirect(node, same_dir=parent is new_parent)
                     elif len(new_parent.merge) > 1:
-                        with self.upper.dir(parent.path()) as sdfd, _opened(sdfd, name, O_PATH_DIR) as fd:
-                            self._set_opaque(fd)
+                        with self.upper.dir(parent.path()) as sdfd, opened(sdfd, name, O_PATH_DIR) as fd:
+                            self.markers.set_opaque(fd)
                     self._failing_upper_rename(parent, name, new_parent, new_name)
                 raise OSError(errno.ENOTEMPTY, os.strerror(errno.ENOTEMPTY))
         redirect = self._moves_by_redirect(node)
@@ -1285,19 +1166,19 @@ class Union:
         with self.upper.dir(parent.path()) as sdfd, self.upper.dir(new_parent.path()) as ddfd:
             if node.is_dir and not redirect and len(new_parent.merge) > 1:
                 # As the kernel: a directory moved into a merged directory must not merge below.
-                with _opened(sdfd, name, O_PATH_DIR) as fd:
-                    self._set_opaque(fd)
+                with opened(sdfd, name, O_PATH_DIR) as fd:
+                    self.markers.set_opaque(fd)
             try:
                 existing = lstat_at(ddfd, new_name)
             except FileNotFoundError:
                 existing = None
             if existing is None and self.read_wh_files:
-                self._drop_file_whiteout(ddfd, new_name)  # the name is taken again
+                self.markers.drop_whiteout_file(ddfd, new_name)  # the name is taken again
             if existing is not None and stat.S_ISDIR(existing.st_mode):
                 # An upper directory that is empty in the merged view holds only whiteouts: clear them.
-                with _opened(ddfd, new_name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW) as tfd:
+                with opened(ddfd, new_name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW) as tfd:
                     for entry in os.listdir(tfd):
-                        _remove_tree(tfd, os.fsencode(entry))
+                        remove_tree(tfd, os.fsencode(entry))
             if node.is_dir and existing is not None and not stat.S_ISDIR(existing.st_mode):
                 # Directory over a whiteout: exchange, then the whiteout sits at the old name.
                 _sys.renameat2(sdfd, name, ddfd, new_name, _sys.RENAME_EXCHANGE)
@@ -1305,7 +1186,7 @@ class Union:
                     os.unlink(name, dir_fd=sdfd)
             elif leave_whiteout and self.write_wh_files:
                 os.rename(name, new_name, src_dir_fd=sdfd, dst_dir_fd=ddfd)
-                self._make_whiteout(sdfd, name)
+                self.markers.make_whiteout(sdfd, name)
             elif leave_whiteout:
                 try:
                     _sys.renameat2(sdfd, name, ddfd, new_name, _sys.RENAME_WHITEOUT)
@@ -1314,7 +1195,7 @@ class Union:
                         raise
                     # No RENAME_WHITEOUT here: a whiteout is prepared and moved in afterwards.
                     os.rename(name, new_name, src_dir_fd=sdfd, dst_dir_fd=ddfd)
-                    tmp = self._tmp_name()
+                    tmp = self.stack.tmp_name()
                     make_whiteout(work_fd, tmp)
                     os.rename(tmp, name, src_dir_fd=work_fd, dst_dir_fd=sdfd)
             else:
@@ -1380,7 +1261,7 @@ class Union:
             value = b"/" + b"/".join(reversed(parts))
         if len(value) > REDIRECT_MAX:
             raise OSError(errno.EXDEV, "redirect too long")  # as the kernel: mv copies instead
-        with _layer_fd(self.upper, node.path(), O_PATH_DIR) as fd:
+        with self.upper.opened(node.path(), O_PATH_DIR) as fd:
             try:
                 os.setxattr(proc_path(fd), self.marker_prefix + REDIRECT, value)
             except OSError as exc:
@@ -1435,8 +1316,8 @@ class Union:
         with self.upper.dir(parent.path()) as sdfd, self.upper.dir(new_parent.path()) as ddfd:
             for moving, dfd, entry, dest in ((node, sdfd, name, new_parent), (other, ddfd, new_name, parent)):
                 if moving.is_dir and moving not in redirects and len(dest.merge) > 1:
-                    with _opened(dfd, entry, O_PATH_DIR) as fd:
-                        self._set_opaque(fd)
+                    with opened(dfd, entry, O_PATH_DIR) as fd:
+                        self.markers.set_opaque(fd)
             _sys.renameat2(sdfd, name, ddfd, new_name, _sys.RENAME_EXCHANGE)
         for moving in redirects:
             self._pin_lower_paths(moving)
@@ -1455,7 +1336,7 @@ class Union:
             raise OSError(errno.EISDIR, os.strerror(errno.EISDIR))
         writing = flags & _ACCMODE != os.O_RDONLY or flags & os.O_TRUNC
         if writing:
-            self._require_upper()
+            self.stack.require_upper()
             self.copy_up(node, with_data=not flags & os.O_TRUNC)
         open_flags = (flags & _OPEN_KEEP) | (flags & os.O_TRUNC)
         fd = self.layers[node.layer].open(self._rel(node, node.layer), open_flags)
@@ -1517,7 +1398,7 @@ class Union:
         mtime_ns=None,
         handle: FileHandle = None,
     ) -> os.stat_result:
-        self._require_upper()
+        self.stack.require_upper()
         if size is not None and node.is_dir:
             raise OSError(errno.EISDIR, os.strerror(errno.EISDIR))
         fd = self._unlinked_fd(node, for_change=True)
@@ -1528,7 +1409,7 @@ class Union:
         node.xattr_names = None  # chmod may rewrite an ACL, chown drops file capabilities
         rel = node.path()
         parent, _, name = rel.rpartition(b"/")
-        with _layer_fd(self.upper, rel, os.O_PATH) as fd, _layer_fd(self.upper, parent, O_PATH_DIR) as dfd:
+        with self.upper.opened(rel, os.O_PATH) as fd, self.upper.opened(parent, O_PATH_DIR) as dfd:
             # The entry is reached as name under its parent with AT_SYMLINK_NOFOLLOW, or (the root,
             # chmod of a non-symlink) through its own O_PATH fd: never through a symlink.
             st = os.fstat(fd)
@@ -1555,7 +1436,7 @@ class Union:
                 if handle is not None and handle.writable and handle.layer == 0:
                     os.ftruncate(handle.fd, size)
                 else:
-                    with _layer_fd(self.upper, rel, os.O_WRONLY) as wfd:
+                    with self.upper.opened(rel, os.O_WRONLY) as wfd:
                         os.ftruncate(wfd, size)
             if uid is not None or gid is not None:
                 os.chown(
@@ -1688,7 +1569,7 @@ class Union:
         return self.upper
 
     def setxattr(self, node: Node, name: bytes, value: bytes, flags: int = 0) -> None:
-        self._require_upper()
+        self.stack.require_upper()
         if self._private_record(name):
             raise OSError(errno.EPERM, os.strerror(errno.EPERM))
         layer = self._xattr_target(node)
@@ -1701,7 +1582,7 @@ class Union:
             os.setxattr(path, xattrs.to_stored(name), value, flags, follow_symlinks=follow)
 
     def removexattr(self, node: Node, name: bytes) -> None:
-        self._require_upper()
+        self.stack.require_upper()
         if self._private_record(name):
             raise OSError(errno.EPERM, os.strerror(errno.EPERM))
         self.getxattr(node, name)  # ENODATA before any copy-up, as the kernel
@@ -1748,121 +1629,8 @@ class _ProcPath:
         os.close(self.fd)
 
 
-@contextmanager
-def _opened(dir_fd: int, name: bytes, flags: int):
-    """An fd of name under dir_fd, never through a symlink."""
-    fd = open_at(dir_fd, name, flags)
-    try:
-        yield fd
-    finally:
-        os.close(fd)
-
-
-@contextmanager
-def _layer_fd(layer: Layer, rel: bytes, flags: int):
-    fd = layer.open(rel, flags)
-    try:
-        yield fd
-    finally:
-        os.close(fd)
-
-
-def _remove_tree(dir_fd: int, name: bytes) -> None:
-    """Remove name (a file or a whole tree) under dir_fd without following symlinks."""
-    try:
-        os.unlink(name, dir_fd=dir_fd)
-        return
-    except FileNotFoundError:
-        return
-    except (IsADirectoryError, PermissionError):
-        pass
-    except OSError as exc:
-        if exc.errno not in (errno.EISDIR, errno.EPERM):
-            raise
-    fd = open_at(dir_fd, name, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        for entry in os.listdir(fd):
-            _remove_tree(fd, os.fsencode(entry))
-    finally:
-        os.close(fd)
-    os.rmdir(name, dir_fd=dir_fd)
-
-
 WHITED_OUT = object()  # _in_layer's answer for a whiteout
 
 
-def _has_opq_file(dir_path_fd: int) -> bool:
-    try:
-        lstat_at(dir_path_fd, WH_OPAQUE)
-        return True
-    except OSError:
-        return False
-
-
-def _in_initial_user_namespace() -> bool:
-    """Whether this process's user namespace maps every id to itself (the host's, as far as ids go)."""
-    try:
-        with open("/proc/self/uid_map") as f:
-            return f.read().split() == ["0", "0", "4294967295"]
-    except OSError:
-        return True  # no /proc: nothing says otherwise
-
-
-def _can_make_whiteouts(work_fd: int) -> bool:
-    """Whether this process may mknod a char 0/0 device (root, or Linux 5.8+ for anyone)."""
-    name = b"#whiteout-probe-%d" % os.getpid()
-    try:
-        make_whiteout(work_fd, name)
-    except PermissionError:
-        return False
-    os.unlink(name, dir_fd=work_fd)
-    return True
-
-
-def _is_whiteout_entry(dir_fd: int, entry: os.DirEntry) -> bool:
-    # d_type answers for the common kinds without a stat; only special files need one.
-    if entry.is_dir(follow_symlinks=False) or entry.is_file(follow_symlinks=False) or entry.is_symlink():
-        return False
-    try:
-        return is_whiteout(lstat_at(dir_fd, os.fsencode(entry.name)))
-    except OSError:
-        return False
-
-
-WORK_SUBDIR = "work"
 ABSENT_MAX = 1024  # names remembered as absent per directory (then forgotten all at once)
 LISTING_SETTLE_NS = 1_000_000_000  # an upper directory changed more recently is listed from the layers
-
-
-class LayerInUse(OSError):
-    """An upper or work dir that another live mount holds."""
-
-
-def _lock_dir(path: str, what: str) -> int:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise LayerInUse(errno.EBUSY, "%s %s is in use by another mount" % (what, path)) from None
-    return fd
-
-
-def _open_work_dir(workdir: str) -> Layer:
-    """The staging dir W/work (the kernel's name too), emptied of what a crash left behind."""
-    base = os.open(workdir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        try:
-            os.mkdir(WORK_SUBDIR, 0o700, dir_fd=base)
-        except FileExistsError:
-            pass
-        work = Layer(-1, os.path.join(workdir, WORK_SUBDIR), writable=True)
-    finally:
-        os.close(base)
-    fd = work.open(b"", os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        for entry in os.listdir(fd):
-            _remove_tree(work.root_fd, os.fsencode(entry))
-    finally:
-        os.close(fd)
-    return work
