@@ -494,8 +494,8 @@ def test_create_in_place_or_through_the_work_dir(stack, monkeypatch):
     whiteout(f"{d['upper']}/gone")
     u = stack()
     renames = []
-    real = u._finish_create
-    monkeypatch.setattr(u, "_finish_create", lambda *a: renames.append(a[2]) or real(*a))
+    real = u.namespace._finish_create
+    monkeypatch.setattr(u.namespace, "_finish_create", lambda *a: renames.append(a[2]) or real(*a))
     sg = u.child(u.root, b"sg")
     cases = [
         (u.root, b"mine", 0o640, ROOT, (0, 0, 0o640), False),
@@ -508,7 +508,7 @@ def test_create_in_place_or_through_the_work_dir(stack, monkeypatch):
         node, h, st = u.create(parent, name, mode, os.O_WRONLY, caller)
         u.release(h)
         assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == want, name
-        upper_st = os.lstat(os.path.join(d["upper"], u._rel(node, 0).decode()))
+        upper_st = os.lstat(os.path.join(d["upper"], u.resolution.rel(node, 0).decode()))
         assert (upper_st.st_uid, upper_st.st_gid, stat.S_IMODE(upper_st.st_mode)) == want, name
         assert (name in renames) == via_work, name
     assert os.listdir(os.path.join(d["work"], "work")) == []
@@ -540,7 +540,7 @@ def test_absent_names_are_remembered_until_made(stack):
     assert u.child(dirnode, b"made").is_dir
     assert dirnode.absent == {b"swapped"}
     # bounded: past ABSENT_MAX names the set starts again
-    from unionfs.engine.union import ABSENT_MAX
+    from unionfs.engine.resolution import ABSENT_MAX
 
     for i in range(ABSENT_MAX + 5):
         with pytest.raises(FileNotFoundError):
@@ -554,7 +554,7 @@ def test_listings_are_kept_until_the_directory_changes(stack):
     change through the union."""
     import time
 
-    from unionfs.engine.union import LISTING_SETTLE_NS
+    from unionfs.engine.listings import LISTING_SETTLE_NS
 
     d = stack.dirs
     write(f"{d['lower0']}/lo/a", b"a")
