@@ -29,6 +29,8 @@ class WithNlink:
 
 
 class Attributes:
+    """Attributes and xattrs of the merged view, and the ownership records behind them."""
+
     def __init__(self, stack, nodes):
         self.stack, self.nodes = stack, nodes
         self.layers = stack.layers

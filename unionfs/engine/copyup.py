@@ -115,6 +115,8 @@ class CopyUpJob:
 
 
 class CopyUp:
+    """Copy-ups of one union: jobs begun, committed and aborted, directories copied up bare."""
+
     def __init__(self, stack, nodes):
         self.stack, self.nodes = stack, nodes
 

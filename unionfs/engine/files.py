@@ -26,6 +26,8 @@ class FileHandle:
 
 
 class Files:
+    """Open files and directories of the merged view."""
+
     def __init__(self, stack, nodes):
         self.stack, self.nodes = stack, nodes
         self.layers = stack.layers

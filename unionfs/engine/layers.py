@@ -28,7 +28,7 @@ class Layer:
         self.dev = st.st_dev
         self.root_ino = st.st_ino
         self.record = None  # the ownership record xattr this layer uses (see ownership.py), or None
-        # Mount points inside the layer (mounts.py): {dir rel: {names}}, trusted when mounts_known.
+        # Mount points inside the layer (layermounts.py): {dir rel: {names}}, trusted when mounts_known.
         self.mounts_known = False
         self.covered = {}
 

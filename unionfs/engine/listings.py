@@ -14,6 +14,8 @@ LISTING_SETTLE_NS = 1_000_000_000  # an upper directory changed more recently is
 
 
 class Listings:
+    """Directory listings of the merged view."""
+
     def __init__(self, stack, nodes, clock):
         self.stack, self.nodes = stack, nodes
         self.layers, self.markers = stack.layers, stack.markers
@@ -90,7 +92,7 @@ class Listings:
                 pending, layer_pos = [], pos
                 more_below = index < bottom if redirect_follow else pos < last
                 layer = self.layers[index]
-                # fstatat where no mount point can be met (mounts.py), else openat2, which refuses them
+                # fstatat where no mount point can be met (layermounts.py), else openat2, which refuses them
                 covered = layer.covered.get(self.resolution.rel(node, index), ()) if layer.mounts_known else None
                 record = layer.record
             name = os.fsencode(entry.name)

@@ -28,6 +28,8 @@ class Caller:
 
 
 class Namespace:
+    """Entries made and removed in the merged view."""
+
     def __init__(self, stack, nodes):
         self.stack, self.nodes = stack, nodes
         self.markers = stack.markers

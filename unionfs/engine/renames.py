@@ -16,6 +16,8 @@ from .whiteout import REDIRECT, REDIRECT_MAX, make_whiteout, proc_path
 
 
 class Renames:
+    """rename(2) on the merged view."""
+
     def __init__(self, stack, nodes):
         self.stack, self.nodes = stack, nodes
         self.markers = stack.markers

@@ -26,6 +26,8 @@ def check_name(name: bytes) -> None:
 
 
 class Resolution:
+    """Names looked up through the layers, nodes attached for them, a node's path in each layer."""
+
     def __init__(self, stack, nodes):
         self.stack, self.nodes = stack, nodes
         self.layers, self.markers = stack.layers, stack.markers
