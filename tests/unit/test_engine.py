@@ -442,9 +442,9 @@ def test_kernel_exact_mode_shows_wh_names_as_plain_names(stack):
 
 
 def test_wh_files_are_written_where_mknod_is_refused(stack, monkeypatch):
-    import unionfs.engine.union as engine
+    import unionfs.engine.stack as stack_module
 
-    monkeypatch.setattr(engine, "_can_make_whiteouts", lambda fd: False)
+    monkeypatch.setattr(stack_module, "_can_make_whiteouts", lambda fd: False)
     d = stack.dirs
     write(f"{d['lower0']}/f", b"lower")
     write(f"{d['lower0']}/dir/x", b"x")
@@ -494,8 +494,8 @@ def test_create_in_place_or_through_the_work_dir(stack, monkeypatch):
     whiteout(f"{d['upper']}/gone")
     u = stack()
     renames = []
-    real = u._finish_create
-    monkeypatch.setattr(u, "_finish_create", lambda *a: renames.append(a[2]) or real(*a))
+    real = u.namespace._finish_create
+    monkeypatch.setattr(u.namespace, "_finish_create", lambda *a: renames.append(a[2]) or real(*a))
     sg = u.child(u.root, b"sg")
     cases = [
         (u.root, b"mine", 0o640, ROOT, (0, 0, 0o640), False),
@@ -508,7 +508,7 @@ def test_create_in_place_or_through_the_work_dir(stack, monkeypatch):
         node, h, st = u.create(parent, name, mode, os.O_WRONLY, caller)
         u.release(h)
         assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == want, name
-        upper_st = os.lstat(os.path.join(d["upper"], u._rel(node, 0).decode()))
+        upper_st = os.lstat(os.path.join(d["upper"], u.resolution.rel(node, 0).decode()))
         assert (upper_st.st_uid, upper_st.st_gid, stat.S_IMODE(upper_st.st_mode)) == want, name
         assert (name in renames) == via_work, name
     assert os.listdir(os.path.join(d["work"], "work")) == []
@@ -540,7 +540,7 @@ def test_absent_names_are_remembered_until_made(stack):
     assert u.child(dirnode, b"made").is_dir
     assert dirnode.absent == {b"swapped"}
     # bounded: past ABSENT_MAX names the set starts again
-    from unionfs.engine.union import ABSENT_MAX
+    from unionfs.engine.resolution import ABSENT_MAX
 
     for i in range(ABSENT_MAX + 5):
         with pytest.raises(FileNotFoundError):
@@ -548,19 +548,19 @@ def test_absent_names_are_remembered_until_made(stack):
     assert len(dirnode.absent) <= ABSENT_MAX
 
 
-def test_listings_are_kept_until_the_directory_changes(stack, monkeypatch):
+def test_listings_are_kept_until_the_directory_changes(stack):
     """list_entries answers from the last listing while the directory cannot have changed (no upper
     part, or an upper part whose mtime and ctime have settled), and reads the layers again after any
     change through the union."""
     import time
 
-    import unionfs.engine.union as engine_module
+    from unionfs.engine.listings import LISTING_SETTLE_NS
 
-    monkeypatch.setattr(engine_module, "LISTING_SETTLE_NS", 200_000_000)
     d = stack.dirs
     write(f"{d['lower0']}/lo/a", b"a")
     write(f"{d['lower1']}/lo/b", b"b")
-    u = stack()
+    ahead = [0]  # how far the union's clock runs ahead of the files' times
+    u = stack(clock=lambda: time.time_ns() + ahead[0])
     lo = u.child(u.root, b"lo")
 
     def names(node):
@@ -575,13 +575,13 @@ def test_listings_are_kept_until_the_directory_changes(stack, monkeypatch):
     listed, cached = names(lo)
     assert listed == first + [(b"c", stat.S_IFREG)] and not cached
     assert names(lo) == (listed, False)  # just changed: read again
-    time.sleep(0.3)
+    ahead[0] += LISTING_SETTLE_NS
     assert names(lo) == (listed, False)  # settled: this one is kept
     assert names(lo) == (listed, True)
     u.unlink(lo, b"a")  # a whiteout
     u.mkdir(lo, b"sub", 0o755, ROOT)
     assert names(lo) == ([(b"b", stat.S_IFREG), (b"c", stat.S_IFREG), (b"sub", stat.S_IFDIR)], False)
-    time.sleep(0.3)
+    ahead[0] += LISTING_SETTLE_NS
     names(lo)
     assert names(lo)[1]
     u.rename(lo, b"b", lo, b"b2", 0)

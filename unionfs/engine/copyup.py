@@ -1,11 +1,13 @@
 """Copy-up: bring a lower entry into the upper layer before its first change.
 
-A job has three steps so that the long one can run in a worker thread:
+A job (`CopyUpJob`, from `CopyUp.begin`) has three steps so that the long one can run in a worker
+thread:
 - begin (event-loop thread): parents are copied up first, a temp entry is made in the work dir;
 - copy_data (any thread, fds only): the bytes, skipping holes; reflink or copy_file_range when the
   filesystem offers them, else a buffered loop;
 - commit (event-loop thread): owner, mode, xattrs, times, then one rename into the upper.
 Until the rename, nothing is visible in the upper: a crash leaves only a temp in the work dir.
+A directory is copied up without its contents (`ensure_upper_dir`), a file with its missing parents.
 """
 
 import errno
@@ -13,7 +15,9 @@ import fcntl
 import os
 import stat
 
-from . import xattrs
+from . import _sys, ownership, xattrs
+from .layers import remove_tree
+from .nodes import Node
 from .whiteout import proc_path
 
 _FICLONE = 0x40049409
@@ -80,3 +84,178 @@ def set_mode_xattrs_times(
     if src_xattr_path is not None:
         xattrs.copy_all(src_xattr_path, proc_path(dir_fd, name), skip=skip)
     os.utime(name, ns=(st.st_atime_ns, st.st_mtime_ns), dir_fd=dir_fd, follow_symlinks=False)
+
+
+class CopyUpJob:
+    """One copy-up in flight; made by CopyUp.begin, finished by its commit, cleaned up by its abort."""
+
+    __slots__ = ("node", "src_layer", "src_st", "src_fd", "tmp_name", "dst_fd", "with_data", "linked")
+
+    def __init__(self, node, src_layer, src_st):
+        self.node, self.src_layer, self.src_st = node, src_layer, src_st
+        self.src_fd = self.dst_fd = -1
+        self.tmp_name = None
+        self.with_data = False
+        self.linked = False  # index=on: the name was linked up to its index entry; nothing to commit
+
+    @property
+    def data_size(self) -> int:
+        return self.src_st.st_size if self.with_data else 0
+
+    def copy_data(self) -> None:
+        """The blocking part; touches nothing but the two fds, so it may run in a worker thread."""
+        if self.with_data:
+            copy_data(self.src_fd, self.dst_fd, self.src_st.st_size)
+
+    def close(self):
+        for fd in (self.src_fd, self.dst_fd):
+            if fd >= 0:
+                os.close(fd)
+        self.src_fd = self.dst_fd = -1
+
+
+class CopyUp:
+    """Copy-ups of one union: jobs begun, committed and aborted, directories copied up bare."""
+
+    def __init__(self, stack, nodes):
+        self.stack, self.nodes = stack, nodes
+
+    def connect(self, union) -> None:
+        self.resolution, self.attributes, self.index = union.resolution, union.attributes, union.index
+
+    def is_upper(self, node: Node) -> bool:
+        """Whether changes to the node need no copy-up: it is in the upper (under the name it is reached
+        by, for an indexed file)."""
+        if node.layer == 0:
+            return self.stack.upper is not None
+        if self.index.is_entry(node) and node.names:
+            parent, name = node.names[0]
+            return self.resolution.upper_has(parent, name)
+        return False
+
+    def ensure_upper_dir(self, node: Node) -> None:
+        """Copy a directory and its missing parents up (metadata only, not contents, not opaque)."""
+        self.stack.require_upper()
+        if node.merge and node.merge[0] == 0:
+            return
+        parent = node.parent
+        if parent is None:
+            raise OSError(errno.ESTALE, "directory is no longer reachable")
+        self.ensure_upper_dir(parent)
+        self._copy_up_entry(node, with_data=False)
+
+    def copy_up(self, node: Node, with_data: bool = True) -> None:
+        """Synchronous copy-up (library use; the FUSE adapter runs copy_data in a thread)."""
+        if self.is_upper(node):
+            return
+        if node.is_dir:
+            self.ensure_upper_dir(node)
+            return
+        self._copy_up_entry(node, with_data)
+
+    def _copy_up_entry(self, node: Node, with_data: bool) -> None:
+        job = self.begin(node, with_data)
+        try:
+            job.copy_data()
+            self.commit(job)
+        finally:
+            self.abort(job)
+
+    def begin(self, node: Node, with_data: bool = True) -> CopyUpJob:
+        stack = self.stack
+        stack.require_upper()
+        if node.parent is None:
+            raise OSError(errno.ENOENT, "file has no name left")
+        self.ensure_upper_dir(node.parent)
+        if self.index.is_entry(node):
+            job = CopyUpJob(node, self.index.layer, None)
+            self.index.link_up(node)
+            job.linked = True
+            return job
+        layer = stack.layers[node.layer]
+        rel = self.resolution.rel(node, node.layer)
+        src_st = layer.lstat(rel)
+        job = CopyUpJob(node, layer, src_st)
+        job.tmp_name = stack.tmp_name()
+        work_fd = stack.work.root_fd
+        try:
+            if stat.S_ISREG(src_st.st_mode):
+                job.with_data = with_data and src_st.st_size > 0
+                job.src_fd = layer.open(rel, os.O_RDONLY)
+                flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+                job.dst_fd = os.open(job.tmp_name, flags, 0o600, dir_fd=work_fd)
+            else:
+                _make_special(work_fd, job.tmp_name, src_st, layer, rel)
+        except BaseException:
+            self.abort(job)
+            raise
+        return job
+
+    def commit(self, job: CopyUpJob) -> None:
+        node = job.node
+        if job.linked:
+            return
+        attributes, work_fd = self.attributes, self.stack.work.root_fd
+        src_parent, _, src_name = self.resolution.rel(node, job.src_layer.index).rpartition(b"/")
+        with job.src_layer.dir(src_parent) as src_dfd:
+            src_path = proc_path(src_dfd, src_name)
+            shown = job.src_st
+            if job.src_layer.record is not None:  # the copy keeps the owner and mode the user saw
+                shown = attributes.record_view(shown, src_path, job.src_layer.record, False)
+            attributes.chown_new(job.tmp_name, shown.st_uid, shown.st_gid)
+            mode = shown.st_mode
+            if attributes.write_records and not stat.S_ISLNK(mode):
+                attributes.write_record(proc_path(work_fd, job.tmp_name), False, shown.st_uid, shown.st_gid, mode)
+                mode |= ownership.BACKING_MODE
+            set_mode_xattrs_times(
+                work_fd,
+                job.tmp_name,
+                job.src_st,
+                mode=mode,
+                src_xattr_path=src_path,
+                skip=ownership.NAMES if attributes.records_in_use else (),
+            )
+        indexed = self.index.record_origin(job)
+        parent, name = node.names[0]
+        self.move_into_upper(job.tmp_name, parent, name)
+        job.tmp_name = None
+        upper_st = self.stack.upper.lstat(node.path())
+        node.layer = 0
+        node.xattr_names = None
+        if node.is_dir:
+            node.merge = (0,) + tuple(node.merge)
+        if self.index.keep_identity(node, upper_st, indexed):
+            return
+        self.nodes.rekey(node, (0, upper_st.st_dev, upper_st.st_ino))
+        node.shared_lower = False
+        if len(node.names) > 1:
+            # Copy-up splits a lower hard link (index=off): the other names stay the lower file.
+            for parent, other in node.names[1:]:
+                self.nodes.detach(parent, other)
+
+    def abort(self, job: CopyUpJob) -> None:
+        job.close()
+        if job.tmp_name is not None:
+            remove_tree(self.stack.work.root_fd, job.tmp_name)
+            job.tmp_name = None
+
+    def move_into_upper(self, tmp_name: bytes, parent: Node, name: bytes) -> None:
+        """Move a copied-up work-dir entry to parent/name in the upper, leaving the parent's times."""
+        with self.stack.upper.dir(parent.path()) as dfd:
+            before = os.fstat(dfd)
+            _sys.renameat2(self.stack.work.root_fd, tmp_name, dfd, name, _sys.RENAME_NOREPLACE)
+            # Copy-up does not change the merged parent's times, as in the kernel.
+            os.utime(proc_path(dfd), ns=(before.st_atime_ns, before.st_mtime_ns))
+
+
+def _make_special(work_fd: int, tmp_name: bytes, st, layer, rel: bytes) -> None:
+    """The copy of a non-regular entry (symlink, directory, device, fifo, socket) in the work dir."""
+    if stat.S_ISLNK(st.st_mode):
+        parent, _, name = rel.rpartition(b"/")
+        with layer.dir(parent) as dfd:
+            target = os.readlink(name, dir_fd=dfd)
+        os.symlink(target, tmp_name, dir_fd=work_fd)
+    elif stat.S_ISDIR(st.st_mode):
+        os.mkdir(tmp_name, 0o700, dir_fd=work_fd)
+    else:
+        os.mknod(tmp_name, stat.S_IFMT(st.st_mode) | 0o600, st.st_rdev, dir_fd=work_fd)

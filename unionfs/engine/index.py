@@ -13,10 +13,19 @@ filesystems' uuids, and checks them; the two cannot share an index):
   lower's count at copy-up, then one less for each name removed, one more for each link made);
 - `W/pyunionfs-index/.lowers` records the lower layers' root inodes: mounting the upper over other lowers
   with index=on is refused, as the kernel refuses it.
+
+`Index` is index=on for one union, every place it changes what the other parts do; with index=off its
+`pos` is None and each of its answers is "nothing to do".
 """
 
 import errno
 import os
+import stat
+
+from .attributes import WithNlink
+from .layers import Layer, join, remove_tree
+from .nodes import Node
+from .whiteout import proc_path
 
 DIR_NAME = "pyunionfs-index"
 MANIFEST = ".lowers"
@@ -64,3 +73,154 @@ def check_manifest(index_fd: int, expected: bytes) -> None:
         os.close(fd)
     if found != expected:
         raise OSError(errno.ESTALE, "index=on: this upper was indexed over other lower layers")
+
+
+class Index:
+    """index=on: the index pseudo-layer at position `pos` of the stack (None when index=off)."""
+
+    def __init__(self, stack, nodes):
+        self.stack, self.nodes = stack, nodes
+        self.pos = self.layer = None
+
+    def connect(self, union) -> None:
+        self.resolution, self.copyup, self.attributes = union.resolution, union.copyup, union.attributes
+
+    @property
+    def enabled(self) -> bool:
+        return self.pos is not None
+
+    def open(self, workdir: str) -> None:
+        """Use W/pyunionfs-index, reached like a layer at position `pos` (after the stack's layers)."""
+        stack = self.stack
+        path = os.path.join(workdir, DIR_NAME)
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:
+            pass
+        if os.path.islink(path):
+            raise OSError(errno.EINVAL, "the index %s is a symlink" % path)
+        layer = Layer(stack.nlayers, path, writable=True)
+        if not stat.S_ISDIR(os.fstat(layer.root_fd).st_mode) or layer.dev != stack.upper.dev:
+            layer.close()
+            raise OSError(errno.EINVAL, "the index is not a directory on the upper's filesystem")
+        stack.layers.append(layer)
+        self.pos = layer.index
+        self.layer = layer
+        check_manifest(layer.root_fd, manifest(stack.layers[1 : stack.nlayers]))
+        self.origin_name = stack.marker_prefix + ORIGIN
+        self.nlink_name = stack.marker_prefix + NLINK
+
+    def is_entry(self, node: Node) -> bool:
+        """Whether the node is an index entry: its data is in the upper's filesystem already, and xattr
+        changes go there without linking the name up, as the kernel."""
+        return node.layer == self.pos and self.pos is not None
+
+    def entry_name(self, node: Node) -> bytes:
+        """The name of an index entry in the index: its origin's key, which is also the node's."""
+        return key(node.key[0], node.key[2])
+
+    def node_identity(self, parent: Node, name: bytes, index: int, st, node_key, shared):
+        """(layer, node key, shared) of the non-directory parent/name found in layer *index*: a copy
+        records its origin, which keys it (so it keeps the lower's inode number); a lower file whose copy
+        is indexed is the index entry."""
+        if index == 0:
+            origin = self._read_origin(join(parent.path(), name))
+            if origin is None:
+                return index, node_key, shared
+            lower, ino = origin
+            node_key = (lower, self.stack.layers[lower].dev, ino)
+        elif st.st_nlink > 1:
+            lower, ino = index, st.st_ino
+        else:
+            return index, node_key, shared
+        try:
+            self.layer.lstat(key(lower, ino))
+        except FileNotFoundError:
+            return index, node_key, shared
+        return self.pos, node_key, True
+
+    def _read_origin(self, rel: bytes):
+        try:
+            with self.stack.upper.opened(rel, os.O_PATH) as fd:
+                if stat.S_ISLNK(os.fstat(fd).st_mode):
+                    return None
+                value = os.getxattr(proc_path(fd), self.origin_name)
+        except OSError:
+            return None
+        origin = parse_key(value)
+        if origin is None or not 0 < origin[0] < self.stack.nlayers:
+            return None
+        return origin
+
+    def stat(self, entry: bytes):
+        """An index entry's stat, with the union's link count as st_nlink."""
+        with self.layer.opened(entry, os.O_PATH) as fd:
+            st = self.attributes.shown_fd(self.stack.upper, fd)
+            try:
+                nlink = int(os.getxattr(proc_path(fd), self.nlink_name))
+            except (OSError, ValueError):
+                return st
+        return WithNlink(st, max(nlink, 1))
+
+    def link_up(self, node: Node) -> None:
+        """The name the node is reached by becomes a link to its index entry in the upper."""
+        stack = self.stack
+        tmp = stack.tmp_name()
+        os.link(
+            self.entry_name(node),
+            tmp,
+            src_dir_fd=self.layer.root_fd,
+            dst_dir_fd=stack.work.root_fd,
+            follow_symlinks=False,
+        )
+        parent, name = node.names[0]
+        try:
+            self.copyup.move_into_upper(tmp, parent, name)
+        except BaseException:
+            remove_tree(stack.work.root_fd, tmp)
+            raise
+
+    def record_origin(self, job) -> bool:
+        """At a copy-up's commit: record the origin of a lower file's copy; one with several names also
+        gets its index entry (the copy, linked), which all its names resolve to from now on. Whether it
+        did."""
+        if self.pos is None or job.node.is_dir or job.src_layer.index == 0:
+            return False
+        work_fd = self.stack.work.root_fd
+        origin = self.entry_name(job.node)
+        path = proc_path(work_fd, job.tmp_name)
+        if stat.S_ISLNK(job.src_st.st_mode):
+            return False  # no user xattrs on symlinks; a symlink keeps no st_ino
+        os.setxattr(path, self.origin_name, origin, follow_symlinks=False)
+        if job.src_st.st_nlink < 2:
+            return False
+        os.setxattr(path, self.nlink_name, b"%d" % job.src_st.st_nlink, follow_symlinks=False)
+        os.link(job.tmp_name, origin, src_dir_fd=work_fd, dst_dir_fd=self.layer.root_fd, follow_symlinks=False)
+        return True
+
+    def keep_identity(self, node: Node, upper_st, indexed: bool) -> bool:
+        """After a copy-up: keep the node's origin key (and st_ino), as for every copied-up file, and
+        make the one `record_origin` indexed the index entry of all its names. Whether it did."""
+        if self.pos is None or node.is_dir or stat.S_ISLNK(upper_st.st_mode):
+            return False
+        if indexed:
+            node.layer = self.pos
+        return True
+
+    def count_link(self, node: Node, change: int) -> None:
+        """The union's link count of an indexed file, kept on its index entry: *change* it."""
+        with self.layer.opened(self.entry_name(node), os.O_PATH) as fd:
+            path = proc_path(fd)
+            try:
+                count = int(os.getxattr(path, self.nlink_name))
+            except (OSError, ValueError):
+                count = os.fstat(fd).st_nlink - 1
+            os.setxattr(path, self.nlink_name, b"%d" % max(count + change, 0))
+
+    def before_removal(self, node: Node, parent: Node, name: bytes) -> None:
+        """A name of a lower file with several names is about to go: as the kernel, the file is copied
+        up (and indexed) first, so that the other names keep an exact link count."""
+        if self.pos is None or node.is_dir or node.layer in (0, self.pos) or not node.shared_lower:
+            return
+        self.nodes.prefer_name(node, parent, name)
+        self.copyup.copy_up(node)

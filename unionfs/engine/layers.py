@@ -28,7 +28,7 @@ class Layer:
         self.dev = st.st_dev
         self.root_ino = st.st_ino
         self.record = None  # the ownership record xattr this layer uses (see ownership.py), or None
-        # Mount points inside the layer (mounts.py): {dir rel: {names}}, trusted when mounts_known.
+        # Mount points inside the layer (layermounts.py): {dir rel: {names}}, trusted when mounts_known.
         self.mounts_known = False
         self.covered = {}
 
@@ -94,13 +94,17 @@ class Layer:
             os.close(fd)
 
     @contextmanager
-    def dir(self, rel: bytes):
-        """An O_PATH fd of the directory *rel*, usable as dir_fd for *at calls."""
-        fd = self.open(rel, O_PATH_DIR)
+    def opened(self, rel: bytes, flags: int = os.O_PATH | os.O_NOFOLLOW):
+        """`open` for the length of a with block."""
+        fd = self.open(rel, flags)
         try:
             yield fd
         finally:
             os.close(fd)
+
+    def dir(self, rel: bytes):
+        """An O_PATH fd of the directory *rel* for a with block, usable as dir_fd for *at calls."""
+        return self.opened(rel, O_PATH_DIR)
 
     def lstat(self, rel: bytes) -> os.stat_result:
         if not rel:
@@ -122,6 +126,16 @@ def open_at(dir_fd: int, name: bytes, flags: int, mode: int = 0) -> int:
     return os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=dir_fd)
 
 
+@contextmanager
+def opened(dir_fd: int, name: bytes, flags: int):
+    """`open_at` for the length of a with block."""
+    fd = open_at(dir_fd, name, flags)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
 def lstat_at(dir_fd: int, name: bytes) -> os.stat_result:
     """lstat of one name under an fd, never stepping into a mount point (fstatat would)."""
     fd = open_at(dir_fd, name, os.O_PATH)
@@ -135,7 +149,22 @@ def join(parent: bytes, name: bytes) -> bytes:
     return parent + b"/" + name if parent else name
 
 
-def split(rel: bytes):
-    """(parent, name) of a non-root relative path."""
-    head, _, tail = rel.rpartition(b"/")
-    return head, tail
+def remove_tree(dir_fd: int, name: bytes) -> None:
+    """Remove name (a file or a whole tree) under dir_fd without following symlinks."""
+    try:
+        os.unlink(name, dir_fd=dir_fd)
+        return
+    except FileNotFoundError:
+        return
+    except (IsADirectoryError, PermissionError):
+        pass
+    except OSError as exc:
+        if exc.errno not in (errno.EISDIR, errno.EPERM):
+            raise
+    fd = open_at(dir_fd, name, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for entry in os.listdir(fd):
+            remove_tree(fd, os.fsencode(entry))
+    finally:
+        os.close(fd)
+    os.rmdir(name, dir_fd=dir_fd)

@@ -60,7 +60,7 @@ class Node:
         self.lookups = 0  # kernel lookup count
         self.opens = 0  # open file and directory handles
         self.children = {}  # name -> live child Node (directories)
-        self.shared_lower = False  # a lower file with other names (hard links): see fuse_ops
+        self.shared_lower = False  # a lower file with other names (hard links): see fuse/operations.py
         self.handles = []  # open FileHandles, to stat a file whose last name is gone
         self.xattr_names = None  # stored xattr names once listed (the kernel asks for
         #                          security.capability before every write): None = not known
@@ -72,7 +72,7 @@ class Node:
         self.absent = None  # directories: names a lookup found in no layer, until a name is made
         #                          here (the layers change only through the daemon); None = none known
         self.listing = None  # directories: (key, [(name, file type)]) of the last listing, see
-        #                          Union.list_entries
+        #                          Listings.list_entries
 
     def __repr__(self):
         return f"Node({self.id}, {self.names[:1]!r}, layer={self.layer}, merge={self.merge})"

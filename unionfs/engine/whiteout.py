@@ -1,11 +1,16 @@
-"""The overlay's on-disk markers: whiteouts (char 0/0 devices) and opaque directories.
+"""The overlay's on-disk markers: whiteouts (char 0/0 devices, or OCI `.wh.` files), opaque and redirect
+markers on directories.
 
 Opaque markers are read in the kernel's two xattr namespaces (`trusted.overlay.*`, `user.overlay.*`) and
 in fuse-overlayfs's `user.fuseoverlayfs.*`; the kernel namespace chosen at mount time is written.
 """
 
+import errno
 import os
 import stat
+
+from . import _sys
+from .layers import O_PATH_DIR, Layer, lstat_at
 
 TRUSTED_PREFIX = b"trusted.overlay."
 USER_PREFIX = b"user.overlay."
@@ -17,6 +22,11 @@ REDIRECT = b"redirect"
 # "nofollow" follow them ("off" is the kernel's default, with redirect_always_follow=Y, and ours).
 REDIRECT_MODES = ("off", "follow", "on", "nofollow")
 REDIRECT_MAX = 256  # the kernel's default redirect_max: longer redirects are not made (EXDEV)
+# The OCI (AUFS) forms: `.wh.NAME` hides NAME, `.wh..wh..opq` makes its directory opaque; other
+# `.wh..wh.*` names are AUFS metadata.
+WH_PREFIX = b".wh."
+WH_OPAQUE = b".wh..wh..opq"
+WH_META_PREFIX = b".wh..wh."
 
 
 def is_whiteout(st: os.stat_result) -> bool:
@@ -83,3 +93,99 @@ def valid_redirect(value: bytes):
     if any(part in (b"", b".", b"..") or len(part) > 255 for part in parts):
         return None
     return value
+
+
+class Markers:
+    """The marker forms one union reads and writes: the xattr namespace of the opaque and redirect
+    markers it writes (*prefix*), whether `.wh.` files are markers in every layer (*read_wh_files*), and
+    whether it writes them because it cannot make char 0/0 whiteouts (*write_wh_files*)."""
+
+    def __init__(self, prefix: bytes, read_wh_files: bool, write_wh_files: bool):
+        self.prefix = prefix
+        self.read_wh_files = read_wh_files or write_wh_files
+        self.write_wh_files = write_wh_files
+
+    def of_dir(self, layer: Layer, rel: bytes):
+        """(opaque, redirect) of the directory at rel in layer."""
+        try:
+            fd = layer.open(rel, O_PATH_DIR)
+        except OSError:
+            return False, None
+        try:
+            opaque, redirect = read_dir_markers(proc_path(fd), self.prefix, follow=True)
+            return opaque or (self.read_wh_files and _has_opq_file(fd)), redirect
+        finally:
+            os.close(fd)
+
+    def of_entry(self, dir_fd: int, name: bytes):
+        """(opaque, redirect) of the directory *name* in dir_fd."""
+        opaque, redirect = read_dir_markers(proc_path(dir_fd, name), self.prefix)
+        return opaque or (self.read_wh_files and _opq_file_in(dir_fd, name)), redirect
+
+    def whiteout_at(self, parent_dfd: int, name: bytes):
+        """The kind of whiteout a directory holds at name: "dev" (char 0/0), "file" (.wh.NAME) or None."""
+        try:
+            if is_whiteout(lstat_at(parent_dfd, name)):
+                return "dev"
+            return None
+        except FileNotFoundError:
+            pass
+        if self.read_wh_files:
+            try:
+                lstat_at(parent_dfd, WH_PREFIX + name)
+                return "file"
+            except OSError:
+                pass
+        return None
+
+    def make_whiteout(self, dir_fd: int, name: bytes) -> None:
+        """A whiteout for name in dir_fd: char 0/0, or a .wh.NAME file where mknod is refused."""
+        if self.write_wh_files:
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+            os.close(os.open(WH_PREFIX + name, flags, 0, dir_fd=dir_fd))
+        else:
+            make_whiteout(dir_fd, name)
+
+    def set_opaque(self, dir_path_fd: int) -> None:
+        """Mark a directory opaque: the xattr, or a .wh..wh..opq file where xattrs are refused."""
+        try:
+            set_opaque(dir_path_fd, self.prefix)
+        except OSError as exc:
+            if not (self.read_wh_files and exc.errno in (errno.ENOTSUP, errno.EPERM)):
+                raise
+            flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+            os.close(os.open(WH_OPAQUE, flags, 0, dir_fd=dir_path_fd))
+
+    def drop_whiteout_file(self, dir_fd: int, name: bytes) -> None:
+        """Remove a .wh.NAME file (when there is one): the name is taken again."""
+        try:
+            os.unlink(WH_PREFIX + name, dir_fd=dir_fd)
+        except FileNotFoundError:
+            pass
+
+
+def is_whiteout_entry(dir_fd: int, entry: os.DirEntry) -> bool:
+    # d_type answers for the common kinds without a stat; only special files need one.
+    if entry.is_dir(follow_symlinks=False) or entry.is_file(follow_symlinks=False) or entry.is_symlink():
+        return False
+    try:
+        return is_whiteout(lstat_at(dir_fd, os.fsencode(entry.name)))
+    except OSError:
+        return False
+
+
+def _has_opq_file(dir_path_fd: int) -> bool:
+    try:
+        lstat_at(dir_path_fd, WH_OPAQUE)
+        return True
+    except OSError:
+        return False
+
+
+def _opq_file_in(dir_fd: int, name: bytes) -> bool:
+    try:
+        fd = _sys.openat2(dir_fd, name + b"/" + WH_OPAQUE, os.O_PATH | os.O_NOFOLLOW)
+    except OSError:
+        return False
+    os.close(fd)
+    return True

@@ -548,7 +548,7 @@ class UnionRequests:
         try:
             node = self._node(node_id)
             await self._settled(node)
-            if self.union.upper is not None and not self.union.indexed(node):
+            if self.union.upper is not None and not self.union.is_index_entry(node):
                 await self._copy_up(node)
             self.union.setxattr(node, name, value, flags)
         except Exception as exc:
@@ -559,7 +559,7 @@ class UnionRequests:
             node = self._node(node_id)
             await self._settled(node)
             self.union.getxattr(node, name)  # ENODATA before any copy-up, as the kernel
-            if self.union.upper is not None and not self.union.indexed(node):
+            if self.union.upper is not None and not self.union.is_index_entry(node):
                 await self._copy_up(node)
             self.union.removexattr(node, name)
         except Exception as exc:

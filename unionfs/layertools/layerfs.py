@@ -13,16 +13,20 @@ Names are bytes throughout.
 
 from __future__ import annotations
 
-import errno
 import os
 import stat
 from typing import Dict, List, Optional
 
-from ..engine.whiteout import FUSEOVERLAYFS_PREFIX, OPAQUE, TRUSTED_PREFIX, USER_PREFIX, is_whiteout
-
-WH_PREFIX = b".wh."
-WH_META_PREFIX = b".wh..wh."  # AUFS/OCI metadata names (.wh..wh..opq, .wh..wh.plnk, ...)
-WH_OPAQUE = b".wh..wh..opq"
+from ..engine.whiteout import (
+    FUSEOVERLAYFS_PREFIX,
+    OPAQUE,
+    TRUSTED_PREFIX,
+    USER_PREFIX,
+    WH_META_PREFIX,
+    WH_OPAQUE,
+    WH_PREFIX,
+    is_whiteout,
+)
 
 OPAQUE_XATTRS = (TRUSTED_PREFIX + OPAQUE, USER_PREFIX + OPAQUE, FUSEOVERLAYFS_PREFIX + OPAQUE)
 
@@ -181,7 +185,3 @@ def lower_roots(paths) -> List[int]:
             os.close(fd)
         raise
     return fds
-
-
-def ignore_enotsup(exc: OSError) -> bool:
-    return exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP)

@@ -44,10 +44,10 @@ import tarfile
 import tempfile
 from typing import BinaryIO, Dict, List, Optional, Tuple
 
-from ..engine.whiteout import OPAQUE, TRUSTED_PREFIX, USER_PREFIX
+from ..engine.whiteout import OPAQUE, TRUSTED_PREFIX, USER_PREFIX, WH_META_PREFIX, WH_OPAQUE, WH_PREFIX
 from ..engine.xattrs import to_stored, to_visible
 from . import layerfs
-from .layerfs import WH_META_PREFIX, WH_OPAQUE, WH_PREFIX, join
+from .layerfs import join
 
 XATTR_PAX = "SCHILY.xattr."
 CHUNK = 1 << 20

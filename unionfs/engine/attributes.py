@@ -1,0 +1,353 @@
+"""Attributes and xattrs: what stat shows of a node (with the owner and mode its ownership record gives),
+their changes (setattr, copied up first), owners of new entries, and the xattrs of the merged view.
+
+Ownership records (ownership.py): which layers keep them is found when the union opens
+(`setup_records`); every stat of such a layer shows what its record says, and with
+`xattr_permissions` the upper takes records instead of chown/chmod.
+"""
+
+import errno
+import os
+import stat
+
+from . import ownership, xattrs
+from .layers import O_PATH_DIR, Layer, join
+from .nodes import Node
+from .whiteout import proc_path
+
+
+class WithNlink:
+    """A stat result with another st_nlink (an indexed file's union link count, or 0 once unlinked)."""
+
+    __slots__ = ("_st", "st_nlink")
+
+    def __init__(self, st, nlink):
+        self._st, self.st_nlink = st, nlink
+
+    def __getattr__(self, name):
+        return getattr(self._st, name)
+
+
+class Attributes:
+    """Attributes and xattrs of the merged view, and the ownership records behind them."""
+
+    def __init__(self, stack, nodes):
+        self.stack, self.nodes = stack, nodes
+        self.layers = stack.layers
+        self.strict_records = self.records_in_use = self.write_records = False
+
+    def connect(self, union) -> None:
+        self.resolution, self.copyup, self.index = union.resolution, union.copyup, union.index
+
+    # ------------------------------------------------------------------ ownership records
+
+    def setup_records(self, xattr_permissions: int) -> None:
+        """Which layers keep owners and modes in ownership records, and whether the upper takes them
+        (-o xattr_permissions=1|2, fuse-overlayfs's option)."""
+        stack = self.stack
+        for layer in self.layers:
+            layer.record = ownership.layer_record_name(proc_path(layer.root_fd))
+        # The real root's mount honours setuid and devices: user.* records may not grant those.
+        self.strict_records = stack.as_root and stack.initial_userns
+        self.records_in_use = any(layer.record for layer in self.layers)
+        self.write_records = bool(xattr_permissions) and stack.upper is not None
+        if not self.write_records:
+            return
+        upper = stack.upper
+        if xattr_permissions == 1:
+            name = ownership.PRIVILEGED
+        else:
+            name = ownership.USER if upper.record == ownership.USER else ownership.CONTAINERS
+        if upper.record != name:
+            # The root's record: the merged root as it shows now (a lower's record, or the real one).
+            root = proc_path(upper.root_fd)
+            st = os.stat(root)
+            for layer in self.layers[1:]:
+                if layer.record:
+                    st = self.record_view(
+                        os.stat(proc_path(layer.root_fd)), proc_path(layer.root_fd), layer.record, True
+                    )
+                    break
+            try:
+                os.setxattr(root, name, ownership.encode(st.st_uid, st.st_gid, st.st_mode))
+            except OSError as exc:
+                raise OSError(
+                    exc.errno,
+                    "cannot write the ownership record %s on the upper dir (%s)" % (name.decode(), exc.strerror),
+                ) from None
+            upper.record = name
+        self.records_in_use = True
+
+    def record_view(self, st, path: bytes, record: bytes, follow: bool):
+        """*st* as an ownership record at *path* shows it (see ownership.view)."""
+        return ownership.view(st, path, record, follow, self.strict_records)
+
+    def shown_fd(self, layer: Layer, fd: int):
+        """fstat of fd, with the owner and mode its ownership record gives (when the layer has those)."""
+        st = os.fstat(fd)
+        if layer.record is None:
+            return st
+        return self.record_view(st, proc_path(fd), layer.record, True)
+
+    def write_record(self, path: bytes, follow: bool, uid: int, gid: int, mode: int) -> None:
+        os.setxattr(path, self.stack.upper.record, ownership.encode(uid, gid, mode), follow_symlinks=follow)
+
+    def chown_new(self, tmp_name: bytes, uid: int, gid: int) -> None:
+        """Give a work-dir entry its owner (when the daemon may chown at all, and keeps no records)."""
+        stack = self.stack
+        if not stack.as_root or self.write_records:
+            return
+        try:
+            os.chown(tmp_name, uid, gid, dir_fd=stack.work.root_fd, follow_symlinks=False)
+        except OSError as exc:
+            # EINVAL: an id this user namespace does not map (it shows as the overflow id 65534 here).
+            if exc.errno not in (errno.EINVAL, errno.EPERM):
+                raise
+            if not stack.ignore_chown_errors:
+                # The kernel's answer when a copy-up cannot keep an owner the namespace cannot name.
+                raise OSError(errno.EOVERFLOW, "cannot give the copy its owner %d:%d here" % (uid, gid)) from None
+
+    # ------------------------------------------------------------------ stat
+
+    def getattr(self, node: Node) -> os.stat_result:
+        if not node.names and node is not self.nodes.root:
+            for handle in node.handles:  # unlinked but still open
+                return self.shown_fd(self.layers[handle.layer], handle.fd)
+            if node.gone_stat is not None:  # opened by the kernel alone (a fifo): its last attributes
+                return WithNlink(node.gone_stat, 0)
+            raise OSError(errno.ENOENT, os.strerror(errno.ENOENT))
+        layer = self.layers[node.layer]
+        rel = self.resolution.rel(node, node.layer)
+        if self.index.is_entry(node):
+            return self.index.stat(rel)
+        if layer.record is None:
+            return layer.lstat(rel)
+        with layer.opened(rel, os.O_PATH) as fd:
+            return self.shown_fd(layer, fd)
+
+    def reported_nlink(self, node: Node, st: os.stat_result) -> int:
+        # As the kernel: a merged directory reports 1 ("find" then does not count subdirectories).
+        if node.is_dir and len(node.merge) > 1:
+            return 1
+        return st.st_nlink
+
+    def statfs(self) -> os.statvfs_result:
+        return os.statvfs(proc_path(self.layers[0].root_fd))
+
+    def unlinked_fd(self, node: Node, for_change: bool = False):
+        """An open fd of a node whose last name is gone (None if it still has a name).
+
+        A change needs a descriptor on the upper copy: a lower file is never written.
+        """
+        if node.names or node is self.nodes.root:
+            return None
+        for handle in node.handles:
+            if handle.layer == 0 or not for_change:
+                return handle.fd
+        raise OSError(errno.ENOENT, os.strerror(errno.ENOENT))
+
+    def setattr(self, node: Node, *, size, mode, uid, gid, atime_ns, mtime_ns, handle) -> os.stat_result:
+        self.stack.require_upper()
+        if size is not None and node.is_dir:
+            raise OSError(errno.EISDIR, os.strerror(errno.EISDIR))
+        fd = self.unlinked_fd(node, for_change=True)
+        if fd is not None:
+            return self._setattr_fd(node, fd, size, mode, uid, gid, atime_ns, mtime_ns, handle)
+        if not self.copyup.is_upper(node):
+            self.copyup.copy_up(node, with_data=size != 0)
+        node.xattr_names = None  # chmod may rewrite an ACL, chown drops file capabilities
+        upper = self.stack.upper
+        rel = node.path()
+        parent, _, name = rel.rpartition(b"/")
+        with upper.opened(rel, os.O_PATH) as fd, upper.dir(parent) as dfd:
+            # The entry is reached as name under its parent with AT_SYMLINK_NOFOLLOW, or (the root,
+            # chmod of a non-symlink) through its own O_PATH fd: never through a symlink.
+            st = os.fstat(fd)
+            is_link = stat.S_ISLNK(st.st_mode)
+            if self.write_records and (uid is not None or gid is not None or mode is not None):
+                # Owner and mode go to the record; the backing file keeps its own (a symlink can hold
+                # no user.* xattr: as fuse-overlayfs, its chown is let go).
+                if not is_link:
+                    shown = self.record_view(st, proc_path(fd), upper.record, True)
+                    self.write_record(
+                        proc_path(fd),
+                        True,
+                        shown.st_uid if uid is None else uid,
+                        shown.st_gid if gid is None else gid,
+                        shown.st_mode if mode is None else mode,
+                    )
+                uid = gid = mode = None
+            # A symlink is reached as name under its parent without following it (a symlink is never a
+            # mount point); anything else through its own O_PATH fd, so no mount point is crossed.
+            target, where = (name, dfd) if is_link else (proc_path(fd), None)
+            if size is not None:
+                if not stat.S_ISREG(st.st_mode):
+                    raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+                if handle is not None and handle.writable and handle.layer == 0:
+                    os.ftruncate(handle.fd, size)
+                else:
+                    with upper.opened(rel, os.O_WRONLY) as wfd:
+                        os.ftruncate(wfd, size)
+            if uid is not None or gid is not None:
+                os.chown(
+                    target,
+                    -1 if uid is None else uid,
+                    -1 if gid is None else gid,
+                    dir_fd=where,
+                    follow_symlinks=where is None,
+                )
+            if mode is not None:
+                if is_link:
+                    raise OSError(errno.EOPNOTSUPP, os.strerror(errno.EOPNOTSUPP))
+                os.chmod(proc_path(fd), stat.S_IMODE(mode))
+            if atime_ns is not None or mtime_ns is not None:
+                if atime_ns is None or mtime_ns is None:
+                    st = os.fstat(fd)
+                    atime_ns = st.st_atime_ns if atime_ns is None else atime_ns
+                    mtime_ns = st.st_mtime_ns if mtime_ns is None else mtime_ns
+                os.utime(target, ns=(atime_ns, mtime_ns), dir_fd=where, follow_symlinks=where is None)
+            return self.shown_fd(upper, fd)
+
+    def _setattr_fd(self, node, fd, size, mode, uid, gid, atime_ns, mtime_ns, handle):
+        """setattr of an unlinked, still open file: through its open descriptors."""
+        upper = self.stack.upper
+        if size is not None:
+            writable = [h.fd for h in node.handles if h.writable and h.layer == 0]
+            if not writable:
+                raise OSError(errno.EBADF, os.strerror(errno.EBADF))
+            os.ftruncate(handle.fd if handle is not None and handle.writable else writable[0], size)
+        if self.write_records and (uid is not None or gid is not None or mode is not None):
+            shown = self.shown_fd(upper, fd)
+            self.write_record(
+                proc_path(fd),
+                True,
+                shown.st_uid if uid is None else uid,
+                shown.st_gid if gid is None else gid,
+                shown.st_mode if mode is None else mode,
+            )
+            uid = gid = mode = None
+        if uid is not None or gid is not None:
+            os.fchown(fd, -1 if uid is None else uid, -1 if gid is None else gid)
+        if mode is not None:
+            os.fchmod(fd, stat.S_IMODE(mode))
+        if atime_ns is not None or mtime_ns is not None:
+            st = os.fstat(fd)
+            os.utime(
+                fd,
+                ns=(st.st_atime_ns if atime_ns is None else atime_ns, st.st_mtime_ns if mtime_ns is None else mtime_ns),
+            )
+        node.xattr_names = None
+        return self.shown_fd(upper, fd)
+
+    # ------------------------------------------------------------------ xattrs
+
+    def _xattr_path(self, layer: Layer, node: Node):
+        """(context manager of) a /proc path that reaches the entry without following a symlink."""
+        rel = self.resolution.rel(node, layer.index)
+        if not rel:
+            return _ProcPath(layer, b"", None)
+        parent, _, name = rel.rpartition(b"/")
+        return _ProcPath(layer, parent, name)
+
+    def _private_record(self, name: bytes) -> bool:
+        """Ownership records are the daemon's while a layer uses them: never shown, never set."""
+        return self.records_in_use and name in ownership.NAMES
+
+    def getxattr(self, node: Node, name: bytes) -> bytes:
+        if self._private_record(name):
+            raise OSError(errno.ENODATA, os.strerror(errno.ENODATA))
+        stored = xattrs.to_stored(name)
+        fd = self.unlinked_fd(node)
+        if fd is not None:
+            return os.getxattr(fd, stored)
+        names = node.xattr_names
+        if names is None:
+            names = self._stored_xattr_names(node)
+        if stored not in names:
+            # Every change goes through the daemon, so the list is current: answer without a syscall.
+            raise OSError(errno.ENODATA, os.strerror(errno.ENODATA))
+        with self._xattr_path(self.layers[node.layer], node) as (path, follow):
+            try:
+                return os.getxattr(path, stored, follow_symlinks=follow)
+            except OSError as exc:
+                if exc.errno == errno.ENOTSUP:
+                    raise OSError(errno.ENODATA, os.strerror(errno.ENODATA)) from None
+                raise
+
+    def _stored_xattr_names(self, node: Node) -> frozenset:
+        fd = self.unlinked_fd(node)
+        if fd is not None:
+            return frozenset(os.fsencode(n) for n in os.listxattr(fd))
+        with self._xattr_path(self.layers[node.layer], node) as (path, follow):
+            try:
+                names = frozenset(os.fsencode(n) for n in os.listxattr(path, follow_symlinks=follow))
+            except OSError as exc:
+                if exc.errno != errno.ENOTSUP:
+                    raise
+                names = frozenset()
+        node.xattr_names = names
+        return names
+
+    def listxattr(self, node: Node):
+        stored = self._stored_xattr_names(node)
+        names = []
+        for item in stored:
+            visible = xattrs.to_visible(item)
+            if visible is not None and not self._private_record(visible):
+                names.append(visible)
+        return names
+
+    def _xattr_target(self, node: Node) -> Layer:
+        """The layer an xattr change is made in: the upper (after copy-up), or an indexed file's entry."""
+        if self.index.is_entry(node):
+            return self.index.layer
+        self.copyup.copy_up(node)
+        return self.stack.upper
+
+    def setxattr(self, node: Node, name: bytes, value: bytes, flags: int = 0) -> None:
+        self.stack.require_upper()
+        if self._private_record(name):
+            raise OSError(errno.EPERM, os.strerror(errno.EPERM))
+        layer = self._xattr_target(node)
+        node.xattr_names = None
+        fd = self.unlinked_fd(node, for_change=True)
+        if fd is not None:
+            os.setxattr(fd, xattrs.to_stored(name), value, flags)
+            return
+        with self._xattr_path(layer, node) as (path, follow):
+            os.setxattr(path, xattrs.to_stored(name), value, flags, follow_symlinks=follow)
+
+    def removexattr(self, node: Node, name: bytes) -> None:
+        self.stack.require_upper()
+        if self._private_record(name):
+            raise OSError(errno.EPERM, os.strerror(errno.EPERM))
+        self.getxattr(node, name)  # ENODATA before any copy-up, as the kernel
+        layer = self._xattr_target(node)
+        node.xattr_names = None
+        fd = self.unlinked_fd(node, for_change=True)
+        if fd is not None:
+            os.removexattr(fd, xattrs.to_stored(name))
+            return
+        with self._xattr_path(layer, node) as (path, follow):
+            os.removexattr(path, xattrs.to_stored(name), follow_symlinks=follow)
+
+
+class _ProcPath:
+    def __init__(self, layer, parent, name):
+        self.layer, self.parent, self.name, self.fd = layer, parent, name, -1
+
+    def __enter__(self):
+        """(path, follow): the entry's own O_PATH fd through /proc (no mount point crossed), or for a
+        symlink its name under the parent's fd, not followed."""
+        if self.name is None:
+            self.fd = self.layer.open(b"", O_PATH_DIR)
+            return proc_path(self.fd), True
+        self.fd = self.layer.open(join(self.parent, self.name))
+        if not stat.S_ISLNK(os.fstat(self.fd).st_mode):
+            return proc_path(self.fd), True
+        os.close(self.fd)
+        self.fd = self.layer.open(self.parent, O_PATH_DIR)
+        return proc_path(self.fd, self.name), False
+
+    def __exit__(self, *exc):
+        os.close(self.fd)

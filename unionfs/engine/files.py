@@ -1,0 +1,96 @@
+"""File I/O: open files and their handles, reads and writes, fsync, directory handles, readlink.
+
+A handle is a descriptor on the file's backing in one layer. Opening for writing (or O_TRUNC) copies
+the file up first; a read-only handle of a file copied up since reads the copy, as on the kernel.
+"""
+
+import errno
+import os
+
+from .nodes import Node
+
+ACCMODE = os.O_RDONLY | os.O_WRONLY | os.O_RDWR
+# The open flags passed on to the backing file. The rest are the kernel's business (it created and
+# checked the file, it positions O_APPEND writes), would break unaligned I/O (O_DIRECT), or are not
+# open(2) flags at all: the kernel sends __FMODE_EXEC (0o40) on exec, which openat2 refuses (EINVAL).
+OPEN_KEEP = ACCMODE | os.O_SYNC | os.O_DSYNC | getattr(os, "O_LARGEFILE", 0)
+
+
+class FileHandle:
+    """An open regular file: a descriptor on its backing in one layer."""
+
+    __slots__ = ("fd", "node", "layer", "writable")
+
+    def __init__(self, fd, node, layer, writable):
+        self.fd, self.node, self.layer, self.writable = fd, node, layer, writable
+
+
+class Files:
+    """Open files and directories of the merged view."""
+
+    def __init__(self, stack, nodes):
+        self.stack, self.nodes = stack, nodes
+        self.layers = stack.layers
+
+    def connect(self, union) -> None:
+        self.resolution, self.copyup = union.resolution, union.copyup
+
+    def new_handle(self, fd: int, node: Node, layer: int, flags: int) -> FileHandle:
+        """A handle of the open fd (of the node's backing in layer), counted on the node."""
+        handle = FileHandle(fd, node, layer, flags & ACCMODE != os.O_RDONLY)
+        node.opens += 1
+        node.handles.append(handle)
+        return handle
+
+    def open(self, node: Node, flags: int) -> FileHandle:
+        if node.is_dir:
+            raise OSError(errno.EISDIR, os.strerror(errno.EISDIR))
+        writing = flags & ACCMODE != os.O_RDONLY or flags & os.O_TRUNC
+        if writing:
+            self.stack.require_upper()
+            self.copyup.copy_up(node, with_data=not flags & os.O_TRUNC)
+        open_flags = (flags & OPEN_KEEP) | (flags & os.O_TRUNC)
+        fd = self.layers[node.layer].open(self.resolution.rel(node, node.layer), open_flags)
+        return self.new_handle(fd, node, node.layer, flags)
+
+    def read(self, handle: FileHandle, offset: int, size: int) -> bytes:
+        if handle.layer != handle.node.layer and not handle.writable and handle.node.names:
+            # The file was copied up after this read-only open: read the new copy, as the kernel does.
+            node = handle.node
+            fd = self.layers[node.layer].open(self.resolution.rel(node, node.layer), os.O_RDONLY)
+            os.close(handle.fd)
+            handle.fd, handle.layer = fd, handle.node.layer
+        return os.pread(handle.fd, size, offset)
+
+    def write(self, handle: FileHandle, offset: int, data: bytes) -> int:
+        return os.pwrite(handle.fd, data, offset)
+
+    def fsync(self, handle: FileHandle, datasync: bool) -> None:
+        if self.stack.volatile:
+            return
+        (os.fdatasync if datasync else os.fsync)(handle.fd)
+
+    def release(self, handle: FileHandle) -> None:
+        node = handle.node
+        os.close(handle.fd)
+        handle.fd = -1
+        try:
+            node.handles.remove(handle)
+        except ValueError:
+            pass
+        node.opens -= 1
+        self.nodes.maybe_drop(node)
+
+    def opendir(self, node: Node) -> None:
+        if not node.is_dir:
+            raise OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
+        node.opens += 1
+
+    def releasedir(self, node: Node) -> None:
+        node.opens -= 1
+        self.nodes.maybe_drop(node)
+
+    def readlink(self, node: Node) -> bytes:
+        parent, _, name = self.resolution.rel(node, node.layer).rpartition(b"/")
+        with self.layers[node.layer].dir(parent) as dfd:
+            return os.readlink(name, dir_fd=dfd)
