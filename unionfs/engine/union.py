@@ -168,7 +168,6 @@ class Union:
         """index=on: the node is an index entry (xattr changes go there without a copy-up)."""
         return self.index.is_entry(node)
 
-
     def ensure_upper_dir(self, node: Node) -> None:
         self.copyup.ensure_upper_dir(node)
 
