@@ -51,26 +51,12 @@ from pathlib import Path
 from typing import Iterable, Optional, Sequence
 from typing import Union as _U
 
+from ..errors import MountError
+
 __all__ = ["mount", "UnionMount", "MountError", "DaemonDied", "fuse_unavailable_reason"]
 
 PathLike = _U[str, bytes, os.PathLike]
 FUSERMOUNT = "fusermount3"
-
-
-class MountError(RuntimeError):
-    """The union could not be mounted (or its daemon died).
-
-    Attributes: ``message`` (the daemon's one-line reason, without the ``pyunionfs:`` prefix),
-    ``returncode`` (the daemon's exit status, or None when it was still running and had to be killed),
-    ``log`` (the daemon's whole stdout/stderr), ``argv`` (the daemon's command line).
-    """
-
-    def __init__(self, message: str, *, returncode: Optional[int] = None, log: str = "", argv: Sequence[str] = ()):
-        super().__init__(message)
-        self.message = message
-        self.returncode = returncode
-        self.log = log
-        self.argv = list(argv)
 
 
 class DaemonDied(MountError):
