@@ -25,6 +25,9 @@ import traceback
 import zlib
 from pathlib import Path
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # this checkout's unionfs
+from unionfs.embed import lifecycle  # noqa: E402
+
 LAYER_VERSION = 5  # bump whenever the layer layout below changes
 MiB = 1 << 20
 SMALL_FILE_CAP = 2 * MiB  # stdlib files larger than this (libpython.a, pip wheel) stay out of the tree
@@ -526,22 +529,18 @@ class Mount:
     def unmount(self):
         errors = []
         mnt = str(self.root)
+        real = lifecycle.real_mountpoint(mnt)
         if self.is_mount:
-            cmd = ["fusermount3", "-u", mnt] if self.fuse else ["umount", mnt]
-            for _attempt in range(5):
-                p = run_cmd(cmd, check=False, timeout=60)
-                if p.returncode == 0 or not os.path.ismount(mnt):
-                    break
-                time.sleep(0.5)
-            else:
-                errors.append(f"unmount failed: {p.stderr.decode(errors='replace').strip()}; forcing")
+            # A mount a workload just used may be busy for a moment: try the plain unmount a few times.
+            if not lifecycle.unmount(real, fuse=self.fuse, lazy=False, attempts=5):
+                errors.append("unmount failed 5 times (busy?); forcing")
                 if self.fuse and self.dev is not None:
                     try:
                         with open(f"/sys/fs/fuse/connections/{os.minor(self.dev)}/abort", "w") as f:
                             f.write("1")
                     except OSError:
                         pass
-                run_cmd(["umount", "-l", mnt], check=False, timeout=60)
+                lifecycle.unmount(real, fuse=self.fuse)
         if self.proc:
             try:
                 rc = self.proc.wait(timeout=15)
@@ -551,7 +550,7 @@ class Mount:
                 rc = self.proc.wait()
             errors += self.daemon_log_errors(rc)
         LIVE.pop(mnt, None)
-        if not os.path.ismount(mnt):
+        if not self.is_mount or not lifecycle.mounts_at(real):
             shutil.rmtree(self.slot, ignore_errors=True)
         else:
             errors.append(f"{mnt} is still mounted; left {self.slot} in place")
@@ -637,18 +636,11 @@ class Contender:
         # it): its pid, exit status and log are ours. Without /dev/log a daemonized pyunionfs logs nowhere.
         cmd = [self.pyunionfs_cmd] if self.name == "pyunionfs" else ["fuse-overlayfs"]
         log_path = slot / "daemon.log"
+        real = lifecycle.real_mountpoint(mnt)
+        before = lifecycle.mounts_at(real)
         with open(log_path, "wb") as logf:
-            proc = subprocess.Popen(
-                cmd + ["-f", "-o", opts, str(mnt)],
-                stdin=subprocess.DEVNULL,
-                stdout=logf,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        deadline = time.monotonic() + 30
-        while not os.path.ismount(str(mnt)) and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.01)
-        if not os.path.ismount(str(mnt)):
+            proc = lifecycle.start_daemon(cmd + ["-f", "-o", opts, str(mnt)], logf)
+        if lifecycle.wait_for_mount(real, proc, 30, before=before) is None:
             if proc.poll() is None:
                 proc.kill()
             proc.wait()
@@ -1168,13 +1160,10 @@ def mounts_below(base):
     """Mount points at or below base (deepest last), from /proc/self/mountinfo, with their fs types."""
     prefix = str(base).rstrip("/") + "/"
     out = []
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            parts = line.split()
-            mp = parts[4].encode().decode("unicode_escape")
-            fstype = parts[parts.index("-") + 1]
-            if (mp + "/").startswith(prefix):
-                out.append((mp, fstype))
+    for e in lifecycle.mount_table():
+        mp = os.fsdecode(e.mountpoint)
+        if (mp + "/").startswith(prefix):
+            out.append((mp, os.fsdecode(e.fstype)))
     return out
 
 
@@ -1279,9 +1268,7 @@ class PodmanEngine:
             except BenchError as e:
                 errors.append(str(e))
         for mp, fstype in reversed(mounts_below(self.base)):
-            cmd = ["fusermount3", "-u", mp] if fstype.startswith("fuse") else ["umount", mp]
-            if run_cmd(cmd, check=False, timeout=60).returncode != 0:
-                run_cmd(["umount", "-l", mp], check=False, timeout=60)
+            lifecycle.unmount(mp, fuse=fstype.startswith("fuse"), timeout=60)
         pids = daemons_below(self.base)
         for sig in (signal.SIGTERM, signal.SIGKILL):
             for pid in pids:

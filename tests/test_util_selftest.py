@@ -16,7 +16,6 @@ from tests.util import (
     Hardlink,
     Opaque,
     Symlink,
-    _unescape_mountinfo,
     copy_layers,
     escape_layer_path,
     hash_tree,
@@ -105,7 +104,6 @@ def test_escaping():
         overlay_options(["/l1", "/l:2"], "/u", "/w", ["noatime"])
         == "lowerdir=/l1:/l\\:2,upperdir=/u,workdir=/w,noatime"
     )
-    assert _unescape_mountinfo("/a\\040b\\134c") == "/a b\\c"
 
 
 def test_mount_table_has_root():

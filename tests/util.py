@@ -1,7 +1,8 @@
 """Test helpers: skip reasons, real mounts (ours and the kernel's), layer builders, tree snapshots.
 
-Everything here works on real directories and real mounts; nothing imports the `unionfs` package,
-so these helpers also serve the differential tests that compare pyunionfs with kernel overlayfs.
+Everything here works on real directories and real mounts. Of the `unionfs` package only the mount
+lifecycle (unionfs.embed.lifecycle: start, wait, unmount, reap; the mountinfo parser) is used, never
+the union itself, so these helpers also serve the differential tests against kernel overlayfs.
 
 Mounts are always started in a subprocess (pyfuse3 holds one FUSE session per process) and are always
 unmounted in a `finally`. A watchdog kills a daemon that outlives its mount's time budget, which aborts
@@ -20,10 +21,11 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from collections import namedtuple
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
+
+from unionfs.embed import lifecycle
 
 __all__ = [
     "FUSE_SKIP_REASON",
@@ -55,7 +57,7 @@ __all__ = [
     "escape_layer_path",
 ]
 
-FUSERMOUNT = shutil.which("fusermount3") or "fusermount3"
+FUSERMOUNT = shutil.which(lifecycle.FUSERMOUNT) or lifecycle.FUSERMOUNT
 
 
 # --------------------------------------------------------------------------------------------------
@@ -124,50 +126,23 @@ def kernel_overlay_skip_reason() -> Optional[str]:
 # --------------------------------------------------------------------------------------------------
 
 
-def _unescape_mountinfo(field: str) -> str:
-    # /proc/self/mountinfo escapes space, tab, newline and backslash as \ooo octal.
-    out, i = [], 0
-    while i < len(field):
-        c = field[i]
-        if c == "\\" and i + 4 <= len(field) and field[i + 1 : i + 4].isdigit():
-            out.append(chr(int(field[i + 1 : i + 4], 8)))
-            i += 4
-        else:
-            out.append(c)
-            i += 1
-    return "".join(out)
-
-
 MountEntry = namedtuple("MountEntry", "mountpoint fstype source options")
 
 
 def mount_table() -> list:
-    """Parsed /proc/self/mountinfo (never stats a mount point, so a hung FUSE mount can't block)."""
-    entries = []
-    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
-        for line in f:
-            fields = line.split()
-            sep = fields.index("-")
-            entries.append(
-                MountEntry(
-                    mountpoint=_unescape_mountinfo(fields[4]),
-                    fstype=fields[sep + 1],
-                    source=_unescape_mountinfo(fields[sep + 2]),
-                    options=fields[5] + "," + (fields[sep + 3] if len(fields) > sep + 3 else ""),
-                )
-            )
-    return entries
+    """/proc/self/mountinfo as MountEntry (str fields), parsed by unionfs.engine.layermounts; never
+    stats a mount point, so a hung FUSE mount can't block."""
+    return [
+        MountEntry(os.fsdecode(e.mountpoint), os.fsdecode(e.fstype), os.fsdecode(e.source), os.fsdecode(e.options))
+        for e in lifecycle.mount_table()
+    ]
 
 
-def _abs(path) -> str:
-    # realpath of the parent only: the mount point itself may be a hung FUSE mount.
-    p = os.path.abspath(os.fspath(path))
-    return os.path.join(os.path.realpath(os.path.dirname(p)), os.path.basename(p))
+_abs = lifecycle.real_mountpoint  # realpath of the parent only: the mount point may be a hung FUSE mount
 
 
 def is_mountpoint(path) -> bool:
-    p = _abs(path)
-    return any(m.mountpoint == p for m in mount_table())
+    return bool(lifecycle.mounts_at(_abs(path)))
 
 
 def mount_entry(path) -> Optional[MountEntry]:
@@ -190,19 +165,9 @@ def mounts_under(root, fstypes: Sequence[str] = ("fuse", "overlay")) -> list:
 def unmount(path, *, fuse: bool = True) -> None:
     """Unmount `path` if mounted: normal unmount first, then a lazy one."""
     p = _abs(path)
-    if not is_mountpoint(p):
-        return
-    if fuse and (m := mount_entry(p)) and m.fstype.startswith("fuse"):
-        cmds = [[FUSERMOUNT, "-u", p], [FUSERMOUNT, "-uz", p], ["umount", "-l", p]]
-    else:
-        cmds = [["umount", p], ["umount", "-l", p]]
-    for cmd in cmds:
-        try:
-            subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, timeout=30)
-        except (OSError, subprocess.TimeoutExpired):
-            continue
-        if not is_mountpoint(p):
-            return
+    m = mount_entry(p)
+    if m is not None:
+        lifecycle.unmount(p, fuse=fuse and m.fstype.startswith("fuse"))
 
 
 def escape_layer_path(path) -> str:
@@ -256,33 +221,11 @@ def _daemon_log_problems(text: str) -> list:
     return [line for line in text.splitlines() if "Traceback" in line or " ERROR " in line or line.startswith("ERROR ")]
 
 
-def _wait_mounted(mnt: str, proc: subprocess.Popen, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if is_mountpoint(mnt):
-            return True
-        if proc.poll() is not None:
-            # It may have mounted and exited at once; look one last time.
-            return is_mountpoint(mnt)
-        time.sleep(0.02)
-    return False
+def _wait_mounted(mnt: str, proc: subprocess.Popen, timeout: float, before) -> bool:
+    return lifecycle.wait_for_mount(mnt, proc, timeout, before=before) is not None
 
 
-def _stop_process(proc: subprocess.Popen, timeout: float) -> Optional[str]:
-    """Wait for `proc`; terminate, then kill it if needed. Returns a complaint or None."""
-    try:
-        proc.wait(timeout=timeout)
-        return None
-    except subprocess.TimeoutExpired:
-        pass
-    proc.terminate()
-    try:
-        proc.wait(timeout=5)
-        return f"daemon still running {timeout:g}s after unmount; SIGTERM ended it"
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=10)
-        return f"daemon still running {timeout:g}s after unmount and ignored SIGTERM; killed"
+_stop_process = lifecycle.reap
 
 
 def _add_note(exc: BaseException, note: str) -> None:
@@ -329,12 +272,11 @@ def mount_pyunionfs(
     daemon = None
     timer = None
     try:
+        before = lifecycle.mounts_at(mnt)
         with os.fdopen(fd, "wb") as logf:
-            proc = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT, env=env, start_new_session=True
-            )
+            proc = lifecycle.start_daemon(argv, logf, env=env)
         daemon = Daemon(proc, mnt, log_path, argv)
-        if not _wait_mounted(mnt, proc, timeout):
+        if not _wait_mounted(mnt, proc, timeout, before):
             rc = proc.poll()
             state = f"exited with status {rc}" if rc is not None else f"not mounted after {timeout}s"
             raise RuntimeError(
@@ -485,15 +427,12 @@ def mount_fuse_overlayfs(
     if exe is None:
         raise RuntimeError("fuse-overlayfs is not installed")
     mnt = _abs(mnt)
-    proc = subprocess.Popen(
-        [exe, "-f", "-o", overlay_options(lowers, upper, work, options), mnt],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
+    before = lifecycle.mounts_at(mnt)
+    proc = lifecycle.start_daemon(
+        [exe, "-f", "-o", overlay_options(lowers, upper, work, options), mnt], subprocess.PIPE
     )
     try:
-        if not _wait_mounted(mnt, proc, timeout):
+        if not _wait_mounted(mnt, proc, timeout, before):
             raise RuntimeError(f"fuse-overlayfs did not mount {mnt}: {proc.stdout.read1(4096)!r}")
         yield mnt
     finally:

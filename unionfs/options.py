@@ -4,7 +4,6 @@ Everything here is checked before anything is created, so a refused invocation w
 """
 
 import os
-import re
 from dataclasses import dataclass, field
 
 from .engine.idmap import IdMap, IdMapError
@@ -242,16 +241,14 @@ def _inside(child: str, parent: str) -> bool:
 
 
 def _mount_points() -> set:
-    points = set()
+    # The engine is imported here, not at the top: `pyunionfs --help` and `--version` need none of it,
+    # and a mount imports it anyway.
+    from .engine.layermounts import read_mountinfo
+
     try:
-        with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
-            for line in f:
-                fields = line.split()
-                if len(fields) > 4:
-                    points.add(re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4]))
+        return {os.fsdecode(e.mountpoint) for e in read_mountinfo()}
     except OSError:
-        pass
-    return points
+        return set()
 
 
 def validate(opts: MountOptions) -> MountOptions:
