@@ -25,7 +25,8 @@ from collections import namedtuple
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
 
-from unionfs.embed import lifecycle
+from unionfs.embed import layerspec, lifecycle
+from unionfs.embed.layerspec import DIR, WHITEOUT, Dir, Fifo, File, Hardlink, Symlink
 
 __all__ = [
     "FUSE_SKIP_REASON",
@@ -53,7 +54,6 @@ __all__ = [
     "Opaque",
     "Fifo",
     "Hardlink",
-    "Whiteout",
     "escape_layer_path",
 ]
 
@@ -556,76 +556,11 @@ def diff_snapshots(before: dict, after: dict) -> list:
 # --------------------------------------------------------------------------------------------------
 
 
-class _Marker:
-    def __init__(self, name):
-        self.name = name
-
-    def __repr__(self):
-        return self.name
-
-
-DIR = _Marker("DIR")
-WHITEOUT = _Marker("WHITEOUT")
-
-
-class File:
-    def __init__(
-        self,
-        data=b"",
-        mode: int = 0o644,
-        uid: Optional[int] = None,
-        gid: Optional[int] = None,
-        xattrs: Optional[dict] = None,
-        mtime_ns: Optional[int] = None,
-    ):
-        self.data = data.encode() if isinstance(data, str) else bytes(data)
-        self.mode, self.uid, self.gid = mode, uid, gid
-        self.xattrs = dict(xattrs or {})
-        self.mtime_ns = mtime_ns
-
-
-class Dir:
-    def __init__(
-        self,
-        mode: int = 0o755,
-        uid: Optional[int] = None,
-        gid: Optional[int] = None,
-        xattrs: Optional[dict] = None,
-        mtime_ns: Optional[int] = None,
-    ):
-        self.mode, self.uid, self.gid = mode, uid, gid
-        self.xattrs = dict(xattrs or {})
-        self.mtime_ns = mtime_ns
-
-
-class Opaque(Dir):
-    """A directory marked opaque: `trusted.overlay.opaque=y` (or `user.overlay.opaque=y` with user=True)."""
+class Opaque(layerspec.Opaque):
+    """An opaque directory; here `trusted.overlay.opaque` unless user=True (whoever runs the tests)."""
 
     def __init__(self, *, user: bool = False, **kw):
-        super().__init__(**kw)
-        self.xattrs[("user" if user else "trusted") + ".overlay.opaque"] = b"y"
-
-
-class Symlink:
-    def __init__(self, target, uid: Optional[int] = None, gid: Optional[int] = None):
-        self.target = os.fspath(target)
-        self.uid, self.gid = uid, gid
-
-
-class Fifo:
-    def __init__(self, mode: int = 0o644):
-        self.mode = mode
-
-
-class Whiteout:
-    """A kernel-format whiteout: character device 0/0, mode 0."""
-
-
-class Hardlink:
-    """Another name for `other` (a path in the same layer)."""
-
-    def __init__(self, other):
-        self.other = os.fspath(other)
+        super().__init__(user=user, **kw)
 
 
 class Layers:
@@ -659,86 +594,14 @@ class Layers:
         return f"Layers(lowers={self.lowers}, upper={self.upper}, work={self.work}, mnt={self.mnt})"
 
 
-def _chown(path, uid, gid):
-    if uid is not None or gid is not None:
-        os.chown(path, -1 if uid is None else uid, -1 if gid is None else gid, follow_symlinks=False)
-
-
-def _populate(layer: Path, entries: dict) -> None:
-    dir_meta = []
-    later = []
-    for rel, content in sorted(entries.items(), key=lambda kv: kv[0]):
-        rel = rel.strip("/")
-        p = layer / rel
-        p.parent.mkdir(parents=True, exist_ok=True)
-        if isinstance(content, (bytes, bytearray, str)):
-            content = File(content)
-        if content is WHITEOUT or isinstance(content, Whiteout) or content is Whiteout:
-            os.mknod(p, stat.S_IFCHR | 0o000, os.makedev(0, 0))
-        elif content is DIR:
-            p.mkdir(exist_ok=True)
-        elif isinstance(content, Dir):
-            p.mkdir(exist_ok=True)
-            dir_meta.append((p, content))
-        elif isinstance(content, File):
-            p.write_bytes(content.data)
-            for k, v in content.xattrs.items():
-                os.setxattr(p, k, v.encode() if isinstance(v, str) else v, follow_symlinks=False)
-            _chown(p, content.uid, content.gid)
-            os.chmod(p, content.mode)
-            if content.mtime_ns is not None:
-                os.utime(p, ns=(content.mtime_ns, content.mtime_ns))
-        elif isinstance(content, Symlink):
-            os.symlink(content.target, p)
-            _chown(p, content.uid, content.gid)
-        elif isinstance(content, Fifo):
-            os.mkfifo(p, content.mode)
-            os.chmod(p, content.mode)
-        elif isinstance(content, Hardlink):
-            later.append((p, content))
-        else:
-            raise TypeError(f"{layer.name}/{rel}: unknown layer entry {content!r}")
-    for p, link in later:
-        os.link(layer / link.other.strip("/"), p, follow_symlinks=False)
-    # Directory metadata last, deepest first: creating children changes a directory's mtime.
-    for p, d in sorted(dir_meta, key=lambda x: -len(x[0].parts)):
-        for k, v in d.xattrs.items():
-            os.setxattr(p, k, v.encode() if isinstance(v, str) else v)
-        _chown(p, d.uid, d.gid)
-        os.chmod(p, d.mode)
-        if d.mtime_ns is not None:
-            os.utime(p, ns=(d.mtime_ns, d.mtime_ns))
-
-
 def make_layers(tmp_path, spec: dict, *, readonly: bool = False) -> Layers:
-    """Build layer directories under `tmp_path` from `spec`.
-
-    spec: {"lower0": {...}, "lower1": {...}, "upper": {...}}; lower0 is the topmost lower. Each layer
-    maps a relative path to bytes/str (a file), `DIR`, `Dir(...)`, `File(...)`, `Symlink(target)`,
-    `WHITEOUT`, `Opaque()`, `Fifo()` or `Hardlink(other)`. Missing parents are created as plain
-    directories. A union is read-only (no upper, no work) if `readonly` or spec["upper"] is None.
+    """Build layer directories under `tmp_path` from `spec` (the layer-description language of
+    unionfs.embed.layerspec: {"lower0": {...}, "lower1": {...}, "upper": {...}}, lower0 on top).
+    A union is read-only (no upper, no work) if `readonly` or spec["upper"] is None.
     Returns `Layers` with `lowers`, `upper`, `work` and an empty `mnt` directory.
     """
     root = Path(tmp_path)
-    root.mkdir(parents=True, exist_ok=True)
-    unknown = [k for k in spec if k != "upper" and not (k.startswith("lower") and k[5:].isdigit())]
-    if unknown:
-        raise ValueError(f"unknown layer names {unknown}: use lower0, lower1, ... and upper")
-    n = max([int(k[5:]) + 1 for k in spec if k.startswith("lower")] or [1])
-    lowers = []
-    for i in range(n):
-        d = root / f"lower{i}"
-        d.mkdir()
-        _populate(d, spec.get(f"lower{i}") or {})
-        lowers.append(d)
-    if readonly or ("upper" in spec and spec["upper"] is None):
-        upper = work = None
-    else:
-        upper = root / "upper"
-        upper.mkdir()
-        _populate(upper, spec.get("upper") or {})
-        work = root / "work"
-        work.mkdir()
+    lowers, upper, work = layerspec.build_layers(root, spec, readonly=readonly)
     mnt = root / "mnt"
     mnt.mkdir()
     return Layers(root, lowers, upper, work, mnt)
