@@ -49,7 +49,7 @@ fi
 
 # Reinstall only when the project metadata changed since the last install.
 stamp=.venv/.unionfs-installed
-if [[ ! -f $stamp ]] || [[ pyproject.toml -nt $stamp ]] || ! .venv/bin/python -c 'import unionfs, pyfuse3, trio, pytest, hypothesis, pytest_timeout, ruff' >/dev/null 2>&1; then
+if [[ ! -f $stamp ]] || [[ pyproject.toml -nt $stamp ]] || ! .venv/bin/python -c 'import unionfs, pyfuse3, trio, pytest, hypothesis, pytest_timeout, ruff, mypy' >/dev/null 2>&1; then
     log "installing unionfs[test] into .venv"
     PIP_DISABLE_PIP_VERSION_CHECK=1 .venv/bin/python -m pip install -qq -e '.[test]' </dev/null
     touch "$stamp"
