@@ -49,7 +49,7 @@ fi
 
 # Reinstall only when the project metadata changed since the last install.
 stamp=.venv/.unionfs-installed
-if [[ ! -f $stamp ]] || [[ pyproject.toml -nt $stamp ]] || ! .venv/bin/python -c 'import unionfs, pyfuse3, trio, pytest, hypothesis, pytest_timeout, ruff' >/dev/null 2>&1; then
+if [[ ! -f $stamp ]] || [[ pyproject.toml -nt $stamp ]] || ! .venv/bin/python -c 'import unionfs, pyfuse3, trio, pytest, hypothesis, pytest_timeout, ruff, mypy' >/dev/null 2>&1; then
     log "installing unionfs[test] into .venv"
     # compat mode: a .pth line puts this checkout on sys.path. The default (a meta-path finder module)
     # costs every Python start, and container engines exec pyunionfs for every mount.

@@ -16,7 +16,6 @@ from tests.util import (
     Hardlink,
     Opaque,
     Symlink,
-    _unescape_mountinfo,
     copy_layers,
     escape_layer_path,
     hash_tree,
@@ -105,8 +104,19 @@ def test_escaping():
         overlay_options(["/l1", "/l:2"], "/u", "/w", ["noatime"])
         == "lowerdir=/l1:/l\\:2,upperdir=/u,workdir=/w,noatime"
     )
-    assert _unescape_mountinfo("/a\\040b\\134c") == "/a b\\c"
 
 
 def test_mount_table_has_root():
     assert any(m.mountpoint == "/" for m in mount_table())
+
+
+def test_daemon_command_lines_and_their_mount_points():
+    from tests.helpers.processes import daemon_args, mountpoint_arg
+
+    m = daemon_args([b"/usr/bin/python3", b"-m", b"unionfs", b"-f", b"-o", b"lowerdir=/a,upperdir=/u", b"/m"])
+    assert mountpoint_arg(m) == b"/m"
+    # mount.fuse3 runs the console script as `pyunionfs SOURCE MOUNTPOINT -o OPTIONS`
+    script = daemon_args([b"/usr/bin/python3", b"/venv/bin/pyunionfs", b"overlay", b"/m2", b"-o", b"lowerdir=/a"])
+    assert mountpoint_arg(script) == b"/m2"
+    assert daemon_args([b"/usr/bin/vim", b"unionfs"]) is None
+    assert daemon_args([b"python3", b"-m", b"pytest", b"/tmp/unionfs"]) is None

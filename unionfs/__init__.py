@@ -19,7 +19,7 @@ _LAZY = {
     "Caller": "engine",
     "mount": "embed.api",
     "UnionMount": "embed.api",
-    "MountError": "embed.api",
+    "MountError": "errors",
     "DaemonDied": "embed.api",
     "UnionFS": "embed.paths",
 }

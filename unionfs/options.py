@@ -4,10 +4,11 @@ Everything here is checked before anything is created, so a refused invocation w
 """
 
 import os
-import re
 from dataclasses import dataclass, field
+from typing import Optional
 
 from .engine.idmap import IdMap, IdMapError
+from .engine.layermounts import read_mountinfo
 from .engine.whiteout import REDIRECT_MODES
 
 MAX_LOWERS = 500  # the kernel's limit
@@ -69,9 +70,9 @@ class OptionError(Exception):
 @dataclass
 class MountOptions:
     lowers: list
-    upper: str = None
-    work: str = None
-    mountpoint: str = None
+    upper: Optional[str] = None
+    work: Optional[str] = None
+    mountpoint: Optional[str] = None
     foreground: bool = False
     debug: bool = False
     readonly: bool = False
@@ -81,7 +82,7 @@ class MountOptions:
     xattr_permissions: int = 0
     index: bool = False
     volatile: bool = False  # fsync is a no-op (the kernel's and fuse-overlayfs's volatile)
-    logfile: str = None
+    logfile: Optional[str] = None
     timeout: float = 300.0
     fsname: str = "overlay"
     fuse_options: list = field(default_factory=list)
@@ -222,8 +223,9 @@ def build(o: dict) -> MountOptions:
         else:
             raise OptionError("unknown option: %s" % (key if value is True else "%s=%s" % (key, value)))
     # As fuse-overlayfs: squash_to_uid/gid take precedence over squash_to_root.
-    opts.uid_map.squash = squash.get("squash_to_uid", 0 if squash_root else None)
-    opts.gid_map.squash = squash.get("squash_to_gid", 0 if squash_root else None)
+    # (IdMap.squash is None when not squashing; engine/idmap.py annotates it int)
+    opts.uid_map.squash = squash.get("squash_to_uid", 0 if squash_root else None)  # type: ignore[assignment]
+    opts.gid_map.squash = squash.get("squash_to_gid", 0 if squash_root else None)  # type: ignore[assignment]
     return opts
 
 
@@ -242,16 +244,10 @@ def _inside(child: str, parent: str) -> bool:
 
 
 def _mount_points() -> set:
-    points = set()
     try:
-        with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
-            for line in f:
-                fields = line.split()
-                if len(fields) > 4:
-                    points.add(re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4]))
+        return {os.fsdecode(e.mountpoint) for e in read_mountinfo()}
     except OSError:
-        pass
-    return points
+        return set()
 
 
 def validate(opts: MountOptions) -> MountOptions:
@@ -259,6 +255,8 @@ def validate(opts: MountOptions) -> MountOptions:
     lowers = [_real(p, "lowerdir") for p in opts.lowers]
     layers = [("lowerdir", p) for p in lowers]
     if opts.upper is not None:
+        if opts.work is None:  # build() refuses this already; a MountOptions made by hand may not
+            raise OptionError("upperdir and workdir must be given together")
         upper = _real(opts.upper, "upperdir")
         work = _real(opts.work, "workdir")
         if not os.access(upper, os.W_OK):

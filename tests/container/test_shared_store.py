@@ -28,7 +28,7 @@ from typing import Optional
 
 import pytest
 
-from tests.util import mounts_under, tree_snapshot
+from tests.util import mount_table, mounts_under, tree_snapshot
 
 pytestmark = [pytest.mark.timeout(180)]
 
@@ -91,7 +91,7 @@ class LoopbackNFS:
 
     def start(self) -> None:
         nfsd_fs = "/proc/fs/nfsd"
-        if not any(m.split()[4] == nfsd_fs for m in open("/proc/self/mountinfo")):
+        if not any(m.mountpoint == nfsd_fs for m in mount_table()):
             self._run("mount", "-t", "nfsd", "nfsd", nfsd_fs)
             self.undo.append(("umount /proc/fs/nfsd", lambda: self._run("umount", nfsd_fs, check=False)))
         if not self._mountd_running():

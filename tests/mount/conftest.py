@@ -12,12 +12,15 @@ import stat
 
 import pytest
 
+from tests.helpers.processes import kill_daemons_under
 from tests.util import (
     FUSE_SKIP_REASON,
     diff_snapshots,
     kernel_overlay_skip_reason,
     mount_kernel_overlay,
     mount_pyunionfs,
+    mounts_under,
+    unmount,
 )
 
 IMPLS = ("pyunionfs", "kernel")
@@ -45,6 +48,19 @@ def pytest_collection_modifyitems(config, items):
 def impl(request):
     """'pyunionfs' or 'kernel'."""
     return request.param
+
+
+@pytest.fixture
+def no_stray_daemons(tmp_path):
+    """After the test: no FUSE mount under tmp_path, and no pyunionfs daemon whose mount point is under
+    tmp_path (those left are killed). Other daemons on the machine are never touched."""
+    yield
+    left = mounts_under(tmp_path, ("fuse",))
+    for m in left:
+        unmount(m.mountpoint)
+    stray = kill_daemons_under(tmp_path)
+    assert not left, f"FUSE mounts left behind: {[m.mountpoint for m in left]}"
+    assert not stray, f"pyunionfs daemons still running after unmount (killed): {sorted(stray)}"
 
 
 @contextlib.contextmanager

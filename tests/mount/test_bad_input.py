@@ -3,7 +3,7 @@
 Each case must give exactly one stderr line starting `pyunionfs: `, a non-zero exit status, nothing
 mounted and nothing written: the layer directories, the mountpoint and every other path the case
 touches hash the same before and after. Run in the background and in the foreground (`-f`), as in
-test_cli.py, whose helpers this module reuses.
+test_cli.py, with the helpers both share (tests/helpers/cli.py).
 
 Cases that need an unprivileged caller (an unreadable layer, an unwritable upper: root passes every
 access check) run the CLI as `nobody` through setpriv(1) on layers under a world-traversable directory.
@@ -11,10 +11,8 @@ access check) run the CLI as `nobody` through setpriv(1) on layers under a world
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -23,42 +21,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.mount.test_cli import PYTHON_M, SPEC, _hash_all, opts
+from tests.helpers.cli import PYTHON_M, SPEC, hash_paths, opts
 from tests.util import make_layers, mount_pyunionfs, mounts_under, unmount
 
-
-def daemons_mentioning(text: str) -> set:
-    """PIDs of unionfs processes whose command line mentions `text` (our tmp dir): only ours, never
-    another session's daemons on the same machine."""
-    pids = set()
-    for d in os.listdir("/proc"):
-        if not d.isdigit() or int(d) == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{d}/cmdline", "rb") as f:
-                cmd = f.read()
-        except OSError:
-            continue
-        if b"unionfs" in cmd and text.encode() in cmd:
-            pids.add(int(d))
-    return pids
-
-
-@pytest.fixture(autouse=True)
-def no_stray_daemons(tmp_path):
-    """No mount under tmp_path and no daemon of ours is left behind (killing only our own)."""
-    yield
-    left = mounts_under(tmp_path, ("fuse",))
-    for m in left:
-        unmount(m.mountpoint)
-    deadline = time.monotonic() + 10  # a background daemon exits shortly after its unmount
-    while (stray := daemons_mentioning(str(tmp_path))) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    for p in stray:
-        with contextlib.suppress(OSError):
-            os.kill(p, signal.SIGKILL)
-    assert not left, f"FUSE mounts left behind: {[m.mountpoint for m in left]}"
-    assert not stray, f"unionfs processes still running: {sorted(stray)}"
+pytestmark = pytest.mark.usefixtures("no_stray_daemons")
 
 
 @pytest.fixture
@@ -335,9 +301,9 @@ def test_bad_input_more(L, tmp_path, case, foreground):
     args = BAD[case](L, tmp_path, extra)
     watched = [*L.dirs(), L.mnt, L.root, *extra]
     try:
-        before = _hash_all(watched)
+        before = hash_paths(watched)
         res, mounted_after = _run_watching((["-f"] if foreground else []) + args, tmp_path)
-        after = _hash_all(watched)
+        after = hash_paths(watched)
     finally:
         for m in mounts_under(tmp_path, ("fuse",)):
             unmount(m.mountpoint)
@@ -405,9 +371,9 @@ def test_bad_permissions_as_nobody(tmp_path, case):
             os.chown(L.upper, 0, 0)
             os.chmod(L.upper, 0o755)
         watched = [*L.dirs(), L.mnt]
-        before = _hash_all(watched)
+        before = hash_paths(watched)
         res = _run_as_nobody(["-f", "-o", opts(L), L.mnt])
-        after = _hash_all(watched)
+        after = hash_paths(watched)
         mounted_after = mounts_under(base, ("fuse",))
     finally:
         for m in mounts_under(base, ("fuse",)):

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.cli import PYTHON_M, SPEC, hash_paths, opts
+from tests.helpers.processes import daemons_under, wait_pids_gone
 from tests.util import (
-    DIR,
-    escape_layer_path,
     hash_tree,
     is_mountpoint,
     kernel_overlay_skip_reason,
@@ -26,81 +26,12 @@ from tests.util import (
     unmount,
 )
 
-SPEC = {
-    "lower0": {"f": "lower f\n", "file": "a file\n", "sub": DIR, "sub/x": "x\n", "wdir": DIR},
-    "lower1": {"g": "lower g\n"},
-    "upper": {"u": "upper u\n", "usub": DIR},
-}
-
-PYTHON_M = [sys.executable, "-m", "unionfs"]
-
-
-def unionfs_pids() -> set:
-    """PIDs of processes whose command line mentions unionfs (our daemons)."""
-    pids = set()
-    for d in os.listdir("/proc"):
-        if not d.isdigit() or int(d) == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{d}/cmdline", "rb") as f:
-                cmd = f.read()
-        except OSError:
-            continue
-        args = cmd.split(b"\0")
-        if b"unionfs" in args or any(os.path.basename(a) == b"pyunionfs" for a in args[:2]):
-            pids.add(int(d))
-    return pids
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ", 1)[1][0] != "Z"
-    except (OSError, IndexError):
-        return False
-
-
-def wait_pids_gone(pids, timeout=15.0) -> set:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        alive = {p for p in pids if pid_alive(p)}
-        if not alive:
-            return set()
-        time.sleep(0.05)
-    return {p for p in pids if pid_alive(p)}
-
-
-@pytest.fixture(autouse=True)
-def no_stray_daemons(tmp_path):
-    """Whatever a test does, leave no mount under tmp_path and no new unionfs process behind."""
-    before = unionfs_pids()
-    yield
-    left_mounts = mounts_under(tmp_path, ("fuse",))
-    for m in left_mounts:
-        unmount(m.mountpoint)
-    stray = wait_pids_gone(unionfs_pids() - before, 10)
-    for p in stray:
-        try:
-            os.kill(p, signal.SIGKILL)
-        except OSError:
-            pass
-    assert not left_mounts, f"FUSE mounts left behind: {[m.mountpoint for m in left_mounts]}"
-    assert not stray, f"unionfs processes still running after unmount: {sorted(stray)}"
+pytestmark = pytest.mark.usefixtures("no_stray_daemons")
 
 
 @pytest.fixture
 def L(layers):
     return layers(SPEC)
-
-
-def opts(L, **kw) -> str:
-    d = {
-        "lowerdir": ":".join(escape_layer_path(l) for l in L.lowers),
-        "upperdir": escape_layer_path(L.upper),
-        "workdir": escape_layer_path(L.work),
-    }
-    d.update(kw)
-    return ",".join(f"{k}={v}" if v is not True else k for k, v in d.items() if v is not None)
 
 
 def run_cli(args, *, cwd=None, timeout=30, env=None):
@@ -278,19 +209,6 @@ def _(L, tmp, extra):
     return ["--no-such-flag", "-o", opts(L), L.mnt]
 
 
-def _hash_all(paths) -> dict:
-    out = {}
-    for p in paths:
-        p = Path(p)
-        if p.is_dir() and not p.is_symlink():
-            out[str(p)] = hash_tree(p)
-        elif os.path.lexists(p):
-            out[str(p)] = (os.lstat(p).st_mode, p.read_bytes() if p.is_file() else None)
-        else:
-            out[str(p)] = None
-    return out
-
-
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("case", list(BAD))
 @pytest.mark.parametrize("foreground", [False, True], ids=["bg", "fg"])
@@ -300,9 +218,9 @@ def test_bad_input(L, tmp_path, case, foreground):
     watched = [*L.dirs(), L.mnt, tmp_path / "nope", tmp_path / "nomnt", *extra]
     premounted = is_mountpoint(L.mnt)
     try:
-        before = _hash_all(watched)
+        before = hash_paths(watched)
         res = run_cli((["-f"] if foreground else []) + args)
-        after = _hash_all(watched)
+        after = hash_paths(watched)
         mounted_after = mounts_under(tmp_path, ("fuse",))
     finally:
         unmount(L.mnt, fuse=False) if premounted else unmount(L.mnt)
@@ -357,7 +275,6 @@ def _check_live(L):
 
 @pytest.mark.timeout(60)
 def test_background_mount(L):
-    before = unionfs_pids()
     res = run_cli(["-o", opts(L), L.mnt])
     try:
         assert res.returncode == 0, res.stderr
@@ -367,7 +284,7 @@ def test_background_mount(L):
         assert e.source == "overlay"
         if os.geteuid() == 0:
             assert "allow_other" in e.options.split(","), e.options
-        daemons = unionfs_pids() - before
+        daemons = daemons_under(L.root)
         assert daemons, "no daemon process found"
     finally:
         r = subprocess.run(["fusermount3", "-u", str(L.mnt)], capture_output=True, text=True, timeout=30)
@@ -395,17 +312,19 @@ def test_background_mount_detaches_stdio(L):
 def test_background_relative_paths(L):
     """Relative layer paths and mountpoint are resolved before the daemon leaves the caller's cwd."""
     rel = lambda p: os.path.relpath(p, L.root)  # noqa: E731
-    before = unionfs_pids()
     o = f"lowerdir={rel(L.lowers[0])}:{rel(L.lowers[1])},upperdir={rel(L.upper)},workdir={rel(L.work)}"
     res = run_cli(["-o", o, "mnt"], cwd=L.root)
     try:
         assert res.returncode == 0, res.stderr
         _check_live(L)
+        # found although its mount point argument is relative and it left for /: by its open layers
+        assert daemons_under(L.root), "the daemon is not found as this test's"
+        assert not daemons_under(L.root / "nowhere"), "a daemon of this test found under another directory"
         (L.mnt / "sub/y").write_bytes(b"y\n")
         assert (L.upper / "sub/y").read_bytes() == b"y\n"
     finally:
         unmount(L.mnt)
-    assert not wait_pids_gone(unionfs_pids() - before)
+    assert not wait_pids_gone(daemons_under(L.root))
 
 
 @pytest.mark.timeout(60)
@@ -483,26 +402,24 @@ def test_several_o_options_merged(L):
         "-o",
         f"workdir={L.work},noatime",
     ]
-    before = unionfs_pids()
     res = run_cli(args + [L.mnt])
     try:
         assert res.returncode == 0, res.stderr
         _check_live(L)
     finally:
         unmount(L.mnt)
-    assert not wait_pids_gone(unionfs_pids() - before)
+    assert not wait_pids_gone(daemons_under(L.root))
 
 
 @pytest.mark.timeout(60)
 def test_source_argument_accepted(L):
-    before = unionfs_pids()
     res = run_cli(["-o", opts(L), "overlay", L.mnt])
     try:
         assert res.returncode == 0, res.stderr
         _check_live(L)
     finally:
         unmount(L.mnt)
-    assert not wait_pids_gone(unionfs_pids() - before)
+    assert not wait_pids_gone(daemons_under(L.root))
 
 
 @pytest.mark.timeout(60)
@@ -557,7 +474,6 @@ def test_mount_fuse3_helper(L, tmp_path):
     if helper is None:
         pytest.skip("mount.fuse3 not installed")
     env = dict(os.environ, PATH=_path_with_pyunionfs(tmp_path))
-    before = unionfs_pids()
     try:
         res = subprocess.run(
             [helper, "overlay", str(L.mnt), "-t", "pyunionfs", "-o", opts(L)],
@@ -571,7 +487,7 @@ def test_mount_fuse3_helper(L, tmp_path):
         _check_live(L)
     finally:
         unmount(L.mnt)
-    assert not wait_pids_gone(unionfs_pids() - before)
+    assert not wait_pids_gone(daemons_under(L.root))
 
 
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -593,7 +509,6 @@ def test_mount_t_fuse_pyunionfs(L, tmp_path):
         script = Path(sys.executable).parent / "pyunionfs"
         link = Path("/usr/local/bin/pyunionfs")
         link.symlink_to(script)
-    before = unionfs_pids()
     try:
         res = subprocess.run(
             ["mount", "-t", "fuse.pyunionfs", "overlay", str(L.mnt), "-o", opts(L)],
@@ -608,7 +523,7 @@ def test_mount_t_fuse_pyunionfs(L, tmp_path):
         unmount(L.mnt)
         if link is not None:
             link.unlink()
-    assert not wait_pids_gone(unionfs_pids() - before)
+    assert not wait_pids_gone(daemons_under(L.root))
 
 
 @pytest.mark.timeout(90)

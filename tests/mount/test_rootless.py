@@ -25,7 +25,7 @@ import tempfile
 
 import pytest
 
-from tests.util import mount_pyunionfs, mounts_under
+from tests.util import mount_entry, mount_pyunionfs, mounts_under
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -161,6 +161,7 @@ def _chown_tree(path, uid, gid):
 INNER_ROOTLESS = r'''
 import json, os, stat, sys
 import unionfs
+from unionfs.engine.layermounts import read_mountinfo
 w = sys.argv[1]
 low, up, work, mnt = (os.path.join(w, n) for n in ("lower", "upper", "work", "mnt"))
 res = {"uid": os.getuid(), "dev_fuse": oct(os.stat("/dev/fuse").st_mode)}
@@ -172,8 +173,7 @@ def lst(p):
                                          for n in os.listxattr(p, follow_symlinks=False)}}
 try:
     with unionfs.mount([low], up, work, mountpoint=mnt, timeout=30) as m:
-        res["fstype"] = [l.split(" - ")[1].split()[0] for l in open("/proc/self/mountinfo")
-                         if l.split()[4] == mnt]
+        res["fstype"] = [e.fstype.decode() for e in read_mountinfo() if e.mountpoint == os.fsencode(mnt)]
         res["listing"] = sorted(os.listdir(mnt))
         os.unlink(os.path.join(mnt, "f2"))
         res["f2 whiteout"] = lst(os.path.join(up, "f2"))
@@ -339,7 +339,7 @@ def test_allow_other_permissions(user, workspace):
     }
 
     with mount_pyunionfs(mnt, [low], up, work) as d:
-        assert "allow_other" in open("/proc/self/mountinfo").read().split(mnt, 1)[1].split("\n", 1)[0]
+        assert "allow_other" in mount_entry(mnt).options.split(",")
         run = _as_user(user, [sys.executable, os.path.join(w, "inner.py"), mnt], namespace=False)
         assert run.returncode == 0, run.stderr
         res = json.loads(run.stdout)

@@ -71,8 +71,32 @@ def test_free_read_lock_takes_no_scheduling_point():
     trio.run(main)
 
 
-def test_spare_reader_outside_the_daemon_does_nothing():
+class _RecordingNursery:
+    def __init__(self):
+        self.started = []
+
+    def start_soon(self, fn, *args, name=None):
+        self.started.append((fn, args, name))
+
+
+def test_spare_reader_outside_the_daemon_does_nothing(monkeypatch):
+    # No session loop running (no nursery): nothing is started, and pyfuse3's loop is never entered.
+    monkeypatch.setattr(fuse_loop, "_spare_nursery", None)
+    entered = []
+    monkeypatch.setattr(pyfuse3, "_session_loop", lambda *a: entered.append(a))
     fuse_loop.spare_reader()
+    assert entered == []
+
+
+def test_spare_reader_starts_one_reader_that_never_starts_workers(monkeypatch):
+    nursery = _RecordingNursery()
+    monkeypatch.setattr(fuse_loop, "_spare_nursery", nursery)
+    fuse_loop.spare_reader()
+    assert len(nursery.started) == 1
+    fn, args, _name = nursery.started[0]
+    assert fn is pyfuse3._session_loop
+    # min_tasks 0: it ends once another reader waits; max_tasks never reached: pyfuse3 adds no worker.
+    assert args == (nursery, 0, fuse_loop._NEVER) and fuse_loop._NEVER < 0
 
 
 def test_wait_readable_returns_at_once_while_requests_queue_then_lets_others_run():

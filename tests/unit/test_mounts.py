@@ -75,3 +75,18 @@ def test_a_mount_made_inside_a_layer_behind_the_union_is_not_entered(stack):  # 
     names = sorted(e[0] for e in u.scan(u.child(u.root, b"d")))
     assert u.layers[2].covered == {}
     assert names == [b"file", b"mnt"]
+
+
+def test_mountinfo_entries_give_type_source_and_options():
+    text = (
+        b"22 1 0:21 / /proc rw,nosuid - proc proc rw\n"
+        b"97 22 0:50 / /srv/m\\040x rw,nodev shared:1 master:2 - fuse.pyunionfs /srv/l\\054ow rw,user_id=0\n"
+    )
+    proc, fuse = mounts.mountinfo_entries(text)
+    assert proc == mounts.MountInfo(22, 1, b"/proc", b"proc", b"proc", b"rw,nosuid,rw")
+    assert fuse.mountpoint == b"/srv/m x" and fuse.fstype == b"fuse.pyunionfs"
+    assert fuse.source == b"/srv/l,ow" and fuse.options == b"rw,nodev,rw,user_id=0"
+
+
+def test_read_mountinfo_has_the_root():
+    assert any(e.mountpoint == b"/" for e in mounts.read_mountinfo())

@@ -19,7 +19,7 @@ hung mount cannot block it). ``stop()`` always unmounts: ``fusermount3 -u``, the
 (lazy, for a busy mount), then, as root, ``umount -l``; then it waits for the daemon, sends SIGTERM and
 finally SIGKILL. ``stop()`` also runs when the ``with`` body raises, when the daemon has died (its mount is
 then a dead "transport endpoint is not connected" mount, which is unmounted too), and at interpreter
-exit for mounts still live.
+exit for mounts still live. Starting, waiting, unmounting and reaping are `unionfs.embed.lifecycle`'s.
 
 Errors: ``MountError`` is a subclass of ``RuntimeError`` (not ``OSError``: no errno describes a refused
 mount, and ``except OSError`` around file operations in the body must not swallow it). Its ``message``
@@ -40,37 +40,22 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import threading
-import time
 import weakref
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 from typing import Union as _U
 
+from ..errors import MountError
+from . import lifecycle
+from .lifecycle import FUSERMOUNT, mounts_at
+
 __all__ = ["mount", "UnionMount", "MountError", "DaemonDied", "fuse_unavailable_reason"]
 
 PathLike = _U[str, bytes, os.PathLike]
-FUSERMOUNT = "fusermount3"
-
-
-class MountError(RuntimeError):
-    """The union could not be mounted (or its daemon died).
-
-    Attributes: ``message`` (the daemon's one-line reason, without the ``pyunionfs:`` prefix),
-    ``returncode`` (the daemon's exit status, or None when it was still running and had to be killed),
-    ``log`` (the daemon's whole stdout/stderr), ``argv`` (the daemon's command line).
-    """
-
-    def __init__(self, message: str, *, returncode: Optional[int] = None, log: str = "", argv: Sequence[str] = ()):
-        super().__init__(message)
-        self.message = message
-        self.returncode = returncode
-        self.log = log
-        self.argv = list(argv)
 
 
 class DaemonDied(MountError):
@@ -106,35 +91,8 @@ def fuse_unavailable_reason() -> Optional[str]:
 
 
 # ------------------------------------------------------------------------------------------------
-# mount table
+# option strings
 # ------------------------------------------------------------------------------------------------
-
-
-def _unescape(field: str) -> str:
-    out, i = [], 0
-    while i < len(field):
-        if field[i] == "\\" and field[i + 1 : i + 4].isdigit() and len(field[i + 1 : i + 4]) == 3:
-            out.append(chr(int(field[i + 1 : i + 4], 8)))
-            i += 4
-        else:
-            out.append(field[i])
-            i += 1
-    return "".join(out)
-
-
-def _mounts_at(path: str) -> dict:
-    """{mount id: fstype} of the mounts whose mount point is *path* (a real, absolute path)."""
-    found = {}
-    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
-        for line in f:
-            fields = line.split()
-            try:
-                sep = fields.index("-")
-            except ValueError:
-                continue
-            if _unescape(fields[4]) == path:
-                found[int(fields[0])] = fields[sep + 1]
-    return found
 
 
 def _escape_layer(path: str) -> str:
@@ -254,7 +212,7 @@ class UnionMount:
         if self._proc.poll() is not None:
             return False
         try:
-            return self._mount_id in _mounts_at(self._real_mnt)
+            return self._mount_id in mounts_at(self._real_mnt)
         except OSError:
             return False
 
@@ -301,54 +259,30 @@ class UnionMount:
             if self.mountpoint is None:
                 self._temp_mnt = tempfile.mkdtemp(prefix="unionfs-mnt.")
                 self.mountpoint = Path(self._temp_mnt)
-            mnt = str(self.mountpoint)
-            self._real_mnt = os.path.join(os.path.realpath(os.path.dirname(mnt)), os.path.basename(mnt))
-            before = self._before = set(_mounts_at(self._real_mnt))
+            self._real_mnt = lifecycle.real_mountpoint(self.mountpoint)
+            before = self._before = set(mounts_at(self._real_mnt))
             fd, self._log_path = tempfile.mkstemp(prefix="pyunionfs-", suffix=".log")
             argv = self.argv()
             try:
                 with os.fdopen(fd, "wb") as logf:
-                    self._proc = subprocess.Popen(
-                        argv,
-                        stdin=subprocess.DEVNULL,
-                        stdout=logf,
-                        stderr=logf,
-                        env=self._daemon_env(),
-                        start_new_session=True,
-                        close_fds=True,
-                    )
+                    self._proc = lifecycle.start_daemon(argv, logf, env=self._daemon_env())
             except OSError as exc:
                 self._cleanup_files()
                 raise MountError(f"cannot start the daemon: {exc}", argv=argv) from None
             _live.add(self)
-            deadline = time.monotonic() + self.timeout
-            delay = 0.005
-            while True:
-                new = {i: t for i, t in _mounts_at(self._real_mnt).items() if i not in before and t.startswith("fuse")}
-                if new:
-                    self._mount_id = max(new)
-                    return self
-                rc = self._proc.poll()
-                if rc is not None:
-                    # One last look: it may have mounted and died at once.
-                    new = [i for i, t in _mounts_at(self._real_mnt).items() if i not in before and t.startswith("fuse")]
-                    if new:
-                        self._mount_id = max(new)
-                        return self
-                    text = self.log_text()
-                    msg = self._failure_message(text, f"the daemon exited with status {rc} before mounting")
-                    self._teardown()
-                    raise MountError(msg, returncode=rc, log=text, argv=argv)
-                if time.monotonic() > deadline:
-                    text = self.log_text()
-                    self._teardown()
-                    raise MountError(
-                        f"not mounted after {self.timeout:g} s; daemon killed", returncode=None, log=text, argv=argv
-                    )
-                time.sleep(delay)
-                # Capped at 10 ms: the daemon takes about 200 ms to mount, and a longer sleep here would
-                # add up to its own length to every mount() (reading mountinfo costs ~0.1 ms).
-                delay = min(delay * 2, 0.01)
+            found = lifecycle.wait_for_mount(self._real_mnt, self._proc, self.timeout, before=before)
+            if found is not None:
+                self._mount_id = found
+                return self
+            rc = self._proc.poll()
+            text = self.log_text()
+            self._teardown()
+            if rc is not None:
+                msg = self._failure_message(text, f"the daemon exited with status {rc} before mounting")
+                raise MountError(msg, returncode=rc, log=text, argv=argv)
+            raise MountError(
+                f"not mounted after {self.timeout:g} s; daemon killed", returncode=None, log=text, argv=argv
+            )
 
     # -------------------------------------------------------------------------- stop
 
@@ -356,32 +290,13 @@ class UnionMount:
         """Unmount our mount if it is still there. True when it is gone."""
         if self._mount_id is None:
             return True
-        mnt = self._real_mnt
-        cmds = [[FUSERMOUNT, "-u", mnt], [FUSERMOUNT, "-uz", mnt]]
-        if os.geteuid() == 0:
-            cmds.append(["umount", "-l", mnt])
-        for cmd in cmds:
-            if self._mount_id not in _mounts_at(mnt):
-                return True
-            try:
-                subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, timeout=30)
-            except (OSError, subprocess.TimeoutExpired):
-                continue
-        return self._mount_id not in _mounts_at(mnt)
+        return lifecycle.unmount(self._real_mnt, mount_id=self._mount_id)
 
     def _reap(self) -> None:
         proc = self._proc
         if proc is None:
             return
-        try:
-            proc.wait(timeout=self.stop_timeout)
-        except subprocess.TimeoutExpired:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
+        lifecycle.reap(proc, self.stop_timeout)
         self.returncode = proc.returncode
 
     def _cleanup_files(self) -> None:
@@ -403,7 +318,7 @@ class UnionMount:
         # start() failed: make sure nothing is left running or mounted.
         if self._proc is not None and self._proc.poll() is None:
             self._proc.kill()
-        new = [i for i, t in _mounts_at(self._real_mnt).items() if t.startswith("fuse") and i not in self._before]
+        new = [i for i, t in mounts_at(self._real_mnt).items() if t.startswith("fuse") and i not in self._before]
         if new and self._proc is not None:
             # Only a mount our daemon made can be there now (the table was checked before starting).
             self._mount_id = max(new)

@@ -47,7 +47,9 @@ __all__ = ["UnionFS"]
 PathArg = _U[str, bytes, os.PathLike]
 
 
-def _err(code: int, path=None) -> OSError:
+def _err(code: Optional[int], path=None) -> OSError:
+    # code is an errno taken from an OSError (typed Optional there); it is never None in practice
+    code = code or errno.EIO
     return OSError(code, os.strerror(code), path) if path is not None else OSError(code, os.strerror(code))
 
 
@@ -267,6 +269,7 @@ class UnionFS:
                 raise ValueError("can't have unbuffered text I/O")
             return raw
         size = io.DEFAULT_BUFFER_SIZE if buffering in (-1, 1) else buffering
+        buf: io.BufferedIOBase
         if plus:
             buf = io.BufferedRandom(raw, size)
         elif "r" in chars:
@@ -276,7 +279,7 @@ class UnionFS:
         if binary:
             return buf
         text = io.TextIOWrapper(buf, encoding or "utf-8", errors, newline, line_buffering=buffering == 1)
-        text.mode = mode
+        text.mode = mode  # type: ignore[misc]  # TextIOWrapper's mode is a plain attribute, as open() sets it
         return text
 
     def _open_raw(self, path: PathArg, flags: int, perm: int) -> _UnionFile:

@@ -22,13 +22,14 @@ pyunionfs over them and returns a ``MountedUnion``; every mount is unmounted whe
 ``union_engine`` -- the same layer description, used through ``unionfs.UnionFS`` (no FUSE, no mount):
 for machines without /dev/fuse; same semantics and the same result on disk.
 
-Layer description: a dict with ``"lower"`` (one lower) or ``"lower0"``, ``"lower1"``, ... (``lower0`` on
-top) or ``"lowers"`` (a list, topmost first), and ``"upper"`` (a dict; ``None`` or absent with
-``readonly=True`` for a read-only union). Each layer maps a relative path to its content: ``str`` or
-``bytes`` (a file), ``DIR`` or a path ending in ``/`` (a directory), ``File(data, mode=0o644)``,
-``Symlink(target)``, ``WHITEOUT`` (a char 0/0 device, needs root or Linux 5.8+), ``OPAQUE`` (an opaque
-directory: ``trusted.overlay.opaque`` as root, ``user.overlay.opaque`` otherwise). Missing parent
-directories are made.
+Layer description (`unionfs.embed.layerspec`, whose names this module exports): a dict with
+``"lower"`` (one lower) or ``"lower0"``, ``"lower1"``, ... (``lower0`` on top) or ``"lowers"`` (a list,
+topmost first), and ``"upper"`` (a dict; ``None`` or absent with ``readonly=True`` for a read-only
+union). Each layer maps a relative path to its content: ``str`` or ``bytes`` (a file), ``DIR`` or a path
+ending in ``/`` (a directory), ``File(data, mode=0o644)``, ``Dir(mode=0o755)``, ``Symlink(target)``,
+``Fifo()``, ``Hardlink(other)``, ``WHITEOUT`` (a char 0/0 device, needs root or Linux 5.8+), ``OPAQUE``
+(an opaque directory: ``trusted.overlay.opaque`` as root, ``user.overlay.opaque`` otherwise). Missing
+parent directories are made.
 
 The mount fixtures skip the test, saying why, where FUSE is unavailable (no /dev/fuse, no fusermount3,
 pyfuse3 not importable, /dev/fuse not usable); ``union_engine`` never skips.
@@ -37,42 +38,27 @@ pyfuse3 not importable, /dev/fuse not usable); ``union_engine`` never skips.
 from __future__ import annotations
 
 import os
-import stat
 from pathlib import Path
 from typing import Optional
 
 import pytest
 
 from .api import UnionMount, fuse_unavailable_reason
+from .layerspec import DIR, OPAQUE, WHITEOUT, Dir, Fifo, File, Hardlink, Opaque, Symlink, build_layers
 
-__all__ = ["DIR", "WHITEOUT", "OPAQUE", "File", "Symlink", "MountedUnion", "build_layers"]
-
-
-class _Marker:
-    def __init__(self, name: str):
-        self.name = name
-
-    def __repr__(self):
-        return self.name
-
-
-DIR = _Marker("DIR")
-WHITEOUT = _Marker("WHITEOUT")
-OPAQUE = _Marker("OPAQUE")
-
-
-class File:
-    """A file with a mode (and optional xattrs: {name: bytes})."""
-
-    def __init__(self, data=b"", mode: int = 0o644, xattrs: Optional[dict] = None):
-        self.data = data.encode() if isinstance(data, str) else bytes(data)
-        self.mode = mode
-        self.xattrs = dict(xattrs or {})
-
-
-class Symlink:
-    def __init__(self, target):
-        self.target = os.fspath(target)
+__all__ = [
+    "DIR",
+    "WHITEOUT",
+    "OPAQUE",
+    "File",
+    "Dir",
+    "Opaque",
+    "Symlink",
+    "Fifo",
+    "Hardlink",
+    "MountedUnion",
+    "build_layers",
+]
 
 
 class MountedUnion:
@@ -106,64 +92,6 @@ class MountedUnion:
 
     def __repr__(self):
         return f"<MountedUnion {self.path} lowers={[str(l) for l in self.lowers]} upper={self.upper}>"
-
-
-def _populate(layer: Path, entries: dict) -> None:
-    opaque_prefix = "trusted" if os.geteuid() == 0 else "user"
-    for rel, content in sorted((entries or {}).items()):
-        is_dir = rel.endswith("/")
-        rel = rel.strip("/")
-        if not rel or ".." in rel.split("/"):
-            raise ValueError(f"{layer.name}: bad path {rel!r} in the layer description")
-        p = layer / rel
-        p.parent.mkdir(parents=True, exist_ok=True)
-        if is_dir or content is DIR:
-            p.mkdir(exist_ok=True)
-        elif content is OPAQUE:
-            p.mkdir(exist_ok=True)
-            os.setxattr(p, f"{opaque_prefix}.overlay.opaque", b"y")
-        elif content is WHITEOUT:
-            os.mknod(p, stat.S_IFCHR | 0o000, os.makedev(0, 0))
-        elif isinstance(content, Symlink):
-            os.symlink(content.target, p)
-        elif isinstance(content, (str, bytes, bytearray, File)):
-            f = content if isinstance(content, File) else File(content)
-            p.write_bytes(f.data)
-            os.chmod(p, f.mode)
-            for k, v in f.xattrs.items():
-                os.setxattr(p, k, v.encode() if isinstance(v, str) else v)
-        else:
-            raise TypeError(f"{layer.name}/{rel}: unknown layer content {content!r}")
-
-
-def build_layers(root, spec: dict, *, readonly: bool = False):
-    """Make the layer directories of `spec` under `root`; returns (lowers, upper, work)."""
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    known = {"lower", "lowers", "upper"}
-    bad = [k for k in spec if k not in known and not (k.startswith("lower") and k[5:].isdigit())]
-    if bad:
-        raise ValueError(f"unknown layer names {bad}: use lower, lower0.. (lower0 on top), lowers, upper")
-    if "lowers" in spec:
-        lower_specs = list(spec["lowers"])
-    elif "lower" in spec:
-        lower_specs = [spec["lower"]]
-    else:
-        n = max([int(k[5:]) + 1 for k in spec if k.startswith("lower") and k[5:].isdigit()] or [1])
-        lower_specs = [spec.get(f"lower{i}") or {} for i in range(n)]
-    lowers = []
-    for i, entries in enumerate(lower_specs or [{}]):
-        d = root / f"lower{i}"
-        d.mkdir()
-        _populate(d, entries)
-        lowers.append(d)
-    if readonly or ("upper" in spec and spec["upper"] is None):
-        return lowers, None, None
-    upper, work = root / "upper", root / "work"
-    upper.mkdir()
-    work.mkdir()
-    _populate(upper, spec.get("upper") or {})
-    return lowers, upper, work
 
 
 def pytest_configure(config):

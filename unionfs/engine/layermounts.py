@@ -16,6 +16,7 @@ False and every name takes the openat2 path, as before.
 
 import os
 import select
+from typing import NamedTuple
 
 _MOUNTINFO = "/proc/self/mountinfo"
 
@@ -35,12 +36,44 @@ def _unescape(field: bytes) -> bytes:
     return bytes(out)
 
 
-def parse_mountinfo(text: bytes):
-    """(mount id, parent id, mount point) of every line of /proc/self/mountinfo."""
+class MountInfo(NamedTuple):
+    """One line of /proc/self/mountinfo; paths and strings as bytes, unescaped."""
+
+    mount_id: int
+    parent_id: int
+    mountpoint: bytes
+    fstype: bytes  # b"fuse.pyunionfs", b"overlay", ...
+    source: bytes
+    options: bytes  # the mount's options, then the superblock's: b"rw,nosuid,rw,user_id=0"
+
+
+def mountinfo_entries(text: bytes):
+    """Every line of a /proc/self/mountinfo text as a MountInfo (the project's one mountinfo parser)."""
     for line in text.splitlines():
         fields = line.split(b" ")
-        if len(fields) >= 5:
-            yield int(fields[0]), int(fields[1]), _unescape(fields[4])
+        if len(fields) < 5:
+            continue
+        try:
+            sep = fields.index(b"-", 6)  # optional fields (shared:N ...) end at a lone "-"
+        except ValueError:
+            sep = len(fields)
+        tail = fields[sep + 1 :] + [b"", b"", b""]
+        options = fields[5] if len(fields) > 5 else b""
+        if tail[2]:
+            options += b"," + tail[2]
+        yield MountInfo(int(fields[0]), int(fields[1]), _unescape(fields[4]), tail[0], _unescape(tail[1]), options)
+
+
+def parse_mountinfo(text: bytes):
+    """(mount id, parent id, mount point) of every line of /proc/self/mountinfo."""
+    for e in mountinfo_entries(text):
+        yield e.mount_id, e.parent_id, e.mountpoint
+
+
+def read_mountinfo(path: str = _MOUNTINFO) -> list:
+    """This process's mount table as MountInfo entries (reads the file; never stats a mount point)."""
+    with open(path, "rb") as f:
+        return list(mountinfo_entries(f.read()))
 
 
 def mount_id_of(fd: int):
