@@ -163,7 +163,8 @@ def main(argv=None):
     gc_enabled = gc.isenabled()
     gc.disable()
     try:
-        from .fuse.daemon import MountError, run  # pyfuse3 is imported only when mounting
+        from .errors import MountError
+        from .fuse.daemon import run  # pyfuse3 is imported only when mounting
 
         try:
             return run(opts, gc_after_mount=gc_enabled)

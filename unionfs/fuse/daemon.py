@@ -22,15 +22,12 @@ import pyfuse3
 import trio
 
 from ..engine import LayerInUse, Union
+from ..errors import MountError
 from . import loop as fuse_loop
 from .pyfuse3_backend import Pyfuse3Operations
 from .requests import UnionRequests
 
 log = logging.getLogger("unionfs")
-
-
-class MountError(Exception):
-    """The mount could not be made; the message is one line for the user."""
 
 
 def fuse_options(opts) -> set:
