@@ -299,9 +299,10 @@ def _reopen_script(ns) -> str:
     )
 
 
-def _as_nobody_in_namespace(base, argv, fuse_node=True):
+def _as_nobody_in_namespace(base, argv, fuse_node=True, userns=False):
     """Run *argv* (after this interpreter) as user 65534 in a private mount namespace, where this
-    interpreter is reachable and, with *fuse_node*, /dev/fuse is covered by a 0666 node."""
+    interpreter is reachable and, with *fuse_node*, /dev/fuse is covered by a 0666 node. With *userns*,
+    the user runs it as root of a user namespace of its own (and a mount namespace that one owns)."""
     if shutil.which("unshare") is None:
         pytest.skip("unshare not found")
     ns = base / "ns"
@@ -309,7 +310,8 @@ def _as_nobody_in_namespace(base, argv, fuse_node=True):
     script = f"set -e\nmount -t tmpfs -o size=16k,mode=755 protocol-ns \"{ns}\"\n"
     if fuse_node:
         script += f'mknod "{ns}/fuse" c 10 229 && chmod 666 "{ns}/fuse" && mount --bind "{ns}/fuse" /dev/fuse\n'
-    script += _reopen_script(ns) + f'exec {" ".join(NOBODY)} "$0" "$@"\n'
+    become = " ".join(NOBODY) + (" unshare --user --map-root-user --mount" if userns else "")
+    script += _reopen_script(ns) + f'exec {become} "$0" "$@"\n'
     run = subprocess.run(
         ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, sys.executable, *argv],
         capture_output=True,
@@ -332,7 +334,7 @@ def test_ordinary_user_mounts_through_fusermount3(open_tmp):
     mnt = open_tmp / "mnt"
     mnt.mkdir()
     os.chown(mnt, 65534, 65534)
-    run = _as_nobody_in_namespace(open_tmp, ["-m", "tests.protocol.fusermount_inner", str(mnt)])
+    run = _as_nobody_in_namespace(open_tmp, ["-m", "tests.protocol.user_inner", str(mnt), "fusermount"])
     assert run.returncode == 0, run.stderr
     res = json.loads(run.stdout)
     assert res["uid"] == 65534 and res["ready"] == "ready", res
@@ -344,6 +346,27 @@ def test_ordinary_user_mounts_through_fusermount3(open_tmp):
     assert res["exit"] == 0 and res["mounted_after"] is False, res["stderr"]
     assert "ERROR" not in res["stderr"] and "Traceback" not in res["stderr"], res["stderr"]
     assert not is_mountpoint(mnt)  # nothing reached the host's namespace
+
+
+@pytest.mark.skipif(bool(_fusermount_user_skip_reason()), reason=_fusermount_user_skip_reason() or "")
+def test_root_of_a_user_namespace_mounts_with_mount2(open_tmp):
+    """User 65534 as root of its own user namespace: mount(2) and umount2(2) directly, no fusermount3."""
+    mnt = open_tmp / "mnt"
+    mnt.mkdir()
+    os.chown(mnt, 65534, 65534)
+    probe = subprocess.run(NOBODY + ["unshare", "--user", "--map-root-user", "true"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        pytest.skip(f"unprivileged user namespaces are not available: {probe.stderr.strip()}")
+    run = _as_nobody_in_namespace(open_tmp, ["-m", "tests.protocol.user_inner", str(mnt), "syscall"], userns=True)
+    assert run.returncode == 0, run.stderr
+    res = json.loads(run.stdout)
+    assert res["uid"] == 0 and res["ready"] == "ready", res  # root in there, 65534 outside
+    (line,) = res["mountinfo"]
+    assert " fuse.memfs " in line and "user_id=0" in line
+    assert res["data"] == "by the user" and res["owner"] == [0, 0] and res["xattr"] == "v"
+    assert res["exit"] == 0 and res["mounted_after"] is False, res["stderr"]
+    assert "ERROR" not in res["stderr"] and "Traceback" not in res["stderr"], res["stderr"]
+    assert not is_mountpoint(mnt)
 
 
 @pytest.mark.skipif(bool(_fusermount_user_skip_reason()), reason=_fusermount_user_skip_reason() or "")

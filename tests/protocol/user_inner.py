@@ -1,7 +1,10 @@
-"""Run as an ordinary user (by tests/protocol/test_mount.py): mount memfs through fusermount3, use it,
-SIGTERM the server (which unmounts with `fusermount3 -u -z`), and print what was seen as JSON.
+"""Run as an ordinary user (by tests/protocol/test_mount.py): mount memfs, use it, SIGTERM the server
+(which unmounts the way it mounted), and print what was seen as JSON.
 
-    python -m tests.protocol.fusermount_inner MNT
+    python -m tests.protocol.user_inner MNT METHOD
+
+METHOD "fusermount": through fusermount3 (unmounted with `fusermount3 -u -z`); "syscall": mount(2) and
+umount2(2), as root of a user namespace.
 """
 
 import json
@@ -13,10 +16,10 @@ import time
 
 
 def main():
-    mnt = sys.argv[1]
+    mnt, method = sys.argv[1], sys.argv[2]
     res = {"uid": os.getuid()}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.protocol.serve_memfs", mnt, "--method", "fusermount"],
+        [sys.executable, "-m", "tests.protocol.serve_memfs", mnt, "--method", method],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
