@@ -186,6 +186,50 @@ def test_files_directories_links_xattrs(tmp_path):
 
 @needs_fuse
 @needs_root
+def test_parallel_callers_and_a_waiting_handler(tmp_path):
+    """Threads hammer the mount while handlers wait (spare readers on the real device): every call is
+    answered, the quick ones while the slow ones wait, and the server logs nothing."""
+    import concurrent.futures
+
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    with served(mnt) as proc:
+
+        def slow():
+            t0 = time.monotonic()
+            assert os.getxattr(mnt, "user.slow") == b"slow"
+            return time.monotonic() - t0
+
+        def busy(i):
+            d = mnt / f"t{i}"
+            d.mkdir()
+            for j in range(200):
+                p = d / f"f{j}"
+                p.write_bytes(b"%d" % j)
+                assert p.read_bytes() == b"%d" % j
+                os.unlink(p)
+            os.rmdir(d)
+            return i
+
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            slows = [pool.submit(slow) for _ in range(3)]
+            time.sleep(0.05)
+            t0 = time.monotonic()
+            os.stat(mnt / ".")
+            os.listdir(mnt)
+            quick = time.monotonic() - t0
+            busies = [pool.submit(busy, i) for i in range(4)]
+            assert sorted(f.result(timeout=60) for f in busies) == [0, 1, 2, 3]
+            waits = [f.result(timeout=60) for f in slows]
+        assert quick < 0.4, f"a quick call waited {quick:.2f} s behind the slow ones"
+        assert all(0.45 < w < 5 for w in waits), waits
+    assert proc.returncode == 0
+    err = proc.stderr_text()
+    assert "ERROR" not in err and "Traceback" not in err, err
+
+
+@needs_fuse
+@needs_root
 def test_negotiated_with_the_running_kernel(tmp_path):
     mnt = tmp_path / "mnt"
     mnt.mkdir()
