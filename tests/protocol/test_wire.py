@@ -239,6 +239,8 @@ class Boom(Operations):
             raise PermissionError(errno.EACCES, "no")
         if node == 3:
             raise OSError("no errno")
+        if node == 4:
+            raise OSError(600, "beyond what the kernel takes")
         raise RuntimeError("handler bug")
 
     async def forget(self, forgets):
@@ -251,6 +253,8 @@ def test_errors_become_errno_or_eio(caplog):
         bug = await k.call(abi.GETATTR, 5, bytes(16), expect_ok=False)
         denied = await k.call(abi.GETATTR, 2, bytes(16), expect_ok=False)
         no_errno = await k.call(abi.GETATTR, 3, bytes(16), expect_ok=False)
+        too_big = await k.call(abi.GETATTR, 4, bytes(16), expect_ok=False)
+        assert too_big.errno == errno.EIO
         nosys = await k.call(abi.READLINK, 1, expect_ok=False)  # not overridden: ENOSYS
         unknown = await k.call(99, 1, expect_ok=False)
         ioctl = await k.call(abi.IOCTL, 1, bytes(32), expect_ok=False)
@@ -309,6 +313,44 @@ def test_malformed_requests_answer_eio_and_the_loop_goes_on(raw, caplog):
         assert (reply.unique, reply.errno, len(reply.raw)) == (777, errno.EIO, 16)
     assert alive.error == 0
     assert any("malformed" in r.getMessage() for r in caplog.records)
+
+
+def test_a_failing_init_is_answered_and_ends_the_session(caplog):
+    class BadInit(Operations):
+        async def init(self, conn):
+            raise RuntimeError("cannot start")
+
+    async def script(k):
+        reply, _ = await k.init()
+        with trio.fail_after(5):
+            while k.session._nursery is not None:  # run() returns although the device stays open
+                await trio.sleep(0.01)
+        return reply
+
+    with caplog.at_level(logging.ERROR, logger="unionfs.protocol"):
+        _, reply = run_session(BadInit(), script)
+    assert reply.errno == errno.EIO
+    assert any("INIT" in r.getMessage() for r in caplog.records)
+
+
+def test_defaults_of_the_base_class():
+    async def script(k):
+        await k.init()
+        opened = await k.call(abi.OPEN, 5, abi.OPEN_IN.pack(os.O_RDONLY, 0))
+        opendir = await k.call(abi.OPENDIR, 1, abi.OPEN_IN.pack(0, 0))
+        statfs = await k.call(abi.STATFS, 1)
+        read = await k.call(abi.READ, 5, abi.READ_IN.pack(0, 0, 10, 0, 0, 0, 0), expect_ok=False)
+        flush = await k.call(abi.FLUSH, 5, abi.FLUSH_IN.pack(0, 0, 0, 0), expect_ok=False)
+        release = await k.call(abi.RELEASE, 5, abi.RELEASE_IN.pack(0, 0, 0, 0))
+        lookup = await k.call(abi.LOOKUP, 1, cstr(b"x"), expect_ok=False)
+        return opened, opendir, statfs, read, flush, release, lookup
+
+    _, (opened, opendir, statfs, read, flush, release, lookup) = run_session(Operations(), script)
+    assert abi.OPEN_OUT.unpack(opened.body) == (0, 0, 0) == abi.OPEN_OUT.unpack(opendir.body)
+    sf = abi.KSTATFS.unpack(statfs.body)
+    assert (sf[5], sf[6]) == (512, 255)  # bsize, namelen
+    assert read.errno == flush.errno == lookup.errno == errno.ENOSYS
+    assert release.error == 0
 
 
 # ------------------------------------------------------------------ every common opcode, on memfs

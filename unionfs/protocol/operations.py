@@ -14,6 +14,7 @@ No trio here, nothing heavy: the glue to a request layer imports this without th
 """
 
 import errno
+import os
 
 from . import abi
 
@@ -367,8 +368,8 @@ class Operations:
         raise _nosys()
 
     async def open(self, node: int, flags: int, ctx: Context):
-        """*flags*: open(2)'s. Returns a FileInfo, or a plain int file handle."""
-        raise _nosys()
+        """*flags*: open(2)'s. Returns a FileInfo, or a plain int file handle (default: handle 0)."""
+        return 0
 
     async def read(self, node: int, fh: int, offset: int, size: int, ctx: Context):
         """Returns at most *size* bytes (bytes, bytearray or memoryview); fewer means end of file."""
@@ -380,8 +381,8 @@ class Operations:
 
     async def statfs(self, node: int, ctx: Context):
         """Returns an object with f_bsize f_frsize f_blocks f_bfree f_bavail f_files f_ffree f_namemax
-        (an os.statvfs_result does)."""
-        raise _nosys()
+        (an os.statvfs_result does). The default: an empty filesystem of 512-byte blocks."""
+        return os.statvfs_result((512, 512, 0, 0, 0, 0, 0, 0, 0, 255))
 
     async def release(self, node: int, fh: int, ctx: Context) -> None:
         """The last close of an open file. The answer is not waited for by any caller."""
@@ -409,8 +410,8 @@ class Operations:
         raise _nosys()
 
     async def opendir(self, node: int, flags: int, ctx: Context):
-        """Returns a FileInfo (cache_dir, keep_cache ...) or a plain int handle."""
-        raise _nosys()
+        """Returns a FileInfo (cache_dir, keep_cache ...) or a plain int handle (default: handle 0)."""
+        return 0
 
     async def readdir(self, node: int, fh: int, offset: int, out: DirBuffer, ctx: Context) -> None:
         """Add entries from *offset* (0, or a next_offset given earlier) to *out* until it is full."""

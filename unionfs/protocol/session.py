@@ -229,7 +229,6 @@ class Session:
                     streak = 0
                     await trio.lowlevel.checkpoint()
         finally:
-            view.release()
             self._buffers.append(buf)
 
     async def _handle(self, view, n: int) -> None:
@@ -260,7 +259,7 @@ class Session:
             err = exc.errno
             if self._debug:
                 log.debug("%s node %d: %s", abi.opcode_name(opcode), nodeid, exc)
-            if not err or not 0 < err < 4096:
+            if not err or not 0 < err < 512:  # the kernel refuses an error outside -511..0
                 err = errno.EIO
             msg = _error_reply(unique, err) if opcode not in _NO_REPLY else None
         except Malformed as exc:
@@ -403,7 +402,11 @@ class Session:
         )
         self.proto_minor = proto
         self.conn = conn
-        await self.ops.init(conn)
+        try:
+            await self.ops.init(conn)
+        except BaseException:
+            self._ended = True  # the kernel fails every request of a connection whose INIT failed
+            raise
         log.debug("INIT: %r", conn)
         body = abi.INIT_OUT.pack(
             7,
