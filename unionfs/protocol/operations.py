@@ -3,7 +3,8 @@
 Every method is `async def`, takes decoded values (node ids and file handles as ints, names as bytes,
 a `Context` last) and returns plain values (`Entry`, bytes, ints, `FileInfo`); the session decodes the
 requests and encodes the replies. A method the filesystem does not override raises OSError(ENOSYS), and
-the kernel stops asking for most of those (flush, access, open/opendir with NO_OPEN_SUPPORT ...).
+the kernel stops asking for most of those (flush, fsync, access, lseek ...); as in libfuse, open and
+opendir answer handle 0, statfs an empty filesystem, and forget, release and releasedir do nothing.
 Raising OSError answers its errno; anything else answers EIO and logs the traceback.
 
 Handlers run one at a time on the session's reader task, so a handler that finishes without waiting
