@@ -353,6 +353,84 @@ def test_defaults_of_the_base_class():
     assert release.error == 0
 
 
+class Records(Operations):
+    """Answers every call with a fixed entry and keeps what it was called with."""
+
+    def __init__(self):
+        self.calls = []
+
+    def _keep(self, name, *args):
+        ctx = args[-1]
+        self.calls.append((name, args[:-1], ctx.umask, ctx.kill_suidgid, (ctx.uid, ctx.gid, ctx.pid)))
+        return Entry(7, mode=stat.S_IFREG | 0o644, entry_timeout=2.5, attr_timeout=0.25)
+
+    async def lookup(self, parent, name, ctx):
+        self._keep("lookup", parent, name, ctx)
+        return Entry.negative(5.0)
+
+    async def mknod(self, parent, name, mode, rdev, ctx):
+        return self._keep("mknod", parent, name, mode, rdev, ctx)
+
+    async def create(self, parent, name, mode, flags, ctx):
+        return self._keep("create", parent, name, mode, flags, ctx), FileInfo(9, direct_io=True)
+
+    async def open(self, node, flags, ctx):
+        self._keep("open", node, flags, ctx)
+        return FileInfo(11, keep_cache=True)
+
+    async def write(self, node, fh, offset, data, ctx):
+        self._keep("write", node, fh, offset, bytes(data), ctx)
+        return len(data)
+
+    async def setattr(self, node, changes, fh, ctx):
+        return self._keep("setattr", node, repr(changes), fh, ctx)
+
+
+@pytest.mark.parametrize("minor", [11, 41])
+def test_decoded_arguments_and_context(minor):
+    ops = Records()
+
+    async def script(k):
+        await k.init(minor=minor)
+        k.uid, k.gid, k.pid = 11, 22, 33
+        neg = entry_out((await k.call(abi.LOOKUP, 1, cstr(b"nope"))).body)
+        if minor >= 12:
+            await k.call(abi.MKNOD, 1, abi.MKNOD_IN.pack(0o10644, 0, 0o027, 0) + cstr(b"p"))
+            created = await k.call(
+                abi.CREATE, 1, abi.CREATE_IN.pack(0o101, 0o644, 0o022, abi.OPEN_KILL_SUIDGID) + cstr(b"c")
+            )
+        else:  # 7.11: no umask; CREATE takes fuse_open_in {flags, mode}
+            await k.call(abi.MKNOD, 1, abi.COMPAT_MKNOD_IN.pack(0o10644, 0) + cstr(b"p"))
+            created = await k.call(abi.CREATE, 1, abi.OPEN_IN.pack(0o101, 0o644) + cstr(b"c"))
+        opened = await k.call(abi.OPEN, 7, abi.OPEN_IN.pack(2, abi.OPEN_KILL_SUIDGID))
+        write_in = abi.WRITE_IN.pack(11, 100, 3, abi.WRITE_KILL_SUIDGID, 0, 0, 0)
+        if minor < 9:
+            write_in = write_in[:24]
+        await k.call(abi.WRITE, 7, write_in + b"abc")
+        valid = abi.FATTR_UID | abi.FATTR_CTIME | abi.FATTR_KILL_SUIDGID | abi.FATTR_FH | abi.FATTR_LOCKOWNER
+        await k.call(abi.SETATTR, 7, abi.SETATTR_IN.pack(valid, 0, 11, 0, 99, 0, 0, 3, 0, 0, 4, 0, 0, 500, 0, 0))
+        return neg, created, opened
+
+    _, (neg, created, opened) = run_session(ops, script, flags=abi.DEFAULT_INIT_FLAGS | abi.HANDLE_KILLPRIV_V2)
+    assert (neg["nodeid"], neg["entry_valid"], neg["entry_valid_nsec"]) == (0, 5, 0)  # cached "no such name"
+    e = entry_out(created.body)
+    assert (e["nodeid"], e["entry_valid"], e["entry_valid_nsec"], e["attr_valid"], e["attr_valid_nsec"]) == (
+        7, 2, 500_000_000, 0, 250_000_000,
+    )  # fmt: skip
+    assert abi.OPEN_OUT.unpack_from(created.body, 128) == (9, abi.FOPEN_DIRECT_IO, 0)
+    assert abi.OPEN_OUT.unpack(opened.body) == (11, abi.FOPEN_KEEP_CACHE, 0)
+    new = minor >= 12
+    killpriv = minor >= 33
+    assert ops.calls == [
+        ("lookup", (1, b"nope"), 0, False, (11, 22, 33)),
+        ("mknod", (1, b"p", 0o10644, 0), 0o027 if new else 0, False, (11, 22, 33)),
+        ("create", (1, b"c", 0o644, 0o101), 0o022 if new else 0, killpriv, (11, 22, 33)),
+        ("open", (7, 2), 0, killpriv, (11, 22, 33)),
+        ("write", (7, 11, 100, b"abc"), 0, True, (11, 22, 33)),
+        ("setattr", (7, "SetAttr(uid=500, ctime_ns=3000000004, lock_owner=99)", 11), 0, True, (11, 22, 33)),
+    ]
+
+
 # ------------------------------------------------------------------ every common opcode, on memfs
 
 
