@@ -32,24 +32,25 @@ def main(argv=None):
     except MountError as exc:
         print(f"serve_memfs: {exc}", file=sys.stderr)
         return 1
-    print("ready", flush=True)
     session = Session(MemFS(), fd, flags=args.flags)
     unmounted = []
 
     async def serve():
-        async with trio.open_nursery() as nursery:
+        # the signal handlers are in place before "ready": a SIGTERM right after it unmounts too
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            print("ready", flush=True)
+            async with trio.open_nursery() as nursery:
 
-            async def on_signal():
-                with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                async def on_signal():
                     async for _ in signals:
                         if not unmounted:
                             unmounted.append(True)
-                            unmount(args.mountpoint, method=args.method if args.method != "auto" else "auto")
+                            unmount(args.mountpoint, method=args.method)
                         return
 
-            nursery.start_soon(on_signal)
-            await session.run()
-            nursery.cancel_scope.cancel()
+                nursery.start_soon(on_signal)
+                await session.run()
+                nursery.cancel_scope.cancel()
 
     trio.run(serve)
     conn = session.conn
