@@ -91,6 +91,27 @@ def test_mount_errors_are_one_line(tmp_path):
         unmount(tmp_path, method="syscall")  # not a mount point
 
 
+@needs_fuse
+@needs_root
+def test_a_dead_mount_is_refused_in_one_line(tmp_path):
+    """A mount whose server is gone (the device fd closed unanswered) answers ENOTCONN; mounting over it
+    fails with that line, and unmount clears it."""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    fd = mount(mnt, fsname="dead", subtype="dead")
+    try:
+        assert mount_entry(mnt).fstype == "fuse.dead"
+        os.close(fd)
+        with pytest.raises(OSError) as exc:
+            os.stat(mnt)
+        assert exc.value.errno == errno.ENOTCONN
+        with pytest.raises(MountError, match=r"^mountpoint .*: Transport endpoint is not connected$"):
+            mount(mnt, fsname="dead", subtype="dead")
+    finally:
+        unmount(mnt)
+    assert not is_mountpoint(mnt)
+
+
 # ------------------------------------------------------------------ served by root with mount(2)
 
 
