@@ -299,6 +299,18 @@ class MemFS(Operations):
         return os.statvfs_result((4096, 4096, 1000, 900, 800, 100, len(self.nodes), 90, 0, 255))
 
     async def setxattr(self, node, name, value, flags, ctx):
+        if name == b"user.rename-behind":  # "old\0new" in the root, then tell the kernel
+            old, new = value.split(b"\0")
+            root = self.nodes[abi.ROOT_ID]
+            root.children[new] = root.children.pop(old)
+            ctx.session.notify_inval_entry(abi.ROOT_ID, old)
+            return
+        if name == b"user.write-behind":  # "name\0data": replace a root file's data, then tell the kernel
+            target, data = value.split(b"\0", 1)
+            ino = self.nodes[abi.ROOT_ID].children[target]
+            self.nodes[ino].data[:] = data
+            ctx.session.notify_inval_inode(ino, 0, 0)
+            return
         n = self._node(node)
         if flags == 1 and name in n.xattrs:
             raise FileExistsError(errno.EEXIST, "exists")

@@ -251,6 +251,31 @@ def test_parallel_callers_and_a_waiting_handler(tmp_path):
 
 @needs_fuse
 @needs_root
+def test_notifications_reach_the_kernel(tmp_path):
+    """Changes behind the kernel's caches (entries and attributes kept 1 s, data kept by an open file)
+    show at once after notify_inval_entry / notify_inval_inode."""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    with served(mnt) as proc:
+        ctl = mnt / "ctl"
+        ctl.write_bytes(b"")
+        (mnt / "a").write_bytes(b"A")
+        (mnt / "f").write_bytes(b"x" * 4096)
+        assert os.path.exists(mnt / "a")  # the name is cached now
+        os.setxattr(ctl, "user.rename-behind", b"a\0b")
+        assert not os.path.exists(mnt / "a") and (mnt / "b").read_bytes() == b"A"
+        with open(mnt / "f", "rb", buffering=0) as f:
+            assert os.pread(f.fileno(), 4096, 0) == b"x" * 4096  # the pages are cached now
+            os.setxattr(ctl, "user.write-behind", b"f\0" + b"y" * 5000)
+            assert os.fstat(f.fileno()).st_size == 5000
+            assert os.pread(f.fileno(), 8192, 0) == b"y" * 5000
+    assert proc.returncode == 0
+    err = proc.stderr_text()
+    assert "ERROR" not in err and "Traceback" not in err, err
+
+
+@needs_fuse
+@needs_root
 def test_negotiated_with_the_running_kernel(tmp_path):
     mnt = tmp_path / "mnt"
     mnt.mkdir()
