@@ -266,6 +266,7 @@ def test_notifications_reach_the_kernel(tmp_path):
         assert not os.path.exists(mnt / "a") and (mnt / "b").read_bytes() == b"A"
         with open(mnt / "f", "rb", buffering=0) as f:
             assert os.pread(f.fileno(), 4096, 0) == b"x" * 4096  # the pages are cached now
+            assert os.fstat(f.fileno()).st_size == 4096  # and the attributes, for a second
             os.setxattr(ctl, "user.write-behind", b"f\0" + b"y" * 5000)
             assert os.fstat(f.fileno()).st_size == 5000
             assert os.pread(f.fileno(), 8192, 0) == b"y" * 5000
