@@ -1,6 +1,7 @@
 """Mount tests/protocol/memfs.py on a directory and serve it with unionfs.protocol (a test helper).
 
     python -m tests.protocol.serve_memfs MNT [--method auto|syscall|fusermount] [--flags N] [--option O]...
+        [--fsname NAME]
 
 Prints "ready" on stdout once mounted (requests wait in the kernel until INIT is answered). SIGTERM or
 SIGINT unmounts (by MNT) and ends; unmounting from outside ends it too (the device reports ENODEV).
@@ -25,10 +26,11 @@ def main(argv=None):
     p.add_argument("--method", default="auto")
     p.add_argument("--flags", type=lambda s: int(s, 0), default=abi.DEFAULT_INIT_FLAGS)
     p.add_argument("--option", "-o", action="append", default=[])
+    p.add_argument("--fsname", default="memfs")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="serve_memfs: %(levelname)s %(message)s")
     try:
-        fd = mount(args.mountpoint, fsname="memfs", subtype="memfs", options=args.option, method=args.method)
+        fd = mount(args.mountpoint, fsname=args.fsname, subtype="memfs", options=args.option, method=args.method)
     except MountError as exc:
         print(f"serve_memfs: {exc}", file=sys.stderr)
         return 1

@@ -70,14 +70,18 @@ def served(mnt, *args, user=None):
 
 
 def test_parse_options():
-    flags, data, passed = parse_options(["ro", "noatime", "allow_other", "max_read=4096", "dev"])
-    assert flags & 1 and flags & 1024 and flags & 2 and not flags & 4  # ro, noatime, nosuid kept, dev
+    flags, data, passed, names = parse_options(
+        ["ro", "noatime", "allow_other", "max_read=4096", "dev", "nosymfollow", "fsname=a,b", "subtype=x"]
+    )
+    assert flags == 1 | 1024 | 2 | 256  # ro, noatime, nosuid (libfuse's default), nosymfollow; dev cleared nodev
     assert data == ["allow_other", "max_read=4096"]
-    assert "dev" in passed
+    assert "dev" in passed and names == {"fsname": "a,b", "subtype": "x"}
     with pytest.raises(MountError, match="unknown or malformed mount option 'bogus'"):
         parse_options(["bogus"])
     with pytest.raises(MountError, match="max_read=x"):
         parse_options(["max_read=x"])
+    with pytest.raises(MountError, match="allow_root"):
+        parse_options(["allow_root"])
 
 
 @needs_fuse
@@ -430,7 +434,8 @@ def test_ordinary_user_mounts_through_fusermount3(open_tmp):
     res = json.loads(run.stdout)
     assert res["uid"] == 65534 and res["ready"] == "ready", res
     (line,) = res["mountinfo"]
-    assert " fuse.memfs " in line and "user_id=65534" in line and "nosuid" in line and "nodev" in line
+    assert " fuse.memfs mem,fs " in line  # the comma went through fusermount3's option string escaped
+    assert "user_id=65534" in line and "nosuid" in line and "nodev" in line
     assert res["data"] == "by the user" and res["owner"] == [65534, 65534] and res["xattr"] == "v"
     assert res["listing"] == ["f"]
     # SIGTERM: the server unmounted as the user (fusermount3 -u -z) and ended cleanly
@@ -453,7 +458,7 @@ def test_root_of_a_user_namespace_mounts_with_mount2(open_tmp):
     res = json.loads(run.stdout)
     assert res["uid"] == 0 and res["ready"] == "ready", res  # root in there, 65534 outside
     (line,) = res["mountinfo"]
-    assert " fuse.memfs " in line and "user_id=0" in line
+    assert " fuse.memfs mem,fs " in line and "user_id=0" in line
     assert res["data"] == "by the user" and res["owner"] == [0, 0] and res["xattr"] == "v"
     assert res["exit"] == 0 and res["mounted_after"] is False, res["stderr"]
     assert "ERROR" not in res["stderr"] and "Traceback" not in res["stderr"], res["stderr"]

@@ -19,7 +19,7 @@ def main():
     mnt, method = sys.argv[1], sys.argv[2]
     res = {"uid": os.getuid()}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.protocol.serve_memfs", mnt, "--method", method],
+        [sys.executable, "-m", "tests.protocol.serve_memfs", mnt, "--method", method, "--fsname", "mem,fs"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )

@@ -23,6 +23,7 @@ MS_NOSUID = 2
 MS_NODEV = 4
 MS_NOEXEC = 8
 MS_SYNCHRONOUS = 16
+MS_NOSYMFOLLOW = 256
 MS_DIRSYNC = 128
 MS_NOATIME = 1024
 MS_NODIRATIME = 2048
@@ -51,6 +52,9 @@ _FLAG_OPTIONS = {
     "relatime": (MS_RELATIME, 0),
     "norelatime": (0, MS_RELATIME),
     "strictatime": (MS_STRICTATIME, 0),
+    "nostrictatime": (0, MS_STRICTATIME),
+    "nosymfollow": (MS_NOSYMFOLLOW, 0),
+    "symfollow": (0, MS_NOSYMFOLLOW),
     "lazytime": (MS_LAZYTIME, 0),
     "nolazytime": (0, MS_LAZYTIME),
 }
@@ -77,14 +81,18 @@ def _escape(value: str) -> str:
 
 
 def parse_options(options) -> tuple:
-    """(mount flags, [kernel data options], [the options as fusermount3 takes them]) from an iterable of
-    "name" / "name=value" strings. Unknown names raise MountError."""
+    """(mount flags, [kernel data options], [the options as fusermount3 takes them], {"fsname": ...,
+    "subtype": ...} where given) from an iterable of "name" / "name=value" strings. Unknown names
+    (allow_root among them: it needs a filter in the session) raise MountError."""
     flags = MS_NOSUID | MS_NODEV  # libfuse's defaults; "suid"/"dev" clear them
     data = []
     passed = []
+    names = {}
     for opt in options:
         name, _, value = opt.partition("=")
-        if name in _FLAG_OPTIONS:
+        if name in ("fsname", "subtype") and value:
+            names[name] = value
+        elif name in _FLAG_OPTIONS:
             on, off = _FLAG_OPTIONS[name]
             flags = (flags | on) & ~off
             passed.append(opt)
@@ -96,7 +104,7 @@ def parse_options(options) -> tuple:
             passed.append(opt)
         else:
             raise MountError(f"unknown or malformed mount option {opt!r}")
-    return flags, data, passed
+    return flags, data, passed, names
 
 
 def _check_mountpoint(mountpoint: str) -> int:
@@ -121,12 +129,15 @@ def _libc():
 def mount(mountpoint, *, fsname: str = "fuse", subtype: str = "", options=(), method: str = "auto") -> int:
     """Mount a FUSE filesystem on *mountpoint*; returns the /dev/fuse fd to serve it on (close-on-exec).
 
-    *options*: mount flags (ro, nosuid, noatime, dev, suid, ...) and the kernel's allow_other,
-    default_permissions, max_read=N. *method*: "syscall" (mount(2): root, or root of a user namespace),
-    "fusermount" (the setuid fusermount3), or "auto" (mount(2) when the effective uid is 0).
+    *options*: one option a string, unescaped: mount flags (ro, nosuid, noatime, dev, suid, ...), the
+    kernel's allow_other, default_permissions, max_read=N, and fsname=/subtype= (which win over the
+    arguments). *method*: "syscall" (mount(2): root, or root of a user namespace), "fusermount" (the
+    setuid fusermount3), or "auto" (mount(2) when the effective uid is 0).
     """
     mountpoint = os.fspath(mountpoint)
-    flags, data, passed = parse_options(options)
+    flags, data, passed, names = parse_options(options)
+    fsname = names.get("fsname", fsname)
+    subtype = names.get("subtype", subtype)
     rootmode = _check_mountpoint(mountpoint)
     if method == "auto":
         method = "syscall" if os.geteuid() == 0 else "fusermount"
