@@ -616,3 +616,41 @@ def test_without_a_spare_reader_requests_wait_their_turn():
 
     _, replies = run_session(ops, script)
     assert [(r.unique, r.body) for r in replies] == [(100, b"woken"), (102, b"quick")]
+
+
+# ------------------------------------------------------------------ fuzzing the decoders
+
+_FUZZ_OPCODES = sorted(set(abi.OPCODE_NAMES) - {abi.INIT, abi.DESTROY, abi.FORGET, abi.BATCH_FORGET}) + [0, 7, 99, 4095]
+
+fuzz_request = st.tuples(
+    st.sampled_from(_FUZZ_OPCODES),
+    st.integers(0, 12),  # node ids: most exist in memfs after the setup below
+    st.one_of(
+        st.binary(max_size=200),
+        # a plausible fixed part followed by a name: reaches the name and size checks
+        st.builds(lambda head, name: head + name, st.binary(min_size=8, max_size=40), st.binary(max_size=20)),
+    ),
+)
+
+
+@given(st.lists(fuzz_request, min_size=1, max_size=25))
+def test_random_requests_get_one_well_formed_answer_each(requests):
+    fs = MemFS()
+
+    async def script(k):
+        await k.init()
+        await k.call(abi.MKDIR, 1, abi.MKDIR_IN.pack(0o755, 0) + cstr(b"d"))
+        await k.call(abi.CREATE, 1, abi.CREATE_IN.pack(os.O_RDWR, 0o644, 0, 0) + cstr(b"f"))
+        for opcode, node, body in requests:
+            reply = await k.call(opcode, node, body, expect_ok=False)
+            assert reply.error <= 0 and -reply.error < 512
+            if reply.error:
+                assert len(reply.raw) == 16
+        alive = await k.call(abi.GETATTR, 1, bytes(16))
+        assert stat.S_ISDIR(attr_out(alive.body)["mode"])
+
+    logging.disable(logging.CRITICAL)  # the EIO answers log a line each
+    try:
+        run_session(fs, script)
+    finally:
+        logging.disable(logging.NOTSET)
