@@ -187,8 +187,8 @@ INIT_FLAG_NAMES = {
     )
 }
 
-# The minor that introduced each flag: a flag is never agreed below it (an older kernel may reuse
-# nothing, but a fake or buggy peer could offer bits it cannot mean).
+# The minor that introduced each flag: a flag is never agreed below it (a kernel never offers one
+# early, but a fake or buggy peer could offer bits it cannot mean).
 FLAG_MINOR = {
     ASYNC_READ: 6,
     POSIX_LOCKS: 7,
@@ -220,7 +220,7 @@ FLAG_MINOR = {
     HANDLE_KILLPRIV_V2: 33,
     SETXATTR_EXT: 33,
     INIT_EXT: 36,
-    SECURITY_CTX: 36,
+    SECURITY_CTX: 38,  # 7.36 and 7.37 sent the context as an argument of its own; 7.38 as an extension
     HAS_INODE_DAX: 36,
     CREATE_SUPP_GROUP: 38,
     HAS_EXPIRE_ONLY: 38,
