@@ -63,6 +63,18 @@ IGNORED = {
 KERNEL_DEFAULTS = {"metacopy": {"off"}, "xino": {"off", "auto"}, "nfs_export": {"off"}}
 
 
+# FUSE backends: "native" speaks /dev/fuse itself (unionfs.protocol), "pyfuse3" goes through libfuse.
+BACKENDS = ("native", "pyfuse3")
+# The backend when -o backend= is not given; PYUNIONFS_BACKEND in the environment overrides it (so a
+# test run or a container engine's mount program can switch without changing command lines).
+DEFAULT_BACKEND = "pyfuse3"
+
+
+def default_backend() -> str:
+    value = os.environ.get("PYUNIONFS_BACKEND", "")
+    return value if value in BACKENDS else DEFAULT_BACKEND
+
+
 class OptionError(Exception):
     """Bad invocation; the message is one line for the user."""
 
@@ -88,6 +100,7 @@ class MountOptions:
     fuse_options: list = field(default_factory=list)
     uid_map: IdMap = field(default_factory=IdMap)
     gid_map: IdMap = field(default_factory=IdMap)
+    backend: str = field(default_factory=default_backend)
 
 
 def split_escaped(text: str, sep: str) -> list:
@@ -168,6 +181,10 @@ def build(o: dict) -> MountOptions:
             opts.whiteout_files = value != "off"
         elif key == "volatile":
             opts.volatile = True
+        elif key == "backend":
+            if value not in BACKENDS:
+                raise OptionError("backend needs one of %s" % "/".join(BACKENDS))
+            opts.backend = value
         elif key == "nowhiteout_files":
             opts.whiteout_files = False
         elif key == "index":

@@ -1,45 +1,38 @@
-"""Mount and serve: open the layers, mount through pyfuse3, go to the background, serve until unmounted.
+"""Mount and serve: open the layers, mount through the chosen backend, go to the background, serve.
 
 Mount first, then daemonize, then run the loop: when `pyunionfs` returns, the mount is live.
 SIGINT, SIGTERM and SIGHUP end the loop; the mount is always closed on the way out.
 
 Start-up time counts (a container engine execs the mount program for every container), so the work
-before the mount is only what the mount needs: the layers checked (Union), pyfuse3 and the handlers.
+before the mount is only what the mount needs: the layers checked (Union) and the backend's mount.
 logging.handlers is imported only when the background daemon logs to syslog, after the mount.
 
-`open_requests` (the layers and the request layer, from the options) knows no FUSE binding; the
-steps after it (`_mount`, `_serve`, `_stop_on_signal`) are pyfuse3's.
+This module knows no FUSE binding: `open_requests` builds the layers and the request layer from the
+options, `mount_options` says what the mount is to be, and the backend (`native_backend.NativeMount`,
+`pyfuse3_backend.Pyfuse3Mount`, imported only when chosen) mounts and serves.
 """
 
 import gc
 import logging
 import os
 import resource
-import signal
 import sys
-
-import pyfuse3
-import trio
 
 from ..engine import LayerInUse, Union
 from ..errors import MountError
-from . import loop as fuse_loop
-from .pyfuse3_backend import Pyfuse3Operations
 from .requests import UnionRequests
 
 log = logging.getLogger("unionfs")
 
 
-def fuse_options(opts) -> set:
-    out = set(pyfuse3.default_options)
-    out.add("fsname=" + opts.fsname.replace("\\", "\\\\").replace(",", "\\,"))
-    out.add("subtype=pyunionfs")
-    out.add("default_permissions")  # the kernel checks permissions against the attributes we report
+def mount_options(opts) -> list:
+    """The mount's options, unescaped, one a string (fsname and subtype are the backend's to pass)."""
+    out = ["default_permissions"]  # the kernel checks permissions against the attributes we report
     if os.geteuid() == 0:
-        out.add("allow_other")  # as fuse-overlayfs: a root mount serves every user
+        out.append("allow_other")  # as fuse-overlayfs: a root mount serves every user
     if opts.upper is None or opts.readonly:
-        out.add("ro")
-    out.update(opts.fuse_options)
+        out.append("ro")
+    out.extend(o for o in opts.fuse_options if o not in out)
     return out
 
 
@@ -76,8 +69,10 @@ def _setup_logging(opts, to_stderr: bool):
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # the bindings' own loggers say only what is wrong, unless debugging
+    for name in ("pyfuse3", "unionfs.protocol"):
+        logging.getLogger(name).setLevel(logging.DEBUG if opts.debug else logging.WARNING)
     pyfuse3_log = logging.getLogger("pyfuse3")
-    pyfuse3_log.setLevel(logging.DEBUG if opts.debug else logging.WARNING)
     if not any(isinstance(f, _DroppedReplies) for f in pyfuse3_log.filters):
         pyfuse3_log.addFilter(_DroppedReplies())
 
@@ -98,23 +93,6 @@ def _daemonize():
     for fd in (0, 1, 2):
         os.dup2(devnull, fd)
     os.close(devnull)
-
-
-async def _serve(union):
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(_stop_on_signal)
-        await fuse_loop.main(nursery)
-        # Let go of the layers at once: `umount LOWER` right after `umount MNT` must not find them busy.
-        union.close()
-        nursery.cancel_scope.cancel()
-
-
-async def _stop_on_signal():
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
-        async for signum in signals:
-            log.info("signal %d: unmounting", signum)
-            pyfuse3.terminate()
-            return
 
 
 def open_requests(opts) -> UnionRequests:
@@ -143,28 +121,6 @@ def open_requests(opts) -> UnionRequests:
     return UnionRequests(union, timeout=opts.timeout, uid_map=opts.uid_map, gid_map=opts.gid_map)
 
 
-def _mount(requests: UnionRequests, opts) -> None:
-    """Mount through pyfuse3; on failure the layers are let go and MountError says why in one line."""
-    ops = Pyfuse3Operations(requests)
-    fuse_loop.install()
-    try:
-        pyfuse3.init(ops, opts.mountpoint, fuse_options(opts))
-    except Exception as exc:
-        requests.union.close()
-        if not os.access("/dev/fuse", os.R_OK | os.W_OK):
-            # libfuse printed its reason on a line of its own; the one line must say it.
-            try:
-                mode = "%o" % (os.stat("/dev/fuse").st_mode & 0o7777)
-            except OSError:
-                raise MountError(
-                    "cannot mount %s: /dev/fuse is missing (is the fuse module loaded?)" % opts.mountpoint
-                ) from None
-            raise MountError(
-                "cannot mount %s: /dev/fuse is not usable by this user (mode %s)" % (opts.mountpoint, mode)
-            ) from None
-        raise MountError("cannot mount %s: %s" % (opts.mountpoint, exc)) from None
-
-
 def run(opts, gc_after_mount: bool = False) -> int:
     """Mount and serve until unmounted. *gc_after_mount*: freeze what exists and turn the garbage
     collector on once the mount is made (cli.main turns it off for the start-up, see there)."""
@@ -172,8 +128,11 @@ def run(opts, gc_after_mount: bool = False) -> int:
     _raise_fd_limit()
     _setup_logging(opts, to_stderr=True)
     requests = open_requests(opts)
-    union = requests.union
-    _mount(requests, opts)
+    if opts.backend == "native":
+        from .native_backend import NativeMount as Mount
+    else:
+        from .pyfuse3_backend import Pyfuse3Mount as Mount
+    mounted = Mount(requests, opts, mount_options(opts))  # MountError: the layers are let go
     if not opts.foreground:
         _daemonize()
         _setup_logging(opts, to_stderr=False)
@@ -183,15 +142,7 @@ def run(opts, gc_after_mount: bool = False) -> int:
         # right before the first request, walked the start-up's objects: +13 ms to exec->first stat).
         gc.freeze()
         gc.enable()
-    log.info("mounted %s", opts.mountpoint)
-    try:
-        trio.run(_serve, union)
-    except BaseException:
-        log.exception("ERROR: the request loop failed")
-        pyfuse3.close(unmount=True)
-        union.close()
-        return 1
-    pyfuse3.close(unmount=True)
-    union.close()
+    log.info("mounted %s (%s backend)", opts.mountpoint, opts.backend)
+    code = mounted.serve()  # until unmounted; the layers are let go at once when the loop ends
     log.info("unmounted %s", opts.mountpoint)
-    return 0
+    return code

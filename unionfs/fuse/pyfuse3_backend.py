@@ -4,15 +4,18 @@ Each handler only converts: pyfuse3's arguments into plain values, the request l
 pyfuse3's (one EntryAttributes straight from an Entry, no dict in between), and OSError into FUSEError.
 Every decision is the request layer's (requests.py), which also holds the error boundary; a failure
 of a translation here (a bug) is answered EIO with an ERROR line too: pyfuse3 would end the session on
-any exception but FUSEError.
+any exception but FUSEError. `Pyfuse3Mount` mounts through libfuse and serves with pyfuse3's loop.
 """
 
 import errno
 import logging
+import os
+import signal
 
 import pyfuse3
 from pyfuse3 import EntryAttributes, FileInfo, FUSEError, readdir_reply
 
+from ..errors import MountError
 from . import bare_entries
 from . import loop as fuse_loop
 from .requests import SetAttr, UnionRequests
@@ -316,3 +319,72 @@ class Pyfuse3Operations(pyfuse3.Operations):
             await self.requests.removexattr(inode, name)
         except OSError as exc:
             raise FUSEError(exc.errno) from None
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace(",", "\\,")
+
+
+class Pyfuse3Mount:
+    """The union mounted through pyfuse3 (libfuse), served by pyfuse3's loop on trio.
+
+    Made = mounted: on failure the layers are let go and MountError says why in one line.
+    """
+
+    def __init__(self, requests: UnionRequests, opts, options: list):
+        self.requests = requests
+        self.union = requests.union
+        ops = Pyfuse3Operations(requests)
+        fuse_loop.install()
+        wanted = set(pyfuse3.default_options) | set(options)
+        wanted |= {"fsname=" + _escape(opts.fsname), "subtype=pyunionfs"}
+        try:
+            pyfuse3.init(ops, opts.mountpoint, wanted)
+        except Exception as exc:
+            self.union.close()
+            raise MountError(_mount_failure(opts.mountpoint, exc)) from None
+
+    def serve(self) -> int:
+        """Serve until unmounted (or a signal); 0, or 1 when the loop failed."""
+        import trio
+
+        try:
+            trio.run(self._serve)
+        except BaseException:
+            log.exception("ERROR: the request loop failed")
+            pyfuse3.close(unmount=True)
+            self.union.close()
+            return 1
+        pyfuse3.close(unmount=True)
+        self.union.close()
+        return 0
+
+    async def _serve(self):
+        import trio
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._stop_on_signal)
+            await fuse_loop.main(nursery)
+            # Let go of the layers at once: `umount LOWER` right after `umount MNT` must not find them busy.
+            self.union.close()
+            nursery.cancel_scope.cancel()
+
+    async def _stop_on_signal(self):
+        import trio
+
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
+            async for signum in signals:
+                log.info("signal %d: unmounting", signum)
+                pyfuse3.terminate()
+                return
+
+
+def _mount_failure(mountpoint: str, exc: Exception) -> str:
+    """The one line for a failed pyfuse3.init: libfuse printed its reason on a line of its own."""
+    if not os.access("/dev/fuse", os.R_OK | os.W_OK):
+        try:
+            mode = "%o" % (os.stat("/dev/fuse").st_mode & 0o7777)
+        except OSError:
+            return "cannot mount %s: /dev/fuse is missing (is the fuse module loaded?)" % mountpoint
+        return "cannot mount %s: /dev/fuse is not usable by this user (mode %s)" % (mountpoint, mode)
+    return "cannot mount %s: %s" % (mountpoint, exc)

@@ -20,8 +20,6 @@ import os
 import stat
 from typing import List, NamedTuple, Optional, Tuple
 
-import trio
-
 from ..engine import Caller, Union
 from ..engine.idmap import IdMap
 
@@ -55,6 +53,20 @@ class Entry(NamedTuple):
     ctime_ns: int
     entry_timeout: float
     attr_timeout: float
+
+    # The names the native protocol session packs by (unionfs.protocol.operations.Entry's), so a
+    # record goes to the wire as it is.
+    @property
+    def attr_flags(self) -> int:
+        return 0
+
+    @property
+    def node(self) -> int:
+        return self.node_id
+
+    @property
+    def ino(self) -> int:
+        return self.st_ino
 
 
 class Opened(NamedTuple):
@@ -159,7 +171,7 @@ class UnionRequests:
         self._dirs = {}
         self._fh = itertools.count(1)
         self._copy_locks = {}
-        self._copy_limiter = trio.CapacityLimiter(4)
+        self._copy_limiter = None  # trio.CapacityLimiter(4), made at the first threaded copy
         self._negative = Entry(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, timeout, timeout)
 
     # ----------------------------------------------------------- helpers
@@ -202,6 +214,10 @@ class UnionRequests:
         if node.is_dir:
             union.ensure_upper_dir(node)
             return
+        # trio is imported here, not with the module: the native backend mounts (and may answer its first
+        # requests) before trio is loaded, and only copy-ups need it.
+        import trio
+
         lock = self._copy_locks.setdefault(node.id, trio.Lock())
         try:
             if lock.locked():
@@ -213,6 +229,8 @@ class UnionRequests:
                 try:
                     if job.data_size >= THREAD_COPY_MIN:
                         self.before_wait()
+                        if self._copy_limiter is None:
+                            self._copy_limiter = trio.CapacityLimiter(4)
                         await trio.to_thread.run_sync(job.copy_data, limiter=self._copy_limiter)
                     else:
                         job.copy_data()

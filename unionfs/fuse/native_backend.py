@@ -1,0 +1,209 @@
+"""The native backend: the project's own FUSE session (unionfs.protocol) in front of the request layer.
+
+`NativeOperations` is a `protocol.Operations` whose methods only translate: the session's decoded
+values go to `UnionRequests`, and what it returns goes back as it is (a request-layer `Entry` has the
+attribute names the session packs by). Decisions stay in the request layer; the wire stays in the
+session. What this backend adds over pyfuse3 comes from the protocol being ours: setxattr flags reach
+the request layer (a failed XATTR_CREATE/XATTR_REPLACE copies up first, as the kernel), and a
+readdirplus entry without attributes needs no patching of a binding's objects.
+
+`NativeMount` mounts without libfuse (mount(2) as root or in a user namespace, the setuid fusermount3
+otherwise; unionfs.protocol.mount) and serves with the session on trio. Nothing here imports trio
+before the mount is made.
+"""
+
+import logging
+import os
+import signal
+
+from ..errors import MountError
+from ..protocol import abi
+from ..protocol import mount as fuse_mount
+from ..protocol.operations import FileInfo, Operations
+from .requests import SetAttr, UnionRequests
+
+log = logging.getLogger("unionfs")
+
+# What the union asks the kernel for at INIT; the session agrees only what the kernel offers.
+# ATOMIC_O_TRUNC: open(O_TRUNC) reaches the union, which then copies no data up.
+# POSIX_ACL: the kernel enforces the system.posix_acl_* xattrs the layers keep (with default_permissions).
+# EXPORT_SUPPORT: lookups of "." and ".." are answered.
+INIT_FLAGS = abi.DEFAULT_INIT_FLAGS | abi.POSIX_ACL | abi.EXPORT_SUPPORT
+
+
+def _statvfs(s) -> os.statvfs_result:
+    return os.statvfs_result((s.bsize, s.frsize, s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.favail, 0, s.namemax))
+
+
+def _file_info(opened) -> FileInfo:
+    return FileInfo(opened.fh, keep_cache=opened.keep_cache, direct_io=opened.direct_io)
+
+
+class NativeOperations(Operations):
+    """The union served by a `protocol.session.Session`."""
+
+    def __init__(self, requests: UnionRequests):
+        self.requests = requests
+        requests.bare_entries = True  # a readdirplus entry with node id 0 is the session's add_bare
+
+    async def init(self, conn) -> None:
+        pass
+
+    async def destroy(self) -> None:
+        pass
+
+    async def lookup(self, parent, name, ctx):
+        return await self.requests.lookup(parent, name)
+
+    async def forget(self, forgets) -> None:
+        await self.requests.forget(forgets)
+
+    async def getattr(self, node, fh, ctx):
+        return await self.requests.getattr(node)
+
+    async def setattr(self, node, changes, fh, ctx):
+        return await self.requests.setattr(
+            node,
+            SetAttr(changes.size, changes.mode, changes.uid, changes.gid, changes.atime_ns, changes.mtime_ns),
+            fh,
+        )
+
+    async def readlink(self, node, ctx):
+        return await self.requests.readlink(node)
+
+    async def symlink(self, parent, name, target, ctx):
+        return await self.requests.symlink(parent, name, target, ctx)
+
+    async def mknod(self, parent, name, mode, rdev, ctx):
+        return await self.requests.mknod(parent, name, mode, rdev, ctx)
+
+    async def mkdir(self, parent, name, mode, ctx):
+        return await self.requests.mkdir(parent, name, mode, ctx)
+
+    async def unlink(self, parent, name, ctx):
+        await self.requests.unlink(parent, name)
+
+    async def rmdir(self, parent, name, ctx):
+        await self.requests.rmdir(parent, name)
+
+    async def rename(self, parent, name, new_parent, new_name, flags, ctx):
+        await self.requests.rename(parent, name, new_parent, new_name, flags)
+
+    async def link(self, node, new_parent, new_name, ctx):
+        return await self.requests.link(node, new_parent, new_name)
+
+    async def open(self, node, flags, ctx):
+        return _file_info(await self.requests.open(node, flags))
+
+    async def read(self, node, fh, offset, size, ctx):
+        return await self.requests.read(fh, offset, size)
+
+    async def write(self, node, fh, offset, data, ctx):
+        return await self.requests.write(fh, offset, data)
+
+    async def statfs(self, node, ctx):
+        return _statvfs(await self.requests.statfs())
+
+    async def release(self, node, fh, ctx):
+        await self.requests.release(fh)
+
+    async def fsync(self, node, fh, datasync, ctx):
+        await self.requests.fsync(fh, datasync)
+
+    async def setxattr(self, node, name, value, flags, ctx):
+        await self.requests.setxattr(node, name, value, flags)
+
+    async def getxattr(self, node, name, ctx):
+        return await self.requests.getxattr(node, name)
+
+    async def listxattr(self, node, ctx):
+        return await self.requests.listxattr(node)
+
+    async def removexattr(self, node, name, ctx):
+        await self.requests.removexattr(node, name)
+
+    async def opendir(self, node, flags, ctx):
+        return await self.requests.opendir(node)
+
+    async def readdir(self, node, fh, offset, out, ctx):
+        add, add_bare = out.add, out.add_bare
+
+        def reply(name, ino, ftype, entry, next_offset):
+            if entry is None:
+                return add_bare(name, ino, ftype, next_offset)
+            return add(name, entry, next_offset)
+
+        await self.requests.readdir(fh, offset, reply, plus=out.plus)
+
+    async def releasedir(self, node, fh, ctx):
+        await self.requests.releasedir(fh)
+
+    async def fsyncdir(self, node, fh, datasync, ctx):
+        await self.requests.fsyncdir(fh, datasync)
+
+    async def create(self, parent, name, mode, flags, ctx):
+        opened, entry = await self.requests.create(parent, name, mode, flags, ctx)
+        return entry, _file_info(opened)
+
+
+class NativeMount:
+    """The union mounted with the project's own FUSE session.
+
+    Made = mounted (requests wait in the kernel until `serve` answers INIT); on failure the layers are
+    let go and MountError says why in one line.
+    """
+
+    def __init__(self, requests: UnionRequests, opts, options: list):
+        self.requests = requests
+        self.union = requests.union
+        self.mountpoint = opts.mountpoint
+        try:
+            self.fd = fuse_mount.mount(opts.mountpoint, fsname=opts.fsname, subtype="pyunionfs", options=options)
+        except fuse_mount.MountError as exc:
+            self.union.close()
+            raise MountError(f"cannot mount {opts.mountpoint}: {exc}") from None
+
+    def serve(self) -> int:
+        """Serve until unmounted (or a signal, which unmounts); 0, or 1 when the loop failed."""
+        import trio
+
+        from ..protocol.session import Session
+
+        session = Session(NativeOperations(self.requests), self.fd, flags=INIT_FLAGS)
+        code = 0
+        try:
+            trio.run(self._serve, session)
+        except BaseException:
+            log.exception("ERROR: the request loop failed")
+            self._unmount()
+            code = 1
+        finally:
+            self.union.close()
+            os.close(self.fd)
+        return code
+
+    async def _serve(self, session):
+        import trio
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._stop_on_signal, session)
+            await session.run()
+            # Let go of the layers at once: `umount LOWER` right after `umount MNT` must not find them busy.
+            self.union.close()
+            nursery.cancel_scope.cancel()
+
+    async def _stop_on_signal(self, session):
+        import trio
+
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
+            async for signum in signals:
+                log.info("signal %d: unmounting", signum)
+                self._unmount()
+                session.stop()
+                return
+
+    def _unmount(self) -> None:
+        try:
+            fuse_mount.unmount(self.mountpoint)
+        except fuse_mount.MountError as exc:
+            log.warning("unmounting %s: %s", self.mountpoint, exc)
