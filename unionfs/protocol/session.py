@@ -1,11 +1,13 @@
 """The FUSE request loop on trio: read a request from the device, call the filesystem, write the reply.
 
 One reader task reads the device (non-blocking; it waits for readability only when nothing is queued)
-and runs each handler itself, so a request answered without waiting costs no task switch. A handler
-about to wait calls `ctx.spare_reader()` (or `Session.spare_reader()`): another reader task then serves
-the other requests; readers that find another one already waiting end by themselves, so the pool shrinks
-back to one. After READY_STREAK requests in a row without a wait the reader yields once to trio, so
-other tasks (spares, thread results) are not starved by a busy device.
+and runs each handler itself: the handler's coroutine is driven by hand, so one that finishes without
+waiting costs no task and no switch. The first time a handler really waits (it yields to trio: a worker
+thread, a lock, a sleep), the session starts a spare reader task, which serves the other requests
+meanwhile; the waiting handler goes on in its own reader, as `await` would. Readers that find another
+one already waiting for the device end by themselves, so the pool shrinks back to one. After
+READY_STREAK requests in a row without a wait the reader yields once to trio, so other tasks (spares,
+thread results) are not starved by a busy device.
 
 The error edge: OSError answers its errno; any other exception, and a malformed request (short, bad
 lengths, a name without its NUL), answers EIO and logs one line; an opcode without a handler answers
@@ -17,6 +19,7 @@ import errno
 import logging
 import os
 import time
+import types
 
 import trio
 
@@ -43,6 +46,28 @@ _attr_fields = abi.attr_fields
 
 class Malformed(ValueError):
     """A request whose lengths do not add up."""
+
+
+@types.coroutine
+def _go_on(coro, trap):
+    """Go on with a handler coroutine that has yielded *trap* to trio: pass traps up and what trio sends
+    or throws down, as `await coro` would have from the start."""
+    while True:
+        try:
+            sent = yield trap
+        except GeneratorExit:
+            coro.close()
+            raise
+        except BaseException as exc:
+            try:
+                trap = coro.throw(exc)
+            except StopIteration as stop:
+                return stop.value
+        else:
+            try:
+                trap = coro.send(sent)
+            except StopIteration as stop:
+                return stop.value
 
 
 def _error_reply(unique: int, err: int) -> bytes:
@@ -111,6 +136,7 @@ class Session:
         self.conn = None  # a Conn once INIT is answered
         self.proto_minor = 0
         self.requests = 0  # answered or not: every request read
+        self.readers = 0  # reader tasks alive
         self._bufsize = max(abi.MIN_READ_BUFFER, _HDR + abi.WRITE_IN.size + self.max_write + _PAGE)
         self._buffers = []
         self._nursery = None
@@ -187,7 +213,7 @@ class Session:
             self._nursery.cancel_scope.cancel()
 
     def spare_reader(self) -> None:
-        """Start one more reader: the calling handler is about to wait."""
+        """Start one more reader. The session does so by itself when a handler first waits."""
         if self._nursery is not None and not self._ended:
             self._nursery.start_soon(self._reader)
 
@@ -198,6 +224,7 @@ class Session:
         readv = os.readv
         bufs = (buf,)
         streak = 0
+        self.readers += 1
         try:
             while not self._ended:
                 try:
@@ -229,6 +256,7 @@ class Session:
                     streak = 0
                     await trio.lowlevel.checkpoint()
         finally:
+            self.readers -= 1
             self._buffers.append(buf)
 
     async def _handle(self, view, n: int) -> None:
@@ -253,8 +281,19 @@ class Session:
                 log.debug("%s (unique %d): ENOSYS", abi.opcode_name(opcode), unique)
             self.reply(_error_reply(unique, errno.ENOSYS))
             return
+        ctx = Context(uid, gid, pid, unique, self)
+        coro = handler(view, end, unique, nodeid, ctx)
         try:
-            msg = await handler(view, end, unique, nodeid, Context(uid, gid, pid, unique, self))
+            try:
+                trap = coro.send(None)  # runs in this task, as `await` would
+            except StopIteration as stop:
+                msg = stop.value  # answered without waiting: the fast path
+            else:
+                # the handler waits: another reader serves the device meanwhile
+                if not ctx.spared:
+                    ctx.spared = True
+                    self.spare_reader()
+                msg = await _go_on(coro, trap)
         except OSError as exc:
             err = exc.errno
             if self._debug:
