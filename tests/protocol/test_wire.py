@@ -145,6 +145,7 @@ def test_fileinfo_flags():
 def test_light_modules_import_no_trio_or_ctypes():
     code = (
         "import sys; import unionfs.protocol.abi, unionfs.protocol.mount, unionfs.protocol.operations; "
+        "import unionfs.protocol.requests; "
         "heavy = [m for m in ('trio', 'ctypes', 'socket', 'subprocess', 'pyfuse3') if m in sys.modules]; "
         "print(heavy)"
     )
