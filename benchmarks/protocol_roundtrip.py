@@ -6,8 +6,9 @@ and the time from exec of the server to the first answered stat.
 Each backend serves a one-directory filesystem in its own process (mounted with mount(2) in a temporary
 directory); this process calls os.getxattr (never cached by the kernel: one request a call) and os.stat
 of the mount root (attribute timeout 0: one GETATTR a call) in a loop and prints the median µs per call
-over the rounds. "start ms" is from spawning the server (a fresh interpreter) to the first stat of the
-mount root answered by it. Backends:
+over the rounds. "cpu µs" is the server's own CPU time (user + system) per call, which the latency of
+waking processes across CPUs does not enter. "start ms" is from spawning the server (a fresh
+interpreter) to the first stat of the mount root answered by it. Backends:
 
   protocol        unionfs.protocol.Session as it is (handlers run on the reader task)
   protocol-spawn  the same, but every request handled in a task of its own (what it would cost)
@@ -57,8 +58,9 @@ def serve_protocol(mnt, spawn=False):
 
     print("ready", flush=True)
     session = (SpawningSession if spawn else Session)(Trivial(), fd)
+    cpu = _cpu()
     trio.run(session.run)
-    print(f"requests {session.requests}", flush=True)
+    print(f"requests {session.requests} cpu {_cpu() - cpu}", flush=True)
 
 
 def serve_pyfuse3(mnt):
@@ -84,10 +86,17 @@ def serve_pyfuse3(mnt):
 
     pyfuse3.init(Trivial(), mnt, {"fsname=bench", "subtype=bench"})
     print("ready", flush=True)
+    cpu = _cpu()
     try:
         trio.run(pyfuse3.main)
     finally:
         pyfuse3.close(unmount=False)
+    print(f"requests 0 cpu {_cpu() - cpu}", flush=True)
+
+
+def _cpu() -> float:
+    t = os.times()
+    return t.user + t.system
 
 
 # ---------------------------------------------------------------- the client
@@ -140,9 +149,12 @@ def run_backend(name, calls, rounds):
             proc.wait()
         os.rmdir(mnt)
         os.rmdir(tmp)
-    line = proc.stdout.read().decode().strip()
+    line = proc.stdout.read().decode().split()
     made = 2 * (calls // 10 + rounds * calls) + 1
-    out["requests_per_call"] = int(line.split()[1]) / made if line.startswith("requests ") else None
+    out["requests_per_call"] = out["cpu_us"] = None
+    if line[:1] == ["requests"]:
+        out["requests_per_call"] = int(line[1]) / made or None
+        out["cpu_us"] = float(line[3]) / made * 1e6
     return out
 
 
@@ -165,14 +177,15 @@ def main():
     if os.geteuid() != 0:
         print("protocol_roundtrip: needs root (it mounts with mount(2))", file=sys.stderr)
         return 1
-    head = f"{'backend':16} {'getxattr µs':>12} {'stat µs':>10} {'start ms':>9}"
+    head = f"{'backend':16} {'getxattr µs':>12} {'stat µs':>10} {'cpu µs':>7} {'start ms':>9}"
     print(f"{head}   (median of {args.rounds} x {args.calls} calls)")
     for name in args.backends.split(","):
         res = run_backend(name, args.calls, args.rounds)
         rpc = res["requests_per_call"]
         per = f"   ({rpc:.2f} requests a call)" if rpc else ""
         gx, st = statistics.median(res["getxattr"]), statistics.median(res["stat"])
-        print(f"{name:16} {gx:12.1f} {st:10.1f} {res['start_ms']:9.1f}{per}")
+        cpu = f"{res['cpu_us']:7.1f}" if res["cpu_us"] is not None else f"{'?':>7}"
+        print(f"{name:16} {gx:12.1f} {st:10.1f} {cpu} {res['start_ms']:9.1f}{per}")
     return 0
 
 

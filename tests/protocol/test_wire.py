@@ -145,6 +145,7 @@ def test_fileinfo_flags():
 def test_light_modules_import_no_trio_or_ctypes():
     code = (
         "import sys; import unionfs.protocol.abi, unionfs.protocol.mount, unionfs.protocol.operations; "
+        "import unionfs.protocol.requests; "
         "heavy = [m for m in ('trio', 'ctypes', 'socket', 'subprocess', 'pyfuse3') if m in sys.modules]; "
         "print(heavy)"
     )
@@ -565,11 +566,13 @@ def test_notifications_are_written_with_unique_zero():
 
 
 class Waits(Operations):
-    """getxattr of "user.wait" waits for an event that a later setxattr sets."""
+    """getxattr "user.wait" waits for an event (a setxattr sets it); "user.yield" only passes a
+    checkpoint; "user.late-error"/"user.late-bug" fail after a checkpoint; anything else answers at once."""
 
     def __init__(self, spare: bool):
         self.spare = spare
         self.event = None
+        self.readers_seen = []
 
     async def getxattr(self, node, name, ctx):
         if name == b"user.wait":
@@ -577,45 +580,87 @@ class Waits(Operations):
                 ctx.spare_reader()
             await self.event.wait()
             return b"woken"
+        if name == b"user.yield":
+            await trio.sleep(0)
+            return b"yielded"
+        if name == b"user.late-error":
+            await trio.sleep(0)
+            raise PermissionError(errno.EACCES, "denied after a wait")
+        if name == b"user.late-bug":
+            await trio.sleep(0)
+            raise RuntimeError("bug after a wait")
+        self.readers_seen.append(ctx.session.readers)
         return b"quick"
 
     async def setxattr(self, node, name, value, flags, ctx):
         self.event.set()
 
 
-def test_a_waiting_handler_with_a_spare_reader_does_not_hold_up_others():
-    ops = Waits(spare=True)
+def _getxattr(name: bytes) -> bytes:
+    return abi.GETXATTR_IN.pack(64, 0) + cstr(name)
+
+
+@pytest.mark.parametrize("explicit", [False, True], ids=["by-itself", "ctx.spare_reader"])
+def test_a_waiting_handler_does_not_hold_up_the_others(explicit):
+    ops = Waits(spare=explicit)
 
     async def script(k):
         ops.event = trio.Event()
         await k.init()
-        await k.send_raw(abi.request(abi.GETXATTR, 100, 1, abi.GETXATTR_IN.pack(64, 0) + cstr(b"user.wait")))
-        quick = await k.call(abi.GETXATTR, 1, abi.GETXATTR_IN.pack(64, 0) + cstr(b"user.quick"))
+        await k.send_raw(abi.request(abi.GETXATTR, 100, 1, _getxattr(b"user.wait")))
+        quick = await k.call(abi.GETXATTR, 1, _getxattr(b"user.quick"))  # answered while the other waits
         await k.call(abi.SETXATTR, 1, abi.COMPAT_SETXATTR_IN.pack(1, 0) + cstr(b"user.go") + b"1")
         woken = await k.recv()
-        # the spare reader ended: the next requests are still answered, by one reader
-        again = await k.call(abi.GETXATTR, 1, abi.GETXATTR_IN.pack(64, 0) + cstr(b"user.quick"))
+        await trio.sleep(0.05)
+        again = await k.call(abi.GETXATTR, 1, _getxattr(b"user.quick"))
         return quick, woken, again
 
     session, (quick, woken, again) = run_session(ops, script)
     assert quick.body == b"quick" and again.body == b"quick"
     assert (woken.unique, woken.body) == (100, b"woken")
+    # two readers while the handler waited (one spare, not more), one again afterwards
+    assert ops.readers_seen == [2, 1]
 
 
-def test_without_a_spare_reader_requests_wait_their_turn():
+def test_handlers_that_pass_a_checkpoint_or_fail_after_it():
     ops = Waits(spare=False)
 
     async def script(k):
-        ops.event = trio.Event()
         await k.init()
-        await k.send_raw(abi.request(abi.GETXATTR, 100, 1, abi.GETXATTR_IN.pack(64, 0) + cstr(b"user.wait")))
-        await k.send_raw(abi.request(abi.GETXATTR, 102, 1, abi.GETXATTR_IN.pack(64, 0) + cstr(b"user.quick")))
-        await k.no_reply(0.3)  # the reader is held by the first handler
-        ops.event.set()
-        return [await k.recv() for _ in range(2)]
+        out = [await k.call(abi.GETXATTR, 1, _getxattr(b"user.yield")) for _ in range(30)]
+        late_error = await k.call(abi.GETXATTR, 1, _getxattr(b"user.late-error"), expect_ok=False)
+        late_bug = await k.call(abi.GETXATTR, 1, _getxattr(b"user.late-bug"), expect_ok=False)
+        await trio.sleep(0.05)
+        quick = await k.call(abi.GETXATTR, 1, _getxattr(b"user.quick"))
+        return out, late_error, late_bug, quick
 
-    _, replies = run_session(ops, script)
-    assert [(r.unique, r.body) for r in replies] == [(100, b"woken"), (102, b"quick")]
+    logging.disable(logging.CRITICAL)
+    try:
+        _, (out, late_error, late_bug, quick) = run_session(ops, script)
+    finally:
+        logging.disable(logging.NOTSET)
+    assert all(r.body == b"yielded" for r in out)
+    assert late_error.errno == errno.EACCES and late_bug.errno == errno.EIO
+    assert quick.body == b"quick" and ops.readers_seen == [1]  # the spares ended by themselves
+
+
+def test_stop_cancels_a_waiting_handler():
+    ops = Waits(spare=False)
+
+    async def script(k):
+        ops.event = trio.Event()  # never set
+        await k.init()
+        await k.send_raw(abi.request(abi.GETXATTR, 100, 1, _getxattr(b"user.wait")))
+        await trio.sleep(0.05)
+        assert k.session.readers == 2
+        k.session.stop()
+        with trio.fail_after(5):
+            while k.session._nursery is not None:
+                await trio.sleep(0.01)
+        await k.no_reply(0.1)
+
+    session, _ = run_session(ops, script)
+    assert session.readers == 0 and session._destroyed
 
 
 # ------------------------------------------------------------------ fuzzing the decoders

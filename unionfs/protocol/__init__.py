@@ -2,5 +2,6 @@
 
 abi: the wire format (opcodes, flags, structures). mount: mounting without libfuse (mount(2) or
 fusermount3). operations: the `Operations` interface a filesystem implements and its plain values.
-session: the request loop on trio (the only module here that imports trio).
+requests: one handler an opcode (decode, call Operations, encode). session: the request loop on trio
+(the only module here that imports trio).
 """

@@ -7,9 +7,9 @@ the kernel stops asking for most of those (flush, fsync, access, lseek ...); as 
 opendir answer handle 0, statfs an empty filesystem, and forget, release and releasedir do nothing.
 Raising OSError answers its errno; anything else answers EIO and logs the traceback.
 
-Handlers run one at a time on the session's reader task, so a handler that finishes without waiting
-costs no task switch. One that is about to wait (a worker thread, a lock another request holds, a
-sleep) calls `ctx.spare_reader()` first, so other requests are read and answered meanwhile.
+Handlers run on the session's reader task, so a handler that finishes without waiting costs no task
+switch. When one waits (a worker thread, a lock, a sleep: anything that yields to trio), the session
+starts a spare reader by itself, and other requests are read and answered meanwhile.
 
 No trio here, nothing heavy: the glue to a request layer imports this without the event loop.
 """
@@ -29,7 +29,7 @@ def _nosys():
 class Context:
     """Who asked, from the request header; plus the request's unique id and the session."""
 
-    __slots__ = ("uid", "gid", "pid", "umask", "unique", "kill_suidgid", "session")
+    __slots__ = ("uid", "gid", "pid", "umask", "unique", "kill_suidgid", "session", "spared")
 
     def __init__(self, uid, gid, pid, unique, session=None, umask=0, kill_suidgid=False):
         self.uid = uid
@@ -43,10 +43,13 @@ class Context:
         # open/create/write/setattr/setxattr with HANDLE_KILLPRIV_V2 agreed: the kernel asks the
         # filesystem to clear set-user-ID and set-group-ID as part of this request
         self.kill_suidgid = kill_suidgid
+        self.spared = False
 
     def spare_reader(self) -> None:
-        """Call before this handler waits: another reader serves the other requests meanwhile."""
-        if self.session is not None:
+        """Start a spare reader now rather than at this handler's first wait (the session does that by
+        itself); once per request."""
+        if self.session is not None and not self.spared:
+            self.spared = True
             self.session.spare_reader()
 
     def __repr__(self):
