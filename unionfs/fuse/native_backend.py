@@ -157,6 +157,11 @@ class NativeMount:
         self.requests = requests
         self.union = requests.union
         self.mountpoint = opts.mountpoint
+        # allow_root is allow_other in the kernel plus a filter in the daemon (as libfuse does it)
+        self.allow_root = "allow_root" in options
+        if self.allow_root:
+            options = [o for o in options if o != "allow_root"]
+            options += [] if "allow_other" in options else ["allow_other"]
         try:
             self.fd = fuse_mount.mount(opts.mountpoint, fsname=opts.fsname, subtype="pyunionfs", options=options)
         except fuse_mount.MountError as exc:
@@ -170,6 +175,8 @@ class NativeMount:
         from ..protocol.session import Session
 
         session = Session(NativeOperations(self.requests), self.fd, flags=INIT_FLAGS)
+        if self.allow_root:
+            session.deny_others(os.geteuid())
         code = 0
         try:
             trio.run(self._serve, session)

@@ -19,6 +19,7 @@ import errno
 import logging
 import os
 import types
+from typing import Optional
 
 import trio
 
@@ -60,6 +61,36 @@ def _go_on(coro, trap):
                 return stop.value
 
 
+# Requests allow_root lets through from anyone (libfuse's list): on what is open already, and the
+# protocol's own.
+_OPEN_OR_OWN = frozenset(
+    (
+        abi.INIT,
+        abi.READ,
+        abi.WRITE,
+        abi.FSYNC,
+        abi.RELEASE,
+        abi.READDIR,
+        abi.READDIRPLUS,
+        abi.FSYNCDIR,
+        abi.RELEASEDIR,
+        abi.FORGET,
+        abi.BATCH_FORGET,
+        abi.INTERRUPT,
+        abi.DESTROY,
+    )
+)
+
+
+def _guarded(handler, allowed):
+    async def guarded(view, end, unique, nodeid, ctx):
+        if ctx.uid not in allowed:
+            raise OSError(errno.EACCES, "allow_root: only root and the mount's owner")
+        return await handler(view, end, unique, nodeid, ctx)
+
+    return guarded
+
+
 class Session(Requests):
     """Serve the filesystem *ops* (an operations.Operations) on the FUSE device fd *fd*.
 
@@ -95,12 +126,21 @@ class Session(Requests):
         self.readers = 0  # reader tasks alive
         self._bufsize = max(abi.MIN_READ_BUFFER, _HDR + abi.WRITE_IN.size + self.max_write + _PAGE)
         self._buffers = []
-        self._nursery = None
+        self._nursery: Optional[trio.Nursery] = None
         self._waiting = False
         self._ended = False
         self._destroyed = False
         self._debug = False
         self._handlers = self._handler_table()
+
+    def deny_others(self, owner: int) -> None:
+        """allow_root, as libfuse does it: the mount is made with allow_other, and requests of users
+        other than *owner* and root answer EACCES, except those on what is already open (read, write,
+        release ...) and the protocol's own (INIT, FORGET, INTERRUPT, DESTROY)."""
+        allowed = {0, owner}
+        for opcode, handler in list(self._handlers.items()):
+            if opcode not in _OPEN_OR_OWN:
+                self._handlers[opcode] = _guarded(handler, allowed)
 
     # ------------------------------------------------------------------ the loop
 
