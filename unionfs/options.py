@@ -4,7 +4,6 @@ Everything here is checked before anything is created, so a refused invocation w
 """
 
 import os
-from dataclasses import dataclass, field
 from typing import Optional
 
 from .engine.idmap import IdMap, IdMapError
@@ -79,28 +78,41 @@ class OptionError(Exception):
     """Bad invocation; the message is one line for the user."""
 
 
-@dataclass
 class MountOptions:
-    lowers: list
-    upper: Optional[str] = None
-    work: Optional[str] = None
-    mountpoint: Optional[str] = None
-    foreground: bool = False
-    debug: bool = False
-    readonly: bool = False
-    userxattr: bool = False
-    whiteout_files: bool = True  # read .wh. markers, as fuse-overlayfs; off: kernel-exact
-    redirect_dir: str = "off"
-    xattr_permissions: int = 0
-    index: bool = False
-    volatile: bool = False  # fsync is a no-op (the kernel's and fuse-overlayfs's volatile)
-    logfile: Optional[str] = None
-    timeout: float = 300.0
-    fsname: str = "overlay"
-    fuse_options: list = field(default_factory=list)
-    uid_map: IdMap = field(default_factory=IdMap)
-    gid_map: IdMap = field(default_factory=IdMap)
-    backend: str = field(default_factory=default_backend)
+    """What a command line asks for. A plain class, not a dataclass: `dataclasses` imports `inspect`,
+    10 ms of every pyunionfs start (a container engine execs it for every mount)."""
+
+    def __init__(self, lowers: list, **given):
+        self.lowers = lowers
+        self.upper: Optional[str] = None
+        self.work: Optional[str] = None
+        self.mountpoint: Optional[str] = None
+        self.foreground = False
+        self.debug = False
+        self.readonly = False
+        self.userxattr = False
+        self.whiteout_files = True  # read .wh. markers, as fuse-overlayfs; off: kernel-exact
+        self.redirect_dir = "off"
+        self.xattr_permissions = 0
+        self.index = False
+        self.volatile = False  # fsync is a no-op (the kernel's and fuse-overlayfs's volatile)
+        self.logfile: Optional[str] = None
+        self.timeout = 300.0
+        self.fsname = "overlay"
+        self.fuse_options: list = []
+        self.uid_map = IdMap()
+        self.gid_map = IdMap()
+        self.backend = default_backend()
+        for name, value in given.items():
+            if not hasattr(self, name):
+                raise TypeError(f"MountOptions has no option {name!r}")
+            setattr(self, name, value)
+
+    def __eq__(self, other):
+        return isinstance(other, MountOptions) and vars(self) == vars(other)
+
+    def __repr__(self):
+        return "MountOptions(%s)" % ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
 
 
 def split_escaped(text: str, sep: str) -> list:
@@ -240,9 +252,8 @@ def build(o: dict) -> MountOptions:
         else:
             raise OptionError("unknown option: %s" % (key if value is True else "%s=%s" % (key, value)))
     # As fuse-overlayfs: squash_to_uid/gid take precedence over squash_to_root.
-    # (IdMap.squash is None when not squashing; engine/idmap.py annotates it int)
-    opts.uid_map.squash = squash.get("squash_to_uid", 0 if squash_root else None)  # type: ignore[assignment]
-    opts.gid_map.squash = squash.get("squash_to_gid", 0 if squash_root else None)  # type: ignore[assignment]
+    opts.uid_map.squash = squash.get("squash_to_uid", 0 if squash_root else None)
+    opts.gid_map.squash = squash.get("squash_to_gid", 0 if squash_root else None)
     return opts
 
 

@@ -8,8 +8,6 @@ This lets rootless container tools share one layer store across user namespaces 
 squash wins over a mapping); what is stored is not squashed.
 """
 
-from dataclasses import dataclass, field
-
 OVERFLOW_ID = 65534
 
 
@@ -17,10 +15,19 @@ class IdMapError(ValueError):
     pass
 
 
-@dataclass
 class IdMap:
-    ranges: list = field(default_factory=list)  # [(host, to, length)]
-    squash: int = None
+    # A plain class, not a dataclass: `dataclasses` imports `inspect`, 10 ms of every pyunionfs start.
+    __slots__ = ("ranges", "squash")
+
+    def __init__(self, ranges=None, squash=None):
+        self.ranges = [] if ranges is None else ranges  # [(host, to, length)]
+        self.squash = squash  # None: no squashing; else the id everything shows as
+
+    def __eq__(self, other):
+        return isinstance(other, IdMap) and (self.ranges, self.squash) == (other.ranges, other.squash)
+
+    def __repr__(self):
+        return f"IdMap(ranges={self.ranges!r}, squash={self.squash!r})"
 
     @classmethod
     def parse(cls, text: str, what: str) -> "IdMap":

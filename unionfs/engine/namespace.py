@@ -9,7 +9,7 @@ may own is made in place. Removing a name a lower layer shows leaves a whiteout 
 import errno
 import os
 import stat
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from . import _sys, ownership
 from .files import OPEN_KEEP
@@ -19,8 +19,7 @@ from .resolution import check_name
 from .whiteout import WH_PREFIX, make_whiteout, proc_path
 
 
-@dataclass
-class Caller:
+class Caller(NamedTuple):
     """Who asks: new entries get this owner (when the daemon may chown)."""
 
     uid: int

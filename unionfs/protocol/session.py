@@ -13,15 +13,22 @@ The error edge: OSError answers its errno; any other exception, and a malformed 
 lengths, a name without its NUL), answers EIO and logs one line; an opcode without a handler answers
 ENOSYS. Writing an answer to a request the kernel gave up on (ENOENT: interrupted) is ignored; ENODEV
 (or end of file, for a socket standing in for the device in tests) ends the loop cleanly.
+
+Before the loop: `serve_before_loop` answers requests on the calling thread, blocking, while trio is
+still being imported (in another thread; ~70 ms, most of a mount program's start). Only requests whose
+handlers never wait are answered so (looking things up, reading, listing); the first other one is
+handed to `run(first=...)`. That is why this module imports trio only inside the loop's functions.
 """
 
 import errno
 import logging
 import os
+import select
 import types
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
-import trio
+if TYPE_CHECKING:
+    import trio
 
 from . import abi
 from .operations import Context
@@ -91,6 +98,44 @@ def _guarded(handler, allowed):
     return guarded
 
 
+# What serve_before_loop answers: requests whose handlers never wait (no lock, no worker thread), so
+# they run to the end without trio. OPEN only without write access or O_TRUNC (else it may copy up).
+WARMUP_OPCODES = frozenset(
+    (
+        abi.INIT,
+        abi.LOOKUP,
+        abi.FORGET,
+        abi.BATCH_FORGET,
+        abi.GETATTR,
+        abi.READLINK,
+        abi.OPEN,
+        abi.READ,
+        abi.FLUSH,
+        abi.RELEASE,
+        abi.STATFS,
+        abi.GETXATTR,
+        abi.LISTXATTR,
+        abi.ACCESS,
+        abi.OPENDIR,
+        abi.READDIR,
+        abi.READDIRPLUS,
+        abi.RELEASEDIR,
+    )
+)
+_CHANGE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC
+
+
+def _opcode_of(view, n: int) -> int:
+    return abi.IN_HEADER.unpack_from(view, 0)[1] if n >= _HDR else -1
+
+
+def _opens_for_change(view, n: int) -> bool:
+    """An OPEN request whose flags ask for writing or truncation (or that is too short to tell)."""
+    if n < _HDR + 4:
+        return True
+    return bool(int.from_bytes(view[_HDR : _HDR + 4], "little") & _CHANGE_FLAGS)
+
+
 class Session(Requests):
     """Serve the filesystem *ops* (an operations.Operations) on the FUSE device fd *fd*.
 
@@ -144,13 +189,72 @@ class Session(Requests):
 
     # ------------------------------------------------------------------ the loop
 
-    async def run(self) -> None:
-        """Serve until the filesystem is unmounted (ENODEV), DESTROY, or stop()."""
+    @property
+    def ended(self) -> bool:
+        """The device went away (unmounted), DESTROY came, or stop() was called."""
+        return self._ended
+
+    def serve_before_loop(self, loaded, may_answer=None) -> Optional[bytes]:
+        """Answer requests on this thread until *loaded* (a threading.Event: trio is imported) is set.
+
+        Only opcodes in *may_answer* (default WARMUP_OPCODES: handlers that never wait) are answered, and
+        an OPEN only for reading; the first other request is returned as read (bytes), unanswered, for
+        `run(first=...)`. Returns None when *loaded* was set first or the session ended (ENODEV).
+        """
+        may_answer = WARMUP_OPCODES if may_answer is None else may_answer
+        self._debug = log.isEnabledFor(logging.DEBUG)
+        os.set_blocking(self.fd, False)
+        buf = self._buffers.pop() if self._buffers else bytearray(self._bufsize)
+        view = memoryview(buf)
+        bufs = (buf,)
+        poller = select.poll()
+        poller.register(self.fd, select.POLLIN)
+        try:
+            while not self._ended and not loaded.is_set():
+                try:
+                    n = os.readv(self.fd, bufs)
+                except BlockingIOError:
+                    poller.poll(2)  # ms: *loaded* is looked at between waits
+                    continue
+                except OSError as exc:
+                    if exc.errno == errno.ENOENT:
+                        continue
+                    if exc.errno == errno.ENODEV:
+                        self._ended = True
+                        return None
+                    raise
+                if n == 0:
+                    self._ended = True
+                    return None
+                self.requests += 1
+                opcode = _opcode_of(view, n)
+                if opcode not in may_answer or (opcode == abi.OPEN and _opens_for_change(view, n)):
+                    return bytes(view[:n])
+                coro = self._handle(view, n)
+                try:
+                    coro.send(None)
+                except StopIteration:
+                    continue
+                # A handler in the list waited after all: a bug in the list. It cannot go on here.
+                coro.close()
+                log.error("ERROR: %s waited before the loop ran; answered EIO", abi.opcode_name(opcode))
+                self.reply(error_reply(abi.IN_HEADER.unpack_from(view, 0)[2], errno.EIO))
+            return None
+        finally:
+            self._buffers.append(buf)
+
+    async def run(self, first: Optional[bytes] = None) -> None:
+        """Serve until the filesystem is unmounted (ENODEV), DESTROY, or stop(). *first*: a request
+        read already (by serve_before_loop), answered before any other."""
+        import trio
+
         os.set_blocking(self.fd, False)
         self._debug = log.isEnabledFor(logging.DEBUG)
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
+                if first is not None:
+                    nursery.start_soon(self._answer_first, first)
                 nursery.start_soon(self._reader)
         finally:
             self._nursery = None
@@ -173,7 +277,14 @@ class Session(Requests):
         if self._nursery is not None and not self._ended:
             self._nursery.start_soon(self._reader)
 
+    async def _answer_first(self, request: bytes) -> None:
+        buf = bytearray(max(self._bufsize, len(request)))
+        buf[: len(request)] = request
+        await self._handle(memoryview(buf), len(request))
+
     async def _reader(self) -> None:
+        import trio
+
         buf = self._buffers.pop() if self._buffers else bytearray(self._bufsize)
         view = memoryview(buf)
         fd = self.fd
