@@ -254,7 +254,8 @@ class Session(Requests):
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 if first is not None:
-                    nursery.start_soon(self._answer_first, first)
+                    # answered before anything read later (if it waits, _handle starts a reader)
+                    await self._answer_first(first)
                 nursery.start_soon(self._reader)
         finally:
             self._nursery = None

@@ -1,0 +1,118 @@
+"""Session.serve_before_loop: requests answered on the calling thread before trio runs, and the first
+request that needs the loop handed to run(first=...) unanswered. A SOCK_SEQPACKET socketpair stands in
+for /dev/fuse (one message a request, as the device frames them)."""
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+
+import trio
+
+from tests.protocol.fakekernel import FULL_FLAGS, Reply, cstr, entry_out
+from tests.protocol.memfs import MemFS
+from unionfs.protocol import abi
+from unionfs.protocol.session import Session
+
+
+class _Kernel:
+    """The kernel's end, synchronous: send requests, read replies."""
+
+    def __init__(self, sock):
+        self.sock = sock
+        self.unique = 0
+
+    def send(self, opcode, nodeid=1, body=b"") -> int:
+        self.unique += 2
+        self.sock.send(abi.request(opcode, self.unique, nodeid, body, 0, 0, 1))
+        return self.unique
+
+    def recv(self) -> Reply:
+        self.sock.settimeout(5)
+        return Reply(self.sock.recv(1 << 21))
+
+
+def _pair():
+    k_sock, d_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    return _Kernel(k_sock), d_sock
+
+
+def _init_body():
+    return abi.INIT_IN.pack(7, abi.KERNEL_MINOR_VERSION, 128 * 1024, FULL_FLAGS & 0xFFFFFFFF, FULL_FLAGS >> 32)
+
+
+def test_answers_what_never_waits_and_hands_over_the_first_change():
+    fs = MemFS()
+    kernel, d_sock = _pair()
+    session = Session(fs, d_sock.fileno())
+    try:
+        u_init = kernel.send(abi.INIT, 0, _init_body())
+        u_look = kernel.send(abi.LOOKUP, 1, cstr(b"absent"))
+        u_attr = kernel.send(abi.GETATTR, 1, abi.GETATTR_IN.pack(0, 0, 0))
+        u_open = kernel.send(abi.OPENDIR, 1, abi.OPEN_IN.pack(os.O_RDONLY, 0))
+        u_mkdir = kernel.send(abi.MKDIR, 1, abi.MKDIR_IN.pack(0o755, 0) + cstr(b"d"))
+        u_after = kernel.send(abi.GETATTR, 1, abi.GETATTR_IN.pack(0, 0, 0))
+
+        first = session.serve_before_loop(threading.Event())
+
+        # the four before MKDIR are answered, in order; MKDIR came back as read, unanswered
+        replies = [kernel.recv() for _ in range(4)]
+        assert [r.unique for r in replies] == [u_init, u_look, u_attr, u_open]
+        assert replies[0].error == 0 and session.conn is not None
+        assert replies[1].errno == 2  # ENOENT
+        assert replies[2].error == 0 and replies[3].error == 0
+        assert first is not None and abi.IN_HEADER.unpack_from(first)[1:3] == (abi.MKDIR, u_mkdir)
+        assert b"d" not in fs.nodes[abi.ROOT_ID].children  # not made yet
+
+        async def loop():
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(session.run, first)
+                mk = await trio.to_thread.run_sync(kernel.recv)
+                after = await trio.to_thread.run_sync(kernel.recv)
+                kernel.sock.close()  # end of file ends the session
+                return mk, after
+
+        mk, after = trio.run(loop)
+        # the handed-over MKDIR is answered by the loop, before the request read after it
+        assert (mk.unique, mk.error) == (u_mkdir, 0)
+        assert entry_out(mk.body)["nodeid"] != 0 and b"d" in fs.nodes[abi.ROOT_ID].children
+        assert (after.unique, after.error) == (u_after, 0)
+    finally:
+        d_sock.close()
+        kernel.sock.close()
+
+
+def test_open_for_writing_or_truncating_is_left_to_the_loop():
+    for flags in (os.O_WRONLY, os.O_RDWR, os.O_RDONLY | os.O_TRUNC):
+        kernel, d_sock = _pair()
+        session = Session(MemFS(), d_sock.fileno())
+        try:
+            kernel.send(abi.INIT, 0, _init_body())
+            u_ro = kernel.send(abi.OPEN, 1, abi.OPEN_IN.pack(os.O_RDONLY, 0))
+            u_rw = kernel.send(abi.OPEN, 1, abi.OPEN_IN.pack(flags, 0))
+            first = session.serve_before_loop(threading.Event())
+            assert kernel.recv().error == 0  # INIT
+            assert kernel.recv().unique == u_ro  # answered (the memfs's default open: handle 0)
+            assert abi.IN_HEADER.unpack_from(first)[1:3] == (abi.OPEN, u_rw)
+        finally:
+            d_sock.close()
+            kernel.sock.close()
+
+
+def test_returns_once_the_loop_is_loaded_and_on_end_of_file():
+    kernel, d_sock = _pair()
+    session = Session(MemFS(), d_sock.fileno())
+    try:
+        loaded = threading.Event()
+        loaded.set()
+        assert session.serve_before_loop(loaded) is None and not session.ended
+        kernel.sock.close()
+        assert session.serve_before_loop(threading.Event()) is None and session.ended
+    finally:
+        d_sock.close()
+
+
+def test_the_session_module_loads_without_trio():
+    code = "import sys, unionfs.protocol.session, unionfs.fuse.native_backend; sys.exit('trio' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0
