@@ -3,6 +3,7 @@ build+run+commit)."""
 
 import json
 import os
+import shlex
 import shutil
 import signal
 import statistics
@@ -12,6 +13,7 @@ import zlib
 from pathlib import Path
 
 from benchutil import BenchError, log, pid_alive, run_cmd
+from contenders import pyunionfs_argv
 from layers import kernel_overlay_works
 from report import fmt_t
 
@@ -325,7 +327,7 @@ class PodmanBuildRunCommit(CtrWorkload):
 
 
 CTR_WORKLOADS = [PodmanRun(), PodmanDiff(), PodmanCommit(), PodmanBuildRunCommit()]
-CTR_CONTENDERS = ["kernel", "fuse-overlayfs", "pyunionfs"]
+CTR_CONTENDERS = ["kernel", "fuse-overlayfs", "pyunionfs", "pyunionfs-pyfuse3"]
 
 
 def ctr_available(name, pyu, scratch):
@@ -341,8 +343,19 @@ def ctr_available(name, pyu, scratch):
     return (True, "") if pyu and os.access(pyu, os.X_OK) else (False, f"{pyu} not found or not executable")
 
 
-def mount_program(name, pyu):
-    return {"kernel": None, "fuse-overlayfs": shutil.which("fuse-overlayfs"), "pyunionfs": pyu}[name]
+def mount_program(name, pyu, scratch):
+    """storage.conf's mount_program for the contender: none for the kernel; for pyunionfs a two-line script
+    in the scratch dir that execs it with its backend chosen (`-o backend=...` before podman's options),
+    so the choice does not depend on podman passing its environment on to the program it execs."""
+    if name == "kernel":
+        return None
+    if name == "fuse-overlayfs":
+        return shutil.which("fuse-overlayfs")
+    wrapper = Path(scratch) / f"mount-program-{name}"
+    if not wrapper.exists():
+        wrapper.write_text("#!/bin/sh\nexec " + " ".join(map(shlex.quote, pyunionfs_argv(name, pyu))) + ' "$@"\n')
+        wrapper.chmod(0o755)
+    return str(wrapper)
 
 
 def run_containers(
@@ -358,7 +371,7 @@ def run_containers(
         engines = {}
         try:
             for c in order:
-                eng = PodmanEngine(scratch / f"podman-{c}-{rep}", c, mount_program(c, pyu), cprof["timeout"])
+                eng = PodmanEngine(scratch / f"podman-{c}-{rep}", c, mount_program(c, pyu, scratch), cprof["timeout"])
                 try:
                     eng.podman("import", "-q", "-", BASE_IMAGE, input=data)
                     eng.podman("run", "--rm", "--pull=never", "--network=none", BASE_IMAGE, "true")

@@ -1,5 +1,6 @@
-"""The contenders: a plain directory, the kernel overlay (mount/umount), fuse-overlayfs and pyunionfs
-(daemons started, waited for and unmounted through unionfs.embed.lifecycle); each mount is fresh."""
+"""The contenders: a plain directory, the kernel overlay (mount/umount), fuse-overlayfs and pyunionfs with
+each of its two FUSE backends (daemons started, waited for and unmounted through unionfs.embed.lifecycle);
+each mount is fresh."""
 
 import os
 import shutil
@@ -11,7 +12,17 @@ from layers import kernel_overlay_works
 
 from unionfs.embed import lifecycle
 
-CONTENDERS = ["plain", "kernel", "fuse-overlayfs", "pyunionfs"]
+CONTENDERS = ["plain", "kernel", "fuse-overlayfs", "pyunionfs", "pyunionfs-pyfuse3"]
+# pyunionfs's contenders and the backend each one runs (-o backend=...): "pyunionfs" is the native one.
+PYUNIONFS = {"pyunionfs": "native", "pyunionfs-pyfuse3": "pyfuse3"}
+DAEMONS = ["fuse-overlayfs", *PYUNIONFS]  # the contenders with a daemon of their own
+RATIO_LABEL = {"pyunionfs": "py", "pyunionfs-pyfuse3": "py3"}  # the ratio columns' names: py/fo, py3/fo
+
+
+def pyunionfs_argv(name, pyu):
+    """The command that starts the contender *name* (one of PYUNIONFS): pyu with its backend chosen."""
+    return [pyu, "-o", f"backend={PYUNIONFS[name]}"]
+
 
 # ---------------------------------------------------------------------------------------------------------
 # Contenders: each mount is fresh (empty upper and work), unmounted in finally
@@ -93,7 +104,7 @@ class Contender:
             return False, "fusermount3 not found"
         if self.name == "fuse-overlayfs":
             return (True, "") if shutil.which("fuse-overlayfs") else (False, "fuse-overlayfs not installed")
-        if self.name == "pyunionfs":
+        if self.name in PYUNIONFS:
             c = self.pyunionfs_cmd
             if c and os.access(c, os.X_OK):
                 return True, ""
@@ -128,7 +139,7 @@ class Contender:
             return m
         # The daemon runs in the foreground (-f) as our child, in its own session (Ctrl-C does not reach
         # it): its pid, exit status and log are ours. Without /dev/log a daemonized pyunionfs logs nowhere.
-        cmd = [self.pyunionfs_cmd] if self.name == "pyunionfs" else ["fuse-overlayfs"]
+        cmd = pyunionfs_argv(self.name, self.pyunionfs_cmd) if self.name in PYUNIONFS else ["fuse-overlayfs"]
         log_path = slot / "daemon.log"
         real = lifecycle.real_mountpoint(mnt)
         before = lifecycle.mounts_at(real)

@@ -1,8 +1,11 @@
 #!/usr/bin/env python3
 """Benchmark pyunionfs against fuse-overlayfs, the kernel overlay and a plain directory.
 
-    python benchmarks/run.py [--quick] [--repeat N] [--only WORKLOAD,...]
-                             [--contenders plain,kernel,fuse-overlayfs,pyunionfs] [--json OUT]
+    python benchmarks/run.py [--quick] [--repeat N] [--only WORKLOAD,...] [--json OUT]
+                             [--contenders plain,kernel,fuse-overlayfs,pyunionfs,pyunionfs-pyfuse3]
+
+pyunionfs runs twice: "pyunionfs" is its native FUSE backend (-o backend=native), "pyunionfs-pyfuse3"
+the pyfuse3 one (-o backend=pyfuse3); both are compared with fuse-overlayfs and the kernel in one table.
 
 Needs root (mounts, drop_caches). See benchmarks/README.md for what it measures and how to read it.
 """
@@ -24,9 +27,10 @@ sys.path[:0] = [HERE, os.path.dirname(HERE)]
 
 from benchutil import BenchError, MiB, log, pid_alive, run_cmd  # noqa: E402
 from containers import CTR_CONTENDERS, CTR_WORKLOADS, ENGINES, build_rootfs, ctr_available, mounts_below, run_containers  # noqa: E402
-from contenders import CONTENDERS, LIVE, Contender  # noqa: E402
+from contenders import CONTENDERS, DAEMONS, LIVE, Contender  # noqa: E402
 from layers import build_layers  # noqa: E402
 from report import ctr_report, fmt_t, report  # noqa: E402
+from reqcount import RequestCounter  # noqa: E402
 from startuphook import run_startup  # noqa: E402
 from workloads import WORKLOADS, Ctx, mount_sequence, run_in_child  # noqa: E402
 
@@ -174,6 +178,7 @@ def main():
     scratch.mkdir(parents=True)
     jf = open(args.json, "w") if args.json else None
     t_start = time.monotonic()
+    counter = None
     try:
         meta = build_layers(layers, pname, prof) if workloads else None
         rootfs_tar = build_rootfs(layers.with_name("containers")) if ctr_workloads else None
@@ -239,6 +244,13 @@ def main():
             f"{open('/proc/loadavg').read().split()[0]}; pyunionfs = {pyu} (repo at {rev}); "
             f"fuse-overlayfs {fo_version}"
         )
+        if workloads and any(c.name in DAEMONS for c in active):
+            counter = RequestCounter(scratch)
+            header.append(
+                "FUSE requests counted with the kernel's fuse:fuse_request_send trace event"
+                if counter.ok
+                else f"FUSE requests not counted: {counter.why_not}"
+            )
         for h in header:
             log(h)
         t_start = time.monotonic()  # the layers are built: count from here
@@ -261,7 +273,9 @@ def main():
                             errors.append(f"rep {rep} {wl.name} {c.name}: mount: {e}")
                             res = None
                         else:
-                            ctx = Ctx(m.root, meta, layers, prof, m.pid, scratch)
+                            ctx = Ctx(m.root, meta, layers, prof, m.pid, scratch, counter)
+                            if counter:
+                                counter.watch(m.dev if m.fuse else None)
                             res = run_in_child(
                                 lambda: mount_sequence(ctx, wl),  # noqa: B023 (called within this iteration)
                                 prof["timeout"],
@@ -357,7 +371,7 @@ def main():
         startup_note, startup_done = None, False
         if want_startup:
             startup_note = run_startup(
-                [c for c in ("fuse-overlayfs", "pyunionfs") if c in contenders],
+                [c for c in DAEMONS if c in contenders],
                 pyu,
                 scratch,
                 cprof["startup"],
@@ -370,7 +384,7 @@ def main():
         header.append(f"wall time {time.monotonic() - t_start:.0f} s")
         text = report(results, names_c, workloads, mem, extras, errors, sigs, skipped, header)
         if ctr_workloads or want_startup:
-            cnames = ctr_names or [c for c in ("fuse-overlayfs", "pyunionfs") if c in contenders]
+            cnames = ctr_names or [c for c in DAEMONS if c in contenders]
             extra_lines = ctr_report(results, cnames, ctr_workloads, startup_done, csigs, ctr_skipped, startup_note)
             marker = "\nERRORS (" if errors else None
             if marker and marker in text:
@@ -398,6 +412,8 @@ def main():
         return 1
     finally:
         cleanup_all()
+        if counter:
+            counter.close()
         if jf:
             jf.close()
         leftover = [p for p in scratch.iterdir()] if scratch.exists() else []

@@ -7,7 +7,8 @@
 Container engines (podman, buildah) exec the mount program for every container they start, so the
 time until the mount answers is paid on every `podman run`. For each repetition this makes fresh tiny
 layers in a temp dir (a lower holding one file, an empty upper and workdir, an empty mountpoint), execs
-the program with fuse-overlayfs's command line and measures, from just before the exec:
+the program with fuse-overlayfs's command line (pyunionfs twice: `-o backend=native` as "pyunionfs",
+`-o backend=pyfuse3` as "pyunionfs-pyfuse3") and measures, from just before the exec:
 
   exec->mount   the command returned with exit status 0 (both programs return once the mount is made)
   exec->stat    the first os.stat() of the lower's file through the mount answered, done right after the
@@ -78,7 +79,11 @@ def default_commands():
     pyu = os.path.join(here, "pyunionfs")
     if not os.access(pyu, os.X_OK):
         pyu = shutil.which("pyunionfs")
-    return {"pyunionfs": pyu, "fuse-overlayfs": shutil.which("fuse-overlayfs") or "/usr/bin/fuse-overlayfs"}
+    return {
+        "pyunionfs": [pyu, "-o", "backend=native"],
+        "pyunionfs-pyfuse3": [pyu, "-o", "backend=pyfuse3"],
+        "fuse-overlayfs": shutil.which("fuse-overlayfs") or "/usr/bin/fuse-overlayfs",
+    }
 
 
 def _is_mounted(path):
@@ -225,12 +230,14 @@ def measure_startup(argv_builder, repetitions=10, warmup=1, scratch=None, env=No
 
 
 def measure(contender, command, repeat, scratch):
-    """benchmarks/run.py's hook: *contender* "pyunionfs" or "fuse-overlayfs" (both take fuse-overlayfs's
-    command line), *command* the program. -> measure_startup()'s dict ("exec->mount", "exec->stat" lists)."""
+    """benchmarks/run.py's hook: *contender* "pyunionfs", "pyunionfs-pyfuse3" or "fuse-overlayfs" (all take
+    fuse-overlayfs's command line), *command* the program, or a list (the program and its first arguments,
+    e.g. ["pyunionfs", "-o", "backend=pyfuse3"]). -> measure_startup()'s dict ("exec->mount", "exec->stat"
+    lists)."""
     if not command:
         raise StartupError("%s: no program to exec" % contender)
     return measure_startup(
-        pyunionfs_argv(str(command)),
+        pyunionfs_argv(list(command) if isinstance(command, (list, tuple)) else str(command)),
         repetitions=repeat,
         warmup=1,
         scratch=str(scratch) if scratch is not None else None,
@@ -248,7 +255,8 @@ def measure_exec(argv, repetitions=10):
 
 
 def compare(commands=None, repetitions=10, warmup=1, scratch=None, env=None):
-    """measure_startup() for each {name: command} (default: pyunionfs and fuse-overlayfs), the programs
+    """measure_startup() for each {name: command} (default: pyunionfs with its native backend, with its
+    pyfuse3 backend, and fuse-overlayfs), the programs
     taking turns (pyunionfs, fuse-overlayfs, pyunionfs, ...) so a change in the machine's load falls
     on both alike."""
     commands = commands or default_commands()
@@ -305,7 +313,7 @@ def main(argv=None):
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--pyunionfs", default=None, help="the pyunionfs to exec (default: next to this python)")
     p.add_argument("--fuse-overlayfs", dest="fuse_overlayfs", default=None)
-    p.add_argument("--only", default=None, help="comma-separated: pyunionfs,fuse-overlayfs")
+    p.add_argument("--only", default=None, help="comma-separated: pyunionfs,pyunionfs-pyfuse3,fuse-overlayfs")
     p.add_argument("--scratch", default=None, help="where the temp dirs go (default: $TMPDIR)")
     p.add_argument("--json", default=None, help="write the raw figures here")
     p.add_argument(
@@ -318,7 +326,8 @@ def main(argv=None):
     args = p.parse_args(argv)
     commands = default_commands()
     if args.pyunionfs:
-        commands["pyunionfs"] = args.pyunionfs
+        commands["pyunionfs"] = [args.pyunionfs, "-o", "backend=native"]
+        commands["pyunionfs-pyfuse3"] = [args.pyunionfs, "-o", "backend=pyfuse3"]
     if args.fuse_overlayfs:
         commands["fuse-overlayfs"] = args.fuse_overlayfs
     if args.only:

@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 from benchutil import log
+from contenders import PYUNIONFS, pyunionfs_argv
 from report import cell
 from workloads import StartupWorkload
 
@@ -14,7 +15,8 @@ from workloads import StartupWorkload
 def run_startup(names, pyu, scratch, repeat, results, errors, jf):
     """STARTUP HOOK. benchmarks/startup.py is another engineer's module (not this file's); the contract
     expected of it: measure(contender, command, repeat, scratch) -> {"exec->mount": [seconds, ...],
-    "exec->stat": [seconds, ...]}, contender "pyunionfs" or "fuse-overlayfs", command the daemon to exec.
+    "exec->stat": [seconds, ...]}, contender "pyunionfs", "pyunionfs-pyfuse3" or "fuse-overlayfs", command
+    the daemon to exec (for pyunionfs a list: the program and `-o backend=...`).
     Returns None when measured, else why not (printed under the container table)."""
     path = Path(__file__).with_name("startup.py")
     if not path.exists():
@@ -31,7 +33,8 @@ def run_startup(names, pyu, scratch, repeat, results, errors, jf):
     fn = getattr(mod, "measure", None)
     if fn is None:
         return "benchmarks/startup.py has no measure(contender, command, repeat, scratch) (hook: run_startup)"
-    cmds = {"pyunionfs": pyu, "fuse-overlayfs": shutil.which("fuse-overlayfs")}
+    cmds = {"fuse-overlayfs": shutil.which("fuse-overlayfs")}
+    cmds.update({name: pyunionfs_argv(name, pyu) for name in PYUNIONFS})
     for c in names:
         try:
             res = fn(c, cmds[c], repeat, scratch)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from benchutil import BenchError, MiB, drop_caches, proc_status
 from layers import run_import_script
+from reqcount import daemon_cpu
 
 # ---------------------------------------------------------------------------------------------------------
 # Workloads. A read-only workload runs twice on one mount: cold (caches dropped), then warm (timed again
@@ -23,9 +24,16 @@ from layers import run_import_script
 
 
 class Ctx:
-    def __init__(self, root, meta, layers, prof, pid, scratch):
+    def __init__(self, root, meta, layers, prof, pid, scratch, counter=None):
         self.root, self.meta, self.layers, self.prof, self.pid = Path(root), meta, Path(layers), prof, pid
         self.scratch = Path(scratch)
+        self.counter = counter  # a reqcount.RequestCounter watching this mount's connection, or None
+
+    def daemon_usage(self):
+        """(daemon CPU seconds, FUSE requests sent so far), each None when unknown (no daemon)."""
+        if not self.pid:
+            return None, None
+        return daemon_cpu(self.pid), self.counter.count() if self.counter else None
 
     def rss(self):
         s = proc_status(self.pid) if self.pid else None
@@ -379,10 +387,16 @@ def mount_sequence(ctx, wl):
         elif wl.mutating:
             wl.warmup(ctx, target)
         rss0 = ctx.rss()
+        cpu0, req0 = ctx.daemon_usage()
         t = time.perf_counter()
         sig = wl.run(ctx, target)
         dt = time.perf_counter() - t
+        cpu1, req1 = ctx.daemon_usage()
         rss1 = ctx.rss()
+        if cpu0 is not None and cpu1 is not None:
+            ctx.extra["daemon_cpu"] = cpu1 - cpu0
+        if req0 is not None and req1 is not None:
+            ctx.extra["requests"] = req1 - req0
         sig = wl.check(ctx, target, sig)
         if wl.name == "find" and mode == "cold" and rss0 and rss1:
             ctx.extra["bytes_per_entry"] = (rss1 - rss0) / max(sig, 1)
