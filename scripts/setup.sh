@@ -17,8 +17,8 @@ want=(fuse3 libfuse3-dev pkg-config attr fuse-overlayfs umoci)
 # buildah with runc (crun refuses these machines' cgroup v1 hybrid mode), newuidmap/newgidmap for
 # rootless podman, and the kernel's NFS server for a shared read-only image store.
 want+=(podman buildah runc uidmap nfs-kernel-server)
-# pyfuse3 is built from source: it needs a C compiler and the Python headers,
-# and a Debian system Python needs python3-venv for `-m venv`.
+# pyfuse3 (the second FUSE backend, in the test extra) is built from source: it needs a C compiler
+# and the Python headers; a Debian system Python needs python3-venv for `-m venv`.
 if ! command -v gcc >/dev/null 2>&1; then want+=(gcc); fi
 if ! "$PYTHON" -c 'import ensurepip, venv' >/dev/null 2>&1; then want+=(python3-venv); fi
 if ! "$PYTHON" -c 'import os, sysconfig, sys; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' >/dev/null 2>&1; then

@@ -62,11 +62,12 @@ IGNORED = {
 KERNEL_DEFAULTS = {"metacopy": {"off"}, "xino": {"off", "auto"}, "nfs_export": {"off"}}
 
 
-# FUSE backends: "native" speaks /dev/fuse itself (unionfs.protocol), "pyfuse3" goes through libfuse.
+# FUSE backends: "native" speaks /dev/fuse itself (unionfs.protocol; needs nothing but Python and trio),
+# "pyfuse3" goes through libfuse (pyfuse3 is an optional dependency: a C build against libfuse3).
 BACKENDS = ("native", "pyfuse3")
 # The backend when -o backend= is not given; PYUNIONFS_BACKEND in the environment overrides it (so a
 # test run or a container engine's mount program can switch without changing command lines).
-DEFAULT_BACKEND = "pyfuse3"
+DEFAULT_BACKEND = "native"
 
 
 def default_backend() -> str:

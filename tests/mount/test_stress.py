@@ -621,13 +621,14 @@ def test_latency_during_big_copy_up(tmp_path):
 
 
 def test_one_reader_again_after_copy_ups_in_threads(tmp_path):
-    """Each big copy-up starts a spare request reader (fuse_loop.py) that ends once the copy is done;
-    after many of them the daemon is back to one reader: pyfuse3 never starts a worker of its own
-    (its debug log would say "starting another worker"), and everything reads back right."""
+    """The pyfuse3 backend (this is its loop's test, whatever the default backend): each big copy-up
+    starts a spare request reader (fuse/loop.py) that ends once the copy is done; after many of them
+    the daemon is back to one reader: pyfuse3 never starts a worker of its own (its debug log would say
+    "starting another worker"), and everything reads back right."""
     L = make_layers(tmp_path / "u", {"lower0": {"small": "small\n"}})
     for i in range(4):
         (L.lower / f"big{i}").write_bytes(bytes([65 + i]) * (2 * MiB))
-    with mount_pyunionfs(*L.mount_args(), extra_args=["-d"]) as daemon:
+    with mount_pyunionfs(*L.mount_args(), ["backend=pyfuse3"], extra_args=["-d"]) as daemon:
         for i in range(4):
             with open(L.mnt / f"big{i}", "ab") as f:
                 f.write(b"!")

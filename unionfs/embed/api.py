@@ -65,13 +65,17 @@ class DaemonDied(MountError):
 def fuse_unavailable_reason() -> Optional[str]:
     """Why a FUSE mount cannot be made by this process, or None when it (probably) can.
 
-    Checks that pyfuse3 imports, /dev/fuse exists, fusermount3 is on PATH, and that /dev/fuse opens
-    (root) or fusermount3 is setuid root (ordinary users; fusermount3 opens /dev/fuse itself).
+    Checks that the backend the daemon will use can run (the pyfuse3 backend: pyfuse3 imports), that
+    /dev/fuse exists, fusermount3 is on PATH, and that /dev/fuse opens (root) or fusermount3 is setuid
+    root (ordinary users; fusermount3 opens /dev/fuse itself).
     """
-    try:
-        import pyfuse3  # noqa: F401
-    except Exception as exc:  # ImportError, or a broken libfuse3
-        return f"FUSE unavailable: cannot import pyfuse3 ({exc})"
+    from ..options import default_backend
+
+    if default_backend() == "pyfuse3":
+        try:
+            import pyfuse3  # noqa: F401
+        except Exception as exc:  # ImportError, or a broken libfuse3
+            return f"FUSE unavailable: cannot import pyfuse3 ({exc})"
     if not os.path.exists("/dev/fuse"):
         return "FUSE unavailable: /dev/fuse does not exist"
     fm = shutil.which(FUSERMOUNT)

@@ -131,7 +131,14 @@ def run(opts, gc_after_mount: bool = False) -> int:
     if opts.backend == "native":
         from .native_backend import NativeMount as Mount
     else:
-        from .pyfuse3_backend import Pyfuse3Mount as Mount
+        try:
+            from .pyfuse3_backend import Pyfuse3Mount as Mount
+        except ImportError as exc:
+            requests.union.close()
+            raise MountError(
+                f"the pyfuse3 backend needs pyfuse3 ({exc}); install it (pip install 'unionfs[pyfuse3]') "
+                "or use -o backend=native"
+            ) from None
     mounted = Mount(requests, opts, mount_options(opts))  # MountError: the layers are let go
     if not opts.foreground:
         _daemonize()
