@@ -347,6 +347,18 @@ def test_signal_unmounts_foreground_daemon(L, sig):
         assert not is_mountpoint(L.mnt), f"still mounted after {sig.name}"
 
 
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP], ids=["SIGTERM", "SIGINT", "SIGHUP"])
+def test_signal_right_after_the_mount_unmounts(L, sig):
+    """A signal the moment the mount appears (the native backend is then still loading its event loop
+    and answering from its warm-up) unmounts and ends the daemon with status 0, as a later one does."""
+    with mount_pyunionfs(L.mnt, L.lowers, L.upper, L.work) as d:
+        os.kill(d.proc.pid, sig)
+        rc = d.proc.wait(timeout=15)
+        assert rc == 0, f"exit status {rc} after {sig.name}"
+        assert not is_mountpoint(L.mnt), f"still mounted after {sig.name}"
+
+
 GENERIC = [
     "rw",
     "dev",

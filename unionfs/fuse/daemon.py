@@ -16,6 +16,7 @@ import gc
 import logging
 import os
 import resource
+import signal
 import sys
 
 from ..engine import LayerInUse, Union
@@ -23,6 +24,8 @@ from ..errors import MountError
 from .requests import UnionRequests
 
 log = logging.getLogger("unionfs")
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def mount_options(opts) -> list:
@@ -127,6 +130,11 @@ def run(opts, gc_after_mount: bool = False) -> int:
     os.umask(0)  # modes of new entries come from the caller (the kernel applied its umask)
     _raise_fd_limit()
     _setup_logging(opts, to_stderr=True)
+    # Until the backend's loop listens for them, SIGINT/SIGTERM/SIGHUP are only noted: their defaults
+    # would end the daemon and leave the mount behind. The backend unmounts for a noted one at once.
+    signalled: list = []
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, lambda signum, frame: signalled.append(signum))
     requests = open_requests(opts)
     if opts.backend == "native":
         from .native_backend import NativeMount as Mount
@@ -150,6 +158,6 @@ def run(opts, gc_after_mount: bool = False) -> int:
         gc.freeze()
         gc.enable()
     log.info("mounted %s (%s backend)", opts.mountpoint, opts.backend)
-    code = mounted.serve()  # until unmounted; the layers are let go at once when the loop ends
+    code = mounted.serve(signalled)  # until unmounted; the layers are let go at once when the loop ends
     log.info("unmounted %s", opts.mountpoint)
     return code

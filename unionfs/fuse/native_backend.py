@@ -14,15 +14,16 @@ before the mount is made.
 
 import logging
 import os
-import signal
 
 from ..errors import MountError
 from ..protocol import abi
 from ..protocol import mount as fuse_mount
 from ..protocol.operations import FileInfo, Operations
+from .daemon import STOP_SIGNALS
 from .requests import SetAttr, UnionRequests
 
 log = logging.getLogger("unionfs")
+
 
 # What the union asks the kernel for at INIT; the session agrees only what the kernel offers.
 # ATOMIC_O_TRUNC: open(O_TRUNC) reaches the union, which then copies no data up.
@@ -123,7 +124,11 @@ class NativeOperations(Operations):
         await self.requests.removexattr(node, name)
 
     async def opendir(self, node, flags, ctx):
-        return await self.requests.opendir(node)
+        # The kernel may keep a directory's listing (FOPEN_CACHE_DIR) and keep it across opens
+        # (KEEP_CACHE): it drops it itself when the directory changes through the mount (its mtime or
+        # its inode's version moves). A layer changed behind the mount is undefined, as on the kernel.
+        fh = await self.requests.opendir(node)
+        return FileInfo(fh, cache_dir=True, keep_cache=True)
 
     async def readdir(self, node, fh, offset, out, ctx):
         add, add_bare = out.add, out.add_bare
@@ -168,8 +173,9 @@ class NativeMount:
             self.union.close()
             raise MountError(f"cannot mount {opts.mountpoint}: {exc}") from None
 
-    def serve(self) -> int:
+    def serve(self, signalled: list) -> int:
         """Serve until unmounted (or a signal, which unmounts); 0, or 1 when the loop failed.
+        *signalled*: the stop signals that came before the loop listens (daemon.run notes them).
 
         The first requests are answered at once, on this thread, while trio loads in another (see
         protocol.session.Session.serve_before_loop): a container engine runs its container's first
@@ -181,10 +187,14 @@ class NativeMount:
         session = Session(NativeOperations(self.requests), self.fd, flags=INIT_FLAGS)
         if self.allow_root:
             session.deny_others(os.geteuid())
+        self._signalled = signalled
         code = 0
         try:
-            first = _serve_while_trio_loads(session)
-            if not session.ended:
+            first = _serve_while_trio_loads(session, self._signalled)
+            if self._signalled:
+                log.info("signal %d: unmounting", self._signalled[0])
+                self._unmount()
+            elif not session.ended:
                 import trio
 
                 trio.run(self._serve, session, first)
@@ -201,21 +211,24 @@ class NativeMount:
         import trio
 
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._stop_on_signal, session)
+            await nursery.start(self._stop_on_signal, session)
             await session.run(first)
             # Let go of the layers at once: `umount LOWER` right after `umount MNT` must not find them busy.
             self.union.close()
             nursery.cancel_scope.cancel()
 
-    async def _stop_on_signal(self, session):
+    async def _stop_on_signal(self, session, task_status):
         import trio
 
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
-            async for signum in signals:
-                log.info("signal %d: unmounting", signum)
-                self._unmount()
-                session.stop()
-                return
+        with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
+            task_status.started()
+            if not self._signalled:
+                async for signum in signals:
+                    self._signalled.append(signum)
+                    break
+            log.info("signal %d: unmounting", self._signalled[0])
+            self._unmount()
+            session.stop()
 
     def _unmount(self) -> None:
         try:
@@ -224,9 +237,10 @@ class NativeMount:
             log.warning("unmounting %s: %s", self.mountpoint, exc)
 
 
-def _serve_while_trio_loads(session):
+def _serve_while_trio_loads(session, signalled: list):
     """Import trio in a thread and answer what the session can answer without it meanwhile; the first
-    request that needs the loop is returned (bytes, unanswered), or None."""
+    request that needs the loop is returned (bytes, unanswered), or None. Returns early, trio or not,
+    once *signalled* (a list the signal handler appends to) is not empty."""
     import sys
     import threading
 
@@ -238,14 +252,20 @@ def _serve_while_trio_loads(session):
         finally:
             loaded.set()
 
+    class Until:  # what serve_before_loop waits for: trio, or a signal
+        @staticmethod
+        def is_set():
+            return bool(signalled) or loaded.is_set()
+
     # The importing thread holds the interpreter lock but for short switches: make them frequent, so a
     # request that arrives meanwhile waits 0.2 ms for this thread, not the 5 ms default.
     interval = sys.getswitchinterval()
     sys.setswitchinterval(0.0002)
     try:
         threading.Thread(target=load, name="import-trio", daemon=True).start()
-        first = session.serve_before_loop(loaded)
-        loaded.wait()
+        first = session.serve_before_loop(Until)
+        while not signalled and not loaded.wait(0.01):
+            pass
     finally:
         sys.setswitchinterval(interval)
     return first

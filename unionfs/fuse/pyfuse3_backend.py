@@ -10,7 +10,6 @@ any exception but FUSEError. `Pyfuse3Mount` mounts through libfuse and serves wi
 import errno
 import logging
 import os
-import signal
 
 import pyfuse3
 from pyfuse3 import EntryAttributes, FileInfo, FUSEError, readdir_reply
@@ -18,6 +17,7 @@ from pyfuse3 import EntryAttributes, FileInfo, FUSEError, readdir_reply
 from ..errors import MountError
 from . import bare_entries
 from . import loop as fuse_loop
+from .daemon import STOP_SIGNALS
 from .requests import SetAttr, UnionRequests
 
 log = logging.getLogger("unionfs")
@@ -344,10 +344,12 @@ class Pyfuse3Mount:
             self.union.close()
             raise MountError(_mount_failure(opts.mountpoint, exc)) from None
 
-    def serve(self) -> int:
-        """Serve until unmounted (or a signal); 0, or 1 when the loop failed."""
+    def serve(self, signalled: list) -> int:
+        """Serve until unmounted (or a signal); 0, or 1 when the loop failed. *signalled*: the stop
+        signals that came before the loop listens (daemon.run notes them)."""
         import trio
 
+        self._signalled = signalled
         try:
             trio.run(self._serve)
         except BaseException:
@@ -372,11 +374,13 @@ class Pyfuse3Mount:
     async def _stop_on_signal(self):
         import trio
 
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
-            async for signum in signals:
-                log.info("signal %d: unmounting", signum)
-                pyfuse3.terminate()
-                return
+        with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
+            if not self._signalled:
+                async for signum in signals:
+                    self._signalled.append(signum)
+                    break
+            log.info("signal %d: unmounting", self._signalled[0])
+            pyfuse3.terminate()
 
 
 def _mount_failure(mountpoint: str, exc: Exception) -> str:
