@@ -256,7 +256,7 @@ class Attributes:
     def getxattr(self, node: Node, name: bytes) -> bytes:
         if self._private_record(name):
             raise OSError(errno.ENODATA, os.strerror(errno.ENODATA))
-        stored = xattrs.to_stored(name)
+        stored = xattrs.to_stored(name, self.stack.private_xattrs)
         fd = self.unlinked_fd(node)
         if fd is not None:
             return os.getxattr(fd, stored)
@@ -290,9 +290,10 @@ class Attributes:
 
     def listxattr(self, node: Node):
         stored = self._stored_xattr_names(node)
+        private = self.stack.private_xattrs
         names = []
         for item in stored:
-            visible = xattrs.to_visible(item)
+            visible = xattrs.to_visible(item, private)
             if visible is not None and not self._private_record(visible):
                 names.append(visible)
         return names
@@ -312,10 +313,10 @@ class Attributes:
         node.xattr_names = None
         fd = self.unlinked_fd(node, for_change=True)
         if fd is not None:
-            os.setxattr(fd, xattrs.to_stored(name), value, flags)
+            os.setxattr(fd, xattrs.to_stored(name, self.stack.private_xattrs), value, flags)
             return
         with self._xattr_path(layer, node) as (path, follow):
-            os.setxattr(path, xattrs.to_stored(name), value, flags, follow_symlinks=follow)
+            os.setxattr(path, xattrs.to_stored(name, self.stack.private_xattrs), value, flags, follow_symlinks=follow)
 
     def removexattr(self, node: Node, name: bytes) -> None:
         self.stack.require_upper()
@@ -326,10 +327,10 @@ class Attributes:
         node.xattr_names = None
         fd = self.unlinked_fd(node, for_change=True)
         if fd is not None:
-            os.removexattr(fd, xattrs.to_stored(name))
+            os.removexattr(fd, xattrs.to_stored(name, self.stack.private_xattrs))
             return
         with self._xattr_path(layer, node) as (path, follow):
-            os.removexattr(path, xattrs.to_stored(name), follow_symlinks=follow)
+            os.removexattr(path, xattrs.to_stored(name, self.stack.private_xattrs), follow_symlinks=follow)
 
 
 class _ProcPath:

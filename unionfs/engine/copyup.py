@@ -70,7 +70,14 @@ def _copy_range(src_fd, dst_fd, start, end):
 
 
 def set_mode_xattrs_times(
-    dir_fd: int, name: bytes, st: os.stat_result, *, mode: int = None, src_xattr_path: bytes = None, skip=()
+    dir_fd: int,
+    name: bytes,
+    st: os.stat_result,
+    *,
+    mode: int = None,
+    src_xattr_path: bytes = None,
+    skip=(),
+    private=xattrs.ALL_PRIVATE,
 ) -> None:
     """Give a new entry in dir_fd (already given its owner) the mode (*mode*, else st's), the xattrs
     (but *skip*'s names) and the times of *st*.
@@ -82,7 +89,7 @@ def set_mode_xattrs_times(
         # a fresh entry of ours, not a symlink
         os.chmod(name, stat.S_IMODE(st.st_mode if mode is None else mode), dir_fd=dir_fd)
     if src_xattr_path is not None:
-        xattrs.copy_all(src_xattr_path, proc_path(dir_fd, name), skip=skip)
+        xattrs.copy_all(src_xattr_path, proc_path(dir_fd, name), skip=skip, private=private)
     os.utime(name, ns=(st.st_atime_ns, st.st_mtime_ns), dir_fd=dir_fd, follow_symlinks=False)
 
 
@@ -214,6 +221,7 @@ class CopyUp:
                 mode=mode,
                 src_xattr_path=src_path,
                 skip=ownership.NAMES if attributes.records_in_use else (),
+                private=self.stack.private_xattrs,
             )
         indexed = self.index.record_origin(job)
         parent, name = node.names[0]

@@ -55,7 +55,7 @@ class Namespace:
                 mode |= stat.S_ISGID
         return caller.uid, gid, mode
 
-    def _prepare_create(self, parent: Node, name: bytes) -> None:
+    def _prepare_create(self, parent: Node, name: bytes, whiteout: bool = False) -> None:
         self.stack.require_upper()
         if not parent.is_dir:
             raise OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
@@ -66,6 +66,9 @@ class Namespace:
             pass
         else:
             raise OSError(errno.EEXIST, os.strerror(errno.EEXIST))
+        if whiteout:
+            # The kernel refuses to make a whiteout (char 0/0) through the mount: it would only vanish.
+            raise OSError(errno.EPERM, os.strerror(errno.EPERM))
         self.copyup.ensure_upper_dir(parent)
 
     def _finish_create(
@@ -163,7 +166,7 @@ class Namespace:
         return node, self.attributes.getattr(node)
 
     def mknod(self, parent: Node, name: bytes, mode: int, rdev: int, caller: Caller):
-        self._prepare_create(parent, name)
+        self._prepare_create(parent, name, whiteout=stat.S_ISCHR(mode) and rdev == 0)
         uid, gid, mode = self._new_owner(parent, caller, mode)
         tmp = self.stack.tmp_name()
         os.mknod(tmp, stat.S_IFMT(mode) | 0o600, rdev, dir_fd=self.stack.work.root_fd)
