@@ -183,11 +183,14 @@ class Namespace:
         node.lookups += 1
         return node, self.attributes.getattr(node)
 
-    def check_link(self, new_name: bytes) -> None:
-        """The name errors `link` gives before its copy-up, for a caller that copies up first (the
-        FUSE adapter): a `.wh.` name is refused without copying anything (EEXIST and the like come
-        after the copy-up, as on the kernel)."""
+    def copy_up_for_link(self, node: Node, new_name: bytes):
+        """The copy-up a link of *node* needs first: a CopyUpJob, or None. A directory (EPERM) and a
+        `.wh.` name are refused without copying anything (EEXIST and the like come after the copy-up,
+        as through the kernel's VFS, which answers for names it knows itself)."""
+        if node.is_dir:
+            raise OSError(errno.EPERM, os.strerror(errno.EPERM))
         self.check_new_name(new_name)
+        return self.copyup.job(node)
 
     def link(self, node: Node, new_parent: Node, new_name: bytes):
         if node.is_dir:
