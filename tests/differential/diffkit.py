@@ -490,6 +490,12 @@ def op_mkfifo(root, path, mode):
     return _attempt(os.mkfifo, p, mode), _lstat(p)
 
 
+def op_mknod_whiteout(root, path, mode):
+    """mknod of a char 0/0 device: a whiteout, which the kernel refuses (EPERM) to make through the mount."""
+    p = os.path.join(root, path)
+    return _attempt(os.mknod, p, stat.S_IFCHR | mode, os.makedev(0, 0)), _lstat(p)
+
+
 def op_read_during_copyup(root, path, data):
     """Read through a descriptor opened read-only before the file was copied up by a write
     through a second descriptor (kernel 6.18 reads the new data)."""

@@ -241,3 +241,31 @@ def test_fstat_of_an_open_fifo_after_its_last_name_goes(replay):
         ("fd_across", "n2", "rename", "n1", b""),
         ("fd_across", "n1", "unlink", "a", b"z"),
     )
+
+
+# Fixed (was: a char 0/0 device made through the mount was created and then vanished as a whiteout,
+# copying up its parent; the kernel refuses it with EPERM and writes nothing).
+def test_mknod_of_a_whiteout_device_is_refused(replay):
+    replay(
+        ("mknod_whiteout", "n1", 0o644),
+        ("mknod_whiteout", "dm/sub/n2", 0o000),
+        ("mknod_whiteout", "a", 0o644),
+        ("listdir", ""),
+        ("listdir", "dm/sub"),
+    )
+
+
+# Fixed (was: user.overlay.* names set through a mount without userxattr were stored escaped as
+# user.overlay.overlay.*; the kernel treats only its own namespace, trusted.overlay.*, as private).
+def test_user_overlay_xattrs_are_ordinary_without_userxattr(replay):
+    replay(
+        ("setxattr", "a", "user.overlay.x", b"v", "any", False),
+        ("getxattr", "a", "user.overlay.x", False),
+        ("listxattr", "a", False),
+        ("setxattr", "dm", "user.overlay.opaque", b"y", "any", False),
+        ("listdir", "dm"),
+        ("setxattr", "dm/sub", "trusted.overlay.x", b"t", "any", False),
+        ("getxattr", "dm/sub", "trusted.overlay.x", False),
+        ("removexattr", "a", "user.overlay.x", False),
+        ("listxattr", "a", False),
+    )

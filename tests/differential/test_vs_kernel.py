@@ -35,7 +35,10 @@ uids = st.sampled_from([-1, 0, 1001, 65534])
 gids = st.sampled_from([-1, 0, 1002, 65534])
 times = st.sampled_from([OLD + 123_456_789, 1_000_000_000_987_654_321, 0, OLD - 1])
 targets = st.sampled_from(["a", "../a", ABS_TARGET, "nowhere", "dm", "n1", LONG])
-xnames = st.sampled_from(["user.a", "user.b", "user.tag", "user.new"])
+# user.overlay.* is an ordinary namespace for a mount without userxattr; trusted.overlay.* is its own
+xnames = st.sampled_from(
+    ["user.a", "user.b", "user.tag", "user.new", "user.overlay.x", "user.overlay.opaque", "trusted.overlay.x"]
+)
 xvalues = st.sampled_from([b"", b"v", b"other value", b"x" * 300])
 data = st.one_of(st.binary(max_size=24), st.just(diffkit.BIG))
 booleans = st.booleans()
@@ -213,6 +216,10 @@ class DiffMachine(RuleBasedStateMachine):
     @rule(path=paths, mode=modes)
     def mkfifo(self, path, mode):
         self._check("mkfifo", path, mode)
+
+    @rule(path=paths, mode=st.sampled_from([0o644, 0o000]))
+    def mknod_whiteout(self, path, mode):
+        self._check("mknod_whiteout", path, mode)
 
 
 # Passing runs take well under 3 minutes; the larger budget is for shrinking a failure (hypothesis

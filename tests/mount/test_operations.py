@@ -194,8 +194,9 @@ def test_opaque_dir_hides_lower(layers, impl, form):
             "upper": {"o": Opaque(user=(form == "user")), "o/visible": "v\n", "o/same": "upper\n"},
         }
     )
-    # The kernel reads user.overlay.* markers only with userxattr; pyunionfs reads both forms always.
-    options = ["userxattr"] if (form == "user" and impl == "kernel") else []
+    # An upper's user.overlay.* markers count only with userxattr, on the kernel and on pyunionfs (which
+    # reads both forms in lowers): without it that namespace is anyone's to write through the mount.
+    options = ["userxattr"] if form == "user" else []
     with union_mount(impl, L, options):
         assert sorted(os.listdir(L.mnt / "o")) == ["same", "visible"]
         assert (L.mnt / "o/same").read_bytes() == b"upper\n"
@@ -203,6 +204,28 @@ def test_opaque_dir_hides_lower(layers, impl, form):
         assert not os.path.lexists(L.mnt / "o/sub")
         # the marker itself is private
         assert not [n for n in xattr_names(L.mnt / "o") if ".overlay." in n]
+
+
+@pytest.mark.parametrize("userxattr", [False, True], ids=["trusted", "userxattr"])
+def test_only_the_mounts_own_xattr_namespace_is_private(layers, impl, userxattr):
+    """The namespace a mount keeps its markers in (trusted.overlay.*, or user.overlay.* with userxattr)
+    is escaped when set through the mount and hidden when found in a layer; the other one is ordinary."""
+    own, other = ("user", "trusted") if userxattr else ("trusted", "user")
+    L = layers({"lower0": {"f": File(b"f\n"), "g": File(b"g\n", xattrs={"user.overlay.lx": b"L"})}, "upper": {}})
+    os.setxattr(L.lowers[0] / "g", "trusted.overlay.lt", b"T")
+    with union_mount(impl, L, ["userxattr"] if userxattr else []):
+        f = L.mnt / "f"
+        os.setxattr(f, f"{own}.overlay.x", b"1")
+        os.setxattr(f, f"{other}.overlay.y", b"2")
+        assert os.getxattr(f, f"{own}.overlay.x") == b"1"
+        assert os.getxattr(f, f"{other}.overlay.y") == b"2"
+        assert {f"{own}.overlay.x", f"{other}.overlay.y"} <= set(xattr_names(f))
+        shown = {"user": "user.overlay.lx", "trusted": "trusted.overlay.lt"}
+        assert shown[other] in xattr_names(L.mnt / "g") and shown[own] not in xattr_names(L.mnt / "g")
+        assert os.getxattr(L.mnt / "g", shown[other]) in (b"L", b"T")
+        assert_errno(errno.ENODATA, os.getxattr, L.mnt / "g", shown[own])
+    stored = set(xattr_names(L.upper / "f"))
+    assert {f"{own}.overlay.overlay.x", f"{other}.overlay.y"} <= stored, stored
 
 
 def test_three_lowers_precedence(layers, impl):
@@ -894,7 +917,7 @@ def test_opaque_marker_cannot_be_forged(layers, impl, form):
     """Setting the overlay's own opaque xattr through the mount must not make the directory opaque."""
     L = layers({"lower0": {"d": DIR, "d/a": "a\n"}})
     name = f"{form}.overlay.opaque"
-    options = ["userxattr"] if (form == "user" and impl == "kernel") else []
+    options = ["userxattr"] if form == "user" else []
     with union_mount(impl, L, options):
         try:
             os.setxattr(L.mnt / "d", name, b"y")

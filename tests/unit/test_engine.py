@@ -283,6 +283,11 @@ def test_private_xattrs_are_escaped(stack):
     u2 = stack()
     node2, _ = u2.lookup(u2.root, b"d")
     assert sorted(u2.listdir(node2)) == [b"x", b"y"]  # nobody forged an opaque marker
+    # the stack's own namespace is escaped; the other one is stored as it is, and no marker in the upper
+    stored = set(os.listxattr(f"{stack.dirs['upper']}/d"))
+    own = u2.stack.marker_prefix.decode()
+    other = "user.overlay." if own == "trusted.overlay." else "trusted.overlay."
+    assert {own + "overlay.opaque", other + "opaque"} <= stored, stored
 
 
 def test_symlinked_directories_inside_layers_are_not_followed(stack, tmp_path):

@@ -4,11 +4,14 @@ import errno
 import logging
 import os
 import stat
+import threading
 
 import pytest
 import trio
+import trio.testing
 
 from unionfs.engine import Union
+from unionfs.engine.copyup import CopyUpJob
 from unionfs.engine.idmap import IdMap
 from unionfs.fuse import requests as requests_mod
 from unionfs.fuse.requests import Context, Entry, Opened, SetAttr, Statfs, UnionRequests
@@ -164,6 +167,88 @@ def test_open_for_writing_copies_up_a_big_file_in_a_thread(layers):
     assert os.path.getsize(f"{layers.dirs['upper']}/big") == size + 1
     assert os.path.getsize(f"{layers.dirs['lower']}/big") == size
     assert r._copy_locks == {}
+
+
+def test_two_writers_of_a_big_file_share_one_copy_up_and_a_reader_does_not_wait(layers, monkeypatch):
+    size = requests_mod.THREAD_COPY_MIN + 4096
+    gate = threading.Event()  # the byte copy waits until the reader is through
+    copy_data = CopyUpJob.copy_data
+    monkeypatch.setattr(CopyUpJob, "copy_data", lambda job: (gate.wait(10), copy_data(job))[1])
+    write(f"{layers.dirs['lower']}/big", b"b" * size)
+    r = layers()
+    union = r.union
+    begun, aborted = [], []
+    real_begin, real_abort = union.copyup.begin, union.copyup.abort
+    union.copyup.begin = lambda *a: begun.append(a) or real_begin(*a)
+    union.copyup.abort = lambda job: aborted.append(job) or real_abort(job)
+    order = []
+
+    async def opener(node_id, flags, tag):
+        opened = await r.open(node_id, flags)
+        order.append(tag)
+        if tag == "reader":
+            gate.set()
+        await r.release(opened.fh)
+
+    async def scenario():
+        entry = await r.lookup(ROOT_ID, b"big")
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(opener, entry.node_id, os.O_WRONLY, "writer 1")
+            await trio.testing.wait_all_tasks_blocked()  # writer 1 copies in its thread
+            nursery.start_soon(opener, entry.node_id, os.O_RDWR, "writer 2")
+            nursery.start_soon(opener, entry.node_id, os.O_RDONLY, "reader")
+
+    run(scenario)
+    assert len(begun) == 1  # the engine handed the second writer the job in flight, not a new one
+    assert order[0] == "reader"  # a read-only open needs no copy-up and does not wait for one
+    assert sorted(order[1:]) == ["writer 1", "writer 2"]
+    assert aborted == []  # abort is for failures only
+    assert r._copy_locks == {} and union.copyup.in_flight == {}
+    assert os.path.getsize(f"{layers.dirs['upper']}/big") == size
+
+
+def test_a_failed_copy_up_is_aborted_and_leaves_nothing(layers):
+    write(f"{layers.dirs['lower']}/f", b"data")
+    r = layers()
+    union = r.union
+    aborted = []
+    real_abort = union.copyup.abort
+    union.copyup.abort = lambda job: aborted.append(job) or real_abort(job)
+
+    def failing_commit(job):
+        raise OSError(errno.ENOSPC, "no room")
+
+    union.copyup.commit = failing_commit
+    entry = run(r.lookup, ROOT_ID, b"f")
+    assert errno_of(r.open, entry.node_id, os.O_WRONLY) == errno.ENOSPC
+    assert len(aborted) == 1 and union.copyup.in_flight == {} and r._copy_locks == {}
+    assert os.listdir(f"{layers.dirs['upper']}") == []
+    assert os.listdir(f"{layers.dirs['work']}/work") == []
+
+
+def test_the_engine_says_what_a_change_copies_up(layers):
+    write(f"{layers.dirs['lower']}/f", b"data")
+    write(f"{layers.dirs['lower']}/d/g", b"g")
+    r = layers()
+    union = r.union
+    f, _ = union.lookup(union.root, b"f")
+    d, _ = union.lookup(union.root, b"d")
+    assert union.copy_up_for_open(f, os.O_RDONLY) is None
+    assert union.copy_up_for_setattr(d, None) is None  # a directory is copied up there and then
+    assert os.path.isdir(f"{layers.dirs['upper']}/d")
+    with pytest.raises(OSError) as exc:
+        union.copy_up_for_link(d, b"x")
+    assert exc.value.errno == errno.EPERM
+    with pytest.raises(OSError) as exc:
+        union.copy_up_for_xattr(f, b"user.none", removing=True)
+    assert exc.value.errno == errno.ENODATA and not os.path.exists(f"{layers.dirs['upper']}/f")
+    job = union.copy_up_for_open(f, os.O_WRONLY | os.O_TRUNC)
+    assert job is not None and job.data_size == 0  # O_TRUNC copies no data
+    assert union.copy_up_for_open(f, os.O_WRONLY) is job  # the job in flight
+    job.copy_data()
+    union.copy_up_commit(job)
+    assert union.copy_up_for_open(f, os.O_WRONLY) is None and union.copyup.in_flight == {}
+    assert os.path.getsize(f"{layers.dirs['upper']}/f") == 0
 
 
 def test_setattr_truncate_copies_up_and_ctime_only_changes_nothing(layers):

@@ -146,15 +146,21 @@ class Attributes:
                 return handle.fd
         raise OSError(errno.ENOENT, os.strerror(errno.ENOENT))
 
-    def setattr(self, node: Node, *, size, mode, uid, gid, atime_ns, mtime_ns, handle) -> os.stat_result:
+    def copy_up_for_setattr(self, node: Node, size):
+        """The copy-up a setattr (truncating to *size*, or None) needs first: a CopyUpJob, or None."""
         self.stack.require_upper()
         if size is not None and node.is_dir:
             raise OSError(errno.EISDIR, os.strerror(errno.EISDIR))
+        if not node.names:
+            return None  # the root (in the upper), or a file whose last name is gone: changed through its fd
+        return self.copyup.job(node, with_data=size != 0)
+
+    def setattr(self, node: Node, *, size, mode, uid, gid, atime_ns, mtime_ns, handle) -> os.stat_result:
+        job = self.copy_up_for_setattr(node, size)  # None when the caller ran it, or for an unlinked file
         fd = self.unlinked_fd(node, for_change=True)
         if fd is not None:
             return self._setattr_fd(node, fd, size, mode, uid, gid, atime_ns, mtime_ns, handle)
-        if not self.copyup.is_upper(node):
-            self.copyup.copy_up(node, with_data=size != 0)
+        self.copyup.run(job)
         node.xattr_names = None  # chmod may rewrite an ACL, chown drops file capabilities
         upper = self.stack.upper
         rel = node.path()
@@ -256,7 +262,7 @@ class Attributes:
     def getxattr(self, node: Node, name: bytes) -> bytes:
         if self._private_record(name):
             raise OSError(errno.ENODATA, os.strerror(errno.ENODATA))
-        stored = xattrs.to_stored(name)
+        stored = xattrs.to_stored(name, self.stack.private_xattrs)
         fd = self.unlinked_fd(node)
         if fd is not None:
             return os.getxattr(fd, stored)
@@ -290,46 +296,52 @@ class Attributes:
 
     def listxattr(self, node: Node):
         stored = self._stored_xattr_names(node)
+        private = self.stack.private_xattrs
         names = []
         for item in stored:
-            visible = xattrs.to_visible(item)
+            visible = xattrs.to_visible(item, private)
             if visible is not None and not self._private_record(visible):
                 names.append(visible)
         return names
 
-    def _xattr_target(self, node: Node) -> Layer:
+    def _xattr_target(self, node: Node, name: bytes, removing: bool = False) -> Layer:
         """The layer an xattr change is made in: the upper (after copy-up), or an indexed file's entry."""
+        entry = self.index.is_entry(node)
+        self.copyup.run(self.copy_up_for_xattr(node, name, removing))
+        return self.index.layer if entry else self.stack.upper
+
+    def copy_up_for_xattr(self, node: Node, name: bytes, removing: bool = False):
+        """The copy-up a setxattr (or a removexattr) of *name* needs first: a CopyUpJob, or None (an
+        indexed file's xattrs change on its index entry). The errors the change gives before any
+        copy-up are raised here."""
+        self.stack.require_upper()
+        if self._private_record(name):
+            raise OSError(errno.EPERM, os.strerror(errno.EPERM))
+        if removing:
+            self.getxattr(node, name)  # ENODATA before any copy-up, as the kernel
         if self.index.is_entry(node):
-            return self.index.layer
-        self.copyup.copy_up(node)
-        return self.stack.upper
+            return None
+        return self.copyup.job(node)
 
     def setxattr(self, node: Node, name: bytes, value: bytes, flags: int = 0) -> None:
-        self.stack.require_upper()
-        if self._private_record(name):
-            raise OSError(errno.EPERM, os.strerror(errno.EPERM))
-        layer = self._xattr_target(node)
+        layer = self._xattr_target(node, name)
         node.xattr_names = None
         fd = self.unlinked_fd(node, for_change=True)
         if fd is not None:
-            os.setxattr(fd, xattrs.to_stored(name), value, flags)
+            os.setxattr(fd, xattrs.to_stored(name, self.stack.private_xattrs), value, flags)
             return
         with self._xattr_path(layer, node) as (path, follow):
-            os.setxattr(path, xattrs.to_stored(name), value, flags, follow_symlinks=follow)
+            os.setxattr(path, xattrs.to_stored(name, self.stack.private_xattrs), value, flags, follow_symlinks=follow)
 
     def removexattr(self, node: Node, name: bytes) -> None:
-        self.stack.require_upper()
-        if self._private_record(name):
-            raise OSError(errno.EPERM, os.strerror(errno.EPERM))
-        self.getxattr(node, name)  # ENODATA before any copy-up, as the kernel
-        layer = self._xattr_target(node)
+        layer = self._xattr_target(node, name, removing=True)
         node.xattr_names = None
         fd = self.unlinked_fd(node, for_change=True)
         if fd is not None:
-            os.removexattr(fd, xattrs.to_stored(name))
+            os.removexattr(fd, xattrs.to_stored(name, self.stack.private_xattrs))
             return
         with self._xattr_path(layer, node) as (path, follow):
-            os.removexattr(path, xattrs.to_stored(name), follow_symlinks=follow)
+            os.removexattr(path, xattrs.to_stored(name, self.stack.private_xattrs), follow_symlinks=follow)
 
 
 class _ProcPath:

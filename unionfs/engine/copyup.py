@@ -14,6 +14,7 @@ import errno
 import fcntl
 import os
 import stat
+from typing import Optional
 
 from . import _sys, ownership, xattrs
 from .layers import remove_tree
@@ -70,7 +71,14 @@ def _copy_range(src_fd, dst_fd, start, end):
 
 
 def set_mode_xattrs_times(
-    dir_fd: int, name: bytes, st: os.stat_result, *, mode: int = None, src_xattr_path: bytes = None, skip=()
+    dir_fd: int,
+    name: bytes,
+    st: os.stat_result,
+    *,
+    mode: int = None,
+    src_xattr_path: bytes = None,
+    skip=(),
+    private=xattrs.ALL_PRIVATE,
 ) -> None:
     """Give a new entry in dir_fd (already given its owner) the mode (*mode*, else st's), the xattrs
     (but *skip*'s names) and the times of *st*.
@@ -82,14 +90,15 @@ def set_mode_xattrs_times(
         # a fresh entry of ours, not a symlink
         os.chmod(name, stat.S_IMODE(st.st_mode if mode is None else mode), dir_fd=dir_fd)
     if src_xattr_path is not None:
-        xattrs.copy_all(src_xattr_path, proc_path(dir_fd, name), skip=skip)
+        xattrs.copy_all(src_xattr_path, proc_path(dir_fd, name), skip=skip, private=private)
     os.utime(name, ns=(st.st_atime_ns, st.st_mtime_ns), dir_fd=dir_fd, follow_symlinks=False)
 
 
 class CopyUpJob:
-    """One copy-up in flight; made by CopyUp.begin, finished by its commit, cleaned up by its abort."""
+    """One copy-up in flight; made by CopyUp.begin, finished by its commit, or (on failure only) cleaned
+    up by its abort."""
 
-    __slots__ = ("node", "src_layer", "src_st", "src_fd", "tmp_name", "dst_fd", "with_data", "linked")
+    __slots__ = ("node", "src_layer", "src_st", "src_fd", "tmp_name", "dst_fd", "with_data", "linked", "claimed")
 
     def __init__(self, node, src_layer, src_st):
         self.node, self.src_layer, self.src_st = node, src_layer, src_st
@@ -97,6 +106,13 @@ class CopyUpJob:
         self.tmp_name = None
         self.with_data = False
         self.linked = False  # index=on: the name was linked up to its index entry; nothing to commit
+        self.claimed = False  # someone runs it (see claim)
+
+    def claim(self) -> None:
+        """Take the job to run; a job in flight is another caller's (EBUSY), never run twice."""
+        if self.claimed:
+            raise OSError(errno.EBUSY, "copy-up in progress")
+        self.claimed = True
 
     @property
     def data_size(self) -> int:
@@ -119,6 +135,7 @@ class CopyUp:
 
     def __init__(self, stack, nodes):
         self.stack, self.nodes = stack, nodes
+        self.in_flight = {}  # node -> its job, from begin to commit or abort
 
     def connect(self, union) -> None:
         self.resolution, self.attributes, self.index = union.resolution, union.attributes, union.index
@@ -144,6 +161,33 @@ class CopyUp:
         self.ensure_upper_dir(parent)
         self._copy_up_entry(node, with_data=False)
 
+    def job(self, node: Node, with_data: bool = True) -> Optional[CopyUpJob]:
+        """What must be copied before *node* is changed: None when nothing (it is in the upper already,
+        or a directory, copied up here: metadata only); the job in flight for it when there is one (the
+        caller waits for that one to end, then asks again); else a begun job for the caller to run:
+        copy_data (in a worker thread if it likes), then commit, or abort on failure (`run`)."""
+        if self.is_upper(node):
+            return None
+        running = self.in_flight.get(node)
+        if running is not None:
+            return running
+        if node.is_dir:
+            self.ensure_upper_dir(node)
+            return None
+        return self.begin(node, with_data)
+
+    def run(self, job: Optional[CopyUpJob]) -> None:
+        """Run a job begun by `begin` or `job` to its end, here and now."""
+        if job is None:
+            return
+        job.claim()
+        try:
+            job.copy_data()
+            self.commit(job)
+        except BaseException:
+            self.abort(job)
+            raise
+
     def copy_up(self, node: Node, with_data: bool = True) -> None:
         """Synchronous copy-up (library use; the FUSE adapter runs copy_data in a thread)."""
         if self.is_upper(node):
@@ -154,12 +198,7 @@ class CopyUp:
         self._copy_up_entry(node, with_data)
 
     def _copy_up_entry(self, node: Node, with_data: bool) -> None:
-        job = self.begin(node, with_data)
-        try:
-            job.copy_data()
-            self.commit(job)
-        finally:
-            self.abort(job)
+        self.run(self.begin(node, with_data))
 
     def begin(self, node: Node, with_data: bool = True) -> CopyUpJob:
         stack = self.stack
@@ -178,6 +217,7 @@ class CopyUp:
         job = CopyUpJob(node, layer, src_st)
         job.tmp_name = stack.tmp_name()
         work_fd = stack.work.root_fd
+        self.in_flight[node] = job
         try:
             if stat.S_ISREG(src_st.st_mode):
                 job.with_data = with_data and src_st.st_size > 0
@@ -192,9 +232,15 @@ class CopyUp:
         return job
 
     def commit(self, job: CopyUpJob) -> None:
-        node = job.node
+        """Move the copy into place; on an error the caller aborts the job."""
         if job.linked:
             return
+        self._commit(job)
+        job.close()
+        self.in_flight.pop(job.node, None)
+
+    def _commit(self, job: CopyUpJob) -> None:
+        node = job.node
         attributes, work_fd = self.attributes, self.stack.work.root_fd
         src_parent, _, src_name = self.resolution.rel(node, job.src_layer.index).rpartition(b"/")
         with job.src_layer.dir(src_parent) as src_dfd:
@@ -214,6 +260,7 @@ class CopyUp:
                 mode=mode,
                 src_xattr_path=src_path,
                 skip=ownership.NAMES if attributes.records_in_use else (),
+                private=self.stack.private_xattrs,
             )
         indexed = self.index.record_origin(job)
         parent, name = node.names[0]
@@ -234,6 +281,9 @@ class CopyUp:
                 self.nodes.detach(parent, other)
 
     def abort(self, job: CopyUpJob) -> None:
+        """Undo a job that failed: its descriptors closed, its copy in the work dir removed."""
+        if self.in_flight.get(job.node) is job:
+            del self.in_flight[job.node]
         job.close()
         if job.tmp_name is not None:
             remove_tree(self.stack.work.root_fd, job.tmp_name)

@@ -42,13 +42,17 @@ class Files:
         node.handles.append(handle)
         return handle
 
+    def copy_up_for_open(self, node: Node, flags: int):
+        """The copy-up an open with *flags* needs first: a CopyUpJob (see CopyUp.job), or None."""
+        if node.is_dir or not (flags & ACCMODE != os.O_RDONLY or flags & os.O_TRUNC):
+            return None
+        self.stack.require_upper()
+        return self.copyup.job(node, with_data=not flags & os.O_TRUNC)
+
     def open(self, node: Node, flags: int) -> FileHandle:
         if node.is_dir:
             raise OSError(errno.EISDIR, os.strerror(errno.EISDIR))
-        writing = flags & ACCMODE != os.O_RDONLY or flags & os.O_TRUNC
-        if writing:
-            self.stack.require_upper()
-            self.copyup.copy_up(node, with_data=not flags & os.O_TRUNC)
+        self.copyup.run(self.copy_up_for_open(node, flags))  # nothing left when the caller ran it
         open_flags = (flags & OPEN_KEEP) | (flags & os.O_TRUNC)
         fd = self.layers[node.layer].open(self.resolution.rel(node, node.layer), open_flags)
         return self.new_handle(fd, node, node.layer, flags)

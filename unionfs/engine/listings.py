@@ -117,12 +117,12 @@ class Listings:
                 if record is not None:
                     st = self.attributes.record_view(st, proc_path(fd, name), record, False)
                 is_dir = stat.S_ISDIR(st.st_mode)
-                stopped = not is_dir or (more_below and self._entry_stops(fd, name, redirected))
+                stopped = not is_dir or (more_below and self._entry_stops(fd, name, redirected, layer.writable))
                 found[name] = [index, st, [index] if is_dir else None, stopped]
             elif not rec[3]:
                 if entry.is_dir(follow_symlinks=False):
                     rec[2].append(index)
-                    rec[3] = more_below and self._entry_stops(fd, name, redirected)
+                    rec[3] = more_below and self._entry_stops(fd, name, redirected, layer.writable)
                 else:
                     rec[3] = True  # a whiteout or a non-directory below stops the merge
         for name in redirected:
@@ -141,10 +141,10 @@ class Listings:
                 result.append((name,) + resolved)
         return result
 
-    def _entry_stops(self, dir_fd: int, name: bytes, redirected: list) -> bool:
+    def _entry_stops(self, dir_fd: int, name: bytes, redirected: list, upper: bool) -> bool:
         """Whether the directory *name* in dir_fd stops the merge (opaque); a redirect marker puts the
         name on *redirected* (its merge is another path's) and stops this pass's merging of it."""
-        opaque, target = self.markers.of_entry(dir_fd, name)
+        opaque, target = self.markers.of_entry(dir_fd, name, upper)
         if opaque:
             return True
         if target is not None and self.stack.redirect_follow:

@@ -54,7 +54,7 @@ class Namespace:
                 mode |= stat.S_ISGID
         return caller.uid, gid, mode
 
-    def _prepare_create(self, parent: Node, name: bytes) -> None:
+    def _prepare_create(self, parent: Node, name: bytes, whiteout: bool = False) -> None:
         self.stack.require_upper()
         if not parent.is_dir:
             raise OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
@@ -65,6 +65,9 @@ class Namespace:
             pass
         else:
             raise OSError(errno.EEXIST, os.strerror(errno.EEXIST))
+        if whiteout:
+            # The kernel refuses to make a whiteout (char 0/0) through the mount: it would only vanish.
+            raise OSError(errno.EPERM, os.strerror(errno.EPERM))
         self.copyup.ensure_upper_dir(parent)
 
     def _finish_create(
@@ -162,7 +165,7 @@ class Namespace:
         return node, self.attributes.getattr(node)
 
     def mknod(self, parent: Node, name: bytes, mode: int, rdev: int, caller: Caller):
-        self._prepare_create(parent, name)
+        self._prepare_create(parent, name, whiteout=stat.S_ISCHR(mode) and rdev == 0)
         uid, gid, mode = self._new_owner(parent, caller, mode)
         tmp = self.stack.tmp_name()
         os.mknod(tmp, stat.S_IFMT(mode) | 0o600, rdev, dir_fd=self.stack.work.root_fd)
@@ -179,11 +182,14 @@ class Namespace:
         node.lookups += 1
         return node, self.attributes.getattr(node)
 
-    def check_link(self, new_name: bytes) -> None:
-        """The name errors `link` gives before its copy-up, for a caller that copies up first (the
-        FUSE adapter): a `.wh.` name is refused without copying anything (EEXIST and the like come
-        after the copy-up, as on the kernel)."""
+    def copy_up_for_link(self, node: Node, new_name: bytes):
+        """The copy-up a link of *node* needs first: a CopyUpJob, or None. A directory (EPERM) and a
+        `.wh.` name are refused without copying anything (EEXIST and the like come after the copy-up,
+        as through the kernel's VFS, which answers for names it knows itself)."""
+        if node.is_dir:
+            raise OSError(errno.EPERM, os.strerror(errno.EPERM))
         self.check_new_name(new_name)
+        return self.copyup.job(node)
 
     def link(self, node: Node, new_parent: Node, new_name: bytes):
         if node.is_dir:

@@ -41,6 +41,21 @@ class Renames:
                 self._check_movable(node, new_parent)
                 self._check_movable(other, parent)
 
+    def copy_up_for_rename(self, parent: Node, name: bytes, new_parent: Node, new_name: bytes, flags: int = 0):
+        """The copy-up a rename needs before it runs: a CopyUpJob for a moving non-directory, or None
+        (nothing there, a directory, a read-only union: the rename itself answers). The errors it gives
+        before any copy-up are raised here."""
+        if self.stack.upper is None:
+            return None
+        try:
+            node = self.resolution.child(parent, name)
+        except OSError:
+            return None
+        if node.is_dir:
+            return None
+        self.check_rename(parent, name, new_parent, new_name, flags)
+        return self.copyup.job(node)
+
     def rename(self, parent: Node, name: bytes, new_parent: Node, new_name: bytes, flags: int = 0):
         self.check_rename(parent, name, new_parent, new_name, flags)
         if flags & _sys.RENAME_EXCHANGE:

@@ -11,6 +11,7 @@ import itertools
 import logging
 import os
 
+from . import xattrs
 from .layermounts import MountTable
 from .layers import Layer, remove_tree
 from .whiteout import REDIRECT_MODES, TRUSTED_PREFIX, USER_PREFIX, Markers, make_whiteout
@@ -59,6 +60,7 @@ class Stack:
         self.initial_userns = in_initial_user_namespace()
         marker_prefix = TRUSTED_PREFIX if self.as_root and not userxattr and self.initial_userns else USER_PREFIX
         self.marker_prefix = marker_prefix
+        self.private_xattrs = xattrs.private_prefixes(marker_prefix)  # escaped and hidden, as the kernel
         # With squash options the stored owner is never shown: a chown the namespace cannot make (an
         # unmapped id) is then skipped, as fuse-overlayfs does, instead of failing the copy-up.
         self.ignore_chown_errors = ignore_chown_errors

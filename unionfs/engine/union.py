@@ -5,6 +5,7 @@ Each public method hands the call to the part whose job it is (see the package d
 """
 
 import time
+from typing import Optional
 
 from .attributes import Attributes
 from .copyup import CopyUp, CopyUpJob
@@ -175,13 +176,43 @@ class Union:
         """Synchronous copy-up (library use; the FUSE adapter runs copy_data in a thread)."""
         self.copyup.copy_up(node, with_data)
 
+    # What a change must copy up first, for a caller that runs the copy itself (the FUSE request
+    # layer: a big file's bytes in a worker thread, one copy of a node at a time). Each returns None
+    # (nothing to copy), the job in flight for the node (wait for it to end, then ask again), or a
+    # begun CopyUpJob: run its copy_data, then copy_up_commit, or copy_up_abort if anything failed.
+    # The errors the change gives before any copy-up are raised by these. The change itself (open,
+    # setattr, ...) then finds nothing left to copy.
+
+    def copy_up_for_open(self, node: Node, flags: int) -> Optional[CopyUpJob]:
+        return self.files.copy_up_for_open(node, flags)
+
+    def copy_up_for_setattr(self, node: Node, size: Optional[int]) -> Optional[CopyUpJob]:
+        return self.attributes.copy_up_for_setattr(node, size)
+
+    def copy_up_for_xattr(self, node: Node, name: bytes, removing: bool = False) -> Optional[CopyUpJob]:
+        return self.attributes.copy_up_for_xattr(node, name, removing)
+
+    def copy_up_for_link(self, node: Node, new_name: bytes) -> Optional[CopyUpJob]:
+        return self.namespace.copy_up_for_link(node, new_name)
+
+    def copy_up_for_rename(
+        self, parent: Node, name: bytes, new_parent: Node, new_name: bytes, flags: int = 0
+    ) -> Optional[CopyUpJob]:
+        return self.renames.copy_up_for_rename(parent, name, new_parent, new_name, flags)
+
+    def copy_up_job(self, node: Node, with_data: bool = True) -> Optional[CopyUpJob]:
+        """What any change of *node* must copy up first (see CopyUp.job)."""
+        return self.copyup.job(node, with_data)
+
     def copy_up_begin(self, node: Node, with_data: bool = True) -> CopyUpJob:
         return self.copyup.begin(node, with_data)
 
     def copy_up_commit(self, job: CopyUpJob) -> None:
+        """Move a job's copy into place (its descriptors closed); if this fails, abort the job."""
         self.copyup.commit(job)
 
     def copy_up_abort(self, job: CopyUpJob) -> None:
+        """Undo a job that failed (only then: a committed job is done)."""
         self.copyup.abort(job)
 
     # ------------------------------------------------------------------ making and removing (namespace.py)
@@ -198,10 +229,6 @@ class Union:
 
     def symlink(self, parent: Node, name: bytes, target: bytes, caller: Caller):
         return self.namespace.symlink(parent, name, target, caller)
-
-    def check_link(self, new_name: bytes) -> None:
-        """The name errors `link` gives before its copy-up."""
-        self.namespace.check_link(new_name)
 
     def link(self, node: Node, new_parent: Node, new_name: bytes):
         return self.namespace.link(node, new_parent, new_name)

@@ -2,7 +2,9 @@
 markers on directories.
 
 Opaque markers are read in the kernel's two xattr namespaces (`trusted.overlay.*`, `user.overlay.*`) and
-in fuse-overlayfs's `user.fuseoverlayfs.*`; the kernel namespace chosen at mount time is written.
+in fuse-overlayfs's `user.fuseoverlayfs.*` in the lower layers; the kernel namespace chosen at mount time
+is written, and in the upper only it (and fuse-overlayfs's) is read: the other kernel namespace is an
+ordinary one through the mount (as on the kernel), so whatever is set there through the mount is no marker.
 """
 
 import errno
@@ -52,7 +54,7 @@ def set_opaque(dir_path_fd: int, prefix: bytes) -> None:
     os.setxattr(proc_path(dir_path_fd), prefix + OPAQUE, b"y")
 
 
-def read_dir_markers(path: bytes, prefix: bytes, follow: bool = False):
+def read_dir_markers(path: bytes, prefix: bytes, follow: bool = False, opaque_prefixes=OPAQUE_PREFIXES):
     """(opaque, redirect) of the directory at *path*: a /proc path, either a directory fd's name
     (follow=False, so a symlink there is not followed) or an fd's own magic link (follow=True).
 
@@ -69,7 +71,7 @@ def read_dir_markers(path: bytes, prefix: bytes, follow: bool = False):
     opaque, redirect = False, None
     for item in names:
         name = os.fsencode(item)
-        if name.endswith(b"." + OPAQUE) and name[: -len(OPAQUE)] in OPAQUE_PREFIXES:
+        if name.endswith(b"." + OPAQUE) and name[: -len(OPAQUE)] in opaque_prefixes:
             try:
                 opaque = opaque or os.getxattr(path, name, follow_symlinks=follow) == b"y"
             except OSError:
@@ -102,6 +104,7 @@ class Markers:
 
     def __init__(self, prefix: bytes, read_wh_files: bool, write_wh_files: bool):
         self.prefix = prefix
+        self.upper_opaque = (prefix, FUSEOVERLAYFS_PREFIX)  # the upper's other kernel namespace is anyone's
         self.read_wh_files = read_wh_files or write_wh_files
         self.write_wh_files = write_wh_files
 
@@ -112,14 +115,16 @@ class Markers:
         except OSError:
             return False, None
         try:
-            opaque, redirect = read_dir_markers(proc_path(fd), self.prefix, follow=True)
+            opaque_prefixes = self.upper_opaque if layer.writable else OPAQUE_PREFIXES
+            opaque, redirect = read_dir_markers(proc_path(fd), self.prefix, True, opaque_prefixes)
             return opaque or (self.read_wh_files and _has_opq_file(fd)), redirect
         finally:
             os.close(fd)
 
-    def of_entry(self, dir_fd: int, name: bytes):
-        """(opaque, redirect) of the directory *name* in dir_fd."""
-        opaque, redirect = read_dir_markers(proc_path(dir_fd, name), self.prefix)
+    def of_entry(self, dir_fd: int, name: bytes, upper: bool):
+        """(opaque, redirect) of the directory *name* in dir_fd (a directory of the upper, or a lower's)."""
+        opaque_prefixes = self.upper_opaque if upper else OPAQUE_PREFIXES
+        opaque, redirect = read_dir_markers(proc_path(dir_fd, name), self.prefix, False, opaque_prefixes)
         return opaque or (self.read_wh_files and _opq_file_in(dir_fd, name)), redirect
 
     def whiteout_at(self, parent_dfd: int, name: bytes):

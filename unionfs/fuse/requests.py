@@ -9,8 +9,9 @@ name), the copy-up locks and threads, file and directory handles, listing snapsh
 Every method ends in the one error boundary (`_failure`): an OSError leaves with its errno, any other
 exception leaves as OSError(EIO) with an ERROR log line and its traceback, so the mount never dies.
 Backends turn OSError into their error reply and nothing else.
-Copy-up of a large file runs its byte copy in a worker thread under a per-node lock: other requests go
-on meanwhile, and two opens of one file never copy it twice.
+The engine says what a change must copy up first (`Union.copy_up_for_*`, a CopyUpJob or None); this
+layer only runs that job under a per-node lock, a large file's byte copy in a worker thread: other
+requests go on meanwhile, and two opens of one file never copy it twice.
 """
 
 import errno
@@ -206,26 +207,32 @@ class UnionRequests:
         """The owner new entries get on disk (after uidmapping/gidmapping)."""
         return Caller(self.uid_map.stored(ctx.uid), self.gid_map.stored(ctx.gid))
 
-    async def _copy_up(self, node, with_data=True):
-        """Copy a node up unless it is there already; big copies run in a worker thread."""
+    async def _copy_up(self, decide, *args) -> None:
+        """Run the copy-up the engine says a change needs: decide(*args) (a `Union.copy_up_for_*`)
+        returns None, the job in flight for the node (another request's: wait for it, then ask again),
+        or a new job. One copy of a node runs at a time, under its lock; big ones in a worker thread."""
+        locks = self._copy_locks
+        while True:
+            job = decide(*args)
+            if job is None:
+                return
+            key = job.node.id
+            running = locks.get(key)
+            if running is None:
+                break
+            if running.locked():
+                self.before_wait()
+            async with running:
+                pass
+        job.claim()
         union = self.union
-        if union.is_upper(node):
-            return
-        if node.is_dir:
-            union.ensure_upper_dir(node)
-            return
         # trio is imported here, not with the module: the native backend mounts (and may answer its first
         # requests) before trio is loaded, and only copy-ups need it.
         import trio
 
-        lock = self._copy_locks.setdefault(node.id, trio.Lock())
+        lock = locks[key] = trio.Lock()
         try:
-            if lock.locked():
-                self.before_wait()
             async with lock:
-                if union.is_upper(node):
-                    return
-                job = union.copy_up_begin(node, with_data)
                 try:
                     if job.data_size >= THREAD_COPY_MIN:
                         self.before_wait()
@@ -235,11 +242,12 @@ class UnionRequests:
                     else:
                         job.copy_data()
                     union.copy_up_commit(job)
-                finally:
+                except BaseException:
                     union.copy_up_abort(job)
+                    raise
         finally:
-            if not lock.locked() and lock.statistics().tasks_waiting == 0:
-                self._copy_locks.pop(node.id, None)
+            if locks.get(key) is lock:
+                del locks[key]
 
     async def _settled(self, node):
         """Wait for a copy-up of this node in flight (before removing or renaming it)."""
@@ -295,9 +303,7 @@ class UnionRequests:
                 # Only ctime (the write-back cache flushes it after unlink or rename): the backing file
                 # keeps its own; nothing to copy up.
                 return self._entry(node, self.union.getattr(node))
-            await self._settled(node)
-            if self.union.upper is not None and node.names:
-                await self._copy_up(node, with_data=size != 0)
+            await self._copy_up(self.union.copy_up_for_setattr, node, size)
             st = self.union.setattr(
                 node,
                 size=size,
@@ -462,8 +468,7 @@ class UnionRequests:
         try:
             node = self._node(node_id)
             await self._settled(node)
-            self.union.check_link(new_name)
-            await self._copy_up(node)
+            await self._copy_up(self.union.copy_up_for_link, node, new_name)
             linked, st = self.union.link(node, self._node(new_parent_id), new_name)
             return self._entry(linked, st)
         except Exception as exc:
@@ -483,11 +488,9 @@ class UnionRequests:
             union = self.union
             parent = self._node(parent_id)
             new_parent = self._node(new_parent_id)
-            node = await self._settled_child(parent, name)
+            await self._settled_child(parent, name)
             await self._settled_child(new_parent, new_name)
-            if node is not None and not node.is_dir and union.upper is not None:
-                union.check_rename(parent, name, new_parent, new_name, flags)
-                await self._copy_up(node)
+            await self._copy_up(union.copy_up_for_rename, parent, name, new_parent, new_name, flags)
             union.rename(parent, name, new_parent, new_name, flags)
         except Exception as exc:
             raise _failure(exc, "rename", (parent_id, name, new_parent_id, new_name)) from None
@@ -503,9 +506,7 @@ class UnionRequests:
         """flags: open(2) flags as the kernel passes them."""
         try:
             node = self._node(node_id)
-            if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC) and self.union.upper is not None:
-                await self._settled(node)
-                await self._copy_up(node, with_data=not flags & os.O_TRUNC)
+            await self._copy_up(self.union.copy_up_for_open, node, flags)
             return self._opened(self.union.open(node, flags))
         except Exception as exc:
             raise _failure(exc, "open", (node_id, flags)) from None
@@ -565,9 +566,7 @@ class UnionRequests:
         """flags: XATTR_CREATE / XATTR_REPLACE, or 0."""
         try:
             node = self._node(node_id)
-            await self._settled(node)
-            if self.union.upper is not None and not self.union.is_index_entry(node):
-                await self._copy_up(node)
+            await self._copy_up(self.union.copy_up_for_xattr, node, name)
             self.union.setxattr(node, name, value, flags)
         except Exception as exc:
             raise _failure(exc, "setxattr", (node_id, name)) from None
@@ -575,10 +574,7 @@ class UnionRequests:
     async def removexattr(self, node_id: int, name: bytes) -> None:
         try:
             node = self._node(node_id)
-            await self._settled(node)
-            self.union.getxattr(node, name)  # ENODATA before any copy-up, as the kernel
-            if self.union.upper is not None and not self.union.is_index_entry(node):
-                await self._copy_up(node)
+            await self._copy_up(self.union.copy_up_for_xattr, node, name, True)
             self.union.removexattr(node, name)
         except Exception as exc:
             raise _failure(exc, "removexattr", (node_id, name)) from None
