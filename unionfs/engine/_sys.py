@@ -1,7 +1,8 @@
-"""The only system-call shims: openat2 (safe resolution) and renameat2 (flags).
+"""The only system-call shims: openat2 (safe resolution), renameat2 (flags) and fallocate (modes).
 
-Python's os module has neither. Both are reached through libc with ctypes; where the kernel or libc
-lacks them, the callers get OSError(ENOSYS) and fall back to slower portable code.
+Python's os module has none of them (os.posix_fallocate is mode 0 only). They are reached through
+libc with ctypes; where the kernel or libc lacks openat2 or renameat2, the callers get OSError(ENOSYS)
+and fall back to slower portable code.
 """
 
 import ctypes
@@ -78,3 +79,17 @@ def renameat2(olddirfd: int, oldname: bytes, newdirfd: int, newname: bytes, flag
     if _renameat2(olddirfd, oldname, newdirfd, newname, flags) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err), newname)
+
+
+_fallocate = getattr(_libc, "fallocate64", None) or getattr(_libc, "fallocate", None)
+if _fallocate is not None:
+    _fallocate.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
+
+
+def fallocate(fd: int, mode: int, offset: int, length: int) -> None:
+    """fallocate(2) with its mode flags (KEEP_SIZE, PUNCH_HOLE, ZERO_RANGE, ...)."""
+    if _fallocate is None:
+        raise OSError(errno.EOPNOTSUPP, "fallocate unavailable")
+    if _fallocate(fd, mode, offset, length) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))

@@ -7,6 +7,7 @@ the file up first; a read-only handle of a file copied up since reads the copy, 
 import errno
 import os
 
+from . import _sys
 from .nodes import Node
 
 ACCMODE = os.O_RDONLY | os.O_WRONLY | os.O_RDWR
@@ -57,14 +58,35 @@ class Files:
         fd = self.layers[node.layer].open(self.resolution.rel(node, node.layer), open_flags)
         return self.new_handle(fd, node, node.layer, flags)
 
-    def read(self, handle: FileHandle, offset: int, size: int) -> bytes:
+    def _current_fd(self, handle: FileHandle) -> int:
         if handle.layer != handle.node.layer and not handle.writable and handle.node.names:
             # The file was copied up after this read-only open: read the new copy, as the kernel does.
             node = handle.node
             fd = self.layers[node.layer].open(self.resolution.rel(node, node.layer), os.O_RDONLY)
             os.close(handle.fd)
             handle.fd, handle.layer = fd, handle.node.layer
-        return os.pread(handle.fd, size, offset)
+        return handle.fd
+
+    def read(self, handle: FileHandle, offset: int, size: int) -> bytes:
+        return os.pread(self._current_fd(handle), size, offset)
+
+    def lseek(self, handle: FileHandle, offset: int, whence: int) -> int:
+        """SEEK_DATA / SEEK_HOLE (the kernel answers the other whences itself) on the backing file."""
+        return os.lseek(self._current_fd(handle), offset, whence)
+
+    def fallocate(self, handle: FileHandle, offset: int, length: int, mode: int) -> None:
+        """fallocate(2) on an open file (open for writing, so already in the upper layer)."""
+        if not handle.writable:
+            raise OSError(errno.EBADF, os.strerror(errno.EBADF))
+        _sys.fallocate(handle.fd, mode, offset, length)
+
+    def copy_file_range(self, src: FileHandle, src_offset: int, dst: FileHandle, dst_offset: int, length: int) -> int:
+        """Copy between two open files of the union on their backing files (a reflink or an in-kernel
+        copy where the layers' filesystem has one). EXDEV (backings on two filesystems) makes the kernel
+        copy through reads and writes itself."""
+        if not dst.writable:
+            raise OSError(errno.EBADF, os.strerror(errno.EBADF))
+        return os.copy_file_range(self._current_fd(src), dst.fd, length, src_offset, dst_offset)
 
     def write(self, handle: FileHandle, offset: int, data: bytes) -> int:
         return os.pwrite(handle.fd, data, offset)

@@ -262,6 +262,15 @@ class Union:
     def fsync(self, handle: FileHandle, datasync: bool) -> None:
         self.files.fsync(handle, datasync)
 
+    def lseek(self, handle: FileHandle, offset: int, whence: int) -> int:
+        return self.files.lseek(handle, offset, whence)
+
+    def fallocate(self, handle: FileHandle, offset: int, length: int, mode: int) -> None:
+        self.files.fallocate(handle, offset, length, mode)
+
+    def copy_file_range(self, src: FileHandle, src_offset: int, dst: FileHandle, dst_offset: int, length: int) -> int:
+        return self.files.copy_file_range(src, src_offset, dst, dst_offset, length)
+
     def release(self, handle: FileHandle) -> None:
         self.files.release(handle)
 

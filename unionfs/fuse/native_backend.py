@@ -111,6 +111,15 @@ class NativeOperations(Operations):
     async def fsync(self, node, fh, datasync, ctx):
         await self.requests.fsync(fh, datasync)
 
+    async def lseek(self, node, fh, offset, whence, ctx):
+        return await self.requests.lseek(fh, offset, whence)
+
+    async def fallocate(self, node, fh, offset, length, mode, ctx):
+        await self.requests.fallocate(fh, offset, length, mode)
+
+    async def copy_file_range(self, node_in, fh_in, off_in, node_out, fh_out, off_out, length, flags, ctx):
+        return await self.requests.copy_file_range(fh_in, off_in, fh_out, off_out, length, flags)
+
     async def setxattr(self, node, name, value, flags, ctx):
         await self.requests.setxattr(node, name, value, flags)
 

@@ -532,6 +532,28 @@ class UnionRequests:
         except Exception as exc:
             raise _failure(exc, "write", (fh, offset, len(data))) from None
 
+    async def lseek(self, fh: int, offset: int, whence: int) -> int:
+        """SEEK_DATA / SEEK_HOLE: the offset found in the backing file."""
+        try:
+            return self.union.lseek(self._files[fh], offset, whence)
+        except Exception as exc:
+            raise _failure(exc, "lseek", (fh, offset, whence)) from None
+
+    async def fallocate(self, fh: int, offset: int, length: int, mode: int) -> None:
+        try:
+            self.union.fallocate(self._files[fh], offset, length, mode)
+        except Exception as exc:
+            raise _failure(exc, "fallocate", (fh, offset, length, mode)) from None
+
+    async def copy_file_range(self, fh_in: int, off_in: int, fh_out: int, off_out: int, length: int, flags: int) -> int:
+        """The number of bytes copied (flags: none are defined; others give EINVAL, as copy_file_range(2))."""
+        try:
+            if flags:
+                raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+            return self.union.copy_file_range(self._files[fh_in], off_in, self._files[fh_out], off_out, length)
+        except Exception as exc:
+            raise _failure(exc, "copy_file_range", (fh_in, off_in, fh_out, off_out, length)) from None
+
     # No flush: writes reach the backing file at once, so close(2) has nothing to report. A backend
     # answers ENOSYS and the kernel stops sending FLUSH: one request less per close.
 
