@@ -1,6 +1,6 @@
 """unionfs: a union filesystem with the semantics of Linux overlayfs, in pure Python.
 
-`Union` is the engine (no FUSE needed); `pyunionfs` (unionfs.cli) mounts it through pyfuse3.
+`UnionEngine` is the engine (no FUSE needed); `pyunionfs` (unionfs.cli) mounts it through pyfuse3.
 
 The names below are imported on first use (module __getattr__, PEP 562), not with the package:
 `pyunionfs` imports this package for __version__ on every exec (a container engine execs it for every
@@ -8,14 +8,14 @@ container), and it never needs unionfs.embed.api (subprocess, tempfile, threadin
 unionfs.embed.paths. Imported eagerly they cost 47 million of the 807 million instructions from exec to the
 mount without cached bytecode (they were compiled on every start), 2 of 561 million with it (callgrind).
 The engine is imported by unionfs.fuse.daemon, which needs it, after pyfuse3.
-`from unionfs import mount, Union, ...` and `unionfs.mount` work as before.
+`from unionfs import mount, UnionEngine, ...` and `unionfs.mount` work as before.
 """
 
 __version__ = "0.1.0"
 
 # name -> the submodule defining it
 _LAZY = {
-    "Union": "engine",
+    "UnionEngine": "engine",
     "Caller": "engine",
     "mount": "embed.api",
     "UnionMount": "embed.api",
@@ -24,7 +24,7 @@ _LAZY = {
     "UnionFS": "embed.paths",
 }
 
-__all__ = ["Union", "Caller", "UnionFS", "mount", "UnionMount", "MountError", "DaemonDied", "__version__"]
+__all__ = ["UnionEngine", "Caller", "UnionFS", "mount", "UnionMount", "MountError", "DaemonDied", "__version__"]
 
 
 def __getattr__(name):

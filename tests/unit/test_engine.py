@@ -6,7 +6,7 @@ import stat
 
 import pytest
 
-from unionfs.engine import Caller, Union
+from unionfs.engine import Caller, UnionEngine
 
 ROOT = Caller(0, 0)
 
@@ -35,9 +35,9 @@ def stack(tmp_path):
     def open_union(readonly=False, **kw):
         lowers = [str(dirs["lower0"]), str(dirs["lower1"]), str(dirs["lower2"])]
         if readonly:
-            u = Union(lowers, **kw)
+            u = UnionEngine(lowers, **kw)
         else:
-            u = Union(lowers, str(dirs["upper"]), str(dirs["work"]), **kw)
+            u = UnionEngine(lowers, str(dirs["upper"]), str(dirs["work"]), **kw)
         opened.append(u)
         return u
 
@@ -397,7 +397,7 @@ def test_upper_and_work_are_locked_while_in_use(stack, tmp_path):
     other_upper = tmp_path / "upper2"
     other_upper.mkdir()
     with pytest.raises(LayerInUse, match="workdir"):
-        Union([stack.dirs["lower0"]], str(other_upper), stack.dirs["work"])
+        UnionEngine([stack.dirs["lower0"]], str(other_upper), stack.dirs["work"])
     first.close()
     stack().close()  # free again once the first is gone
 

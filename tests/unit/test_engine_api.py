@@ -1,7 +1,7 @@
-"""The no-FUSE engine API as a public interface: `unionfs.Union` (nodes) and `unionfs.UnionFS` (paths).
+"""The no-FUSE engine API as a public interface: `unionfs.UnionEngine` (nodes) and `unionfs.UnionFS` (paths).
 
 One scripted operation sequence runs three times over identical copies of the same layers: through
-`Union` directly, through `UnionFS`, and through a real pyunionfs mount with plain `os` calls. Every
+`UnionEngine` directly, through `UnionFS`, and through a real pyunionfs mount with plain `os` calls. Every
 result (value or errno), the merged tree at the end, and the upper and work trees left on disk must be
 the same: the engine API gives library users exactly what a mount gives processes.
 """
@@ -26,7 +26,7 @@ from tests.util import (
     mount_pyunionfs,
     tree_snapshot,
 )
-from unionfs import Caller, Union, UnionFS
+from unionfs import Caller, UnionEngine, UnionFS
 
 SPEC = {
     "lower0": {
@@ -193,9 +193,9 @@ class FsExec:
 
 
 class EngineExec:
-    """unionfs.Union directly: nodes, handles and names as bytes (what the request layer does for the kernel)."""
+    """unionfs.UnionEngine directly: nodes, handles and names as bytes (what the request layer does for the kernel)."""
 
-    def __init__(self, u: Union):
+    def __init__(self, u: UnionEngine):
         self.u = u
         self.caller = Caller(os.geteuid(), os.getegid())
 
@@ -396,7 +396,7 @@ def test_same_results_and_same_upper_as_a_mount(three_copies):
         pytest.skip(FUSE_SKIP_REASON)
     E, P, M = three_copies["engine"], three_copies["paths"], three_copies["mount"]
 
-    u = Union([str(l) for l in E.lowers], str(E.upper), str(E.work))
+    u = UnionEngine([str(l) for l in E.lowers], str(E.upper), str(E.work))
     try:
         ex = EngineExec(u)
         res_engine, tree_engine = run_script(ex), merged_tree(ex)
@@ -413,7 +413,7 @@ def test_same_results_and_same_upper_as_a_mount(three_copies):
         res_mount, tree_mount = run_script(ex), merged_tree(ex)
 
     for a, b, c in zip(res_mount, res_engine, res_paths):
-        assert a == b == c, f"mount {a} / Union {b} / UnionFS {c}"
+        assert a == b == c, f"mount {a} / UnionEngine {b} / UnionFS {c}"
     assert tree_mount == tree_engine == tree_paths
     # a few spot checks that the script did what it says
     results = {(op, tuple(args)): (kind, value) for op, args, kind, value in res_mount}

@@ -109,9 +109,9 @@ def test_index_over_other_lowers_is_refused(stack, tmp_path):
     stack(index=True).close()
     other = tmp_path / "other"
     other.mkdir()
-    from unionfs.engine import Union
+    from unionfs.engine import UnionEngine
 
     with pytest.raises(OSError) as exc:
-        Union([str(other)], stack.dirs["upper"], stack.dirs["work"], index=True)
+        UnionEngine([str(other)], stack.dirs["upper"], stack.dirs["work"], index=True)
     assert exc.value.errno == errno.ESTALE
     assert stat.S_ISDIR(os.stat(f"{stack.dirs['work']}/pyunionfs-index").st_mode)

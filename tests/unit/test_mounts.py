@@ -1,5 +1,5 @@
 """The mount table that lets listings stat with fstatat: parsing, which names it covers, and that a mount
-made inside a layer behind a live Union is seen at the next listing (its name takes openat2, which refuses
+made inside a layer behind a live UnionEngine is seen at the next listing (its name takes openat2, which refuses
 to step into it)."""
 
 import os

@@ -9,7 +9,7 @@ import pyfuse3
 import pytest
 import trio
 
-from unionfs.engine import Union
+from unionfs.engine import UnionEngine
 from unionfs.fuse import bare_entries
 from unionfs.fuse.pyfuse3_backend import Pyfuse3Operations, _bare
 from unionfs.fuse.requests import Entry, UnionRequests
@@ -22,7 +22,7 @@ def ops(tmp_path):
         os.mkdir(d)
     with open(f"{dirs[0]}/f", "wb") as f:
         f.write(b"12345")
-    union = Union([dirs[0]], dirs[1], dirs[2])
+    union = UnionEngine([dirs[0]], dirs[1], dirs[2])
     yield Pyfuse3Operations(UnionRequests(union, timeout=5.0))
     union.close()
 

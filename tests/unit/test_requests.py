@@ -10,7 +10,7 @@ import pytest
 import trio
 import trio.testing
 
-from unionfs.engine import Union
+from unionfs.engine import UnionEngine
 from unionfs.engine.copyup import CopyUpJob
 from unionfs.engine.idmap import IdMap
 from unionfs.fuse import requests as requests_mod
@@ -37,7 +37,7 @@ def layers(tmp_path):
     opened = []
 
     def open_requests(timeout=300.0, **kw):
-        union = Union([dirs["lower"]], dirs["upper"], dirs["work"])
+        union = UnionEngine([dirs["lower"]], dirs["upper"], dirs["work"])
         opened.append(union)
         return UnionRequests(union, timeout=timeout, **kw)
 

@@ -46,8 +46,7 @@ import tempfile
 import threading
 import weakref
 from pathlib import Path
-from typing import Iterable, Optional, Sequence
-from typing import Union as _U
+from typing import Iterable, Optional, Sequence, Union
 
 from ..errors import MountError
 from . import lifecycle
@@ -55,7 +54,7 @@ from .lifecycle import FUSERMOUNT, mounts_at
 
 __all__ = ["mount", "UnionMount", "MountError", "DaemonDied", "fuse_unavailable_reason"]
 
-PathLike = _U[str, bytes, os.PathLike]
+PathLike = Union[str, bytes, os.PathLike]
 
 
 class DaemonDied(MountError):
@@ -147,12 +146,12 @@ class UnionMount:
 
     def __init__(
         self,
-        lowers: _U[PathLike, Iterable[PathLike]],
+        lowers: Union[PathLike, Iterable[PathLike]],
         upper: Optional[PathLike] = None,
         work: Optional[PathLike] = None,
         mountpoint: Optional[PathLike] = None,
         *,
-        options: _U[str, Sequence[str]] = (),
+        options: Union[str, Sequence[str]] = (),
         timeout: float = 30,
         stop_timeout: float = 10,
         debug: bool = False,

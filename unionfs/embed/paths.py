@@ -10,7 +10,7 @@
             f.write("one more line\\n")
 
 The layers on disk end up exactly as a pyunionfs (or kernel overlayfs) mount would leave them after the
-same operations: `unionfs.Union` does the work, and this module only turns paths into engine nodes.
+same operations: `unionfs.UnionEngine` does the work, and this module only turns paths into engine nodes.
 It needs no /dev/fuse, no mount and no root; it works on machines and containers without FUSE.
 
 Paths are relative to the union's root (a leading "/" is ignored, "." is skipped, ".." goes up but never
@@ -37,14 +37,13 @@ import errno
 import io
 import os
 import stat as _stat
-from typing import Optional
-from typing import Union as _U
+from typing import Optional, Union
 
-from ..engine import Caller, Union
+from ..engine import Caller, UnionEngine
 
 __all__ = ["UnionFS"]
 
-PathArg = _U[str, bytes, os.PathLike]
+PathArg = Union[str, bytes, os.PathLike]
 
 
 def _err(code: Optional[int], path=None) -> OSError:
@@ -69,12 +68,12 @@ def _process_umask() -> int:
 class UnionFS:
     """A union of `lowers` (topmost first) and an optional `upper`/`work`, used through path strings.
 
-    Arguments are those of `unionfs.Union` (`userxattr=True` writes `user.overlay.opaque` markers; they
+    Arguments are those of `unionfs.UnionEngine` (`userxattr=True` writes `user.overlay.opaque` markers; they
     are `user.overlay.*` anyway when not root; `redirect_dir="on"` lets lower directories be renamed;
     `whiteout_files=False` is the kernel-exact mode where `.wh.` names are ordinary, as `-o
     whiteout_files=off`),
     plus `caller` (a `unionfs.Caller`: owner of new entries)
-    and `umask`. `fs.union` is the underlying `Union` for node-level calls. Close with `close()` or use
+    and `umask`. `fs.union` is the underlying `UnionEngine` for node-level calls. Close with `close()` or use
     as a context manager; open files keep working until closed.
     """
 
@@ -93,7 +92,7 @@ class UnionFS:
         if isinstance(lowers, (str, bytes, os.PathLike)):
             lowers = [lowers]
         fspath = lambda p: os.fsdecode(os.fspath(p)) if p is not None else None  # noqa: E731
-        self.union = Union(
+        self.union = UnionEngine(
             [fspath(p) for p in lowers],
             fspath(upper),
             fspath(work),

@@ -3,7 +3,7 @@
 Everything the mount shows is decided here, on nodes of the merged view; callers (the FUSE request
 layer in `unionfs.fuse`, the path API in `unionfs.embed.paths`) only translate.
 
-How the parts fit. `Union` (union.py) is the front: it opens a `Stack` and a `NodeTable`, makes one
+How the parts fit. `UnionEngine` (union.py) is the front: it opens a `Stack` and a `NodeTable`, makes one
 object of each part below, and hands every public call to the part whose job it is. The parts share
 the stack and the node table, and reach each other as attributes set by `connect(union)` (each part's
 `connect` names the parts it uses):
@@ -24,12 +24,12 @@ Below the parts: layers.py (symlink-proof paths under one layer's root fd), laye
 points inside layers), whiteout.py (the on-disk markers), xattrs.py (private xattr names),
 ownership.py (the records' format), idmap.py (uid/gid mappings, used by the FUSE adapter), _sys.py.
 
-`Union`, `Caller` and `LayerInUse` are loaded on first use (PEP 562): `pyunionfs` imports
+`UnionEngine`, `Caller` and `LayerInUse` are loaded on first use (PEP 562): `pyunionfs` imports
 `unionfs.engine.idmap` for option parsing on every exec, and that must not pull in the whole engine.
 """
 
-__all__ = ["Caller", "LayerInUse", "Union"]
-_HOME = {"Caller": ".namespace", "LayerInUse": ".stack", "Union": ".union"}
+__all__ = ["Caller", "LayerInUse", "UnionEngine"]
+_HOME = {"Caller": ".namespace", "LayerInUse": ".stack", "UnionEngine": ".union"}
 
 
 def __getattr__(name):

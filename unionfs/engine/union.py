@@ -1,4 +1,4 @@
-"""`Union`: the engine's front, one object per union, made of the parts that do the work.
+"""`UnionEngine`: the engine's front, one object per union, made of the parts that do the work.
 
 Each public method hands the call to the part whose job it is (see the package docstring); callers
 (the FUSE adapter, the path API, the tests) see one object and never the parts.
@@ -18,10 +18,10 @@ from .renames import Renames
 from .resolution import Resolution
 from .stack import LayerInUse, Stack
 
-__all__ = ["Caller", "CopyUpJob", "FileHandle", "LayerInUse", "Union"]
+__all__ = ["Caller", "CopyUpJob", "FileHandle", "LayerInUse", "UnionEngine"]
 
 
-class Union:
+class UnionEngine:
     """A merged view of `lowers` (topmost first) under an optional `upper` that takes every change.
 
     Every method works on nodes of the merged view and raises OSError with the errno a user must see.

@@ -4,7 +4,7 @@ Mount first, then daemonize, then run the loop: when `pyunionfs` returns, the mo
 SIGINT, SIGTERM and SIGHUP end the loop; the mount is always closed on the way out.
 
 Start-up time counts (a container engine execs the mount program for every container), so the work
-before the mount is only what the mount needs: the layers checked (Union) and the backend's mount.
+before the mount is only what the mount needs: the layers checked (UnionEngine) and the backend's mount.
 logging.handlers is imported only when the background daemon logs to syslog, after the mount.
 
 This module knows no FUSE binding: `open_requests` builds the layers and the request layer from the
@@ -19,7 +19,7 @@ import resource
 import signal
 import sys
 
-from ..engine import LayerInUse, Union
+from ..engine import LayerInUse, UnionEngine
 from ..errors import MountError
 from .requests import UnionRequests
 
@@ -105,7 +105,7 @@ def open_requests(opts) -> UnionRequests:
         # `ro` with an upper: the upper is shown as the topmost layer and nothing is written.
         lowers, upper, work = [upper] + lowers, None, None
     try:
-        union = Union(
+        union = UnionEngine(
             lowers,
             upper,
             work,

@@ -9,7 +9,7 @@ name), the copy-up locks and threads, file and directory handles, listing snapsh
 Every method ends in the one error boundary (`_failure`): an OSError leaves with its errno, any other
 exception leaves as OSError(EIO) with an ERROR log line and its traceback, so the mount never dies.
 Backends turn OSError into their error reply and nothing else.
-The engine says what a change must copy up first (`Union.copy_up_for_*`, a CopyUpJob or None); this
+The engine says what a change must copy up first (`UnionEngine.copy_up_for_*`, a CopyUpJob or None); this
 layer only runs that job under a per-node lock, a large file's byte copy in a worker thread: other
 requests go on meanwhile, and two opens of one file never copy it twice.
 """
@@ -21,7 +21,7 @@ import os
 import stat
 from typing import List, NamedTuple, Optional, Tuple
 
-from ..engine import Caller, Union
+from ..engine import Caller, UnionEngine
 from ..engine.idmap import IdMap
 
 log = logging.getLogger("unionfs")
@@ -142,7 +142,7 @@ class _DirHandle:
 
 
 class UnionRequests:
-    """FUSE requests as async methods over one `Union`.
+    """FUSE requests as async methods over one `UnionEngine`.
 
     Set by the backend before serving:
     - `before_wait`: called right before a request waits (a copy-up's byte copy in a thread, or another
@@ -159,7 +159,7 @@ class UnionRequests:
     posix_acl = True  # the engine keeps system.posix_acl_* xattrs; the kernel enforces them
     dot_lookup = True  # lookup of "." and ".." answers (export by file handle)
 
-    def __init__(self, union: Union, timeout: float = 300.0, uid_map: IdMap = None, gid_map: IdMap = None):
+    def __init__(self, union: UnionEngine, timeout: float = 300.0, uid_map: IdMap = None, gid_map: IdMap = None):
         self.union = union
         union.writes_need_reads = self.writeback_cache
         self.timeout = timeout
@@ -208,7 +208,7 @@ class UnionRequests:
         return Caller(self.uid_map.stored(ctx.uid), self.gid_map.stored(ctx.gid))
 
     async def _copy_up(self, decide, *args) -> None:
-        """Run the copy-up the engine says a change needs: decide(*args) (a `Union.copy_up_for_*`)
+        """Run the copy-up the engine says a change needs: decide(*args) (a `UnionEngine.copy_up_for_*`)
         returns None, the job in flight for the node (another request's: wait for it, then ask again),
         or a new job. One copy of a node runs at a time, under its lock; big ones in a worker thread."""
         locks = self._copy_locks
