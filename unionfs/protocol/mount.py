@@ -12,6 +12,9 @@ when a mount or unmount needs them: a mount program execs this before its first 
 import os
 import stat
 
+# The one MountError of the package (a RuntimeError; str() is one line saying why)
+from ..errors import MountError
+
 __all__ = ["MountError", "open_device", "mount", "unmount", "parse_options"]
 
 DEVICE = "/dev/fuse"
@@ -61,10 +64,6 @@ _FLAG_OPTIONS = {
 # what the kernel's fuse takes in the mount data besides fd/rootmode/user_id/group_id
 _KERNEL_OPTIONS = ("allow_other", "default_permissions")
 _KERNEL_VALUE_OPTIONS = ("max_read", "blksize")
-
-
-class MountError(Exception):
-    """A mount or unmount that failed; str() is one line saying why."""
 
 
 def open_device() -> int:
