@@ -785,15 +785,10 @@ def test_rename_upper_dir(L, impl):
 
 
 @pytest.mark.parametrize("kind", ["upper", "lower"])
-def test_rename_to_name_max(L, impl, kind, request):
-    """pjdfstest rename/01.t: a name of NAME_MAX bytes is a rename target like any other."""
-    if impl == "pyunionfs":
-        # With whiteout_files=on (the default) the rename also drops a stale `.wh.NAME` file, and
-        # unlinking that name fails with ENAMETOOLONG (engine/whiteout.py Markers.drop_whiteout_file
-        # passes only FileNotFoundError); the kernel has no such name to try.
-        request.applymarker(
-            pytest.mark.xfail(strict=True, raises=OSError, reason="rename to a 252-255 byte name: ENAMETOOLONG")
-        )
+def test_rename_to_name_max(L, impl, kind):
+    """pjdfstest rename/01.t: a name of NAME_MAX bytes is a rename target like any other (with
+    whiteout_files=on the rename also drops a stale `.wh.NAME`, a name too long to exist here; trying to
+    unlink it failed with ENAMETOOLONG)."""
     name, long = FILES[kind], "n" * 255
     with union_mount(impl, L):
         os.rename(L.mnt / name, L.mnt / long)
