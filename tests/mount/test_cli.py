@@ -25,6 +25,7 @@ from tests.util import (
     mounts_under,
     unmount,
 )
+from unionfs.options import default_backend
 
 pytestmark = pytest.mark.usefixtures("no_stray_daemons")
 
@@ -580,3 +581,23 @@ def test_logfile_option(L, tmp_path):
     res = run_cli(["-o", opts(L) + ",logfile=/nonexistent-dir/x.log", L.mnt])
     assert res.returncode == 1 and res.stderr.startswith("pyunionfs: cannot write the log file")
     assert hash_tree(L.root) == before and not is_mountpoint(L.mnt)
+
+
+@pytest.mark.timeout(60)
+def test_native_backend_loads_its_event_loop_only_when_a_request_needs_it(L):
+    """Lookups, listings and reads are answered before trio is imported (a read-only mount may never
+    need it); the first request that may wait (here a mkdir) starts the loop, and is answered."""
+    if default_backend() != "native":
+        pytest.skip("the native backend's start")
+    with mount_pyunionfs(L.mnt, L.lowers, L.upper, L.work, extra_args=["-d"]) as d:
+        for _ in range(3):
+            os.listdir(L.mnt)
+            for p in L.mnt.iterdir():
+                if p.is_file():
+                    p.read_bytes()
+        time.sleep(0.2)
+        assert "event loop started" not in d.log_text()
+        os.mkdir(L.mnt / "made")
+        assert (L.upper / "made").is_dir()
+        time.sleep(0.2)
+        assert "event loop started for MKDIR" in d.log_text()

@@ -14,6 +14,7 @@ before the mount is made.
 
 import logging
 import os
+import signal
 
 from ..errors import MountError
 from ..protocol import abi
@@ -186,10 +187,11 @@ class NativeMount:
         """Serve until unmounted (or a signal, which unmounts); 0, or 1 when the loop failed.
         *signalled*: the stop signals that came before the loop listens (daemon.run notes them).
 
-        The first requests are answered at once, on this thread, while trio loads in another (see
-        protocol.session.Session.serve_before_loop): a container engine runs its container's first
-        lookups and reads right after the mount program returns, and importing trio is most of the
-        start (70 of ~100 ms here).
+        trio is imported only when the first request that needs it comes (see
+        protocol.session.Session.serve_before_loop): until then requests that never wait (lookups,
+        reads, listings) are answered on this thread. A container engine's first lookups and reads come
+        right after the mount program returns, and importing trio is most of the start (70 of ~100 ms
+        of CPU here); a read-only layer mount (podman diff, image mount) may never need it.
         """
         from ..protocol.session import Session
 
@@ -199,11 +201,13 @@ class NativeMount:
         self._signalled = signalled
         code = 0
         try:
-            first = _serve_while_trio_loads(session, self._signalled)
+            first = _serve_until_the_loop_is_needed(session, self._signalled)
             if self._signalled:
                 log.info("signal %d: unmounting", self._signalled[0])
                 self._unmount()
             elif not session.ended:
+                if first is not None:
+                    log.debug("event loop started for %s", abi.opcode_name(abi.IN_HEADER.unpack_from(first)[1]))
                 import trio
 
                 trio.run(self._serve, session, first)
@@ -246,35 +250,22 @@ class NativeMount:
             log.warning("unmounting %s: %s", self.mountpoint, exc)
 
 
-def _serve_while_trio_loads(session, signalled: list):
-    """Import trio in a thread and answer what the session can answer without it meanwhile; the first
-    request that needs the loop is returned (bytes, unanswered), or None. Returns early, trio or not,
-    once *signalled* (a list the signal handler appends to) is not empty."""
-    import sys
-    import threading
+def _serve_until_the_loop_is_needed(session, signalled: list):
+    """Answer what the session can answer without trio (see Session.serve_before_loop) until a request
+    needs the loop (it is returned, read but unanswered), the mount goes away, or a stop signal comes
+    (*signalled*, a list the signal handler appends to, is then not empty): None."""
 
-    loaded = threading.Event()
-
-    def load():
-        try:
-            import trio  # noqa: F401
-        finally:
-            loaded.set()
-
-    class Until:  # what serve_before_loop waits for: trio, or a signal
+    class Until:
         @staticmethod
         def is_set():
-            return bool(signalled) or loaded.is_set()
+            return bool(signalled)
 
-    # The importing thread holds the interpreter lock but for short switches: make them frequent, so a
-    # request that arrives meanwhile waits 0.2 ms for this thread, not the 5 ms default.
-    interval = sys.getswitchinterval()
-    sys.setswitchinterval(0.0002)
+    # A signal makes the wait for the device return (a wake-up pipe), so the wait needs no timeout.
+    r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    old = signal.set_wakeup_fd(w)
     try:
-        threading.Thread(target=load, name="import-trio", daemon=True).start()
-        first = session.serve_before_loop(Until)
-        while not signalled and not loaded.wait(0.01):
-            pass
+        return session.serve_before_loop(Until, wake_fd=r)
     finally:
-        sys.setswitchinterval(interval)
-    return first
+        signal.set_wakeup_fd(old)
+        os.close(r)
+        os.close(w)

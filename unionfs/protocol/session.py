@@ -14,10 +14,12 @@ lengths, a name without its NUL), answers EIO and logs one line; an opcode witho
 ENOSYS. Writing an answer to a request the kernel gave up on (ENOENT: interrupted) is ignored; ENODEV
 (or end of file, for a socket standing in for the device in tests) ends the loop cleanly.
 
-Before the loop: `serve_before_loop` answers requests on the calling thread, blocking, while trio is
-still being imported (in another thread; ~70 ms, most of a mount program's start). Only requests whose
-handlers never wait are answered so (looking things up, reading, listing); the first other one is
-handed to `run(first=...)`. That is why this module imports trio only inside the loop's functions.
+Before the loop: `serve_before_loop` answers requests on the calling thread with a plain poll, before
+trio is even imported (~70 ms of CPU, most of a mount program's start). Only requests whose handlers
+never wait are answered so (looking things up, reading, listing, opening for reading); the first other
+one is handed to `run(first=...)`, which the caller starts once it has imported trio. A read-only mount
+(a container engine diffing two layers) may never need the loop. That is why this module imports trio
+only inside the loop's functions.
 """
 
 import errno
@@ -125,6 +127,14 @@ WARMUP_OPCODES = frozenset(
 _CHANGE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC
 
 
+def _drain(fd: int) -> None:
+    try:
+        while os.read(fd, 512):
+            pass
+    except BlockingIOError:
+        pass
+
+
 def _opcode_of(view, n: int) -> int:
     return abi.IN_HEADER.unpack_from(view, 0)[1] if n >= _HDR else -1
 
@@ -194,12 +204,14 @@ class Session(Requests):
         """The device went away (unmounted), DESTROY came, or stop() was called."""
         return self._ended
 
-    def serve_before_loop(self, loaded, may_answer=None) -> Optional[bytes]:
-        """Answer requests on this thread until *loaded* (a threading.Event: trio is imported) is set.
+    def serve_before_loop(self, until, may_answer=None, wake_fd: Optional[int] = None) -> Optional[bytes]:
+        """Answer requests on this thread, without trio, until `until.is_set()` or a request needs the loop.
 
         Only opcodes in *may_answer* (default WARMUP_OPCODES: handlers that never wait) are answered, and
         an OPEN only for reading; the first other request is returned as read (bytes), unanswered, for
-        `run(first=...)`. Returns None when *loaded* was set first or the session ended (ENODEV).
+        `run(first=...)`. Returns None when *until* was set first or the session ended (ENODEV).
+        *wake_fd*: a descriptor that becomes readable when *until* may have changed (a signal wake-up
+        pipe): then the wait for the device has no timeout; without it *until* is looked at every 2 ms.
         """
         may_answer = WARMUP_OPCODES if may_answer is None else may_answer
         self._debug = log.isEnabledFor(logging.DEBUG)
@@ -209,12 +221,18 @@ class Session(Requests):
         bufs = (buf,)
         poller = select.poll()
         poller.register(self.fd, select.POLLIN)
+        timeout = 2
+        if wake_fd is not None:
+            poller.register(wake_fd, select.POLLIN)
+            timeout = -1
         try:
-            while not self._ended and not loaded.is_set():
+            while not self._ended and not until.is_set():
                 try:
                     n = os.readv(self.fd, bufs)
                 except BlockingIOError:
-                    poller.poll(2)  # ms: *loaded* is looked at between waits
+                    for fd, _ in poller.poll(timeout):
+                        if fd == wake_fd:
+                            _drain(wake_fd)
                     continue
                 except OSError as exc:
                     if exc.errno == errno.ENOENT:
@@ -228,7 +246,10 @@ class Session(Requests):
                     return None
                 self.requests += 1
                 opcode = _opcode_of(view, n)
-                if opcode not in may_answer or (opcode == abi.OPEN and _opens_for_change(view, n)):
+                # (an opcode without a handler is answered ENOSYS at once: isatty()'s IOCTL, say)
+                if (opcode not in may_answer and opcode in self._handlers) or (
+                    opcode == abi.OPEN and _opens_for_change(view, n)
+                ):
                     return bytes(view[:n])
                 coro = self._handle(view, n)
                 try:
