@@ -371,7 +371,11 @@ def run_containers(
         engines = {}
         try:
             for c in order:
-                eng = PodmanEngine(scratch / f"podman-{c}-{rep}", c, mount_program(c, pyu, scratch), cprof["timeout"])
+                # A short directory: conmon's socket paths under the run root must stay below 108 bytes,
+                # or every `podman run` waits 20 s for the container's exit file ("Exceeded conmon
+                # timeout"); `podman-pyunionfs-pyfuse3-0` was long enough to do that.
+                short = f"p{names.index(c)}r{rep}"
+                eng = PodmanEngine(scratch / short, c, mount_program(c, pyu, scratch), cprof["timeout"])
                 try:
                     eng.podman("import", "-q", "-", BASE_IMAGE, input=data)
                     eng.podman("run", "--rm", "--pull=never", "--network=none", BASE_IMAGE, "true")
