@@ -585,8 +585,9 @@ def test_logfile_option(L, tmp_path):
 
 @pytest.mark.timeout(60)
 def test_native_backend_loads_its_event_loop_only_when_a_request_needs_it(L):
-    """Lookups, listings and reads are answered before trio is imported (a read-only mount may never
-    need it); the first request that may wait (here a mkdir) starts the loop, and is answered."""
+    """Lookups, listings, reads and new names are answered before trio is imported (a read-only mount
+    may never need it); the first request that may wait (here a chmod, which copies a lower file up)
+    starts the loop, and is answered."""
     if default_backend() != "native":
         pytest.skip("the native backend's start")
     with mount_pyunionfs(L.mnt, L.lowers, L.upper, L.work, extra_args=["-d"]) as d:
@@ -595,9 +596,14 @@ def test_native_backend_loads_its_event_loop_only_when_a_request_needs_it(L):
             for p in L.mnt.iterdir():
                 if p.is_file():
                     p.read_bytes()
+        os.mkdir(L.mnt / "made")
+        (L.mnt / "made" / "new").write_bytes(b"new")
+        os.unlink(L.mnt / "made" / "new")
+        assert (L.upper / "made").is_dir() and not (L.upper / "made" / "new").exists()
         time.sleep(0.2)
         assert "event loop started" not in d.log_text()
-        os.mkdir(L.mnt / "made")
-        assert (L.upper / "made").is_dir()
+        lower_file = next(p for p in L.mnt.iterdir() if p.is_file() and not (L.upper / p.name).exists())
+        os.chmod(lower_file, 0o600)
+        assert (L.upper / lower_file.name).stat().st_mode & 0o777 == 0o600
         time.sleep(0.2)
-        assert "event loop started for MKDIR" in d.log_text()
+        assert "event loop started for SETATTR" in d.log_text()

@@ -10,7 +10,7 @@ import threading
 
 import trio
 
-from tests.protocol.fakekernel import FULL_FLAGS, Reply, cstr, entry_out
+from tests.protocol.fakekernel import FULL_FLAGS, Reply, cstr
 from tests.protocol.memfs import MemFS
 from unionfs.protocol import abi
 from unionfs.protocol.session import Session
@@ -52,31 +52,33 @@ def test_answers_what_never_waits_and_hands_over_the_first_change():
         u_attr = kernel.send(abi.GETATTR, 1, abi.GETATTR_IN.pack(0, 0, 0))
         u_open = kernel.send(abi.OPENDIR, 1, abi.OPEN_IN.pack(os.O_RDONLY, 0))
         u_mkdir = kernel.send(abi.MKDIR, 1, abi.MKDIR_IN.pack(0o755, 0) + cstr(b"d"))
+        u_move = kernel.send(abi.RENAME, 1, abi.RENAME_IN.pack(1) + cstr(b"d", b"e"))
         u_after = kernel.send(abi.GETATTR, 1, abi.GETATTR_IN.pack(0, 0, 0))
 
         first = session.serve_before_loop(threading.Event())
 
-        # the four before MKDIR are answered, in order; MKDIR came back as read, unanswered
-        replies = [kernel.recv() for _ in range(4)]
-        assert [r.unique for r in replies] == [u_init, u_look, u_attr, u_open]
+        # the five before RENAME are answered, in order; RENAME came back as read, unanswered
+        replies = [kernel.recv() for _ in range(5)]
+        assert [r.unique for r in replies] == [u_init, u_look, u_attr, u_open, u_mkdir]
         assert replies[0].error == 0 and session.conn is not None
         assert replies[1].errno == 2  # ENOENT
-        assert replies[2].error == 0 and replies[3].error == 0
-        assert first is not None and abi.IN_HEADER.unpack_from(first)[1:3] == (abi.MKDIR, u_mkdir)
-        assert b"d" not in fs.nodes[abi.ROOT_ID].children  # not made yet
+        assert replies[2].error == 0 and replies[3].error == 0 and replies[4].error == 0
+        assert b"d" in fs.nodes[abi.ROOT_ID].children
+        assert first is not None and abi.IN_HEADER.unpack_from(first)[1:3] == (abi.RENAME, u_move)
+        assert b"e" not in fs.nodes[abi.ROOT_ID].children  # not renamed yet
 
         async def loop():
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(session.run, first)
-                mk = await trio.to_thread.run_sync(kernel.recv)
+                mv = await trio.to_thread.run_sync(kernel.recv)
                 after = await trio.to_thread.run_sync(kernel.recv)
                 kernel.sock.close()  # end of file ends the session
-                return mk, after
+                return mv, after
 
-        mk, after = trio.run(loop)
-        # the handed-over MKDIR is answered by the loop, before the request read after it
-        assert (mk.unique, mk.error) == (u_mkdir, 0)
-        assert entry_out(mk.body)["nodeid"] != 0 and b"d" in fs.nodes[abi.ROOT_ID].children
+        mv, after = trio.run(loop)
+        # the handed-over RENAME is answered by the loop, before the request read after it
+        assert (mv.unique, mv.error) == (u_move, 0)
+        assert b"e" in fs.nodes[abi.ROOT_ID].children and b"d" not in fs.nodes[abi.ROOT_ID].children
         assert (after.unique, after.error) == (u_after, 0)
     finally:
         d_sock.close()

@@ -189,9 +189,10 @@ class NativeMount:
 
         trio is imported only when the first request that needs it comes (see
         protocol.session.Session.serve_before_loop): until then requests that never wait (lookups,
-        reads, listings) are answered on this thread. A container engine's first lookups and reads come
-        right after the mount program returns, and importing trio is most of the start (70 of ~100 ms
-        of CPU here); a read-only layer mount (podman diff, image mount) may never need it.
+        reads, listings, new names, removals, writes) are answered on this thread. A container
+        engine's first lookups and reads come right after the mount program returns, and importing
+        trio is most of the start (70 of ~100 ms of CPU here); a mount that copies nothing up (podman
+        diff, image mount) may never need it.
         """
         from ..protocol.session import Session
 

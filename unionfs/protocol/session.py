@@ -16,10 +16,10 @@ ENOSYS. Writing an answer to a request the kernel gave up on (ENOENT: interrupte
 
 Before the loop: `serve_before_loop` answers requests on the calling thread with a plain poll, before
 trio is even imported (~70 ms of CPU, most of a mount program's start). Only requests whose handlers
-never wait are answered so (looking things up, reading, listing, opening for reading); the first other
-one is handed to `run(first=...)`, which the caller starts once it has imported trio. A read-only mount
-(a container engine diffing two layers) may never need the loop. That is why this module imports trio
-only inside the loop's functions.
+never wait are answered so (WARMUP_OPCODES: looking up, reading, listing, opening for reading, making
+and removing names, writing); the first other one is handed to `run(first=...)`, which the caller
+starts once it has imported trio. A mount that copies nothing up may never need the loop. That is
+why this module imports trio only inside the loop's functions.
 """
 
 import errno
@@ -100,8 +100,11 @@ def _guarded(handler, allowed):
     return guarded
 
 
-# What serve_before_loop answers: requests whose handlers never wait (no lock, no worker thread), so
-# they run to the end without trio. OPEN only without write access or O_TRUNC (else it may copy up).
+# What serve_before_loop answers: requests whose handlers never wait for the loop (no lock held by
+# another request, no worker thread) in the union's request layer (fuse/requests.py): those that make
+# or remove names and write to files already open wait only for another request's copy-up, and before
+# the loop there is no other request. Left to the loop: whatever may copy a file up (OPEN for writing,
+# SETATTR, LINK, RENAME, xattr changes) and whatever has no use before it (INTERRUPT, ...).
 WARMUP_OPCODES = frozenset(
     (
         abi.INIT,
@@ -122,6 +125,14 @@ WARMUP_OPCODES = frozenset(
         abi.READDIR,
         abi.READDIRPLUS,
         abi.RELEASEDIR,
+        abi.MKDIR,
+        abi.MKNOD,
+        abi.SYMLINK,
+        abi.CREATE,
+        abi.WRITE,
+        abi.FSYNC,
+        abi.UNLINK,
+        abi.RMDIR,
     )
 )
 _CHANGE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC
