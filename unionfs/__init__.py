@@ -1,13 +1,14 @@
 """unionfs: a union filesystem with the semantics of Linux overlayfs, in pure Python.
 
-`UnionEngine` is the engine (no FUSE needed); `pyunionfs` (unionfs.cli) mounts it through pyfuse3.
+`UnionEngine` is the engine (no FUSE needed); `pyunionfs` (unionfs.cli) mounts it with its own FUSE session
+(unionfs.protocol; pyfuse3 is the optional second backend).
 
 The names below are imported on first use (module __getattr__, PEP 562), not with the package:
 `pyunionfs` imports this package for __version__ on every exec (a container engine execs it for every
 container), and it never needs unionfs.embed.api (subprocess, tempfile, threading, weakref, pathlib) or
 unionfs.embed.paths. Imported eagerly they cost 47 million of the 807 million instructions from exec to the
 mount without cached bytecode (they were compiled on every start), 2 of 561 million with it (callgrind).
-The engine is imported by unionfs.fuse.daemon, which needs it, after pyfuse3.
+The engine is imported by unionfs.fuse.daemon, which needs it.
 `from unionfs import mount, UnionEngine, ...` and `unionfs.mount` work as before.
 """
 

@@ -6,9 +6,9 @@ Exit status: 0 once the mount is live (or, in the foreground, after a clean unmo
 or the mountpoint are refused; 2 for a malformed command line. Every refusal is one line on stderr.
 
 Start-up time counts: container engines exec the mount program for every container. So this module
-imports only the option parser; pyfuse3 (and trio, most of the start-up) and the engine come with
-unionfs.fuse.daemon, imported by main() only when a mount is to be made, and the collector is off until the
-mount is made (see main).
+imports only the option parser; the engine and the FUSE backend come with unionfs.fuse.daemon,
+imported by main() only when a mount is to be made (trio later still: see fuse/native_backend.py), and
+the collector is off until the mount is made (see main).
 """
 
 import gc
@@ -157,14 +157,14 @@ def main(argv=None):
     except OptionError as exc:
         print("pyunionfs: %s" % exc, file=sys.stderr)
         return 1
-    # The imports (pyfuse3, trio and what they take) make a few hundred thousand objects and hardly any
+    # The imports (the engine, the backend and what they take) make a few hundred thousand objects and hardly any
     # garbage: the collections they set off are all waste, 3% of the instructions up to the mount
     # (measured with callgrind). Off until the mount is made; daemon.run turns it back on before serving.
     gc_enabled = gc.isenabled()
     gc.disable()
     try:
         from .errors import MountError
-        from .fuse.daemon import run  # pyfuse3 is imported only when mounting
+        from .fuse.daemon import run  # the backend is imported only when mounting
 
         try:
             return run(opts, gc_after_mount=gc_enabled)

@@ -4,7 +4,8 @@ A node is one object of the merged view. Non-directories are keyed by their back
 (layer, st_dev, st_ino), so all names of one file share one node and one st_ino, as on the kernel.
 Directories have exactly one name.
 
-Node ids are what the kernel sees as both the FUSE node id and st_ino (pyfuse3 cannot tell them apart).
+Node ids are what the kernel sees as both the FUSE node id and st_ino (pyfuse3 cannot tell them apart, and
+the native backend keeps them one for now).
 An id is derived from the backing file's inode number, so it stays the same when the kernel forgets a
 node and looks it up again, and matches the layer's own numbering when all layers share one filesystem
 (like the kernel's samefs case). When that id is already held by a different live node (after a copy-up
@@ -12,7 +13,7 @@ changed a node's backing, or a file with inode number 1), a fresh id from a priv
 live nodes never share an st_ino.
 
 A node stays in the table while the kernel holds a lookup of it, a file handle is open on it, or a child
-node names it as a parent (the pyfuse3 "Lookup Counts" rule).
+node names it as a parent (FUSE's lookup-count rule).
 """
 
 import errno

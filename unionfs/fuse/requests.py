@@ -1,6 +1,6 @@
 """The request layer: one async method per FUSE operation over the union engine, plain values in and out.
 
-It knows no FUSE binding. A backend (pyfuse3_backend.py today, the native protocol session next)
+It knows no FUSE binding. A backend (native_backend.py over unionfs.protocol, or pyfuse3_backend.py)
 decodes a request into plain values, awaits the method and encodes what it returns: an `Entry` record, a
 file handle (`Opened`), bytes, a `Statfs`, or nothing. Every decision that is not the binding's is made
 here: node ids and the uid/gid mapping as shown, timeouts (a zero entry timeout for a shared lower
