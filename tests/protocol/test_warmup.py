@@ -1,19 +1,45 @@
-"""Session.serve_before_loop: requests answered on the calling thread before trio runs, and the first
-request that needs the loop handed to run(first=...) unanswered. A SOCK_SEQPACKET socketpair stands in
-for /dev/fuse (one message a request, as the device frames them)."""
+"""Session.serve_before_loop: requests answered on the calling thread before trio runs; the first one
+whose handler raises LoopNeeded handed to run(first=...) unanswered; the idle return. A SOCK_SEQPACKET
+socketpair stands in for /dev/fuse (one message a request, as the device frames them)."""
 
 import os
 import socket
 import subprocess
 import sys
 import threading
+import types
 
 import trio
 
 from tests.protocol.fakekernel import FULL_FLAGS, Reply, cstr
 from tests.protocol.memfs import MemFS
 from unionfs.protocol import abi
-from unionfs.protocol.session import Session
+from unionfs.protocol.operations import LoopNeeded
+from unionfs.protocol.session import IDLE, Session
+
+
+class _WaitsToRename(MemFS):
+    """A filesystem whose rename would wait: it needs the loop until `loop` is set."""
+
+    loop = False
+
+    async def rename(self, *args):
+        if not self.loop:
+            raise LoopNeeded
+        return await super().rename(*args)
+
+
+class _Yields(MemFS):
+    """A filesystem whose getattr yields without saying LoopNeeded first (a bug)."""
+
+    async def getattr(self, *args):
+        await _trap()
+        return await super().getattr(*args)
+
+
+@types.coroutine
+def _trap():
+    yield "a trap only trio understands"
 
 
 class _Kernel:
@@ -42,8 +68,8 @@ def _init_body():
     return abi.INIT_IN.pack(7, abi.KERNEL_MINOR_VERSION, 128 * 1024, FULL_FLAGS & 0xFFFFFFFF, FULL_FLAGS >> 32)
 
 
-def test_answers_what_never_waits_and_hands_over_the_first_change():
-    fs = MemFS()
+def test_answers_until_a_handler_needs_the_loop_and_hands_that_one_over():
+    fs = _WaitsToRename()
     kernel, d_sock = _pair()
     session = Session(fs, d_sock.fileno())
     try:
@@ -52,20 +78,23 @@ def test_answers_what_never_waits_and_hands_over_the_first_change():
         u_attr = kernel.send(abi.GETATTR, 1, abi.GETATTR_IN.pack(0, 0, 0))
         u_open = kernel.send(abi.OPENDIR, 1, abi.OPEN_IN.pack(os.O_RDONLY, 0))
         u_mkdir = kernel.send(abi.MKDIR, 1, abi.MKDIR_IN.pack(0o755, 0) + cstr(b"d"))
+        u_rw = kernel.send(abi.OPEN, 1, abi.OPEN_IN.pack(os.O_RDWR | os.O_TRUNC, 0))
         u_move = kernel.send(abi.RENAME, 1, abi.RENAME_IN.pack(1) + cstr(b"d", b"e"))
         u_after = kernel.send(abi.GETATTR, 1, abi.GETATTR_IN.pack(0, 0, 0))
 
         first = session.serve_before_loop(threading.Event())
 
-        # the five before RENAME are answered, in order; RENAME came back as read, unanswered
-        replies = [kernel.recv() for _ in range(5)]
-        assert [r.unique for r in replies] == [u_init, u_look, u_attr, u_open, u_mkdir]
+        # the six before RENAME are answered, in order; RENAME came back as read, unanswered
+        replies = [kernel.recv() for _ in range(6)]
+        assert [r.unique for r in replies] == [u_init, u_look, u_attr, u_open, u_mkdir, u_rw]
         assert replies[0].error == 0 and session.conn is not None
         assert replies[1].errno == 2  # ENOENT
-        assert replies[2].error == 0 and replies[3].error == 0 and replies[4].error == 0
+        assert all(r.error == 0 for r in replies[2:])
         assert b"d" in fs.nodes[abi.ROOT_ID].children
         assert first is not None and abi.IN_HEADER.unpack_from(first)[1:3] == (abi.RENAME, u_move)
         assert b"e" not in fs.nodes[abi.ROOT_ID].children  # not renamed yet
+
+        fs.loop = True
 
         async def loop():
             async with trio.open_nursery() as nursery:
@@ -85,21 +114,37 @@ def test_answers_what_never_waits_and_hands_over_the_first_change():
         kernel.sock.close()
 
 
-def test_open_for_writing_or_truncating_is_left_to_the_loop():
-    for flags in (os.O_WRONLY, os.O_RDWR, os.O_RDONLY | os.O_TRUNC):
-        kernel, d_sock = _pair()
-        session = Session(MemFS(), d_sock.fileno())
-        try:
-            kernel.send(abi.INIT, 0, _init_body())
-            u_ro = kernel.send(abi.OPEN, 1, abi.OPEN_IN.pack(os.O_RDONLY, 0))
-            u_rw = kernel.send(abi.OPEN, 1, abi.OPEN_IN.pack(flags, 0))
-            first = session.serve_before_loop(threading.Event())
-            assert kernel.recv().error == 0  # INIT
-            assert kernel.recv().unique == u_ro  # answered (the memfs's default open: handle 0)
-            assert abi.IN_HEADER.unpack_from(first)[1:3] == (abi.OPEN, u_rw)
-        finally:
-            d_sock.close()
-            kernel.sock.close()
+def test_a_handler_that_yields_before_the_loop_answers_eio_and_serving_goes_on():
+    kernel, d_sock = _pair()
+    session = Session(_Yields(), d_sock.fileno())
+    try:
+        kernel.send(abi.INIT, 0, _init_body())
+        u_attr = kernel.send(abi.GETATTR, 1, abi.GETATTR_IN.pack(0, 0, 0))
+        u_look = kernel.send(abi.LOOKUP, 1, cstr(b"absent"))
+        kernel.sock.shutdown(socket.SHUT_WR)  # end of file after these
+        assert session.serve_before_loop(threading.Event()) is None
+        assert kernel.recv().error == 0  # INIT
+        attr, look = kernel.recv(), kernel.recv()
+        assert (attr.unique, attr.errno) == (u_attr, 5)  # EIO
+        assert (look.unique, look.errno) == (u_look, 2)  # ENOENT: still served
+    finally:
+        d_sock.close()
+        kernel.sock.close()
+
+
+def test_returns_idle_when_nothing_comes():
+    kernel, d_sock = _pair()
+    r, w = os.pipe()
+    session = Session(MemFS(), d_sock.fileno())
+    try:
+        kernel.send(abi.INIT, 0, _init_body())
+        assert session.serve_before_loop(threading.Event(), wake_fd=r, idle=0.05) is IDLE
+        assert kernel.recv().error == 0 and not session.ended
+    finally:
+        d_sock.close()
+        kernel.sock.close()
+        os.close(r)
+        os.close(w)
 
 
 def test_returns_once_the_loop_is_loaded_and_on_end_of_file():

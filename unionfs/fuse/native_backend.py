@@ -19,7 +19,7 @@ import signal
 from ..errors import MountError
 from ..protocol import abi
 from ..protocol import mount as fuse_mount
-from ..protocol.operations import FileInfo, Operations
+from ..protocol.operations import FileInfo, LoopNeeded, Operations
 from .daemon import STOP_SIGNALS
 from .requests import SetAttr, UnionRequests
 
@@ -31,6 +31,18 @@ log = logging.getLogger("unionfs")
 # POSIX_ACL: the kernel enforces the system.posix_acl_* xattrs the layers keep (with default_permissions).
 # EXPORT_SUPPORT: lookups of "." and ".." are answered.
 INIT_FLAGS = abi.DEFAULT_INIT_FLAGS | abi.POSIX_ACL | abi.EXPORT_SUPPORT
+
+# Seconds without a request after which the event loop is started anyway (see NativeMount.serve): a
+# mount that lives on takes trio's import while nobody waits, not at its first big copy-up.
+# PYUNIONFS_LOOP_IDLE overrides it (the tests set it, to tell the two ways the loop starts apart).
+IDLE_LOOP_START = 1.0
+
+
+def _idle_loop_start() -> float:
+    try:
+        return max(0.001, float(os.environ.get("PYUNIONFS_LOOP_IDLE", IDLE_LOOP_START)))
+    except ValueError:
+        return IDLE_LOOP_START
 
 
 def _statvfs(s) -> os.statvfs_result:
@@ -187,12 +199,12 @@ class NativeMount:
         """Serve until unmounted (or a signal, which unmounts); 0, or 1 when the loop failed.
         *signalled*: the stop signals that came before the loop listens (daemon.run notes them).
 
-        trio is imported only when the first request that needs it comes (see
-        protocol.session.Session.serve_before_loop): until then requests that never wait (lookups,
-        reads, listings, new names, removals, writes) are answered on this thread. A container
-        engine's first lookups and reads come right after the mount program returns, and importing
-        trio is most of the start (70 of ~100 ms of CPU here); a mount that copies nothing up (podman
-        diff, image mount) may never need it.
+        trio is imported only when the loop is needed (see protocol.session.Session.serve_before_loop):
+        until a request would have to wait (a copy-up big enough for a worker thread) or the device has
+        been idle for IDLE_LOOP_START seconds, every request is answered on this thread, in order. A
+        container engine's first requests come right after the mount program returns, and importing trio
+        is most of a start (70-100 ms of CPU here): `podman run --rm`, `podman diff` and image mounts
+        are over before they would get an answer from a loop still importing.
         """
         from ..protocol.session import Session
 
@@ -202,16 +214,18 @@ class NativeMount:
         self._signalled = signalled
         code = 0
         try:
-            first = _serve_until_the_loop_is_needed(session, self._signalled)
+            first = _serve_until_the_loop_is_needed(session, self.requests, self._signalled)
             if self._signalled:
                 log.info("signal %d: unmounting", self._signalled[0])
                 self._unmount()
             elif not session.ended:
-                if first is not None:
+                if first:
                     log.debug("event loop started for %s", abi.opcode_name(abi.IN_HEADER.unpack_from(first)[1]))
+                else:
+                    log.debug("event loop started: the device was idle")
                 import trio
 
-                trio.run(self._serve, session, first)
+                trio.run(self._serve, session, first or None)
         except BaseException:
             log.exception("ERROR: the request loop failed")
             self._unmount()
@@ -251,22 +265,34 @@ class NativeMount:
             log.warning("unmounting %s: %s", self.mountpoint, exc)
 
 
-def _serve_until_the_loop_is_needed(session, signalled: list):
-    """Answer what the session can answer without trio (see Session.serve_before_loop) until a request
-    needs the loop (it is returned, read but unanswered), the mount goes away, or a stop signal comes
-    (*signalled*, a list the signal handler appends to, is then not empty): None."""
+def _loop_needed() -> None:
+    raise LoopNeeded
+
+
+def _serve_until_the_loop_is_needed(session, requests: UnionRequests, signalled: list):
+    """Answer requests without trio (see Session.serve_before_loop) until one needs the loop (it is
+    returned, read but unanswered), the device was idle for IDLE_LOOP_START seconds (IDLE), or the mount
+    goes away or a stop signal comes (*signalled*, a list the signal handler appends to, is then not
+    empty): None."""
 
     class Until:
         @staticmethod
         def is_set():
             return bool(signalled)
 
+    # The request layer calls before_wait right before it would wait: there, that means the loop.
+    requests.before_wait = _loop_needed
     # A signal makes the wait for the device return (a wake-up pipe), so the wait needs no timeout.
     r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     old = signal.set_wakeup_fd(w)
     try:
-        return session.serve_before_loop(Until, wake_fd=r)
+        return session.serve_before_loop(Until, wake_fd=r, idle=_idle_loop_start())
     finally:
+        requests.before_wait = _noop
         signal.set_wakeup_fd(old)
         os.close(r)
         os.close(w)
+
+
+def _noop() -> None:
+    pass

@@ -146,7 +146,8 @@ class UnionRequests:
 
     Set by the backend before serving:
     - `before_wait`: called right before a request waits (a copy-up's byte copy in a thread, or another
-      request's copy-up), so the backend can keep reading requests meanwhile.
+      request's copy-up), so the backend can keep reading requests meanwhile; before its event loop
+      runs, the native backend's raises LoopNeeded there (nothing is changed yet at that point).
     - `bare_entries`: whether the backend can send a readdirplus entry without attributes (node id 0).
     """
 
@@ -226,21 +227,35 @@ class UnionRequests:
                 pass
         job.claim()
         union = self.union
-        # trio is imported here, not with the module: the native backend mounts (and may answer its first
-        # requests) before trio is loaded, and only copy-ups need it.
+        if job.data_size < THREAD_COPY_MIN:
+            # Copied here and now, with no await until it is committed: no other request can find it
+            # in flight, so it takes no lock (and needs no trio: the native backend answers requests
+            # before it loads the loop).
+            try:
+                job.copy_data()
+                union.copy_up_commit(job)
+            except BaseException:
+                union.copy_up_abort(job)
+                raise
+            return
+        try:
+            # Before the native backend's loop runs this raises LoopNeeded: the loop answers the request
+            # again from the start, and this job is let go.
+            self.before_wait()
+        except BaseException:
+            union.copy_up_abort(job)
+            raise
+        # trio is imported here, not with the module: the native backend serves without it until a
+        # request must wait.
         import trio
 
         lock = locks[key] = trio.Lock()
         try:
             async with lock:
                 try:
-                    if job.data_size >= THREAD_COPY_MIN:
-                        self.before_wait()
-                        if self._copy_limiter is None:
-                            self._copy_limiter = trio.CapacityLimiter(4)
-                        await trio.to_thread.run_sync(job.copy_data, limiter=self._copy_limiter)
-                    else:
-                        job.copy_data()
+                    if self._copy_limiter is None:
+                        self._copy_limiter = trio.CapacityLimiter(4)
+                    await trio.to_thread.run_sync(job.copy_data, limiter=self._copy_limiter)
                     union.copy_up_commit(job)
                 except BaseException:
                     union.copy_up_abort(job)

@@ -19,7 +19,14 @@ import os
 
 from . import abi
 
-__all__ = ["Context", "Entry", "FileInfo", "SetAttr", "DirBuffer", "Conn", "Operations"]
+__all__ = ["Context", "Entry", "FileInfo", "SetAttr", "DirBuffer", "Conn", "Operations", "LoopNeeded"]
+
+
+class LoopNeeded(BaseException):
+    """Raised by a handler answering before the event loop runs (`Session.serve_before_loop`) when it
+    would have to wait (a copy in a worker thread): raised before it changed anything, so that the loop,
+    once started, answers the same request from the start. A BaseException, like GeneratorExit: it is
+    control flow, not a failure, and error boundaries that turn every Exception into EIO let it pass."""
 
 
 def _nosys():

@@ -15,11 +15,13 @@ ENOSYS. Writing an answer to a request the kernel gave up on (ENOENT: interrupte
 (or end of file, for a socket standing in for the device in tests) ends the loop cleanly.
 
 Before the loop: `serve_before_loop` answers requests on the calling thread with a plain poll, before
-trio is even imported (~70 ms of CPU, most of a mount program's start). Only requests whose handlers
-never wait are answered so (WARMUP_OPCODES: looking up, reading, listing, opening for reading, making
-and removing names, writing); the first other one is handed to `run(first=...)`, which the caller
-starts once it has imported trio. A mount that copies nothing up may never need the loop. That is
-why this module imports trio only inside the loop's functions.
+trio is even imported (~70-100 ms of CPU, most of a mount program's start). Every request is answered
+so until a handler would have to wait (a copy in a worker thread): it raises `LoopNeeded` before it
+changes anything, and that request is handed, unanswered, to `run(first=...)`, which the caller starts
+once it has imported trio. Until then nothing runs concurrently, so nothing is lost by answering in
+order. The caller may also start the loop when the device has been idle for a while (*idle*), so that a
+long-lived mount pays for trio's import when nobody waits for an answer. That is why this module imports
+trio only inside the loop's functions.
 """
 
 import errno
@@ -33,7 +35,7 @@ if TYPE_CHECKING:
     import trio
 
 from . import abi
-from .operations import Context
+from .operations import Context, LoopNeeded
 from .requests import Malformed, Requests, error_reply
 
 __all__ = ["Session", "Malformed"]
@@ -100,44 +102,6 @@ def _guarded(handler, allowed):
     return guarded
 
 
-# What serve_before_loop answers: requests whose handlers never wait for the loop (no lock held by
-# another request, no worker thread) in the union's request layer (fuse/requests.py): those that make
-# or remove names and write to files already open wait only for another request's copy-up, and before
-# the loop there is no other request. Left to the loop: whatever may copy a file up (OPEN for writing,
-# SETATTR, LINK, RENAME, xattr changes) and whatever has no use before it (INTERRUPT, ...).
-WARMUP_OPCODES = frozenset(
-    (
-        abi.INIT,
-        abi.LOOKUP,
-        abi.FORGET,
-        abi.BATCH_FORGET,
-        abi.GETATTR,
-        abi.READLINK,
-        abi.OPEN,
-        abi.READ,
-        abi.FLUSH,
-        abi.RELEASE,
-        abi.STATFS,
-        abi.GETXATTR,
-        abi.LISTXATTR,
-        abi.ACCESS,
-        abi.OPENDIR,
-        abi.READDIR,
-        abi.READDIRPLUS,
-        abi.RELEASEDIR,
-        abi.MKDIR,
-        abi.MKNOD,
-        abi.SYMLINK,
-        abi.CREATE,
-        abi.WRITE,
-        abi.FSYNC,
-        abi.UNLINK,
-        abi.RMDIR,
-    )
-)
-_CHANGE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC
-
-
 def _drain(fd: int) -> None:
     try:
         while os.read(fd, 512):
@@ -150,11 +114,7 @@ def _opcode_of(view, n: int) -> int:
     return abi.IN_HEADER.unpack_from(view, 0)[1] if n >= _HDR else -1
 
 
-def _opens_for_change(view, n: int) -> bool:
-    """An OPEN request whose flags ask for writing or truncation (or that is too short to tell)."""
-    if n < _HDR + 4:
-        return True
-    return bool(int.from_bytes(view[_HDR : _HDR + 4], "little") & _CHANGE_FLAGS)
+IDLE = b""  # serve_before_loop: the device was idle; start the loop with no request pending
 
 
 class Session(Requests):
@@ -197,6 +157,7 @@ class Session(Requests):
         self._ended = False
         self._destroyed = False
         self._debug = False
+        self._before_loop = False
         self._handlers = self._handler_table()
 
     def deny_others(self, owner: int) -> None:
@@ -215,16 +176,17 @@ class Session(Requests):
         """The device went away (unmounted), DESTROY came, or stop() was called."""
         return self._ended
 
-    def serve_before_loop(self, until, may_answer=None, wake_fd: Optional[int] = None) -> Optional[bytes]:
-        """Answer requests on this thread, without trio, until `until.is_set()` or a request needs the loop.
+    def serve_before_loop(self, until, wake_fd: Optional[int] = None, idle: Optional[float] = None):
+        """Answer requests on this thread, without trio, until `until.is_set()`, the session ends, the
+        device stays idle for *idle* seconds, or a handler raises LoopNeeded.
 
-        Only opcodes in *may_answer* (default WARMUP_OPCODES: handlers that never wait) are answered, and
-        an OPEN only for reading; the first other request is returned as read (bytes), unanswered, for
-        `run(first=...)`. Returns None when *until* was set first or the session ended (ENODEV).
+        Returns the request whose handler raised LoopNeeded (bytes, read but unanswered, for
+        `run(first=...)`); IDLE when the device was idle for *idle* seconds (start the loop with nothing
+        pending); None when *until* was set or the session ended (ENODEV).
         *wake_fd*: a descriptor that becomes readable when *until* may have changed (a signal wake-up
-        pipe): then the wait for the device has no timeout; without it *until* is looked at every 2 ms.
+        pipe): then the wait for the device needs no short timeout; without it *until* is looked at every
+        2 ms.
         """
-        may_answer = WARMUP_OPCODES if may_answer is None else may_answer
         self._debug = log.isEnabledFor(logging.DEBUG)
         os.set_blocking(self.fd, False)
         buf = self._buffers.pop() if self._buffers else bytearray(self._bufsize)
@@ -235,15 +197,19 @@ class Session(Requests):
         timeout = 2
         if wake_fd is not None:
             poller.register(wake_fd, select.POLLIN)
-            timeout = -1
+            timeout = -1 if idle is None else max(1, int(idle * 1000))
+        self._before_loop = True
         try:
             while not self._ended and not until.is_set():
                 try:
                     n = os.readv(self.fd, bufs)
                 except BlockingIOError:
-                    for fd, _ in poller.poll(timeout):
+                    events = poller.poll(timeout)
+                    for fd, _ in events:
                         if fd == wake_fd:
                             _drain(wake_fd)
+                    if not events and wake_fd is not None and idle is not None:
+                        return IDLE
                     continue
                 except OSError as exc:
                     if exc.errno == errno.ENOENT:
@@ -256,23 +222,20 @@ class Session(Requests):
                     self._ended = True
                     return None
                 self.requests += 1
-                opcode = _opcode_of(view, n)
-                # (an opcode without a handler is answered ENOSYS at once: isatty()'s IOCTL, say)
-                if (opcode not in may_answer and opcode in self._handlers) or (
-                    opcode == abi.OPEN and _opens_for_change(view, n)
-                ):
-                    return bytes(view[:n])
                 coro = self._handle(view, n)
                 try:
                     coro.send(None)
                 except StopIteration:
                     continue
-                # A handler in the list waited after all: a bug in the list. It cannot go on here.
+                except LoopNeeded:
+                    return bytes(view[:n])
+                # A handler waited (yielded to trio) instead of raising LoopNeeded: a bug in the handler.
                 coro.close()
-                log.error("ERROR: %s waited before the loop ran; answered EIO", abi.opcode_name(opcode))
+                log.error("ERROR: %s waited before the loop ran; answered EIO", abi.opcode_name(_opcode_of(view, n)))
                 self.reply(error_reply(abi.IN_HEADER.unpack_from(view, 0)[2], errno.EIO))
             return None
         finally:
+            self._before_loop = False
             self._buffers.append(buf)
 
     async def run(self, first: Optional[bytes] = None) -> None:
@@ -394,6 +357,11 @@ class Session(Requests):
                     ctx.spared = True
                     self.spare_reader()
                 msg = await _go_on(coro, trap)
+        except LoopNeeded:
+            if self._before_loop:
+                raise  # serve_before_loop hands the request to the loop
+            log.exception("ERROR in %s (node %d, unique %d)", abi.opcode_name(opcode), nodeid, unique)
+            msg = error_reply(unique, errno.EIO) if opcode not in _NO_REPLY else None
         except OSError as exc:
             err = exc.errno
             if self._debug:
