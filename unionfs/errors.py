@@ -5,7 +5,9 @@
 for the user; the embedding API adds what it knows of the daemon process.
 """
 
-from typing import Optional, Sequence
+from __future__ import annotations
+
+from collections.abc import Sequence
 
 __all__ = ["MountError"]
 
@@ -18,7 +20,7 @@ class MountError(RuntimeError):
     inside the daemon), ``log`` (the daemon's whole stdout/stderr), ``argv`` (the daemon's command line).
     """
 
-    def __init__(self, message: str, *, returncode: Optional[int] = None, log: str = "", argv: Sequence[str] = ()):
+    def __init__(self, message: str, *, returncode: int | None = None, log: str = "", argv: Sequence[str] = ()):
         super().__init__(message)
         self.message = message
         self.returncode = returncode

@@ -3,8 +3,9 @@
 Everything here is checked before anything is created, so a refused invocation writes nothing.
 """
 
+from __future__ import annotations
+
 import os
-from typing import Optional
 
 from .engine.idmap import IdMap, IdMapError
 from .engine.layermounts import read_mountinfo
@@ -85,9 +86,9 @@ class MountOptions:
 
     def __init__(self, lowers: list, **given):
         self.lowers = lowers
-        self.upper: Optional[str] = None
-        self.work: Optional[str] = None
-        self.mountpoint: Optional[str] = None
+        self.upper: str | None = None
+        self.work: str | None = None
+        self.mountpoint: str | None = None
         self.foreground = False
         self.debug = False
         self.readonly = False
@@ -97,7 +98,7 @@ class MountOptions:
         self.xattr_permissions = 0
         self.index = False
         self.volatile = False  # fsync is a no-op (the kernel's and fuse-overlayfs's volatile)
-        self.logfile: Optional[str] = None
+        self.logfile: str | None = None
         self.timeout = 300.0
         self.fsname = "overlay"
         self.fuse_options: list = []

@@ -8,7 +8,6 @@ and fall back to slower portable code.
 import ctypes
 import errno
 import os
-import platform
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -22,7 +21,7 @@ RESOLVE_NO_SYMLINKS = 0x04
 RESOLVE_BENEATH = 0x08
 
 # openat2 has the same number in the generic table (arm64, riscv) and on x86_64.
-_SYS_OPENAT2 = {"x86_64": 437, "aarch64": 437, "riscv64": 437, "ppc64le": 437, "s390x": 437}.get(platform.machine())
+_SYS_OPENAT2 = {"x86_64": 437, "aarch64": 437, "riscv64": 437, "ppc64le": 437, "s390x": 437}.get(os.uname().machine)
 
 
 class _OpenHow(ctypes.Structure):

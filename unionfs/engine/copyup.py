@@ -10,11 +10,12 @@ Until the rename, nothing is visible in the upper: a crash leaves only a temp in
 A directory is copied up without its contents (`ensure_upper_dir`), a file with its missing parents.
 """
 
+from __future__ import annotations
+
 import errno
 import fcntl
 import os
 import stat
-from typing import Optional
 
 from . import _sys, ownership, xattrs
 from .layers import remove_tree
@@ -161,7 +162,7 @@ class CopyUp:
         self.ensure_upper_dir(parent)
         self._copy_up_entry(node, with_data=False)
 
-    def job(self, node: Node, with_data: bool = True) -> Optional[CopyUpJob]:
+    def job(self, node: Node, with_data: bool = True) -> CopyUpJob | None:
         """What must be copied before *node* is changed: None when nothing (it is in the upper already,
         or a directory, copied up here: metadata only); the job in flight for it when there is one (the
         caller waits for that one to end, then asks again); else a begun job for the caller to run:
@@ -176,7 +177,7 @@ class CopyUp:
             return None
         return self.begin(node, with_data)
 
-    def run(self, job: Optional[CopyUpJob]) -> None:
+    def run(self, job: CopyUpJob | None) -> None:
         """Run a job begun by `begin` or `job` to its end, here and now."""
         if job is None:
             return

@@ -4,8 +4,9 @@ Each public method hands the call to the part whose job it is (see the package d
 (the FUSE adapter, the path API, the tests) see one object and never the parts.
 """
 
+from __future__ import annotations
+
 import time
-from typing import Optional
 
 from .attributes import Attributes
 from .copyup import CopyUp, CopyUpJob
@@ -183,24 +184,24 @@ class UnionEngine:
     # The errors the change gives before any copy-up are raised by these. The change itself (open,
     # setattr, ...) then finds nothing left to copy.
 
-    def copy_up_for_open(self, node: Node, flags: int) -> Optional[CopyUpJob]:
+    def copy_up_for_open(self, node: Node, flags: int) -> CopyUpJob | None:
         return self.files.copy_up_for_open(node, flags)
 
-    def copy_up_for_setattr(self, node: Node, size: Optional[int]) -> Optional[CopyUpJob]:
+    def copy_up_for_setattr(self, node: Node, size: int | None) -> CopyUpJob | None:
         return self.attributes.copy_up_for_setattr(node, size)
 
-    def copy_up_for_xattr(self, node: Node, name: bytes, removing: bool = False) -> Optional[CopyUpJob]:
+    def copy_up_for_xattr(self, node: Node, name: bytes, removing: bool = False) -> CopyUpJob | None:
         return self.attributes.copy_up_for_xattr(node, name, removing)
 
-    def copy_up_for_link(self, node: Node, new_name: bytes) -> Optional[CopyUpJob]:
+    def copy_up_for_link(self, node: Node, new_name: bytes) -> CopyUpJob | None:
         return self.namespace.copy_up_for_link(node, new_name)
 
     def copy_up_for_rename(
         self, parent: Node, name: bytes, new_parent: Node, new_name: bytes, flags: int = 0
-    ) -> Optional[CopyUpJob]:
+    ) -> CopyUpJob | None:
         return self.renames.copy_up_for_rename(parent, name, new_parent, new_name, flags)
 
-    def copy_up_job(self, node: Node, with_data: bool = True) -> Optional[CopyUpJob]:
+    def copy_up_job(self, node: Node, with_data: bool = True) -> CopyUpJob | None:
         """What any change of *node* must copy up first (see CopyUp.job)."""
         return self.copyup.job(node, with_data)
 

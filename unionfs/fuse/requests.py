@@ -14,12 +14,14 @@ layer only runs that job under a per-node lock, a large file's byte copy in a wo
 requests go on meanwhile, and two opens of one file never copy it twice.
 """
 
+from __future__ import annotations
+
 import errno
 import itertools
 import logging
 import os
 import stat
-from typing import List, NamedTuple, Optional, Tuple
+from collections import namedtuple
 
 from ..engine import Caller, UnionEngine
 from ..engine.idmap import IdMap
@@ -32,28 +34,19 @@ THREAD_COPY_MIN = 1 << 20
 _S_IFDIR = stat.S_IFDIR
 
 
-class Entry(NamedTuple):
+class Entry(
+    namedtuple(
+        "Entry",
+        "node_id generation st_ino mode nlink uid gid rdev size blksize blocks atime_ns mtime_ns ctime_ns "
+        "entry_timeout attr_timeout",
+    )
+):
     """A node's attributes as the kernel is to see them, with how long it may cache them.
 
     node_id 0 is "no node": a negative lookup (cache the absence for entry_timeout; every other field 0).
     """
 
-    node_id: int
-    generation: int
-    st_ino: int
-    mode: int
-    nlink: int
-    uid: int
-    gid: int
-    rdev: int
-    size: int
-    blksize: int
-    blocks: int
-    atime_ns: int
-    mtime_ns: int
-    ctime_ns: int
-    entry_timeout: float
-    attr_timeout: float
+    __slots__ = ()
 
     # The names the native protocol session packs by (unionfs.protocol.operations.Entry's), so a
     # record goes to the wire as it is.
@@ -70,46 +63,20 @@ class Entry(NamedTuple):
         return self.st_ino
 
 
-class Opened(NamedTuple):
-    """An open file: its handle number and the open flags of the reply."""
+# The records are collections.namedtuple, not typing.NamedTuple: importing typing costs a mount
+# program about 4 ms of its start.
+Opened = namedtuple("Opened", "fh keep_cache direct_io")
+Opened.__doc__ = """An open file: its handle number and the open flags of the reply."""
 
-    fh: int
-    keep_cache: bool
-    direct_io: bool
+SetAttr = namedtuple("SetAttr", "size mode uid gid atime_ns mtime_ns", defaults=(None, None, None, None, None, None))
+SetAttr.__doc__ = """What a setattr changes; None leaves a field alone. uid/gid as the caller sees them (before
+the mount's mapping); times in ns since the epoch ("now" already resolved by the backend)."""
 
+Statfs = namedtuple("Statfs", "bsize frsize blocks bfree bavail files ffree favail namemax")
 
-class SetAttr(NamedTuple):
-    """What a setattr changes; None leaves a field alone. uid/gid as the caller sees them (before the
-    mount's mapping); times in ns since the epoch ("now" already resolved by the backend)."""
-
-    size: Optional[int] = None
-    mode: Optional[int] = None
-    uid: Optional[int] = None
-    gid: Optional[int] = None
-    atime_ns: Optional[int] = None
-    mtime_ns: Optional[int] = None
-
-
-class Statfs(NamedTuple):
-    bsize: int
-    frsize: int
-    blocks: int
-    bfree: int
-    bavail: int
-    files: int
-    ffree: int
-    favail: int
-    namemax: int
-
-
-class Context(NamedTuple):
-    """Who sent a request. Any object with these attributes will do (pyfuse3's RequestContext is
-    passed as it is); only uid and gid are read, for the owner of new entries."""
-
-    uid: int
-    gid: int
-    pid: int = 0
-    umask: int = 0
+Context = namedtuple("Context", "uid gid pid umask", defaults=(0, 0))
+Context.__doc__ = """Who sent a request. Any object with these attributes will do (pyfuse3's RequestContext is
+passed as it is); only uid and gid are read, for the owner of new entries."""
 
 
 _new = tuple.__new__  # a record straight from a tuple: no Python-level __new__ per reply
@@ -309,7 +276,7 @@ class UnionRequests:
         except Exception as exc:
             raise _failure(exc, "getattr", (node_id,)) from None
 
-    async def setattr(self, node_id: int, changes: SetAttr, fh: Optional[int] = None) -> Entry:
+    async def setattr(self, node_id: int, changes: SetAttr, fh: int | None = None) -> Entry:
         """Change what *changes* names (on the open file *fh* where given); the attributes after."""
         try:
             node = self._node(node_id)
@@ -526,7 +493,7 @@ class UnionRequests:
         except Exception as exc:
             raise _failure(exc, "open", (node_id, flags)) from None
 
-    async def create(self, parent_id: int, name: bytes, mode: int, flags: int, ctx) -> Tuple[Opened, Entry]:
+    async def create(self, parent_id: int, name: bytes, mode: int, flags: int, ctx) -> tuple[Opened, Entry]:
         """(Opened, Entry) of the new file parent/name, open with *flags*."""
         try:
             node, handle, st = self.union.create(self._node(parent_id), name, mode, flags, self._caller(ctx))
@@ -592,7 +559,7 @@ class UnionRequests:
         except Exception as exc:
             raise _failure(exc, "getxattr", (node_id, name)) from None
 
-    async def listxattr(self, node_id: int) -> List[bytes]:
+    async def listxattr(self, node_id: int) -> list[bytes]:
         """The names (bytes) of the node's xattrs."""
         try:
             return self.union.listxattr(self._node(node_id))

@@ -24,19 +24,21 @@ long-lived mount pays for trio's import when nobody waits for an answer. That is
 trio only inside the loop's functions.
 """
 
+from __future__ import annotations
+
 import errno
 import logging
 import os
 import select
 import types
-from typing import TYPE_CHECKING, Optional
-
-if TYPE_CHECKING:
-    import trio
 
 from . import abi
 from .operations import Context, LoopNeeded
 from .requests import Malformed, Requests, error_reply
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy takes any TYPE_CHECKING)
+if TYPE_CHECKING:
+    import trio
 
 __all__ = ["Session", "Malformed"]
 
@@ -152,7 +154,7 @@ class Session(Requests):
         self.readers = 0  # reader tasks alive
         self._bufsize = max(abi.MIN_READ_BUFFER, _HDR + abi.WRITE_IN.size + self.max_write + _PAGE)
         self._buffers = []
-        self._nursery: Optional[trio.Nursery] = None
+        self._nursery: trio.Nursery | None = None
         self._waiting = False
         self._ended = False
         self._destroyed = False
@@ -176,7 +178,7 @@ class Session(Requests):
         """The device went away (unmounted), DESTROY came, or stop() was called."""
         return self._ended
 
-    def serve_before_loop(self, until, wake_fd: Optional[int] = None, idle: Optional[float] = None):
+    def serve_before_loop(self, until, wake_fd: int | None = None, idle: float | None = None):
         """Answer requests on this thread, without trio, until `until.is_set()`, the session ends, the
         device stays idle for *idle* seconds, or a handler raises LoopNeeded.
 
@@ -238,7 +240,7 @@ class Session(Requests):
             self._before_loop = False
             self._buffers.append(buf)
 
-    async def run(self, first: Optional[bytes] = None) -> None:
+    async def run(self, first: bytes | None = None) -> None:
         """Serve until the filesystem is unmounted (ENODEV), DESTROY, or stop(). *first*: a request
         read already (by serve_before_loop), answered before any other."""
         import trio
