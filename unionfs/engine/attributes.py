@@ -295,7 +295,11 @@ class Attributes:
         return names
 
     def listxattr(self, node: Node):
-        stored = self._stored_xattr_names(node)
+        # The names listed last are current (every change goes through the daemon and forgets them), as
+        # getxattr relies on: a container engine's diff lists every entry's xattrs.
+        stored = node.xattr_names
+        if stored is None:
+            stored = self._stored_xattr_names(node)
         private = self.stack.private_xattrs
         names = []
         for item in stored:

@@ -8,15 +8,15 @@ pseudo-layer after them (index.py). Everything else in the engine reaches the la
 import errno
 import fcntl
 import itertools
-import logging
 import os
 
+from ..logger import get_logger
 from . import xattrs
 from .layermounts import MountTable
 from .layers import Layer, remove_tree
 from .whiteout import REDIRECT_MODES, TRUSTED_PREFIX, USER_PREFIX, Markers, make_whiteout
 
-log = logging.getLogger("unionfs")
+log = get_logger("unionfs")
 
 WORK_SUBDIR = "work"
 

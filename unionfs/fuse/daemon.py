@@ -5,7 +5,8 @@ SIGINT, SIGTERM and SIGHUP end the loop; the mount is always closed on the way o
 
 Start-up time counts (a container engine execs the mount program for every container), so the work
 before the mount is only what the mount needs: the layers checked (UnionEngine) and the backend's mount.
-logging.handlers is imported only when the background daemon logs to syslog, after the mount.
+logging itself is imported only when there is something to log at WARNING or above, when the native
+backend starts its event loop, or at exit (unionfs.logger); logging.handlers only for syslog.
 
 This module knows no FUSE binding: `open_requests` builds the layers and the request layer from the
 options, `mount_options` says what the mount is to be, and the backend (`native_backend.NativeMount`,
@@ -13,7 +14,6 @@ options, `mount_options` says what the mount is to be, and the backend (`native_
 """
 
 import gc
-import logging
 import os
 import resource
 import signal
@@ -21,9 +21,10 @@ import sys
 
 from ..engine import LayerInUse, UnionEngine
 from ..errors import MountError
+from ..logger import DEBUG, INFO, WARNING, configure_later, get_logger
 from .requests import UnionRequests
 
-log = logging.getLogger("unionfs")
+log = get_logger("unionfs")
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
@@ -39,11 +40,11 @@ def mount_options(opts) -> list:
     return out
 
 
-class _DroppedReplies(logging.Filter):
+def _dropped_replies_filter(logging):
     """pyfuse3 logs ERROR when a reply finds its request gone (ENOENT): the kernel stopped waiting for it,
     as it does for a release or an interrupted call while the mount goes away. Nothing failed: debug."""
 
-    def filter(self, record):
+    def dropped_reply(record):
         if (
             record.levelno >= logging.ERROR
             and "fuse_reply_" in str(record.msg)
@@ -53,31 +54,37 @@ class _DroppedReplies(logging.Filter):
             return logging.getLogger("pyfuse3").isEnabledFor(logging.DEBUG)
         return True
 
+    return dropped_reply
+
 
 def _setup_logging(opts, to_stderr: bool):
-    level = logging.DEBUG if opts.debug else logging.INFO
-    if to_stderr:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    elif opts.logfile:
-        handler = logging.FileHandler(opts.logfile)
-        handler.setFormatter(logging.Formatter("%(asctime)s pyunionfs[%(process)d] %(levelname)s: %(message)s"))
-    elif os.path.exists("/dev/log"):
-        from logging.handlers import SysLogHandler  # not at the top: only a background daemon needs it
+    """Note where the daemon logs; logging is loaded when there is something to log (unionfs.logger)."""
 
-        handler = SysLogHandler(address="/dev/log")
-        handler.setFormatter(logging.Formatter("pyunionfs[%(process)d]: %(levelname)s %(message)s"))
-    else:
-        handler = logging.NullHandler()
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level)
+    def setup():
+        import logging
+
+        if to_stderr:
+            handler = logging.StreamHandler(sys.stderr)
+            handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        elif opts.logfile:
+            handler = logging.FileHandler(opts.logfile)
+            handler.setFormatter(logging.Formatter("%(asctime)s pyunionfs[%(process)d] %(levelname)s: %(message)s"))
+        elif os.path.exists("/dev/log"):
+            from logging.handlers import SysLogHandler  # not at the top: only a background daemon needs it
+
+            handler = SysLogHandler(address="/dev/log")
+            handler.setFormatter(logging.Formatter("pyunionfs[%(process)d]: %(levelname)s %(message)s"))
+        else:
+            handler = logging.NullHandler()
+        logging.getLogger().handlers[:] = [handler]
+        pyfuse3_log = logging.getLogger("pyfuse3")
+        if not getattr(pyfuse3_log, "_unionfs_filtered", False):
+            pyfuse3_log.addFilter(_dropped_replies_filter(logging))
+            pyfuse3_log._unionfs_filtered = True
+
     # the bindings' own loggers say only what is wrong, unless debugging
-    for name in ("pyfuse3", "unionfs.protocol"):
-        logging.getLogger(name).setLevel(logging.DEBUG if opts.debug else logging.WARNING)
-    pyfuse3_log = logging.getLogger("pyfuse3")
-    if not any(isinstance(f, _DroppedReplies) for f in pyfuse3_log.filters):
-        pyfuse3_log.addFilter(_DroppedReplies())
+    quiet = DEBUG if opts.debug else WARNING
+    configure_later(setup, {"": DEBUG if opts.debug else INFO, "pyfuse3": quiet, "unionfs.protocol": quiet})
 
 
 def _raise_fd_limit():

@@ -12,18 +12,19 @@ otherwise; unionfs.protocol.mount) and serves with the session on trio. Nothing 
 before the mount is made.
 """
 
-import logging
 import os
 import signal
 
 from ..errors import MountError
+from ..logger import get_logger
+from ..logger import load as load_logging
 from ..protocol import abi
 from ..protocol import mount as fuse_mount
 from ..protocol.operations import FileInfo, LoopNeeded, Operations
 from .daemon import STOP_SIGNALS
 from .requests import SetAttr, UnionRequests
 
-log = logging.getLogger("unionfs")
+log = get_logger("unionfs")
 
 
 # What the union asks the kernel for at INIT; the session agrees only what the kernel offers.
@@ -223,6 +224,7 @@ class NativeMount:
                     log.debug("event loop started for %s", abi.opcode_name(abi.IN_HEADER.unpack_from(first)[1]))
                 else:
                     log.debug("event loop started: the device was idle")
+                load_logging()  # the lines kept until now are written before the loop's import
                 import trio
 
                 trio.run(self._serve, session, first or None)

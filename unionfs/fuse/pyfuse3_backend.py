@@ -8,19 +8,19 @@ any exception but FUSEError. `Pyfuse3Mount` mounts through libfuse and serves wi
 """
 
 import errno
-import logging
 import os
 
 import pyfuse3
 from pyfuse3 import EntryAttributes, FileInfo, FUSEError, readdir_reply
 
 from ..errors import MountError
+from ..logger import get_logger
 from . import bare_entries
 from . import loop as fuse_loop
 from .daemon import STOP_SIGNALS
 from .requests import SetAttr, UnionRequests
 
-log = logging.getLogger("unionfs")
+log = get_logger("unionfs")
 
 _NO_CHANGES = SetAttr()
 

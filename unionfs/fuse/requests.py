@@ -18,15 +18,15 @@ from __future__ import annotations
 
 import errno
 import itertools
-import logging
 import os
 import stat
 from collections import namedtuple
 
 from ..engine import Caller, UnionEngine
 from ..engine.idmap import IdMap
+from ..logger import DEBUG, get_logger
 
-log = logging.getLogger("unionfs")
+log = get_logger("unionfs")
 
 # Copies smaller than this are done inline: a thread round trip costs more than the copy.
 THREAD_COPY_MIN = 1 << 20
@@ -87,7 +87,7 @@ def _failure(exc: Exception, op: str, args: tuple) -> OSError:
     """THE error boundary: what a failed request raises. OSError keeps its errno (EIO if it has none);
     anything else is a bug somewhere: EIO, and an ERROR line with the traceback."""
     if isinstance(exc, OSError):
-        if log.isEnabledFor(logging.DEBUG):
+        if log.isEnabledFor(DEBUG):
             log.debug("%s%r: %s", op, args, exc)
         if exc.errno:
             return exc

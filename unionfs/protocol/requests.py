@@ -7,13 +7,13 @@ reply: FORGET); it raises Malformed for lengths that do not add up, OSError for 
 """
 
 import errno
-import logging
 import time
 
+from ..logger import get_logger
 from . import abi
 from .operations import Conn, DirBuffer, FileInfo, SetAttr
 
-log = logging.getLogger("unionfs.protocol")
+log = get_logger("unionfs.protocol")
 
 _HDR = abi.IN_HEADER.size  # 40
 _PAGE = 4096

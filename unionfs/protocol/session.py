@@ -27,11 +27,11 @@ trio only inside the loop's functions.
 from __future__ import annotations
 
 import errno
-import logging
 import os
 import select
 import types
 
+from ..logger import DEBUG, get_logger
 from . import abi
 from .operations import Context, LoopNeeded
 from .requests import Malformed, Requests, error_reply
@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Session", "Malformed"]
 
-log = logging.getLogger("unionfs.protocol")
+log = get_logger("unionfs.protocol")
 
 READY_STREAK = 16
 _HDR = abi.IN_HEADER.size  # 40
@@ -189,7 +189,7 @@ class Session(Requests):
         pipe): then the wait for the device needs no short timeout; without it *until* is looked at every
         2 ms.
         """
-        self._debug = log.isEnabledFor(logging.DEBUG)
+        self._debug = log.isEnabledFor(DEBUG)
         os.set_blocking(self.fd, False)
         buf = self._buffers.pop() if self._buffers else bytearray(self._bufsize)
         view = memoryview(buf)
@@ -246,7 +246,7 @@ class Session(Requests):
         import trio
 
         os.set_blocking(self.fd, False)
-        self._debug = log.isEnabledFor(logging.DEBUG)
+        self._debug = log.isEnabledFor(DEBUG)
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
