@@ -4,8 +4,10 @@
 values go to `UnionRequests`, and what it returns goes back as it is (a request-layer `Entry` has the
 attribute names the session packs by). Decisions stay in the request layer; the wire stays in the
 session. What this backend adds over pyfuse3 comes from the protocol being ours: setxattr flags reach
-the request layer (a failed XATTR_CREATE/XATTR_REPLACE copies up first, as the kernel), and a
-readdirplus entry without attributes needs no patching of a binding's objects.
+the request layer (a failed XATTR_CREATE/XATTR_REPLACE copies up first, as the kernel), a
+readdirplus entry without attributes needs no patching of a binding's objects, and opens of upper files
+pass their reads and writes through to the kernel (FUSE_PASSTHROUGH: the request layer says which opens
+may, the session registers their backing files).
 
 `NativeMount` mounts without libfuse (mount(2) as root or in a user namespace, the setuid fusermount3
 otherwise; unionfs.protocol.mount) and serves with the session on trio. Nothing here imports trio
@@ -31,6 +33,11 @@ log = logging.getLogger("unionfs")
 # POSIX_ACL: the kernel enforces the system.posix_acl_* xattrs the layers keep (with default_permissions).
 # EXPORT_SUPPORT: lookups of "." and ".." are answered.
 INIT_FLAGS = abi.DEFAULT_INIT_FLAGS | abi.POSIX_ACL | abi.EXPORT_SUPPORT
+# PASSTHROUGH (-o passthrough=on, root only: registering a backing file needs CAP_SYS_ADMIN): the kernel
+# reads and writes files of the upper layer itself (UnionRequests._pass_through says which opens).
+PASSTHROUGH_FLAGS = abi.PASSTHROUGH
+
+_OVERLAYFS_MAGIC = 0x794C7630
 
 
 def _statvfs(s) -> os.statvfs_result:
@@ -38,18 +45,23 @@ def _statvfs(s) -> os.statvfs_result:
 
 
 def _file_info(opened) -> FileInfo:
-    return FileInfo(opened.fh, keep_cache=opened.keep_cache, direct_io=opened.direct_io)
+    return FileInfo(opened.fh, keep_cache=opened.keep_cache, direct_io=opened.direct_io, backing_id=opened.backing_id)
 
 
 class NativeOperations(Operations):
     """The union served by a `protocol.session.Session`."""
 
-    def __init__(self, requests: UnionRequests):
+    def __init__(self, requests: UnionRequests, session=None):
         self.requests = requests
+        self.session = session
         requests.bare_entries = True  # a readdirplus entry with node id 0 is the session's add_bare
 
     async def init(self, conn) -> None:
-        pass
+        if conn.flags & abi.PASSTHROUGH and self.session is not None:
+            self.requests.backing_open = self.session.backing_open
+            self.requests.backing_close = self.session.backing_close
+        elif self.session is not None and self.session.want & abi.PASSTHROUGH:
+            log.debug("passthrough: the kernel does not offer it; reads and writes go through the daemon")
 
     async def destroy(self) -> None:
         pass
@@ -174,6 +186,13 @@ class NativeMount:
         self.mountpoint = opts.mountpoint
         # allow_root is allow_other in the kernel plus a filter in the daemon (as libfuse does it)
         self.allow_root = "allow_root" in options
+        # Passthrough needs CAP_SYS_ADMIN (of the first user namespace) and an upper to pass through to.
+        self.passthrough = opts.passthrough and os.geteuid() == 0 and requests.union.stack.upper is not None
+        self.stack_depth = 1
+        if self.passthrough:
+            self.stack_depth = 1 + _stack_depth(opts.upper)
+            if self.stack_depth > abi.MAX_STACK_DEPTH:
+                self.passthrough = False
         if self.allow_root:
             options = [o for o in options if o != "allow_root"]
             options += [] if "allow_other" in options else ["allow_other"]
@@ -196,7 +215,9 @@ class NativeMount:
         """
         from ..protocol.session import Session
 
-        session = Session(NativeOperations(self.requests), self.fd, flags=INIT_FLAGS)
+        ops = NativeOperations(self.requests)
+        flags = INIT_FLAGS | (PASSTHROUGH_FLAGS if self.passthrough else 0)
+        session = ops.session = Session(ops, self.fd, flags=flags, max_stack_depth=self.stack_depth)
         if self.allow_root:
             session.deny_others(os.geteuid())
         self._signalled = signalled
@@ -249,6 +270,27 @@ class NativeMount:
             fuse_mount.unmount(self.mountpoint)
         except fuse_mount.MountError as exc:
             log.warning("unmounting %s: %s", self.mountpoint, exc)
+
+
+def _stack_depth(path) -> int:
+    """How deep the filesystem holding *path* is stacked: 1 on an overlay, else 0 (FUSE's own depth is
+    not visible from here; a backing file deeper than assumed is refused by the kernel, ELOOP, and that
+    file is then not passed through)."""
+    try:
+        import ctypes
+
+        return 1 if _statfs_type(path, ctypes) == _OVERLAYFS_MAGIC else 0
+    except OSError:
+        return 0
+
+
+def _statfs_type(path, ctypes) -> int:
+    libc = ctypes.CDLL(None, use_errno=True)
+    buf = ctypes.create_string_buffer(120)  # struct statfs; f_type is its first word
+    if libc.statfs(os.fsencode(path), buf) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return int.from_bytes(buf.raw[:8], "little")
 
 
 def _serve_until_the_loop_is_needed(session, signalled: list):

@@ -19,7 +19,7 @@ import itertools
 import logging
 import os
 import stat
-from typing import List, NamedTuple, Optional, Tuple
+from typing import Callable, List, NamedTuple, Optional, Tuple
 
 from ..engine import Caller, UnionEngine
 from ..engine.idmap import IdMap
@@ -71,11 +71,13 @@ class Entry(NamedTuple):
 
 
 class Opened(NamedTuple):
-    """An open file: its handle number and the open flags of the reply."""
+    """An open file: its handle number and the open flags of the reply. *backing_id*: not 0 when the
+    kernel is to read and write the backing file itself (a backing id of `backing_open`)."""
 
     fh: int
     keep_cache: bool
     direct_io: bool
+    backing_id: int = 0
 
 
 class SetAttr(NamedTuple):
@@ -133,6 +135,10 @@ def _noop():
     pass
 
 
+def _ignore(_):
+    pass
+
+
 class _DirHandle:
     __slots__ = ("node", "names")
 
@@ -148,6 +154,9 @@ class UnionRequests:
     - `before_wait`: called right before a request waits (a copy-up's byte copy in a thread, or another
       request's copy-up), so the backend can keep reading requests meanwhile.
     - `bare_entries`: whether the backend can send a readdirplus entry without attributes (node id 0).
+    - `backing_open`, `backing_close`: where the kernel passes reads and writes through to backing
+      files (FUSE_PASSTHROUGH), backing_open(fd) registers the open file and returns its backing id
+      (OSError when refused) and backing_close(id) lets go of one; None: every read and write comes here.
     """
 
     # What the backend asks the kernel for at INIT (FUSE capabilities):
@@ -167,6 +176,11 @@ class UnionRequests:
         self.gid_map = gid_map or IdMap()
         self.before_wait = _noop
         self.bare_entries = True
+        self.backing_open: Optional[Callable[[int], int]] = None
+        self.backing_close: Callable[[int], None] = _ignore
+        self._has_upper = union.stack.upper is not None
+        self._backing = {}  # node id -> [backing id, open handles passed through with it]
+        self._passed = {}  # fh -> node id, for the handles passed through
         self._node = union.nodes.get
         self._files = {}
         self._dirs = {}
@@ -500,7 +514,55 @@ class UnionRequests:
     def _opened(self, handle) -> Opened:
         fh = next(self._fh)
         self._files[fh] = handle
-        return _new(Opened, (fh, True, False))
+        if self.backing_open is None:
+            return _new(Opened, (fh, True, False, 0))
+        backing = self._pass_through(fh, handle)
+        # An upper file may have been written past the kernel's page cache (passed through): an open
+        # that is not passed through starts with no cached pages.
+        return _new(Opened, (fh, handle.layer != 0, False, backing))
+
+    def _pass_through(self, fh: int, handle) -> int:
+        """The backing id this open may pass through with, or 0.
+
+        Only a file in the upper layer: no later copy-up can change what backs it. A lower file's
+        reads must keep coming here, so that a read-only open made before a copy-up reads the copy
+        (as the kernel overlay reopens the real file). The kernel wants one backing file for all the
+        opens of a node, and none of them without it: a node already open without passthrough (opened
+        in a lower layer, copied up since) stays so until its last close.
+        """
+        node = handle.node
+        register = self.backing_open
+        if register is None or not self._has_upper or handle.layer != 0 or node.layer != 0:
+            return 0
+        held = self._backing.get(node.id)
+        if held is None:
+            if len(node.handles) > 1:
+                return 0
+            try:
+                backing = register(handle.fd)
+            except OSError as exc:
+                if exc.errno not in (errno.ELOOP, errno.EOVERFLOW, errno.EXDEV):
+                    # not for this mount at all (not privileged, not agreed, no such ioctl): stop asking
+                    self.backing_open = None
+                log.debug("passthrough refused (%s): reads and writes go through the daemon", exc)
+                return 0
+            held = self._backing[node.id] = [backing, 0]
+        held[1] += 1
+        self._passed[fh] = node.id
+        return held[0]
+
+    def _passed_released(self, fh: int) -> None:
+        node_id = self._passed.pop(fh, None)
+        if node_id is None:
+            return
+        held = self._backing[node_id]
+        held[1] -= 1
+        if held[1] == 0:
+            del self._backing[node_id]
+            try:
+                self.backing_close(held[0])
+            except OSError as exc:
+                log.debug("closing backing id %d: %s", held[0], exc)
 
     async def open(self, node_id: int, flags: int) -> Opened:
         """flags: open(2) flags as the kernel passes them."""
@@ -565,6 +627,8 @@ class UnionRequests:
 
     async def release(self, fh: int) -> None:
         try:
+            if self._passed:
+                self._passed_released(fh)
             self.union.release(self._files.pop(fh))
         except Exception as exc:
             raise _failure(exc, "release", (fh,)) from None
