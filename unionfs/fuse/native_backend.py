@@ -32,7 +32,12 @@ log = logging.getLogger("unionfs")
 # ATOMIC_O_TRUNC: open(O_TRUNC) reaches the union, which then copies no data up.
 # POSIX_ACL: the kernel enforces the system.posix_acl_* xattrs the layers keep (with default_permissions).
 # EXPORT_SUPPORT: lookups of "." and ".." are answered.
-INIT_FLAGS = abi.DEFAULT_INIT_FLAGS | abi.POSIX_ACL | abi.EXPORT_SUPPORT
+# HANDLE_KILLPRIV_V2: the union clears set-user-ID/set-group-ID itself on write, truncate and chown as the
+# kernel flags them (WRITE_KILL_SUIDGID, FATTR_KILL_SUIDGID, OPEN_KILL_SUIDGID), so the kernel stops
+# asking for security.capability (a GETXATTR request) before every write(2).
+# SETXATTR_EXT: setxattr carries SETXATTR_ACL_KILL_SGID, so an access ACL set by a caller outside the
+# file's group clears set-group-ID, as on the kernel (without it the kernel drops that flag).
+INIT_FLAGS = abi.DEFAULT_INIT_FLAGS | abi.POSIX_ACL | abi.EXPORT_SUPPORT | abi.HANDLE_KILLPRIV_V2 | abi.SETXATTR_EXT
 # PASSTHROUGH (-o passthrough=on, root only: registering a backing file needs CAP_SYS_ADMIN): the kernel
 # reads and writes files of the upper layer itself (UnionRequests._pass_through says which opens).
 PASSTHROUGH_FLAGS = abi.PASSTHROUGH
@@ -57,10 +62,20 @@ class NativeOperations(Operations):
         requests.bare_entries = True  # a readdirplus entry with node id 0 is the session's add_bare
 
     async def init(self, conn) -> None:
-        if conn.flags & abi.PASSTHROUGH and self.session is not None:
-            self.requests.backing_open = self.session.backing_open
-            self.requests.backing_close = self.session.backing_close
-        elif self.session is not None and self.session.want & abi.PASSTHROUGH:
+        session = self.session
+        if session is None:
+            return
+        if conn.flags & abi.HANDLE_KILLPRIV_V2:
+            self.requests.kill_privs = True
+
+            def invalidate(node_id, notify=session.notify_inval_inode):
+                notify(node_id, -1)  # attributes only: the kernel holds the written pages locked
+
+            self.requests.attributes_changed = invalidate
+        if conn.flags & abi.PASSTHROUGH:
+            self.requests.backing_open = session.backing_open
+            self.requests.backing_close = session.backing_close
+        elif session.want & abi.PASSTHROUGH:
             log.debug("passthrough: the kernel does not offer it; reads and writes go through the daemon")
 
     async def destroy(self) -> None:
@@ -80,6 +95,7 @@ class NativeOperations(Operations):
             node,
             SetAttr(changes.size, changes.mode, changes.uid, changes.gid, changes.atime_ns, changes.mtime_ns),
             fh,
+            ctx if ctx.kill_suidgid else None,
         )
 
     async def readlink(self, node, ctx):
@@ -107,13 +123,13 @@ class NativeOperations(Operations):
         return await self.requests.link(node, new_parent, new_name)
 
     async def open(self, node, flags, ctx):
-        return _file_info(await self.requests.open(node, flags))
+        return _file_info(await self.requests.open(node, flags, ctx if ctx.kill_suidgid else None))
 
     async def read(self, node, fh, offset, size, ctx):
         return await self.requests.read(fh, offset, size)
 
     async def write(self, node, fh, offset, data, ctx):
-        return await self.requests.write(fh, offset, data)
+        return await self.requests.write(fh, offset, data, ctx if ctx.kill_suidgid else None)
 
     async def statfs(self, node, ctx):
         return _statvfs(await self.requests.statfs())
@@ -134,7 +150,7 @@ class NativeOperations(Operations):
         return await self.requests.copy_file_range(fh_in, off_in, fh_out, off_out, length, flags)
 
     async def setxattr(self, node, name, value, flags, ctx):
-        await self.requests.setxattr(node, name, value, flags)
+        await self.requests.setxattr(node, name, value, flags, ctx.kill_suidgid)
 
     async def getxattr(self, node, name, ctx):
         return await self.requests.getxattr(node, name)

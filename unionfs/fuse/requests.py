@@ -139,6 +139,22 @@ def _ignore(_):
     pass
 
 
+def _in_group(caller, gid: int) -> bool:
+    """Whether the caller (uid, gid, pid) is root (taken as privileged: a chown by root keeps a
+    set-group-ID without group execute) or has *gid* as its group or a supplementary one (from /proc,
+    as the request does not carry them); in doubt, no."""
+    if caller.uid == 0 or caller.gid == gid:
+        return True
+    try:
+        with open(f"/proc/{caller.pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Groups:"):
+                    return str(gid).encode() in line.split()[1:]
+    except OSError:
+        pass
+    return False
+
+
 class _DirHandle:
     __slots__ = ("node", "names")
 
@@ -176,6 +192,8 @@ class UnionRequests:
         self.gid_map = gid_map or IdMap()
         self.before_wait = _noop
         self.bare_entries = True
+        self.kill_privs = False
+        self.attributes_changed: Callable[[int], None] = _ignore
         self.backing_open: Optional[Callable[[int], int]] = None
         self.backing_close: Callable[[int], None] = _ignore
         self._has_upper = union.stack.upper is not None
@@ -308,8 +326,10 @@ class UnionRequests:
         except Exception as exc:
             raise _failure(exc, "getattr", (node_id,)) from None
 
-    async def setattr(self, node_id: int, changes: SetAttr, fh: Optional[int] = None) -> Entry:
-        """Change what *changes* names (on the open file *fh* where given); the attributes after."""
+    async def setattr(self, node_id: int, changes: SetAttr, fh: Optional[int] = None, kill_for=None) -> Entry:
+        """Change what *changes* names (on the open file *fh* where given); the attributes after.
+        *kill_for*: the caller (a Context) when the kernel asks to clear set-user-ID and set-group-ID
+        too (a truncate by a caller without CAP_FSETID, or a chown; HANDLE_KILLPRIV_V2)."""
         try:
             node = self._node(node_id)
             size, mode, uid, gid, atime_ns, mtime_ns = changes
@@ -328,9 +348,33 @@ class UnionRequests:
                 mtime_ns=mtime_ns,
                 handle=self._files.get(fh) if fh is not None else None,
             )
+            if kill_for is not None:
+                st = self._kill_suidgid(node, st, kill_for, self._files.get(fh) if fh is not None else None)
             return self._entry(node, st)
         except Exception as exc:
             raise _failure(exc, "setattr", (node_id, changes, fh)) from None
+
+    def _kill_suidgid(self, node, st, caller, handle=None):
+        """Clear a regular file's set-user-ID, and its set-group-ID where the group may execute or
+        *caller* is not in the group, as the VFS does on write, truncate and chown by a caller without
+        CAP_FSETID (with HANDLE_KILLPRIV_V2 the kernel leaves it to the filesystem; the daemon's own
+        write, with CAP_FSETID, would not). The backing filesystem drops security.capability itself
+        on the daemon's write, truncate or chown. The kernel is told to drop the mode it caches (it
+        refreshes only size and times after a write). Returns the attributes after."""
+        mode = st.st_mode
+        if not stat.S_ISREG(mode) or not mode & (stat.S_ISUID | stat.S_ISGID):
+            return st
+        kill = mode & stat.S_ISUID
+        if mode & stat.S_ISGID and (mode & stat.S_IXGRP or not _in_group(caller, self.gid_map.shown(st.st_gid))):
+            kill |= stat.S_ISGID
+        if not kill:
+            return st
+        st = self.union.setattr(node, mode=stat.S_IMODE(mode) & ~kill, handle=handle)
+        try:
+            self.attributes_changed(node.id)
+        except OSError as exc:
+            log.debug("invalidating the attributes of %d: %s", node.id, exc)
+        return st
 
     async def readlink(self, node_id: int) -> bytes:
         try:
@@ -538,6 +582,10 @@ class UnionRequests:
         if held is None:
             if len(node.handles) > 1:
                 return 0
+            if self.kill_privs and self.union.getattr(node).st_mode & (stat.S_ISUID | stat.S_ISGID):
+                # Its writes must come here to clear those bits: passed through, the kernel writes
+                # with the daemon's privileges and, with HANDLE_KILLPRIV_V2, asks nobody to clear them.
+                return 0
             try:
                 backing = register(handle.fd)
             except OSError as exc:
@@ -564,12 +612,20 @@ class UnionRequests:
             except OSError as exc:
                 log.debug("closing backing id %d: %s", held[0], exc)
 
-    async def open(self, node_id: int, flags: int) -> Opened:
-        """flags: open(2) flags as the kernel passes them."""
+    async def open(self, node_id: int, flags: int, kill_for=None) -> Opened:
+        """flags: open(2) flags as the kernel passes them. *kill_for*: the caller (a Context) of an
+        O_TRUNC open without CAP_FSETID: set-user-ID and set-group-ID go (HANDLE_KILLPRIV_V2)."""
         try:
             node = self._node(node_id)
             await self._copy_up(self.union.copy_up_for_open, node, flags)
-            return self._opened(self.union.open(node, flags))
+            handle = self.union.open(node, flags)
+            if kill_for is not None and flags & os.O_TRUNC:
+                try:
+                    self._kill_suidgid(node, self.union.getattr(node), kill_for, handle)
+                except BaseException:
+                    self.union.release(handle)
+                    raise
+            return self._opened(handle)
         except Exception as exc:
             raise _failure(exc, "open", (node_id, flags)) from None
 
@@ -587,10 +643,14 @@ class UnionRequests:
         except Exception as exc:
             raise _failure(exc, "read", (fh, offset, size)) from None
 
-    async def write(self, fh: int, offset: int, data: bytes) -> int:
-        """The number of bytes written."""
+    async def write(self, fh: int, offset: int, data: bytes, kill_for=None) -> int:
+        """The number of bytes written. *kill_for*: the writer (a Context), who has no CAP_FSETID, so
+        set-user-ID and set-group-ID go (HANDLE_KILLPRIV_V2: the kernel says so on every such write)."""
         try:
-            return self.union.write(self._files[fh], offset, data)
+            handle = self._files[fh]
+            if kill_for is not None:
+                self._kill_suidgid(handle.node, self.union.getattr(handle.node), kill_for, handle)
+            return self.union.write(handle, offset, data)
         except Exception as exc:
             raise _failure(exc, "write", (fh, offset, len(data))) from None
 
@@ -648,12 +708,18 @@ class UnionRequests:
         except Exception as exc:
             raise _failure(exc, "listxattr", (node_id,)) from None
 
-    async def setxattr(self, node_id: int, name: bytes, value: bytes, flags: int = 0) -> None:
-        """flags: XATTR_CREATE / XATTR_REPLACE, or 0."""
+    async def setxattr(self, node_id: int, name: bytes, value: bytes, flags: int = 0, kill_sgid: bool = False) -> None:
+        """flags: XATTR_CREATE / XATTR_REPLACE, or 0. *kill_sgid*: setting this access ACL clears
+        set-group-ID, the caller being neither in the file's group nor privileged (SETXATTR_EXT's
+        SETXATTR_ACL_KILL_SGID: what the VFS does on a chmod; the daemon's own setxattr would not)."""
         try:
             node = self._node(node_id)
             await self._copy_up(self.union.copy_up_for_xattr, node, name)
             self.union.setxattr(node, name, value, flags)
+            if kill_sgid and name == b"system.posix_acl_access":  # a default ACL changes no mode
+                mode = self.union.getattr(node).st_mode
+                if mode & stat.S_ISGID:
+                    self.union.setattr(node, mode=stat.S_IMODE(mode) & ~stat.S_ISGID)
         except Exception as exc:
             raise _failure(exc, "setxattr", (node_id, name)) from None
 
