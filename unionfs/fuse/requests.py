@@ -30,6 +30,7 @@ log = logging.getLogger("unionfs")
 THREAD_COPY_MIN = 1 << 20
 
 _S_IFDIR = stat.S_IFDIR
+_SUIDGID = stat.S_ISUID | stat.S_ISGID
 
 
 class Entry(NamedTuple):
@@ -648,7 +649,11 @@ class UnionRequests:
         set-user-ID and set-group-ID go (HANDLE_KILLPRIV_V2: the kernel says so on every such write)."""
         try:
             handle = self._files[fh]
-            if kill_for is not None:
+            if kill_for is not None and (
+                # the kernel flags every write of such a caller: look at the backing file's mode first
+                # (cheap), unless ownership records may show another mode
+                self.union.stack.layers[handle.layer].record is not None or os.fstat(handle.fd).st_mode & _SUIDGID
+            ):
                 self._kill_suidgid(handle.node, self.union.getattr(handle.node), kill_for, handle)
             return self.union.write(handle, offset, data)
         except Exception as exc:
