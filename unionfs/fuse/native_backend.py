@@ -37,7 +37,17 @@ log = logging.getLogger("unionfs")
 # asking for security.capability (a GETXATTR request) before every write(2).
 # SETXATTR_EXT: setxattr carries SETXATTR_ACL_KILL_SGID, so an access ACL set by a caller outside the
 # file's group clears set-group-ID, as on the kernel (without it the kernel drops that flag).
-INIT_FLAGS = abi.DEFAULT_INIT_FLAGS | abi.POSIX_ACL | abi.EXPORT_SUPPORT | abi.HANDLE_KILLPRIV_V2 | abi.SETXATTR_EXT
+# CACHE_SYMLINKS: the kernel keeps a symlink's target in its page cache: a node's target never changes
+# (copy-up keeps it; a new symlink is a new node), so a second readlink is no request.
+# (PARALLEL_DIROPS, in the defaults: lookups and readdirs in one directory may run at once.)
+INIT_FLAGS = (
+    abi.DEFAULT_INIT_FLAGS
+    | abi.POSIX_ACL
+    | abi.EXPORT_SUPPORT
+    | abi.HANDLE_KILLPRIV_V2
+    | abi.SETXATTR_EXT
+    | abi.CACHE_SYMLINKS
+)
 # PASSTHROUGH (-o passthrough=on, root only: registering a backing file needs CAP_SYS_ADMIN): the kernel
 # reads and writes files of the upper layer itself (UnionRequests._pass_through says which opens).
 PASSTHROUGH_FLAGS = abi.PASSTHROUGH
