@@ -180,7 +180,8 @@ class UnionRequests:
     # The write-back cache is off: with it the kernel flushes its own mtime/ctime with a setattr at
     # close, which cannot be told from a user's utimes and would copy a lower file up (or fail on an
     # unlinked one). Measured it gained little: 4 KiB writes cost a getxattr(security.capability)
-    # request each either way, and 1 MiB writes ran at the same speed.
+    # request each either way (before HANDLE_KILLPRIV_V2), and 1 MiB writes ran at the same speed. The
+    # kernel also refuses passthrough with it.
     writeback_cache = False
     posix_acl = True  # the engine keeps system.posix_acl_* xattrs; the kernel enforces them
     dot_lookup = True  # lookup of "." and ".." answers (export by file handle)
@@ -583,7 +584,7 @@ class UnionRequests:
         if held is None:
             if len(node.handles) > 1:
                 return 0
-            if self.kill_privs and self.union.getattr(node).st_mode & (stat.S_ISUID | stat.S_ISGID):
+            if self.kill_privs and self._mode_of(handle) & _SUIDGID:
                 # Its writes must come here to clear those bits: passed through, the kernel writes
                 # with the daemon's privileges and, with HANDLE_KILLPRIV_V2, asks nobody to clear them.
                 return 0
@@ -599,6 +600,13 @@ class UnionRequests:
         held[1] += 1
         self._passed[fh] = node.id
         return held[0]
+
+    def _mode_of(self, handle) -> int:
+        """The mode of an open file as shown: its backing file's (fstat), unless ownership records
+        may say another."""
+        if self.union.stack.layers[handle.layer].record is None:
+            return os.fstat(handle.fd).st_mode
+        return self.union.getattr(handle.node).st_mode
 
     def _passed_released(self, fh: int) -> None:
         node_id = self._passed.pop(fh, None)
@@ -649,11 +657,8 @@ class UnionRequests:
         set-user-ID and set-group-ID go (HANDLE_KILLPRIV_V2: the kernel says so on every such write)."""
         try:
             handle = self._files[fh]
-            if kill_for is not None and (
-                # the kernel flags every write of such a caller: look at the backing file's mode first
-                # (cheap), unless ownership records may show another mode
-                self.union.stack.layers[handle.layer].record is not None or os.fstat(handle.fd).st_mode & _SUIDGID
-            ):
+            # (the kernel flags every write of such a caller: most files have neither bit)
+            if kill_for is not None and self._mode_of(handle) & _SUIDGID:
                 self._kill_suidgid(handle.node, self.union.getattr(handle.node), kill_for, handle)
             return self.union.write(handle, offset, data)
         except Exception as exc:
