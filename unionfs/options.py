@@ -97,6 +97,7 @@ class MountOptions:
         self.redirect_dir = "off"
         self.xattr_permissions = 0
         self.index = False
+        self.passthrough = True  # the kernel reads and writes upper files itself (native backend, root)
         self.volatile = False  # fsync is a no-op (the kernel's and fuse-overlayfs's volatile)
         self.logfile: str | None = None
         self.timeout = 300.0
@@ -205,6 +206,10 @@ def build(o: dict) -> MountOptions:
             if value not in ("on", "off"):
                 raise OptionError("index needs on or off")
             opts.index = value == "on"
+        elif key == "passthrough":
+            if value not in ("on", "off"):
+                raise OptionError("passthrough needs on or off")
+            opts.passthrough = value == "on"
         elif key == "xattr_permissions":
             if value not in ("0", "1", "2"):
                 raise OptionError("xattr_permissions needs 0, 1 or 2")

@@ -219,6 +219,41 @@ def test_init_of_an_ancient_kernel_uses_compat_entry_sizes():
     assert len(statfs.body) == 80  # compat statfs only below 7.4
 
 
+@pytest.mark.parametrize(
+    "depth, writeback, agreed_depth",
+    [(1, False, 1), (2, False, 2), (0, False, 0), (1, True, 0)],
+)
+def test_init_passthrough_needs_a_stack_depth_and_no_writeback_cache(depth, writeback, agreed_depth):
+    want = abi.DEFAULT_INIT_FLAGS | abi.PASSTHROUGH | (abi.WRITEBACK_CACHE if writeback else 0)
+
+    async def script(k):
+        return await k.init(minor=45, flags=FULL_FLAGS)
+
+    _, (reply, f) = run_session(MemFS(), script, flags=want, max_stack_depth=depth)
+    agreed = f[3] | f[10] << 32
+    # the kernel turns passthrough on only with a depth of 1 or 2 and without the write-back cache
+    assert bool(agreed & abi.PASSTHROUGH) == bool(agreed_depth)
+    assert f[11] == agreed_depth
+
+
+def test_open_reply_names_the_backing_file():
+    class Passing(MemFS):
+        async def open(self, node, flags, ctx):
+            await super().open(node, flags, ctx)
+            return FileInfo(7, keep_cache=True, backing_id=42)
+
+    async def script(k):
+        await k.init(minor=45)
+        node = entry_out((await k.call(abi.CREATE, 1, abi.CREATE_IN.pack(os.O_RDWR, 0o100644, 0, 0) + cstr(b"f"))).body)
+        opened = await k.call(abi.OPEN, node["nodeid"], abi.OPEN_IN.pack(os.O_RDONLY, 0))
+        return opened
+
+    _, opened = run_session(Passing(), script, flags=abi.DEFAULT_INIT_FLAGS | abi.PASSTHROUGH)
+    fh, open_flags, backing_id = abi.OPEN_OUT.unpack(opened.body)
+    assert (fh, backing_id) == (7, 42)
+    assert open_flags == abi.FOPEN_PASSTHROUGH | abi.FOPEN_KEEP_CACHE
+
+
 def test_init_major_mismatch():
     async def script(k):
         newer, _ = await k.init(major=8, minor=0)

@@ -42,6 +42,11 @@ def test_wh_markers_are_read_unless_turned_off(text, expected):
     assert build(parse_o([text])).whiteout_files is expected
 
 
+@pytest.mark.parametrize("text,expected", [("lowerdir=/a", True), ("lowerdir=/a,passthrough=off", False)])
+def test_passthrough_is_on_unless_turned_off(text, expected):
+    assert build(parse_o([text])).passthrough is expected
+
+
 @pytest.mark.parametrize(
     "text,message",
     [
@@ -53,6 +58,8 @@ def test_wh_markers_are_read_unless_turned_off(text, expected):
         ("lowerdir=/a,bogus", "unknown option: bogus"),
         ("lowerdir=/a,redirect_dir=sideways", "redirect_dir needs one of"),
         ("lowerdir=/a,index=maybe", "index needs on or off"),
+        ("lowerdir=/a,passthrough=maybe", "passthrough needs on or off"),
+        ("lowerdir=/a,passthrough", "passthrough needs on or off"),
         ("lowerdir=/a,metacopy=on", "not supported"),
         ("lowerdir=" + ":".join("/l%d" % i for i in range(501)), "too many"),
     ],

@@ -417,3 +417,100 @@ def test_error_boundary_passes_oserror_without_an_error_line(layers, caplog, mon
         monkeypatch.setattr(r.union, "getattr", no_errno)
         assert errno_of(r.getattr, ROOT_ID) == errno.EIO
     assert caplog.records == []
+
+
+class FakeBacking:
+    """Stands in for the session's FUSE_DEV_IOC_BACKING_OPEN/CLOSE: ids from 1, or an error."""
+
+    def __init__(self, error=None):
+        self.error = error
+        self.opened = {}  # backing id -> st_ino of the registered file
+        self.closed = []
+        self.next = 1
+
+    def open(self, fd):
+        if self.error is not None:
+            raise OSError(self.error, os.strerror(self.error))
+        self.opened[self.next] = os.fstat(fd).st_ino
+        self.next += 1
+        return self.next - 1
+
+    def close(self, backing_id):
+        self.closed.append(backing_id)
+
+
+def passing(r, backing):
+    r.backing_open, r.backing_close = backing.open, backing.close
+    return r
+
+
+def test_passthrough_only_for_upper_files_one_backing_id_a_node(layers):
+    write(f"{layers.dirs['lower']}/lo", b"lower")
+    write(f"{layers.dirs['upper']}/up", b"upper")
+    backing = FakeBacking()
+    r = passing(layers(), backing)
+
+    async def scenario():
+        up = await r.lookup(ROOT_ID, b"up")
+        a = await r.open(up.node_id, os.O_RDONLY)
+        b = await r.open(up.node_id, os.O_RDWR)
+        assert a.backing_id == b.backing_id == 1 and not a.keep_cache
+        assert backing.opened == {1: os.stat(f"{layers.dirs['upper']}/up").st_ino}
+        await r.release(a.fh)
+        assert backing.closed == []  # still open through b
+        await r.release(b.fh)
+        assert backing.closed == [1]
+        # a lower file read-only: never (a copy-up must change what it reads)
+        lo = await r.lookup(ROOT_ID, b"lo")
+        ro = await r.open(lo.node_id, os.O_RDONLY)
+        assert ro.backing_id == 0 and ro.keep_cache
+        # copied up while that fd is open: the kernel wants all opens of the node alike
+        rw = await r.open(lo.node_id, os.O_RDWR)
+        assert rw.backing_id == 0 and not rw.keep_cache
+        await r.release(ro.fh)
+        await r.release(rw.fh)
+        again = await r.open(lo.node_id, os.O_RDONLY)  # now an upper file, opened alone
+        assert again.backing_id == 2
+        await r.release(again.fh)
+        created, _ = await r.create(ROOT_ID, b"new", stat.S_IFREG | 0o644, os.O_RDWR | os.O_CREAT, ROOT)
+        assert created.backing_id == 3
+        await r.release(created.fh)
+
+    run(scenario)
+    assert backing.closed == [1, 2, 3]
+
+
+@pytest.mark.parametrize("error, stops", [(errno.EPERM, True), (errno.ELOOP, False)])
+def test_passthrough_refused_falls_back(layers, error, stops):
+    write(f"{layers.dirs['upper']}/up", b"upper")
+    r = passing(layers(), FakeBacking(error))
+
+    async def scenario():
+        up = await r.lookup(ROOT_ID, b"up")
+        opened = await r.open(up.node_id, os.O_RDWR)
+        assert opened.backing_id == 0
+        assert await r.read(opened.fh, 0, 5) == b"upper"
+        await r.release(opened.fh)
+
+    run(scenario)
+    # not privileged: no more asking; a file the kernel refused (stacked too deep): the next may pass
+    assert (r.backing_open is None) == stops
+
+
+def test_no_passthrough_for_setuid_files_when_the_daemon_clears_them(layers):
+    write(f"{layers.dirs['upper']}/suid", b"x", mode=0o4755)
+    r = passing(layers(), FakeBacking())
+    r.kill_privs = True
+
+    async def scenario():
+        node = await r.lookup(ROOT_ID, b"suid")
+        opened = await r.open(node.node_id, os.O_RDWR)
+        assert opened.backing_id == 0
+        # a write of a caller without CAP_FSETID clears the bit, and the kernel is told
+        told = []
+        r.attributes_changed = told.append
+        await r.write(opened.fh, 0, b"y", Context(1000, 1000, os.getpid()))
+        assert stat.S_IMODE((await r.getattr(node.node_id)).mode) == 0o755 and told == [node.node_id]
+        await r.release(opened.fh)
+
+    run(scenario)

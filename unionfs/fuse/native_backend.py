@@ -4,8 +4,10 @@
 values go to `UnionRequests`, and what it returns goes back as it is (a request-layer `Entry` has the
 attribute names the session packs by). Decisions stay in the request layer; the wire stays in the
 session. What this backend adds over pyfuse3 comes from the protocol being ours: setxattr flags reach
-the request layer (a failed XATTR_CREATE/XATTR_REPLACE copies up first, as the kernel), and a
-readdirplus entry without attributes needs no patching of a binding's objects.
+the request layer (a failed XATTR_CREATE/XATTR_REPLACE copies up first, as the kernel), a
+readdirplus entry without attributes needs no patching of a binding's objects, and opens of upper files
+pass their reads and writes through to the kernel (FUSE_PASSTHROUGH: the request layer says which opens
+may, the session registers their backing files).
 
 `NativeMount` mounts without libfuse (mount(2) as root or in a user namespace, the setuid fusermount3
 otherwise; unionfs.protocol.mount) and serves with the session on trio. Nothing here imports trio
@@ -31,7 +33,27 @@ log = get_logger("unionfs")
 # ATOMIC_O_TRUNC: open(O_TRUNC) reaches the union, which then copies no data up.
 # POSIX_ACL: the kernel enforces the system.posix_acl_* xattrs the layers keep (with default_permissions).
 # EXPORT_SUPPORT: lookups of "." and ".." are answered.
-INIT_FLAGS = abi.DEFAULT_INIT_FLAGS | abi.POSIX_ACL | abi.EXPORT_SUPPORT
+# HANDLE_KILLPRIV_V2: the union clears set-user-ID/set-group-ID itself on write, truncate and chown as the
+# kernel flags them (WRITE_KILL_SUIDGID, FATTR_KILL_SUIDGID, OPEN_KILL_SUIDGID), so the kernel stops
+# asking for security.capability (a GETXATTR request) before every write(2).
+# SETXATTR_EXT: setxattr carries SETXATTR_ACL_KILL_SGID, so an access ACL set by a caller outside the
+# file's group clears set-group-ID, as on the kernel (without it the kernel drops that flag).
+# CACHE_SYMLINKS: the kernel keeps a symlink's target in its page cache: a node's target never changes
+# (copy-up keeps it; a new symlink is a new node), so a second readlink is no request.
+# (PARALLEL_DIROPS, in the defaults: lookups and readdirs in one directory may run at once.)
+INIT_FLAGS = (
+    abi.DEFAULT_INIT_FLAGS
+    | abi.POSIX_ACL
+    | abi.EXPORT_SUPPORT
+    | abi.HANDLE_KILLPRIV_V2
+    | abi.SETXATTR_EXT
+    | abi.CACHE_SYMLINKS
+)
+# PASSTHROUGH (-o passthrough=on, root only: registering a backing file needs CAP_SYS_ADMIN): the kernel
+# reads and writes files of the upper layer itself (UnionRequests._pass_through says which opens).
+PASSTHROUGH_FLAGS = abi.PASSTHROUGH
+
+_OVERLAYFS_MAGIC = 0x794C7630
 
 # Seconds without a request after which the event loop is started anyway (see NativeMount.serve): a
 # mount that lives on takes trio's import while nobody waits, not at its first big copy-up.
@@ -51,18 +73,33 @@ def _statvfs(s) -> os.statvfs_result:
 
 
 def _file_info(opened) -> FileInfo:
-    return FileInfo(opened.fh, keep_cache=opened.keep_cache, direct_io=opened.direct_io)
+    return FileInfo(opened.fh, keep_cache=opened.keep_cache, direct_io=opened.direct_io, backing_id=opened.backing_id)
 
 
 class NativeOperations(Operations):
     """The union served by a `protocol.session.Session`."""
 
-    def __init__(self, requests: UnionRequests):
+    def __init__(self, requests: UnionRequests, session=None):
         self.requests = requests
+        self.session = session
         requests.bare_entries = True  # a readdirplus entry with node id 0 is the session's add_bare
 
     async def init(self, conn) -> None:
-        pass
+        session = self.session
+        if session is None:
+            return
+        if conn.flags & abi.HANDLE_KILLPRIV_V2:
+            self.requests.kill_privs = True
+
+            def invalidate(node_id, notify=session.notify_inval_inode):
+                notify(node_id, -1)  # attributes only: the kernel holds the written pages locked
+
+            self.requests.attributes_changed = invalidate
+        if conn.flags & abi.PASSTHROUGH:
+            self.requests.backing_open = session.backing_open
+            self.requests.backing_close = session.backing_close
+        elif session.want & abi.PASSTHROUGH:
+            log.debug("passthrough: the kernel does not offer it; reads and writes go through the daemon")
 
     async def destroy(self) -> None:
         pass
@@ -81,6 +118,7 @@ class NativeOperations(Operations):
             node,
             SetAttr(changes.size, changes.mode, changes.uid, changes.gid, changes.atime_ns, changes.mtime_ns),
             fh,
+            ctx if ctx.kill_suidgid else None,
         )
 
     async def readlink(self, node, ctx):
@@ -108,13 +146,13 @@ class NativeOperations(Operations):
         return await self.requests.link(node, new_parent, new_name)
 
     async def open(self, node, flags, ctx):
-        return _file_info(await self.requests.open(node, flags))
+        return _file_info(await self.requests.open(node, flags, ctx if ctx.kill_suidgid else None))
 
     async def read(self, node, fh, offset, size, ctx):
         return await self.requests.read(fh, offset, size)
 
     async def write(self, node, fh, offset, data, ctx):
-        return await self.requests.write(fh, offset, data)
+        return await self.requests.write(fh, offset, data, ctx if ctx.kill_suidgid else None)
 
     async def statfs(self, node, ctx):
         return _statvfs(await self.requests.statfs())
@@ -135,7 +173,7 @@ class NativeOperations(Operations):
         return await self.requests.copy_file_range(fh_in, off_in, fh_out, off_out, length, flags)
 
     async def setxattr(self, node, name, value, flags, ctx):
-        await self.requests.setxattr(node, name, value, flags)
+        await self.requests.setxattr(node, name, value, flags, ctx.kill_suidgid)
 
     async def getxattr(self, node, name, ctx):
         return await self.requests.getxattr(node, name)
@@ -187,6 +225,13 @@ class NativeMount:
         self.mountpoint = opts.mountpoint
         # allow_root is allow_other in the kernel plus a filter in the daemon (as libfuse does it)
         self.allow_root = "allow_root" in options
+        # Passthrough needs CAP_SYS_ADMIN (of the first user namespace) and an upper to pass through to.
+        self.passthrough = opts.passthrough and os.geteuid() == 0 and requests.union.stack.upper is not None
+        self.stack_depth = 1
+        if self.passthrough:
+            self.stack_depth = 1 + _stack_depth(opts.upper)
+            if self.stack_depth > abi.MAX_STACK_DEPTH:
+                self.passthrough = False
         if self.allow_root:
             options = [o for o in options if o != "allow_root"]
             options += [] if "allow_other" in options else ["allow_other"]
@@ -209,7 +254,9 @@ class NativeMount:
         """
         from ..protocol.session import Session
 
-        session = Session(NativeOperations(self.requests), self.fd, flags=INIT_FLAGS)
+        ops = NativeOperations(self.requests)
+        flags = INIT_FLAGS | (PASSTHROUGH_FLAGS if self.passthrough else 0)
+        session = ops.session = Session(ops, self.fd, flags=flags, max_stack_depth=self.stack_depth)
         if self.allow_root:
             session.deny_others(os.geteuid())
         self._signalled = signalled
@@ -265,6 +312,27 @@ class NativeMount:
             fuse_mount.unmount(self.mountpoint)
         except fuse_mount.MountError as exc:
             log.warning("unmounting %s: %s", self.mountpoint, exc)
+
+
+def _stack_depth(path) -> int:
+    """How deep the filesystem holding *path* is stacked: 1 on an overlay, else 0 (FUSE's own depth is
+    not visible from here; a backing file deeper than assumed is refused by the kernel, ELOOP, and that
+    file is then not passed through)."""
+    try:
+        import ctypes
+
+        return 1 if _statfs_type(path, ctypes) == _OVERLAYFS_MAGIC else 0
+    except OSError:
+        return 0
+
+
+def _statfs_type(path, ctypes) -> int:
+    libc = ctypes.CDLL(None, use_errno=True)
+    buf = ctypes.create_string_buffer(120)  # struct statfs; f_type is its first word
+    if libc.statfs(os.fsencode(path), buf) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return int.from_bytes(buf.raw[:8], "little")
 
 
 def _loop_needed() -> None:

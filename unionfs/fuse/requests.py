@@ -21,6 +21,7 @@ import itertools
 import os
 import stat
 from collections import namedtuple
+from collections.abc import Callable
 
 from ..engine import Caller, UnionEngine
 from ..engine.idmap import IdMap
@@ -32,6 +33,7 @@ log = get_logger("unionfs")
 THREAD_COPY_MIN = 1 << 20
 
 _S_IFDIR = stat.S_IFDIR
+_SUIDGID = stat.S_ISUID | stat.S_ISGID
 
 
 class Entry(
@@ -65,8 +67,9 @@ class Entry(
 
 # The records are collections.namedtuple, not typing.NamedTuple: importing typing costs a mount
 # program about 4 ms of its start.
-Opened = namedtuple("Opened", "fh keep_cache direct_io")
-Opened.__doc__ = """An open file: its handle number and the open flags of the reply."""
+Opened = namedtuple("Opened", "fh keep_cache direct_io backing_id", defaults=(0,))
+Opened.__doc__ = """An open file: its handle number and the open flags of the reply. *backing_id*: not 0 when
+the kernel is to read and write the backing file itself (a backing id of `backing_open`)."""
 
 SetAttr = namedtuple("SetAttr", "size mode uid gid atime_ns mtime_ns", defaults=(None, None, None, None, None, None))
 SetAttr.__doc__ = """What a setattr changes; None leaves a field alone. uid/gid as the caller sees them (before
@@ -100,6 +103,26 @@ def _noop():
     pass
 
 
+def _ignore(_):
+    pass
+
+
+def _in_group(caller, gid: int) -> bool:
+    """Whether the caller (uid, gid, pid) is root (taken as privileged: a chown by root keeps a
+    set-group-ID without group execute) or has *gid* as its group or a supplementary one (from /proc,
+    as the request does not carry them); in doubt, no."""
+    if caller.uid == 0 or caller.gid == gid:
+        return True
+    try:
+        with open(f"/proc/{caller.pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Groups:"):
+                    return str(gid).encode() in line.split()[1:]
+    except OSError:
+        pass
+    return False
+
+
 class _DirHandle:
     __slots__ = ("node", "names")
 
@@ -116,13 +139,17 @@ class UnionRequests:
       request's copy-up), so the backend can keep reading requests meanwhile; before its event loop
       runs, the native backend's raises LoopNeeded there (nothing is changed yet at that point).
     - `bare_entries`: whether the backend can send a readdirplus entry without attributes (node id 0).
+    - `backing_open`, `backing_close`: where the kernel passes reads and writes through to backing
+      files (FUSE_PASSTHROUGH), backing_open(fd) registers the open file and returns its backing id
+      (OSError when refused) and backing_close(id) lets go of one; None: every read and write comes here.
     """
 
     # What the backend asks the kernel for at INIT (FUSE capabilities):
     # The write-back cache is off: with it the kernel flushes its own mtime/ctime with a setattr at
     # close, which cannot be told from a user's utimes and would copy a lower file up (or fail on an
     # unlinked one). Measured it gained little: 4 KiB writes cost a getxattr(security.capability)
-    # request each either way, and 1 MiB writes ran at the same speed.
+    # request each either way (before HANDLE_KILLPRIV_V2), and 1 MiB writes ran at the same speed. The
+    # kernel also refuses passthrough with it.
     writeback_cache = False
     posix_acl = True  # the engine keeps system.posix_acl_* xattrs; the kernel enforces them
     dot_lookup = True  # lookup of "." and ".." answers (export by file handle)
@@ -135,6 +162,13 @@ class UnionRequests:
         self.gid_map = gid_map or IdMap()
         self.before_wait = _noop
         self.bare_entries = True
+        self.kill_privs = False
+        self.attributes_changed: Callable[[int], None] = _ignore
+        self.backing_open: Callable[[int], int] | None = None
+        self.backing_close: Callable[[int], None] = _ignore
+        self._has_upper = union.stack.upper is not None
+        self._backing = {}  # node id -> [backing id, open handles passed through with it]
+        self._passed = {}  # fh -> node id, for the handles passed through
         self._node = union.nodes.get
         self._files = {}
         self._dirs = {}
@@ -276,8 +310,10 @@ class UnionRequests:
         except Exception as exc:
             raise _failure(exc, "getattr", (node_id,)) from None
 
-    async def setattr(self, node_id: int, changes: SetAttr, fh: int | None = None) -> Entry:
-        """Change what *changes* names (on the open file *fh* where given); the attributes after."""
+    async def setattr(self, node_id: int, changes: SetAttr, fh: int | None = None, kill_for=None) -> Entry:
+        """Change what *changes* names (on the open file *fh* where given); the attributes after.
+        *kill_for*: the caller (a Context) when the kernel asks to clear set-user-ID and set-group-ID
+        too (a truncate by a caller without CAP_FSETID, or a chown; HANDLE_KILLPRIV_V2)."""
         try:
             node = self._node(node_id)
             size, mode, uid, gid, atime_ns, mtime_ns = changes
@@ -296,9 +332,33 @@ class UnionRequests:
                 mtime_ns=mtime_ns,
                 handle=self._files.get(fh) if fh is not None else None,
             )
+            if kill_for is not None:
+                st = self._kill_suidgid(node, st, kill_for, self._files.get(fh) if fh is not None else None)
             return self._entry(node, st)
         except Exception as exc:
             raise _failure(exc, "setattr", (node_id, changes, fh)) from None
+
+    def _kill_suidgid(self, node, st, caller, handle=None):
+        """Clear a regular file's set-user-ID, and its set-group-ID where the group may execute or
+        *caller* is not in the group, as the VFS does on write, truncate and chown by a caller without
+        CAP_FSETID (with HANDLE_KILLPRIV_V2 the kernel leaves it to the filesystem; the daemon's own
+        write, with CAP_FSETID, would not). The backing filesystem drops security.capability itself
+        on the daemon's write, truncate or chown. The kernel is told to drop the mode it caches (it
+        refreshes only size and times after a write). Returns the attributes after."""
+        mode = st.st_mode
+        if not stat.S_ISREG(mode) or not mode & (stat.S_ISUID | stat.S_ISGID):
+            return st
+        kill = mode & stat.S_ISUID
+        if mode & stat.S_ISGID and (mode & stat.S_IXGRP or not _in_group(caller, self.gid_map.shown(st.st_gid))):
+            kill |= stat.S_ISGID
+        if not kill:
+            return st
+        st = self.union.setattr(node, mode=stat.S_IMODE(mode) & ~kill, handle=handle)
+        try:
+            self.attributes_changed(node.id)
+        except OSError as exc:
+            log.debug("invalidating the attributes of %d: %s", node.id, exc)
+        return st
 
     async def readlink(self, node_id: int) -> bytes:
         try:
@@ -482,14 +542,81 @@ class UnionRequests:
     def _opened(self, handle) -> Opened:
         fh = next(self._fh)
         self._files[fh] = handle
-        return _new(Opened, (fh, True, False))
+        if self.backing_open is None:
+            return _new(Opened, (fh, True, False, 0))
+        backing = self._pass_through(fh, handle)
+        # An upper file may have been written past the kernel's page cache (passed through): an open
+        # that is not passed through starts with no cached pages.
+        return _new(Opened, (fh, handle.layer != 0, False, backing))
 
-    async def open(self, node_id: int, flags: int) -> Opened:
-        """flags: open(2) flags as the kernel passes them."""
+    def _pass_through(self, fh: int, handle) -> int:
+        """The backing id this open may pass through with, or 0.
+
+        Only a file in the upper layer: no later copy-up can change what backs it. A lower file's
+        reads must keep coming here, so that a read-only open made before a copy-up reads the copy
+        (as the kernel overlay reopens the real file). The kernel wants one backing file for all the
+        opens of a node, and none of them without it: a node already open without passthrough (opened
+        in a lower layer, copied up since) stays so until its last close.
+        """
+        node = handle.node
+        register = self.backing_open
+        if register is None or not self._has_upper or handle.layer != 0 or node.layer != 0:
+            return 0
+        held = self._backing.get(node.id)
+        if held is None:
+            if len(node.handles) > 1:
+                return 0
+            if self.kill_privs and self._mode_of(handle) & _SUIDGID:
+                # Its writes must come here to clear those bits: passed through, the kernel writes
+                # with the daemon's privileges and, with HANDLE_KILLPRIV_V2, asks nobody to clear them.
+                return 0
+            try:
+                backing = register(handle.fd)
+            except OSError as exc:
+                if exc.errno not in (errno.ELOOP, errno.EOVERFLOW, errno.EXDEV):
+                    # not for this mount at all (not privileged, not agreed, no such ioctl): stop asking
+                    self.backing_open = None
+                log.debug("passthrough refused (%s): reads and writes go through the daemon", exc)
+                return 0
+            held = self._backing[node.id] = [backing, 0]
+        held[1] += 1
+        self._passed[fh] = node.id
+        return held[0]
+
+    def _mode_of(self, handle) -> int:
+        """The mode of an open file as shown: its backing file's (fstat), unless ownership records
+        may say another."""
+        if self.union.stack.layers[handle.layer].record is None:
+            return os.fstat(handle.fd).st_mode
+        return self.union.getattr(handle.node).st_mode
+
+    def _passed_released(self, fh: int) -> None:
+        node_id = self._passed.pop(fh, None)
+        if node_id is None:
+            return
+        held = self._backing[node_id]
+        held[1] -= 1
+        if held[1] == 0:
+            del self._backing[node_id]
+            try:
+                self.backing_close(held[0])
+            except OSError as exc:
+                log.debug("closing backing id %d: %s", held[0], exc)
+
+    async def open(self, node_id: int, flags: int, kill_for=None) -> Opened:
+        """flags: open(2) flags as the kernel passes them. *kill_for*: the caller (a Context) of an
+        O_TRUNC open without CAP_FSETID: set-user-ID and set-group-ID go (HANDLE_KILLPRIV_V2)."""
         try:
             node = self._node(node_id)
             await self._copy_up(self.union.copy_up_for_open, node, flags)
-            return self._opened(self.union.open(node, flags))
+            handle = self.union.open(node, flags)
+            if kill_for is not None and flags & os.O_TRUNC:
+                try:
+                    self._kill_suidgid(node, self.union.getattr(node), kill_for, handle)
+                except BaseException:
+                    self.union.release(handle)
+                    raise
+            return self._opened(handle)
         except Exception as exc:
             raise _failure(exc, "open", (node_id, flags)) from None
 
@@ -507,10 +634,15 @@ class UnionRequests:
         except Exception as exc:
             raise _failure(exc, "read", (fh, offset, size)) from None
 
-    async def write(self, fh: int, offset: int, data: bytes) -> int:
-        """The number of bytes written."""
+    async def write(self, fh: int, offset: int, data: bytes, kill_for=None) -> int:
+        """The number of bytes written. *kill_for*: the writer (a Context), who has no CAP_FSETID, so
+        set-user-ID and set-group-ID go (HANDLE_KILLPRIV_V2: the kernel says so on every such write)."""
         try:
-            return self.union.write(self._files[fh], offset, data)
+            handle = self._files[fh]
+            # (the kernel flags every write of such a caller: most files have neither bit)
+            if kill_for is not None and self._mode_of(handle) & _SUIDGID:
+                self._kill_suidgid(handle.node, self.union.getattr(handle.node), kill_for, handle)
+            return self.union.write(handle, offset, data)
         except Exception as exc:
             raise _failure(exc, "write", (fh, offset, len(data))) from None
 
@@ -547,6 +679,8 @@ class UnionRequests:
 
     async def release(self, fh: int) -> None:
         try:
+            if self._passed:
+                self._passed_released(fh)
             self.union.release(self._files.pop(fh))
         except Exception as exc:
             raise _failure(exc, "release", (fh,)) from None
@@ -566,12 +700,18 @@ class UnionRequests:
         except Exception as exc:
             raise _failure(exc, "listxattr", (node_id,)) from None
 
-    async def setxattr(self, node_id: int, name: bytes, value: bytes, flags: int = 0) -> None:
-        """flags: XATTR_CREATE / XATTR_REPLACE, or 0."""
+    async def setxattr(self, node_id: int, name: bytes, value: bytes, flags: int = 0, kill_sgid: bool = False) -> None:
+        """flags: XATTR_CREATE / XATTR_REPLACE, or 0. *kill_sgid*: setting this access ACL clears
+        set-group-ID, the caller being neither in the file's group nor privileged (SETXATTR_EXT's
+        SETXATTR_ACL_KILL_SGID: what the VFS does on a chmod; the daemon's own setxattr would not)."""
         try:
             node = self._node(node_id)
             await self._copy_up(self.union.copy_up_for_xattr, node, name)
             self.union.setxattr(node, name, value, flags)
+            if kill_sgid and name == b"system.posix_acl_access":  # a default ACL changes no mode
+                mode = self.union.getattr(node).st_mode
+                if mode & stat.S_ISGID:
+                    self.union.setattr(node, mode=stat.S_IMODE(mode) & ~stat.S_ISGID)
         except Exception as exc:
             raise _failure(exc, "setxattr", (node_id, name)) from None
 

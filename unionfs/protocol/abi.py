@@ -303,6 +303,14 @@ ATTR_DAX = 1 << 1
 # fuse_notify_inval_entry_out.flags (7.38)
 EXPIRE_ONLY = 1 << 0
 
+# ioctls on the /dev/fuse fd (7.40, root only): register a backing file for FOPEN_PASSTHROUGH, by
+# struct fuse_backing_map {s32 fd; u32 flags; u64 padding} -> a backing id; close one by its id (u32).
+DEV_IOC_BACKING_OPEN = (1 << 30) | (16 << 16) | (229 << 8) | 1  # _IOW(229, 1, struct fuse_backing_map)
+DEV_IOC_BACKING_CLOSE = (1 << 30) | (4 << 16) | (229 << 8) | 2  # _IOW(229, 2, uint32_t)
+BACKING_MAP = struct.Struct("<iIQ")
+# The deepest stack a kernel lets a filesystem make (FILESYSTEM_MAX_STACK_DEPTH)
+MAX_STACK_DEPTH = 2
+
 # The kernel refuses a read buffer smaller than this, and than header + write_in + max_write.
 MIN_READ_BUFFER = 8192
 

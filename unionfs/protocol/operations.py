@@ -163,9 +163,15 @@ class Entry:
 
 
 class FileInfo:
-    """An open's answer: the file handle and how the kernel should cache (fuse_open_out)."""
+    """An open's answer: the file handle and how the kernel should cache (fuse_open_out).
 
-    __slots__ = ("fh", "open_flags")
+    *backing_id*: a backing file registered with `Session.backing_open` (PASSTHROUGH agreed): the
+    kernel then reads and writes that file itself (FOPEN_PASSTHROUGH), the filesystem sees no READ or
+    WRITE of this open. Every open of one node must then name the same backing id, and none may go
+    without it while such an open lives (the kernel fails the open with EIO otherwise).
+    """
+
+    __slots__ = ("fh", "open_flags", "backing_id")
 
     def __init__(
         self,
@@ -179,8 +185,10 @@ class FileInfo:
         noflush=False,
         parallel_direct_writes=False,
         open_flags=0,
+        backing_id=0,
     ):
         self.fh = fh
+        self.backing_id = backing_id
         self.open_flags = (
             open_flags
             | (1 if direct_io else 0)
@@ -190,10 +198,11 @@ class FileInfo:
             | (16 if stream else 0)
             | (32 if noflush else 0)
             | (64 if parallel_direct_writes else 0)
+            | (abi.FOPEN_PASSTHROUGH if backing_id else 0)
         )
 
     def __repr__(self):
-        return f"FileInfo(fh={self.fh}, open_flags={self.open_flags:#x})"
+        return f"FileInfo(fh={self.fh}, open_flags={self.open_flags:#x}, backing_id={self.backing_id})"
 
 
 class SetAttr:

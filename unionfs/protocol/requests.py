@@ -135,7 +135,7 @@ class Requests:
     @staticmethod
     def _open_out(info) -> bytes:
         if isinstance(info, FileInfo):
-            return abi.OPEN_OUT.pack(info.fh, info.open_flags, 0)
+            return abi.OPEN_OUT.pack(info.fh, info.open_flags, info.backing_id)
         return abi.OPEN_OUT.pack(info, 0, 0)
 
     def _data(self, unique: int, data, limit=None):
@@ -172,6 +172,9 @@ class Requests:
         for flag, since in abi.FLAG_MINOR.items():
             if since > proto:
                 agreed &= ~flag
+        if not self.max_stack_depth or agreed & abi.WRITEBACK_CACHE:
+            # the kernel enables passthrough only with a stack depth and without the write-back cache
+            agreed &= ~abi.PASSTHROUGH
         if agreed >> 32:
             if offered & abi.INIT_EXT:
                 agreed |= abi.INIT_EXT
@@ -217,7 +220,7 @@ class Requests:
             max_pages,
             0,
             agreed >> 32,
-            0,
+            self.max_stack_depth if agreed & abi.PASSTHROUGH else 0,
             0,
         )
         if proto < 5:

@@ -125,7 +125,9 @@ class Session(Requests):
     *flags*: the INIT flags (abi.*) the filesystem wants; only those the kernel offers are agreed.
     *max_write*: the largest write request (with MAX_PAGES; without it the kernel sends at most 128 KiB).
     *max_readahead*: None leaves the kernel's. *max_background*, *congestion_threshold*: 0 leaves the
-    kernel's. The session does not close *fd*.
+    kernel's. *max_stack_depth* (1 or 2): with PASSTHROUGH in *flags*, how deep the backing files'
+    filesystems may be stacked themselves, plus one (the kernel refuses a backing file deeper than that,
+    and no other filesystem may stack on this one deeper than it). The session does not close *fd*.
     """
 
     def __init__(
@@ -139,6 +141,7 @@ class Session(Requests):
         max_background: int = 0,
         congestion_threshold: int = 0,
         time_gran: int = 1,
+        max_stack_depth: int = 1,
     ):
         self.ops = ops
         self.fd = fd
@@ -148,6 +151,7 @@ class Session(Requests):
         self.max_background = max_background
         self.congestion_threshold = congestion_threshold
         self.time_gran = time_gran
+        self.max_stack_depth = max(0, min(abi.MAX_STACK_DEPTH, max_stack_depth))
         self.conn = None  # a Conn once INIT is answered
         self.proto_minor = 0
         self.requests = 0  # answered or not: every request read
@@ -394,6 +398,24 @@ class Session(Requests):
                 self._ended = True
                 return
             log.error("writing a reply failed: %s", exc)
+
+    # ------------------------------------------------------------------ passthrough
+
+    def backing_open(self, fd: int) -> int:
+        """Register the open file *fd* as a backing file (PASSTHROUGH agreed; the daemon needs
+        CAP_SYS_ADMIN): its backing id, for FileInfo(backing_id=...). The kernel keeps its own
+        reference to the file: *fd* may be closed at once. OSError: EPERM (not privileged, or
+        passthrough not agreed), ELOOP (the file's filesystem is stacked too deep), EOPNOTSUPP ..."""
+        import fcntl
+
+        arg = bytearray(abi.BACKING_MAP.pack(fd, 0, 0))
+        return fcntl.ioctl(self.fd, abi.DEV_IOC_BACKING_OPEN, arg, True)  # mutable: returns the id
+
+    def backing_close(self, backing_id: int) -> None:
+        """Let go of a backing id (opens already answered with it keep their file)."""
+        import fcntl
+
+        fcntl.ioctl(self.fd, abi.DEV_IOC_BACKING_CLOSE, bytearray(backing_id.to_bytes(4, "little")), True)
 
     # ------------------------------------------------------------------ notifications
 

@@ -1,0 +1,80 @@
+"""The kernel keeps symlink targets (CACHE_SYMLINKS): a second readlink reaches no daemon, and a
+target is never stale after the name is replaced, the symlink copied up, or its inode number reused.
+
+Requests are counted from outside (`fuse:fuse_request_send`); targets are compared with the kernel
+overlay's over identical layers.
+"""
+
+import os
+
+import pytest
+
+from tests.helpers.fuserequests import counting_requests, why_not_counting
+from tests.util import FUSE_SKIP_REASON, kernel_overlay_skip_reason, mount_kernel_overlay, mount_pyunionfs
+from unionfs.options import default_backend
+from unionfs.protocol import abi
+
+pytestmark = [
+    pytest.mark.mount,
+    pytest.mark.timeout(120),
+    pytest.mark.skipif(FUSE_SKIP_REASON is not None, reason=FUSE_SKIP_REASON or ""),
+]
+
+
+def _layers(root):
+    lower, upper, work, mnt = root / "lower", root / "upper", root / "work", root / "mnt"
+    for d in (lower, upper, work, mnt):
+        d.mkdir(parents=True)
+    os.symlink("lower/target", lower / "lo_link")
+    os.symlink("upper/target", upper / "up_link")
+    return lower, upper, work, mnt
+
+
+def _steps(mnt):
+    out = [os.readlink(mnt / "lo_link"), os.readlink(mnt / "up_link"), os.readlink(mnt / "lo_link")]
+    os.chown(mnt / "lo_link", 1234, 1234, follow_symlinks=False)  # copies the symlink up
+    out.append(os.readlink(mnt / "lo_link"))
+    os.unlink(mnt / "up_link")
+    os.symlink("replaced", mnt / "up_link")
+    out.append(os.readlink(mnt / "up_link"))
+    # names made and removed in turn: the upper filesystem may give a new symlink a freed inode number
+    for i in range(20):
+        os.symlink(f"target-{i}", mnt / f"s{i}")
+        out.append(os.readlink(mnt / f"s{i}"))
+        os.unlink(mnt / f"s{i}")
+    return out
+
+
+@pytest.mark.kernel
+def test_symlink_targets_as_on_the_kernel(tmp_path):
+    reason = kernel_overlay_skip_reason()
+    if reason:
+        pytest.skip(reason)
+    results = {}
+    for side in ("kernel", "pyunionfs"):
+        lower, upper, work, mnt = _layers(tmp_path / side)
+        mount = mount_kernel_overlay if side == "kernel" else mount_pyunionfs
+        with mount(mnt, [lower], upper, work):
+            results[side] = _steps(mnt)
+    assert results["pyunionfs"] == results["kernel"]
+
+
+@pytest.mark.skipif(default_backend() != "native", reason="the native backend's negotiation")
+def test_second_readlink_is_no_request(tmp_path):
+    reason = why_not_counting()
+    if reason:
+        pytest.skip(reason)
+    lower, upper, work, mnt = _layers(tmp_path)
+    with mount_pyunionfs(mnt, [lower], upper, work):
+        try:
+            ctx = counting_requests(tmp_path, mnt, (abi.READLINK,))
+            counter = ctx.__enter__()
+        except RuntimeError as exc:
+            pytest.skip(str(exc))
+        try:
+            targets = [os.readlink(mnt / "lo_link") for _ in range(5)]
+            count = counter.count()
+        finally:
+            ctx.__exit__(None, None, None)
+    assert targets == ["lower/target"] * 5
+    assert count == 1
