@@ -22,6 +22,7 @@ import sys
 from ..engine import LayerInUse, UnionEngine
 from ..errors import MountError
 from ..logger import DEBUG, INFO, WARNING, configure_later, get_logger
+from ..logger import load as load_logging
 from .requests import UnionRequests
 
 log = get_logger("unionfs")
@@ -154,6 +155,7 @@ def run(opts, gc_after_mount: bool = False) -> int:
                 f"the pyfuse3 backend needs pyfuse3 ({exc}); install it (pip install 'unionfs[pyfuse3]') "
                 "or use -o backend=native"
             ) from None
+        load_logging()  # pyfuse3 loaded logging: its own records go to the daemon's handlers from now on
     mounted = Mount(requests, opts, mount_options(opts))  # MountError: the layers are let go
     if not opts.foreground:
         _daemonize()
