@@ -476,3 +476,27 @@ def test_unionfs_without_fuse(tmp_path):
         with pytest.raises(OSError) as e:
             ro.write_bytes("a/b", b"x")
         assert e.value.errno == errno.EROFS
+
+
+def test_unionfs_holds_no_nodes_between_calls(tmp_path):
+    """The path API needs no bookkeeping: the engine keeps only what a caller, a child or an open file
+    holds, so after each call only the root is left (and what open files hold)."""
+    L = make_layers(tmp_path / "u", {"lower0": {"d/a": "a", "d/e/f": "f", "c": "c"}, "upper": {"u": "u"}})
+    with UnionFS(L.lowers, L.upper, L.work) as fs:
+        nodes = fs.union.nodes
+        fs.write_bytes("d/a", b"changed")
+        fs.mkdir("d/new")
+        fs.symlink("c", "d/new/s")
+        fs.link("c", "d/c2")
+        fs.rename("d/c2", "d/c3")
+        assert sorted(fs.listdir("d")) == ["a", "c3", "e", "new"]
+        fs.stat("d/e/f")
+        assert len(nodes) == 1
+        with fs.open("d/e/f", "rb") as f:
+            assert len(nodes) == 4  # d/e/f, held by the open file, holds d/e and d
+            assert f.read() == b"f"
+        del f  # a closed file object still names its handle
+        assert len(nodes) == 1
+        # st_ino as a mount shows it, the backing file's
+        assert fs.stat("d/e/f").st_ino == os.lstat(L.lowers[0] / "d/e/f").st_ino
+        assert fs.stat("u").st_ino == os.lstat(L.upper / "u").st_ino

@@ -39,7 +39,6 @@ class Files:
     def new_handle(self, fd: int, node: Node, layer: int, flags: int) -> FileHandle:
         """A handle of the open fd (of the node's backing in layer), counted on the node."""
         handle = FileHandle(fd, node, layer, flags & ACCMODE != os.O_RDONLY)
-        node.opens += 1
         node.handles.append(handle)
         return handle
 
@@ -104,17 +103,13 @@ class Files:
             node.handles.remove(handle)
         except ValueError:
             pass
-        node.opens -= 1
-        self.nodes.maybe_drop(node)
 
     def opendir(self, node: Node) -> None:
         if not node.is_dir:
             raise OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
-        node.opens += 1
 
     def releasedir(self, node: Node) -> None:
-        node.opens -= 1
-        self.nodes.maybe_drop(node)
+        pass  # the directory handle held the node; nothing else to undo
 
     def readlink(self, node: Node) -> bytes:
         parent, _, name = self.resolution.rel(node, node.layer).rpartition(b"/")

@@ -149,7 +149,7 @@ class Resolution:
         return node
 
     def child(self, parent: Node, name: bytes) -> Node:
-        """The node of parent/name without taking a lookup reference; ENOENT if absent."""
+        """The node of parent/name; ENOENT if absent."""
         if not parent.is_dir:
             raise OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
         check_name(name)
@@ -171,7 +171,7 @@ class Resolution:
         return self.attach(parent, name, *found)
 
     def lookup(self, parent: Node, name: bytes):
-        """(node, stat) of parent/name, counting one kernel lookup of the node."""
+        """(node, stat) of parent/name ("." and ".." too); it becomes the name the node is reached by."""
         if name == b".":
             node = parent
         elif name == b"..":
@@ -179,14 +179,7 @@ class Resolution:
         else:
             node = self.child(parent, name)
             self.nodes.prefer_name(node, parent, name)
-        st = self.attributes.getattr(node)
-        node.lookups += 1
-        return node, st
-
-    def forget(self, node_id: int, count: int) -> None:
-        node = self.nodes.by_id.get(node_id)
-        if node is not None:
-            self.nodes.forget(node, count)
+        return node, self.attributes.getattr(node)
 
     def lower_visible(self, parent: Node, name: bytes) -> bool:
         """Whether a lower layer merged into *parent* shows *name* (so removing it needs a whiteout)."""
