@@ -420,3 +420,24 @@ def test_error_boundary_passes_oserror_without_an_error_line(layers, caplog, mon
         monkeypatch.setattr(r.union, "getattr", no_errno)
         assert errno_of(r.getattr, ROOT_ID) == errno.EIO
     assert caplog.records == []
+
+
+def test_a_copied_up_file_keeps_its_st_ino_after_the_kernel_forgets_it(layers):
+    # As the kernel overlay (samefs): the copy records its origin, so a fresh node shows the lower's number.
+    write(f"{layers.dirs['lower']}/f", b"x")
+    lower_ino = os.lstat(f"{layers.dirs['lower']}/f").st_ino
+    r = layers()
+
+    async def scenario():
+        f = await r.lookup(ROOT_ID, b"f")
+        assert f.st_ino == lower_ino
+        opened = await r.open(f.node_id, os.O_WRONLY)
+        await r.write(opened.fh, 1, b"y")
+        await r.release(opened.fh)
+        await r.forget([(f.node_id, 1)])
+        assert len(r.union.nodes) == 1  # nobody holds it: gone
+        again = await r.lookup(ROOT_ID, b"f")
+        assert again.st_ino == lower_ino and again.size == 2
+
+    run(scenario)
+    assert os.lstat(f"{layers.dirs['upper']}/f").st_ino != lower_ino

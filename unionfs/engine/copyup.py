@@ -262,7 +262,7 @@ class CopyUp:
                 skip=ownership.NAMES if attributes.records_in_use else (),
                 private=self.stack.private_xattrs,
             )
-        indexed = self.index.record_origin(job)
+        recorded = self.index.record_origin(job)
         parent, name = node.names[0]
         self.move_into_upper(job.tmp_name, parent, name)
         job.tmp_name = None
@@ -271,7 +271,7 @@ class CopyUp:
         node.xattr_names = None
         if node.is_dir:
             node.merge = (0,) + tuple(node.merge)
-        if self.index.keep_identity(node, upper_st, indexed):
+        if self.index.keep_identity(node, recorded):
             return
         self.nodes.rekey(node, (0, upper_st.st_dev, upper_st.st_ino))
         node.shared_lower = False

@@ -142,7 +142,7 @@ class Resolution:
         key = (index, st.st_dev, st.st_ino)
         is_dir = stat.S_ISDIR(st.st_mode)
         shared = (index != 0 or self.stack.upper is None) and not is_dir and st.st_nlink > 1
-        if self.index.pos is not None and not is_dir:
+        if not is_dir and (index == 0 or self.index.pos is not None):
             index, key, shared = self.index.node_identity(parent, name, index, st, key, shared)
         node = self.nodes.attach(parent, name, key, is_dir, index, merge, lpaths, redirect)
         node.shared_lower = shared

@@ -1,0 +1,103 @@
+"""st_ino as the kernel overlay shows it, with every layer on one filesystem (the kernel's samefs case,
+default module parameters: xino and index off), compared with a kernel mount of the same lowers.
+
+Each side has its own upper, so numbers are compared by what they name: "lower:PATH" for a lower
+file's inode number, "upper:PATH" for the side's own upper file's. The kernel shows a lower file's
+number, keeps it when the file is copied up (it records the origin) and after a remount, except for a
+lower file with several names, whose copy shows the upper file's number (its names split).
+"""
+
+import os
+
+import pytest
+
+from tests.util import FUSE_SKIP_REASON, kernel_overlay_skip_reason, mount_kernel_overlay, mount_pyunionfs
+
+pytestmark = [
+    pytest.mark.mount,
+    pytest.mark.kernel,
+    pytest.mark.timeout(120),
+    pytest.mark.skipif(FUSE_SKIP_REASON is not None, reason=FUSE_SKIP_REASON or ""),
+]
+
+NAMES = ("f", "kept", "s", "p", "h1", "h2", "d/x", "new")
+
+
+@pytest.fixture
+def lower(tmp_path):
+    reason = kernel_overlay_skip_reason()
+    if reason:
+        pytest.skip(reason)
+    lower = tmp_path / "lower"
+    (lower / "d").mkdir(parents=True)
+    for name in ("f", "kept", "h1", "d/x"):
+        (lower / name).write_text(name + "\n")
+    os.link(lower / "h1", lower / "h2")
+    os.symlink("f", lower / "s")
+    os.mkfifo(lower / "p")
+    return lower
+
+
+def change(mnt):
+    """Copy up a file, a symlink, a fifo, one name of a hard link and a file in a directory; make one."""
+    for name in ("f", "h1", "d/x"):
+        with open(os.path.join(mnt, name), "a") as f:
+            f.write("changed\n")
+    os.chown(os.path.join(mnt, "s"), 5, 5, follow_symlinks=False)
+    os.chown(os.path.join(mnt, "p"), 5, 5)
+    with open(os.path.join(mnt, "new"), "w") as f:
+        f.write("new\n")
+
+
+def labels(*roots):
+    """st_ino -> "KIND:PATH" of every entry under the (kind, root) pairs (a file with several names:
+    the first name in sorted order)."""
+    out = {}
+    for kind, root in roots:
+        for dirpath, dirs, files in os.walk(root):
+            for name in sorted(dirs + files):
+                p = os.path.join(dirpath, name)
+                out.setdefault(os.lstat(p).st_ino, "%s:%s" % (kind, os.path.relpath(p, root)))
+    return out
+
+
+def shown(mnt, lower, upper):
+    named = labels(("lower", lower), ("upper", upper))
+    out = {}
+    for name in NAMES:
+        try:
+            ino = os.lstat(os.path.join(mnt, name)).st_ino
+        except FileNotFoundError:
+            continue
+        out[name] = named.get(ino, "other %d" % ino)
+    return out
+
+
+def run_side(tmp_path, who, mount, lower, options=()):
+    root = tmp_path / who
+    upper, work, mnt = root / "upper", root / "work", root / "mnt"
+    for d in (upper, work, mnt):
+        d.mkdir(parents=True)
+    phases = []
+    with mount(mnt, [lower], upper, work, options=list(options)):
+        phases.append(shown(mnt, lower, upper))
+        change(mnt)
+        phases.append(shown(mnt, lower, upper))
+    with mount(mnt, [lower], upper, work, options=list(options)):
+        phases.append(shown(mnt, lower, upper))
+    return phases
+
+
+def test_st_ino_across_copy_up_and_remount_as_the_kernel(tmp_path, lower):
+    kernel = run_side(tmp_path, "kernel", mount_kernel_overlay, lower)
+    ours = run_side(tmp_path, "pyunionfs", mount_pyunionfs, lower)
+    # what the kernel shows, spelled out
+    assert kernel[0] == {name: "lower:" + name for name in NAMES if name != "new"} | {"h2": "lower:h1"}
+    after = dict(kernel[0], h1="upper:h1", new="upper:new")
+    assert kernel[1] == after and kernel[2] == after
+    assert ours[0] == kernel[0], "before any change"
+    assert ours[2] == kernel[2], "after a remount"
+    # Known difference: a node keeps its st_ino while the kernel holds it, so the copied-up name of a
+    # hard link keeps the lower's number until forgotten and the other names get a fresh one.
+    assert ours[1] == dict(kernel[1], h1="lower:h1", h2=ours[1]["h2"]), "after copy-up, in the same mount"
+    assert ours[1]["h2"].startswith("other ")
