@@ -273,7 +273,9 @@ class CopyUp:
             node.merge = (0,) + tuple(node.merge)
         if self.index.keep_identity(node, recorded):
             return
-        self.nodes.rekey(node, (0, upper_st.st_dev, upper_st.st_ino))
+        # A file's copy without an origin (a lower hard link's name, split off) shows its own number, as
+        # on the kernel; a directory keeps the one it showed.
+        self.nodes.rekey(node, (0, upper_st.st_dev, upper_st.st_ino), renumber=not node.is_dir)
         node.shared_lower = False
         if len(node.names) > 1:
             # Copy-up splits a lower hard link (index=off): the other names stay the lower file.

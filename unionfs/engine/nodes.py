@@ -5,7 +5,8 @@ A node is one object of the merged view. Non-directories are keyed by their back
 a copied-up file that records its origin is keyed by that origin (see `Resolution.attach`).
 Directories have exactly one name.
 
-`Node.ino` is the st_ino the union shows, fixed for the node's life. It is derived from the key's inode
+`Node.ino` is the st_ino the union shows (it changes only when a copy-up splits a lower hard link:
+the copy shows its own number, as the kernel's). It is derived from the key's inode
 number, so it is the same when a node is dropped and made again, and matches the layer's own numbering
 when all layers share one filesystem (the kernel's samefs case). When that number is already shown by
 a different live node (after a copy-up changed a node's backing, or a file with inode number 1), a
@@ -62,7 +63,7 @@ class Node:
         self.key = key  # (layer, st_dev, st_ino) of the backing entry, or of the origin it records
         # name -> child Node, held weakly (directories; others have none)
         self.children = WeakValueDictionary() if is_dir else _NO_CHILDREN
-        self.shared_lower = False  # a lower file with other names (hard links): see fuse/requests.py
+        self.shared_lower = False  # a lower file with other names (hard links): see fuse/nodetable.py
         self.handles = []  # open FileHandles, to stat a file whose last name is gone
         self.xattr_names = None  # stored xattr names once listed (the kernel asks for
         #                          security.capability before every write): None = not known
@@ -157,11 +158,17 @@ class NodeTable:
         _set_child(parent, name, node)
         return node
 
-    def rekey(self, node: Node, key) -> None:
-        """The node's backing entry changed (copy-up); its st_ino stays."""
+    def rekey(self, node: Node, key, renumber: bool = False) -> None:
+        """The node's backing entry changed (copy-up); its st_ino stays, or with *renumber* becomes the
+        new key's."""
         if self.by_key.get(node.key) is node:
             del self.by_key[node.key]
         node.key = key
+        if renumber:
+            if self.by_ino.get(node.ino) is node:
+                del self.by_ino[node.ino]
+            node.ino = self._new_ino(key)
+            self.by_ino[node.ino] = node
         # A stale node that claimed this backing loses it: the fresh one wins.
         self.by_key[key] = node
 

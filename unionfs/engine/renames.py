@@ -54,6 +54,7 @@ class Renames:
         if node.is_dir:
             return None
         self.check_rename(parent, name, new_parent, new_name, flags)
+        self.nodes.prefer_name(node, parent, name)  # a file with several names: the one that moves
         return self.copyup.job(node)
 
     def rename(self, parent: Node, name: bytes, new_parent: Node, new_name: bytes, flags: int = 0):

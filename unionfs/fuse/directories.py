@@ -71,7 +71,7 @@ class DirectoryRequests:
                     # The kernel takes no lookup reference for "." and ".." and reads no attributes of
                     # them (fuse_direntplus_link skips them): d_ino and d_type are all that count.
                     target = node if index == 0 else (node.parent or union.root)
-                    if not reply(name, target.ino, _S_IFDIR, None, index + 1):
+                    if not reply(name, self.nodes.shown_ino(target), _S_IFDIR, None, index + 1):
                         return
                     continue
                 child = node.children.get(name)
@@ -83,7 +83,7 @@ class DirectoryRequests:
                             child = union.child(node, name)
                         except OSError:
                             continue  # gone behind the mount since
-                    if not reply(name, child.ino, ftype, None, index + 1):
+                    if not reply(name, self.nodes.shown_ino(child), ftype, None, index + 1):
                         return
                     continue
                 # A file the kernel holds goes without attributes (bare_entries.py): a refresh would
@@ -98,7 +98,7 @@ class DirectoryRequests:
                     and not child.shared_lower
                     and (scanned is None or union.is_scanned_node(child, scanned))
                 ):
-                    if not reply(name, child.ino, ftype, None, index + 1):
+                    if not reply(name, self.nodes.shown_ino(child), ftype, None, index + 1):
                         return
                     continue
                 if scanned is None:  # a listing kept from before: the entry's attributes are looked up
@@ -108,7 +108,7 @@ class DirectoryRequests:
                         continue  # gone behind the mount since
                 else:
                     child, st = union.attach_scanned(node, scanned)
-                entry = self._entry(child, st)
+                entry = self._entry(child, st, node, name)
                 if not reply(name, entry.st_ino, ftype, entry, index + 1):
                     self.nodes.forget(entry.node_id, 1)
                     return

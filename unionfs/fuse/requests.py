@@ -29,6 +29,7 @@ log = logging.getLogger("unionfs")
 
 # Copies smaller than this are done inline: a thread round trip costs more than the copy.
 THREAD_COPY_MIN = 1 << 20
+RENAME_EXCHANGE = 2
 
 
 class Opened(NamedTuple):
@@ -101,6 +102,7 @@ class UnionRequests(DirectoryRequests):
     - `before_wait`: called right before a request waits (a copy-up's byte copy in a thread, or another
       request's copy-up), so the backend can keep reading requests meanwhile.
     - `bare_entries`: whether the backend can send a readdirplus entry without attributes (node id 0).
+    - `nodes.separate_ids`: whether node ids may differ from st_ino (default True; pyfuse3: False).
     """
 
     # What the backend asks the kernel for at INIT (FUSE capabilities):
@@ -121,7 +123,7 @@ class UnionRequests(DirectoryRequests):
         self.gid_map = gid_map or IdMap()
         self.before_wait = _noop
         self.bare_entries = True
-        self.nodes = KernelNodes(union.root, union.reported_nlink, self.uid_map, self.gid_map, timeout)
+        self.nodes = KernelNodes(union, self.uid_map, self.gid_map, timeout)
         self._node = self.nodes.node
         self._entry = self.nodes.entry
         self._files = {}
@@ -201,10 +203,11 @@ class UnionRequests(DirectoryRequests):
         """The entry of parent/name, counting one kernel reference; a negative entry (node_id 0) if absent."""
         try:
             try:
-                node, st = self.union.lookup(self._node(parent_id), name)
+                parent = self._node(parent_id)
+                node, st = self.union.lookup(parent, name)
             except FileNotFoundError:
                 return self.nodes.negative
-            return self._entry(node, st)
+            return self._entry(node, st, parent, name)
         except Exception as exc:
             raise _failure(exc, "lookup", (parent_id, name)) from None
 
@@ -309,7 +312,7 @@ class UnionRequests(DirectoryRequests):
             await self._settled(node)
             await self._copy_up(self.union.copy_up_for_link, node, new_name)
             linked, st = self.union.link(node, self._node(new_parent_id), new_name)
-            return self._entry(linked, st)
+            return self._entry(linked, st, node_id=node_id)  # the same inode, under one more name
         except Exception as exc:
             raise _failure(exc, "link", (node_id, new_parent_id, new_name)) from None
 
@@ -318,6 +321,7 @@ class UnionRequests(DirectoryRequests):
             parent = self._node(parent_id)
             await self._settled_child(parent, name)
             self.union.unlink(parent, name)
+            self.nodes.removed(parent, name)
         except Exception as exc:
             raise _failure(exc, "unlink", (parent_id, name)) from None
 
@@ -331,6 +335,7 @@ class UnionRequests(DirectoryRequests):
             await self._settled_child(new_parent, new_name)
             await self._copy_up(union.copy_up_for_rename, parent, name, new_parent, new_name, flags)
             union.rename(parent, name, new_parent, new_name, flags)
+            self.nodes.moved(parent, name, new_parent, new_name, exchange=bool(flags & RENAME_EXCHANGE))
         except Exception as exc:
             raise _failure(exc, "rename", (parent_id, name, new_parent_id, new_name)) from None
 
