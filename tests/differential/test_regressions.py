@@ -269,3 +269,15 @@ def test_user_overlay_xattrs_are_ordinary_without_userxattr(replay):
         ("removexattr", "a", "user.overlay.x", False),
         ("listxattr", "a", False),
     )
+
+
+def test_exchange_with_a_name_of_a_lower_hard_link_looked_up_before_the_other(replay_redirect):
+    # Found by exploring with fresh seeds once each name of a lower hard link was a node id of its own:
+    # the exchange copied up the name looked up last (hl_a) instead of the one exchanged (hl_b) and
+    # failed with ENOENT; the kernel exchanges hl_b's copy.
+    replay_redirect(
+        ("fd_across", "fifo_l", "rename", "a", b"\x1b"),
+        ("rename2", "fifo_l", "hl_b", "exchange"),
+        ("rename2", "", "hl_a", "noreplace"),
+        ("rename2", "emptyd", "hl_b", "exchange"),
+    )

@@ -525,3 +525,28 @@ def test_unionfs_holds_no_nodes_between_calls(tmp_path):
         # st_ino as a mount shows it, the backing file's
         assert fs.stat("d/e/f").st_ino == os.lstat(L.lowers[0] / "d/e/f").st_ino
         assert fs.stat("u").st_ino == os.lstat(L.upper / "u").st_ino
+
+
+def test_unionfs_changes_the_name_of_a_lower_hard_link_it_is_given(tmp_path):
+    L = make_layers(tmp_path / "u", {"lower0": {"h1": "same"}, "upper": {}})
+    os.link(L.lowers[0] / "h1", L.lowers[0] / "h2")
+    with UnionFS(L.lowers, L.upper, L.work) as fs:
+        with fs.open("h1", "rb"):  # holds the file's node: both names below reach it
+            h1 = fs.stat("h1")
+            fs.stat("h2")  # looked up last
+            fs.chmod("h1", 0o600)  # but the change comes through h1
+        assert sorted(os.listdir(L.upper)) == ["h1"]
+        assert fs.stat("h1").st_mode & 0o777 == 0o600 and fs.stat("h2").st_mode == h1.st_mode
+        assert fs.read_bytes("h2") == b"same"
+
+
+def test_unionfs_a_file_opened_through_a_name_split_off_keeps_its_data(tmp_path):
+    # As the kernel (index=off): names of a lower hard link are separate files once one is copied up.
+    L = make_layers(tmp_path / "u", {"lower0": {"h1": "same"}, "upper": {}})
+    os.link(L.lowers[0] / "h1", L.lowers[0] / "h2")
+    with UnionFS(L.lowers, L.upper, L.work) as fs:
+        with fs.open("h1", "rb") as one, fs.open("h2", "rb") as two:
+            fs.write_bytes("h2", b"mine")
+            assert one.read() == b"same"  # h1 stays the lower file
+            assert two.read() == b"mine"  # opened through the name copied up: reads the copy, as the kernel
+        assert fs.read_bytes("h1") == b"same"

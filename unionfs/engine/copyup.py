@@ -278,7 +278,11 @@ class CopyUp:
         self.nodes.rekey(node, (0, upper_st.st_dev, upper_st.st_ino), renumber=not node.is_dir)
         node.shared_lower = False
         if len(node.names) > 1:
-            # Copy-up splits a lower hard link (index=off): the other names stay the lower file.
+            # Copy-up splits a lower hard link (index=off): the other names stay the lower file, and so
+            # do the files opened through them.
+            for handle in node.handles:
+                if handle.name != node.names[0]:
+                    handle.stays = True
             for parent, other in node.names[1:]:
                 self.nodes.detach(parent, other)
 

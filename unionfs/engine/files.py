@@ -20,10 +20,12 @@ OPEN_KEEP = ACCMODE | os.O_SYNC | os.O_DSYNC | getattr(os, "O_LARGEFILE", 0)
 class FileHandle:
     """An open regular file: a descriptor on its backing in one layer."""
 
-    __slots__ = ("fd", "node", "layer", "writable")
+    __slots__ = ("fd", "node", "layer", "writable", "name", "stays")
 
-    def __init__(self, fd, node, layer, writable):
+    def __init__(self, fd, node, layer, writable, name=None):
         self.fd, self.node, self.layer, self.writable = fd, node, layer, writable
+        self.name = name  # (parent, name) it was opened through
+        self.stays = False  # its name was split off by another name's copy-up: it keeps reading its layer
 
 
 class Files:
@@ -38,7 +40,7 @@ class Files:
 
     def new_handle(self, fd: int, node: Node, layer: int, flags: int) -> FileHandle:
         """A handle of the open fd (of the node's backing in layer), counted on the node."""
-        handle = FileHandle(fd, node, layer, flags & ACCMODE != os.O_RDONLY)
+        handle = FileHandle(fd, node, layer, flags & ACCMODE != os.O_RDONLY, node.names[0] if node.names else None)
         node.handles.append(handle)
         return handle
 
@@ -58,7 +60,7 @@ class Files:
         return self.new_handle(fd, node, node.layer, flags)
 
     def _current_fd(self, handle: FileHandle) -> int:
-        if handle.layer != handle.node.layer and not handle.writable and handle.node.names:
+        if handle.layer != handle.node.layer and not handle.writable and handle.node.names and not handle.stays:
             # The file was copied up after this read-only open: read the new copy, as the kernel does.
             node = handle.node
             fd = self.layers[node.layer].open(self.resolution.rel(node, node.layer), os.O_RDONLY)

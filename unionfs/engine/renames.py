@@ -254,7 +254,10 @@ class Renames:
         self._check_movable(node, new_parent)
         self._check_movable(other, parent)
         redirects = [moving for moving in (node, other) if self._moves_by_redirect(moving)]
+        # Files with several names: the names exchanged are the ones copied up.
+        self.nodes.prefer_name(node, parent, name)
         self.copyup.copy_up(node)
+        self.nodes.prefer_name(other, new_parent, new_name)
         self.copyup.copy_up(other)
         self.copyup.ensure_upper_dir(parent)
         self.copyup.ensure_upper_dir(new_parent)

@@ -149,12 +149,14 @@ class Resolution:
         return node
 
     def child(self, parent: Node, name: bytes) -> Node:
-        """The node of parent/name; ENOENT if absent."""
+        """The node of parent/name; ENOENT if absent. It becomes the name the node is reached by."""
         if not parent.is_dir:
             raise OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
         check_name(name)
         node = parent.children.get(name)
         if node is not None:
+            if node.shared_lower:
+                self.nodes.prefer_name(node, parent, name)  # the name a change came through is copied up
             return node
         absent = parent.absent
         if absent is not None and name in absent:
