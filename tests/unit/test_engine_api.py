@@ -522,9 +522,12 @@ def test_unionfs_holds_no_nodes_between_calls(tmp_path):
             assert f.read() == b"f"
         del f  # a closed file object still names its handle
         assert len(nodes) == 1
-        # st_ino as a mount shows it, the backing file's
+        # st_ino as a mount shows it: the backing file's, a copied-up file's lower one
         assert fs.stat("d/e/f").st_ino == os.lstat(L.lowers[0] / "d/e/f").st_ino
         assert fs.stat("u").st_ino == os.lstat(L.upper / "u").st_ino
+        assert fs.stat("d/a").st_ino == os.lstat(L.lowers[0] / "d/a").st_ino != os.lstat(L.upper / "d/a").st_ino
+    with UnionFS(L.lowers, L.upper, L.work) as fs:
+        assert fs.stat("d/a").st_ino == os.lstat(L.lowers[0] / "d/a").st_ino
 
 
 def test_unionfs_changes_the_name_of_a_lower_hard_link_it_is_given(tmp_path):

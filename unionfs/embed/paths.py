@@ -177,10 +177,10 @@ class UnionFS:
     def stat(self, path: PathArg) -> os.stat_result:
         """lstat of the merged entry (symlinks not followed).
 
-        st_ino is the number a mount of the same layers shows for the entry (`Node.ino`): the backing
-        file's when all layers are on one filesystem, as the kernel overlay shows it. st_dev is the
-        backing file's (a mount shows its own device), st_nlink the count a mount reports (1 for a
-        merged directory).
+        st_ino is the number a mount of the same layers shows for the entry (`Node.ino`), as the kernel
+        overlay shows it when all layers are on one filesystem: the backing file's, and a copied-up
+        lower file's keeps the lower's (its copy records the origin). st_dev is the backing file's (a
+        mount shows its own device), st_nlink the count a mount reports (1 for a merged directory).
         """
         node = self._node(path)
         st = self._call(path, self.union.getattr, node)

@@ -18,7 +18,7 @@ the stack and the node table, and reach each other as attributes set by `connect
     renames.py      Renames: rename and RENAME_EXCHANGE, directory redirects (redirect_dir=on)
     files.py        Files: file handles, read, write, fsync, directory handles, readlink
     attributes.py   Attributes: stat as shown (ownership records), setattr, xattrs, owners of new entries
-    index.py        Index: everything index=on changes (with index=off its answers are "nothing to do")
+    index.py        Index: origin records (st_ino kept across copy-up) and everything index=on changes
 
 Below the parts: layers.py (symlink-proof paths under one layer's root fd), layermounts.py (mount
 points inside layers), whiteout.py (the on-disk markers), xattrs.py (private xattr names),
