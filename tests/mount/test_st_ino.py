@@ -21,7 +21,7 @@ pytestmark = [
     pytest.mark.skipif(FUSE_SKIP_REASON is not None, reason=FUSE_SKIP_REASON or ""),
 ]
 
-NAMES = ("f", "kept", "s", "p", "h1", "h2", "d/x", "new")
+NAMES = ("f", "kept", "s", "p", "h1", "h2", "d", "d/x", "md", "md/y", "up", "new", "newdir")
 
 
 @pytest.fixture
@@ -31,6 +31,8 @@ def lower(tmp_path):
         pytest.skip(reason)
     lower = tmp_path / "lower"
     (lower / "d").mkdir(parents=True)
+    (lower / "md").mkdir()
+    (lower / "md/y").write_text("y\n")
     for name in ("f", "kept", "h1", "k1", "d/x"):
         (lower / name).write_text(name + "\n")
     os.link(lower / "h1", lower / "h2")
@@ -49,6 +51,7 @@ def change(mnt):
     os.chown(os.path.join(mnt, "p"), 5, 5)
     with open(os.path.join(mnt, "new"), "w") as f:
         f.write("new\n")
+    os.mkdir(os.path.join(mnt, "newdir"))
 
 
 def labels(*roots):
@@ -80,6 +83,8 @@ def run_side(tmp_path, who, mount, lower, options=()):
     upper, work, mnt = root / "upper", root / "work", root / "mnt"
     for d in (upper, work, mnt):
         d.mkdir(parents=True)
+    (upper / "md").mkdir()  # a directory merged from the start (the upper's has no origin)
+    (upper / "up").mkdir()  # an upper-only one
     phases = []
     with mount(mnt, [lower], upper, work, options=list(options)):
         phases.append(shown(mnt, lower, upper))
@@ -94,8 +99,9 @@ def test_st_ino_across_copy_up_and_remount_as_the_kernel(tmp_path, lower):
     kernel = run_side(tmp_path, "kernel", mount_kernel_overlay, lower)
     ours = run_side(tmp_path, "pyunionfs", mount_pyunionfs, lower)
     # what the kernel shows, spelled out
-    assert kernel[0] == {name: "lower:" + name for name in NAMES if name != "new"} | {"h2": "lower:h1"}
-    after = dict(kernel[0], h1="upper:h1", new="upper:new")
+    before = {name: "lower:" + name for name in NAMES if name not in ("new", "newdir", "up")}
+    assert kernel[0] == before | {"h2": "lower:h1", "up": "upper:up"}
+    after = dict(kernel[0], h1="upper:h1", new="upper:new", newdir="upper:newdir")
     assert kernel[1] == after and kernel[2] == after
     assert ours[0] == kernel[0], "before any change"
     assert ours[2] == kernel[2], "after a remount"

@@ -6,11 +6,12 @@ a copied-up file that records its origin is keyed by that origin (see `Resolutio
 Directories have exactly one name.
 
 `Node.ino` is the st_ino the union shows (it changes only when a copy-up splits a lower hard link:
-the copy shows its own number, as the kernel's). It is derived from the key's inode
-number, so it is the same when a node is dropped and made again, and matches the layer's own numbering
-when all layers share one filesystem (the kernel's samefs case). When that number is already shown by
-a different live node (after a copy-up changed a node's backing, or a file with inode number 1), a
-fresh one from a private range is used, so two live nodes never show one st_ino.
+the copy shows its own number, as the kernel's). It is derived from the key's inode number (a merged
+directory's from its topmost lower directory's, as the kernel's), so it is the same when a node is
+dropped and made again, and matches the layer's own numbering when all layers share one filesystem
+(the kernel's samefs case). When that number is already shown by a different live node (after a
+copy-up changed a node's backing, or a file with inode number 1), a fresh one from a private range is
+used, so two live nodes never show one st_ino.
 
 The table holds no counts: a node lives while somebody holds it. Children are held weakly; a node holds
 its parents (through its names), an open `FileHandle` holds its node, and callers hold what they still
@@ -133,9 +134,10 @@ class NodeTable:
         return self._next_fallback - 1
 
     def attach(
-        self, parent: Node, name: bytes, key, is_dir: bool, layer: int, merge, lpaths=None, redirect=None
+        self, parent: Node, name: bytes, key, is_dir: bool, layer: int, merge, lpaths=None, redirect=None, ino_key=None
     ) -> Node:
-        """The node for parent/name, resolved to the backing *key*; reuses a live node of that key."""
+        """The node for parent/name, resolved to the backing *key*; reuses a live node of that key.
+        A new node's st_ino comes from *key*, or from what `ino_key()` returns where given."""
         node = parent.children.get(name)
         if node is not None and node.key == key and node.is_dir == is_dir:
             node.layer, node.merge, node.lpaths, node.redirect = layer, merge, lpaths, redirect
@@ -150,7 +152,12 @@ class NodeTable:
                     self._unname(node, old_parent, old_name)
             node.layer, node.merge, node.lpaths, node.redirect = layer, merge, lpaths, redirect
         else:
-            node = Node(self._new_ino(key), is_dir, layer, merge, key)
+            if ino_key is not None:
+                try:
+                    ino_key = ino_key()
+                except OSError:  # changed behind the mount: the backing entry's number will do
+                    ino_key = None
+            node = Node(self._new_ino(ino_key or key), is_dir, layer, merge, key)
             node.lpaths, node.redirect = lpaths, redirect
             self.by_ino[node.ino] = node
             self.by_key[key] = node

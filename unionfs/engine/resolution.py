@@ -142,11 +142,21 @@ class Resolution:
         key = (index, st.st_dev, st.st_ino)
         is_dir = stat.S_ISDIR(st.st_mode)
         shared = (index != 0 or self.stack.upper is None) and not is_dir and st.st_nlink > 1
+        ino_key = None
         if not is_dir and (index == 0 or self.index.pos is not None):
             index, key, shared = self.index.node_identity(parent, name, index, st, key, shared)
-        node = self.nodes.attach(parent, name, key, is_dir, index, merge, lpaths, redirect)
+        elif is_dir and index == 0 and len(merge) > 1 and self.stack.upper is not None:
+            ino_key = lambda: self._lower_dir_key(parent, name, merge[1], lpaths)  # noqa: E731
+        node = self.nodes.attach(parent, name, key, is_dir, index, merge, lpaths, redirect, ino_key)
         node.shared_lower = shared
         return node
+
+    def _lower_dir_key(self, parent: Node, name: bytes, lower: int, lpaths):
+        """The key of a merged directory's topmost lower directory: its st_ino is the one the directory
+        shows, as the kernel shows a merged (or copied-up) directory's."""
+        rel = lpaths[lower] if lpaths and lower in lpaths else join(self.rel(parent, lower), name)
+        st = self.layers[lower].lstat(rel)
+        return (lower, st.st_dev, st.st_ino)
 
     def child(self, parent: Node, name: bytes) -> Node:
         """The node of parent/name; ENOENT if absent. It becomes the name the node is reached by."""
