@@ -391,6 +391,31 @@ def _check_work_clean(L):
     assert not left, f"staging leftovers in {L.work}/work: {left}"
 
 
+def _origins_by_path(L, snap):
+    """The upper's origin records name a lower file by layer and inode number, which differ between
+    copies of the layers: name it by its path in that lower instead (and check it names one)."""
+    out = {}
+    for rel, e in snap.items():
+        xattrs = []
+        for name, value in e.xattrs:
+            if name.endswith(".overlay.pyunionfs.origin"):
+                layer, ino = value.split(b"-")
+                lower = L.lowers[int(layer) - 1]
+                found = [p for p, st in _walk_lstat(lower) if st.st_ino == int(ino, 16)]
+                assert len(found) == 1, (rel, value, found)
+                value = b"%s:%s" % (layer, os.fsencode(os.path.relpath(found[0], lower)))
+            xattrs.append((name, value))
+        out[rel] = e._replace(xattrs=tuple(xattrs))
+    return out
+
+
+def _walk_lstat(root):
+    for dirpath, dirs, files in os.walk(root):
+        for name in dirs + files:
+            p = os.path.join(dirpath, name)
+            yield p, os.lstat(p)
+
+
 def test_same_results_and_same_upper_as_a_mount(three_copies):
     if FUSE_SKIP_REASON:
         pytest.skip(FUSE_SKIP_REASON)
@@ -421,7 +446,7 @@ def test_same_results_and_same_upper_as_a_mount(three_copies):
     assert results[("rmdir", ("d",))] == ("err", "ENOTEMPTY")
     assert results[("listdir", ("f2",))] == ("ok", [])
 
-    up_m, up_e, up_p = (tree_snapshot(L.upper) for L in (M, E, P))
+    up_m, up_e, up_p = (_origins_by_path(L, tree_snapshot(L.upper)) for L in (M, E, P))
     assert up_m == up_e, diff_snapshots(up_m, up_e)
     assert up_m == up_p, diff_snapshots(up_m, up_p)
     assert stat.S_ISCHR(os.lstat(M.upper / "gone").st_mode)
@@ -476,3 +501,55 @@ def test_unionfs_without_fuse(tmp_path):
         with pytest.raises(OSError) as e:
             ro.write_bytes("a/b", b"x")
         assert e.value.errno == errno.EROFS
+
+
+def test_unionfs_holds_no_nodes_between_calls(tmp_path):
+    """The path API needs no bookkeeping: the engine keeps only what a caller, a child or an open file
+    holds, so after each call only the root is left (and what open files hold)."""
+    L = make_layers(tmp_path / "u", {"lower0": {"d/a": "a", "d/e/f": "f", "c": "c"}, "upper": {"u": "u"}})
+    with UnionFS(L.lowers, L.upper, L.work) as fs:
+        nodes = fs.union.nodes
+        fs.write_bytes("d/a", b"changed")
+        fs.mkdir("d/new")
+        fs.symlink("c", "d/new/s")
+        fs.link("c", "d/c2")
+        fs.rename("d/c2", "d/c3")
+        assert sorted(fs.listdir("d")) == ["a", "c3", "e", "new"]
+        fs.stat("d/e/f")
+        assert len(nodes) == 1
+        with fs.open("d/e/f", "rb") as f:
+            assert len(nodes) == 4  # d/e/f, held by the open file, holds d/e and d
+            assert f.read() == b"f"
+        del f  # a closed file object still names its handle
+        assert len(nodes) == 1
+        # st_ino as a mount shows it: the backing file's, a copied-up file's lower one
+        assert fs.stat("d/e/f").st_ino == os.lstat(L.lowers[0] / "d/e/f").st_ino
+        assert fs.stat("u").st_ino == os.lstat(L.upper / "u").st_ino
+        assert fs.stat("d/a").st_ino == os.lstat(L.lowers[0] / "d/a").st_ino != os.lstat(L.upper / "d/a").st_ino
+    with UnionFS(L.lowers, L.upper, L.work) as fs:
+        assert fs.stat("d/a").st_ino == os.lstat(L.lowers[0] / "d/a").st_ino
+
+
+def test_unionfs_changes_the_name_of_a_lower_hard_link_it_is_given(tmp_path):
+    L = make_layers(tmp_path / "u", {"lower0": {"h1": "same"}, "upper": {}})
+    os.link(L.lowers[0] / "h1", L.lowers[0] / "h2")
+    with UnionFS(L.lowers, L.upper, L.work) as fs:
+        with fs.open("h1", "rb"):  # holds the file's node: both names below reach it
+            h1 = fs.stat("h1")
+            fs.stat("h2")  # looked up last
+            fs.chmod("h1", 0o600)  # but the change comes through h1
+        assert sorted(os.listdir(L.upper)) == ["h1"]
+        assert fs.stat("h1").st_mode & 0o777 == 0o600 and fs.stat("h2").st_mode == h1.st_mode
+        assert fs.read_bytes("h2") == b"same"
+
+
+def test_unionfs_a_file_opened_through_a_name_split_off_keeps_its_data(tmp_path):
+    # As the kernel (index=off): names of a lower hard link are separate files once one is copied up.
+    L = make_layers(tmp_path / "u", {"lower0": {"h1": "same"}, "upper": {}})
+    os.link(L.lowers[0] / "h1", L.lowers[0] / "h2")
+    with UnionFS(L.lowers, L.upper, L.work) as fs:
+        with fs.open("h1", "rb") as one, fs.open("h2", "rb") as two:
+            fs.write_bytes("h2", b"mine")
+            assert one.read() == b"same"  # h1 stays the lower file
+            assert two.read() == b"mine"  # opened through the name copied up: reads the copy, as the kernel
+        assert fs.read_bytes("h1") == b"same"

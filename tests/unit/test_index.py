@@ -49,14 +49,14 @@ def test_hard_links_stay_whole_across_copy_up(stack):
     ino = hardlinks(d)
     u = stack(index=True)
     a = by_path(u, b"a")
-    assert by_path(u, b"b") is a and by_path(u, b"sub/c") is a and a.id == ino
+    assert by_path(u, b"b") is a and by_path(u, b"sub/c") is a and a.ino == ino
     append(u, b"a", b"+a")
     assert os.path.exists(f"{d['work']}/pyunionfs-index/2-{ino:x}")
     for name in (b"a", b"b", b"sub/c"):
         assert read(u, name) == b"data+a", name
         st = u.getattr(by_path(u, name))
         assert st.st_nlink == 3
-    assert by_path(u, b"b").id == ino
+    assert by_path(u, b"b").ino == ino
     assert sorted(os.listdir(d["upper"])) == ["a"]  # b and sub/c reach the index; not linked up yet
     append(u, b"b", b"+b")  # a change through b links b up (as the kernel)
     assert sorted(os.listdir(d["upper"])) == ["a", "b"]
@@ -73,7 +73,7 @@ def test_hard_links_stay_whole_across_copy_up(stack):
     # after a remount: the same st_ino, the same data, one file
     again = stack(index=True)
     a = by_path(again, b"a")
-    assert a.id == ino and by_path(again, b"b") is a and by_path(again, b"d") is a
+    assert a.ino == ino and by_path(again, b"b") is a and by_path(again, b"d") is a
     assert again.getattr(a).st_nlink == 3 and read(again, b"b") == b"data+a+b"
     with pytest.raises(FileNotFoundError):
         by_path(again, b"sub/c")
@@ -85,14 +85,14 @@ def test_st_ino_kept_across_copy_up_and_remount(stack):
     ino = os.stat(f"{d['lower1']}/single").st_ino
     u = stack(index=True)
     append(u, b"single", b"!")
-    assert by_path(u, b"single").id == ino
+    assert by_path(u, b"single").ino == ino
     assert os.listdir(f"{d['work']}/pyunionfs-index") == [".lowers"]  # a single name: no index entry
     u.close()
     again = stack(index=True)
-    assert by_path(again, b"single").id == ino
+    assert by_path(again, b"single").ino == ino
     scanned = {e[0]: e for e in again.scan(again.root)}
-    node, st = again.lookup_scanned(again.root, scanned[b"single"])
-    assert node.id == ino and st.st_size == 4
+    node, st = again.attach_scanned(again.root, scanned[b"single"])
+    assert node.ino == ino and st.st_size == 4
 
 
 def test_without_index_copy_up_splits(stack):

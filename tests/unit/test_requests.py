@@ -64,7 +64,8 @@ def test_lookup_and_getattr_give_plain_records(layers):
     entry = run(r.lookup, ROOT_ID, b"f")
     st = os.lstat(f"{layers.dirs['lower']}/f")
     assert isinstance(entry, Entry)
-    assert entry.node_id == entry.st_ino and entry.node_id not in (0, ROOT_ID)
+    # node ids are the table's own (separate_ids, the native backend's), st_ino the backing file's
+    assert entry.node_id not in (0, ROOT_ID) and entry.st_ino == st.st_ino
     assert entry.generation == 0
     assert (entry.mode, entry.nlink, entry.uid, entry.gid, entry.size) == (stat.S_IFREG | 0o640, 1, 1000, 1001, 5)
     assert (entry.atime_ns, entry.mtime_ns, entry.ctime_ns) == (st.st_atime_ns, st.st_mtime_ns, st.st_ctime_ns)
@@ -84,15 +85,50 @@ def test_negative_lookup_is_an_entry_with_no_node(layers):
     assert entry.entry_timeout == 9.0  # the absence is cached as long as a name
 
 
-def test_shared_lower_name_gets_zero_entry_timeout(layers):
+def test_names_of_a_lower_hard_link_are_separate_node_ids_sharing_one_st_ino(layers):
+    lower = layers.dirs["lower"]
+    write(f"{lower}/a", b"linked")
+    os.link(f"{lower}/a", f"{lower}/b")
+    r = layers()
+
+    async def scenario():
+        a, b = await r.lookup(ROOT_ID, b"a"), await r.lookup(ROOT_ID, b"b")
+        assert a.node_id != b.node_id and a.st_ino == b.st_ino == os.lstat(f"{lower}/a").st_ino
+        assert a.nlink == 2 and a.entry_timeout == b.entry_timeout == 300.0 and a.attr_timeout == 0
+        assert (await r.lookup(ROOT_ID, b"b")).node_id == b.node_id  # a name keeps its node id
+        # a change through b copies b up (not the name looked up last), as the kernel
+        opened = await r.open(b.node_id, os.O_WRONLY | os.O_TRUNC)
+        await r.write(opened.fh, 0, b"mine")
+        await r.release(opened.fh)
+        # split: b shows its upper copy's number, a its lower file's, under their node ids
+        b2, a2 = await r.getattr(b.node_id), await r.getattr(a.node_id)
+        assert b2.st_ino == os.lstat(f"{layers.dirs['upper']}/b").st_ino and b2.size == 4 and b2.nlink == 1
+        assert a2.st_ino == a.st_ino and a2.size == 6
+        assert (await r.lookup(ROOT_ID, b"a")).node_id == a.node_id
+        # a rename between two names of one lower file reaches the union: the source is copied up
+        write(f"{lower}/c", b"c")
+        os.link(f"{lower}/c", f"{lower}/d")
+        c, d = await r.lookup(ROOT_ID, b"c"), await r.lookup(ROOT_ID, b"d")
+        await r.rename(ROOT_ID, b"d", ROOT_ID, b"c", 0)
+        assert (await r.lookup(ROOT_ID, b"d")).node_id == 0
+        assert (await r.getattr(d.node_id)).st_ino == os.lstat(f"{layers.dirs['upper']}/c").st_ino
+        assert (await r.lookup(ROOT_ID, b"c")).node_id == d.node_id  # the moved inode has the name now
+        await r.forget([(c.node_id, 1)])
+
+    run(scenario)
+
+
+def test_without_separate_ids_names_of_a_lower_hard_link_share_a_node_id(layers):
+    # pyfuse3's way: st_ino is the node id; a zero entry timeout makes the kernel ask for each name
+    # every time, so the daemon knows which name is being changed.
     lower = layers.dirs["lower"]
     write(f"{lower}/a", b"linked")
     os.link(f"{lower}/a", f"{lower}/b")
     write(f"{lower}/single", b"s")
     r = layers()
+    r.nodes.separate_ids = False
     a = run(r.lookup, ROOT_ID, b"a")
-    assert a.nlink == 2
-    # copy-up splits the names: the kernel must ask for each name every time
+    assert a.nlink == 2 and a.node_id == a.st_ino == run(r.lookup, ROOT_ID, b"b").node_id
     assert a.entry_timeout == 0 and a.attr_timeout == 300.0
     assert run(r.lookup, ROOT_ID, b"single").entry_timeout == 300.0
 
@@ -284,11 +320,11 @@ def test_readdir_offsets_and_a_full_reply(layers):
         assert [(s[0], s[4]) for s in seen] == [(b".", 1), (b"..", 2), (seen[2][0], 3)]
         assert seen[0][1] == ROOT_ID and seen[0][2] == stat.S_IFDIR and seen[0][3] is None
         first = seen[2]
-        assert first[3] is not None and first[3].node_id == first[1] and first[2] == stat.S_IFREG
+        assert first[3] is not None and first[3].st_ino == first[1] and first[2] == stat.S_IFREG  # d_ino
         rejected = [n for n in (b"a", b"b", b"c") if n != first[0]][0]
         # the entry the reply refused took no reference
-        child = union.nodes.root.children.get(rejected)
-        assert child is None or child.lookups == 0
+        child = union.root.children.get(rejected)
+        assert child is None or not r.nodes.holds(child)
 
         rest = []
         await r.readdir(fh, 3, lambda *e: rest.append(e) or True)
@@ -301,10 +337,13 @@ def test_readdir_offsets_and_a_full_reply(layers):
         await r.readdir(fh, 0, lambda *e: again.append(e) or True)
         assert [e[0] for e in again[2:]] == [first[0]] + [e[0] for e in rest]
         assert all(e[3] is None for e in again)
-        assert [e[1] for e in again[2:]] == [first[3].node_id] + [e[3].node_id for e in rest]
+        assert [e[1] for e in again[2:]] == [first[3].st_ino] + [e[3].st_ino for e in rest]
         await r.releasedir(fh)
-        for name in (b"a", b"b", b"c"):
-            assert union.nodes.root.children[name].lookups == 1
+        for entry in [first[3]] + [e[3] for e in rest]:
+            node = r.nodes.node(entry.node_id)
+            assert r.nodes.holds(node)
+            r.nodes.forget(entry.node_id, 1)
+            assert not r.nodes.holds(node)  # one reference each
 
     run(scenario)
 
@@ -320,8 +359,8 @@ def test_readdir_without_plus_takes_no_references(layers):
         await r.readdir(fh, 0, lambda *e: got.append(e) or True, plus=False)
         await r.releasedir(fh)
         for name in (b"d", b"f"):
-            child = r.union.nodes.root.children.get(name)
-            assert child is None or child.lookups == 0
+            child = r.union.root.children.get(name)
+            assert child is None or not r.nodes.holds(child)
         return got
 
     got = run(scenario)
@@ -514,3 +553,24 @@ def test_no_passthrough_for_setuid_files_when_the_daemon_clears_them(layers):
         await r.release(opened.fh)
 
     run(scenario)
+
+
+def test_a_copied_up_file_keeps_its_st_ino_after_the_kernel_forgets_it(layers):
+    # As the kernel overlay (samefs): the copy records its origin, so a fresh node shows the lower's number.
+    write(f"{layers.dirs['lower']}/f", b"x")
+    lower_ino = os.lstat(f"{layers.dirs['lower']}/f").st_ino
+    r = layers()
+
+    async def scenario():
+        f = await r.lookup(ROOT_ID, b"f")
+        assert f.st_ino == lower_ino
+        opened = await r.open(f.node_id, os.O_WRONLY)
+        await r.write(opened.fh, 1, b"y")
+        await r.release(opened.fh)
+        await r.forget([(f.node_id, 1)])
+        assert len(r.union.nodes) == 1  # nobody holds it: gone
+        again = await r.lookup(ROOT_ID, b"f")
+        assert again.st_ino == lower_ino and again.size == 2
+
+    run(scenario)
+    assert os.lstat(f"{layers.dirs['upper']}/f").st_ino != lower_ino

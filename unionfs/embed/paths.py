@@ -25,8 +25,8 @@ Differences from a mount, all because no kernel is in between:
   caller's rights against the modes first, `default_permissions`).
 - New entries belong to `caller` (default: this process's euid/egid; ownership is applied only when this
   process is root) and `mode & ~umask`, where `umask` defaults to the process umask when `UnionFS` is made.
-- `stat()` returns the backing file's `os.stat_result` (its st_dev and st_ino; a mount reports its own
-  node numbers) with the nlink a mount reports (1 for a directory merged from several layers).
+- `stat()` returns the backing file's `os.stat_result` (its st_dev; a mount reports its own device) with
+  the st_ino and nlink a mount reports (see `UnionFS.stat`).
 - One `UnionFS` is one engine: do not use the same layers through two of them, or through a mount, at
   the same time (just as a layer must not be changed behind a mount). It is not thread-safe.
 """
@@ -165,10 +165,6 @@ class UnionFS:
                 raise _err(exc.errno, os.fspath(path)) from None
             raise
 
-    def _done(self, node) -> None:
-        # The engine counts a kernel lookup for each entry it makes; a library holds none.
-        self.union.forget(node.id, 1)
-
     # -------------------------------------------------------------------- queries
 
     def exists(self, path: PathArg) -> bool:
@@ -179,16 +175,24 @@ class UnionFS:
             return False
 
     def stat(self, path: PathArg) -> os.stat_result:
-        """lstat of the merged entry (symlinks not followed)."""
+        """lstat of the merged entry (symlinks not followed).
+
+        st_ino is the number a mount of the same layers shows for the entry (`Node.ino`), as the kernel
+        overlay shows it when all layers are on one filesystem: the backing file's, and a copied-up
+        lower file's keeps the lower's (its copy records the origin). st_dev is the backing file's (a
+        mount shows its own device), st_nlink the count a mount reports (1 for a merged directory).
+        """
         node = self._node(path)
         st = self._call(path, self.union.getattr, node)
         nlink = self.union.reported_nlink(node, st)
-        if nlink == st.st_nlink:
+        if nlink == st.st_nlink and node.ino == st.st_ino:
             return st
         values = list(st)
         values[_stat.ST_NLINK] = nlink
+        values[_stat.ST_INO] = node.ino
         extra = {f: getattr(st, f) for f in dir(st) if f.startswith("st_")}
         extra["st_nlink"] = nlink
+        extra["st_ino"] = node.ino
         return os.stat_result(values, extra)
 
     lstat = stat
@@ -295,7 +299,6 @@ class UnionFS:
             node, handle, _st = self._call(
                 path, self.union.create, parent, name, perm & ~self.umask & 0o7777, flags, self.caller
             )
-            self._done(node)
         else:
             if flags & os.O_CREAT and flags & os.O_EXCL:
                 raise _err(errno.EEXIST, os.fspath(path))
@@ -335,12 +338,11 @@ class UnionFS:
                     self.mkdir(prefix, mode)
         parent, name = self._parent(path)
         try:
-            node, _st = self.union.mkdir(parent, name, mode & ~self.umask & 0o7777, self.caller)
+            self.union.mkdir(parent, name, mode & ~self.umask & 0o7777, self.caller)
         except OSError as exc:
             if exc.errno == errno.EEXIST and exist_ok and self.isdir(path):
                 return
             raise _err(exc.errno, os.fspath(path)) from None
-        self._done(node)
 
     def makedirs(self, path: PathArg, mode: int = 0o777, exist_ok: bool = False) -> None:
         self.mkdir(path, mode, parents=True, exist_ok=exist_ok)
@@ -368,21 +370,18 @@ class UnionFS:
     def symlink(self, target: PathArg, path: PathArg) -> None:
         """Make `path` a symlink to `target` (the order of os.symlink)."""
         parent, name = self._parent(path)
-        node, _st = self._call(path, self.union.symlink, parent, name, os.fsencode(os.fspath(target)), self.caller)
-        self._done(node)
+        self._call(path, self.union.symlink, parent, name, os.fsencode(os.fspath(target)), self.caller)
 
     def link(self, src: PathArg, dst: PathArg) -> None:
         """Hard link (copies a lower file up first)."""
         node = self._node(src)
         parent, name = self._parent(dst)
-        linked, _st = self._call(dst, self.union.link, node, parent, name)
-        self._done(linked)
+        self._call(dst, self.union.link, node, parent, name)
 
     def mknod(self, path: PathArg, mode: int = 0o600 | _stat.S_IFREG, device: int = 0) -> None:
         parent, name = self._parent(path)
         mode = _stat.S_IFMT(mode) | (_stat.S_IMODE(mode) & ~self.umask)
-        node, _st = self._call(path, self.union.mknod, parent, name, mode, device, self.caller)
-        self._done(node)
+        self._call(path, self.union.mknod, parent, name, mode, device, self.caller)
 
     # -------------------------------------------------------------------- attributes
 

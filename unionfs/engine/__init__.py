@@ -10,7 +10,7 @@ the stack and the node table, and reach each other as attributes set by `connect
 
     stack.py        Stack: the layers opened (upper at 0, lowers below), the work dir, the locks, the
                     options that say how layers are read and written, the marker forms (whiteout.Markers)
-    nodes.py        NodeTable: the merged view's nodes, their names, ids and lookup counts
+    nodes.py        NodeTable: the merged view's nodes, their names and st_ino (held by callers)
     resolution.py   Resolution: a name looked up through the layers, its node; a node's path per layer
     listings.py     Listings: merged readdir, names resolved in one pass, the kept listings
     copyup.py       CopyUp: a lower entry brought into the upper (begin, copy_data, commit, abort)
@@ -18,7 +18,7 @@ the stack and the node table, and reach each other as attributes set by `connect
     renames.py      Renames: rename and RENAME_EXCHANGE, directory redirects (redirect_dir=on)
     files.py        Files: file handles, read, write, fsync, directory handles, readlink
     attributes.py   Attributes: stat as shown (ownership records), setattr, xattrs, owners of new entries
-    index.py        Index: everything index=on changes (with index=off its answers are "nothing to do")
+    index.py        Index: origin records (st_ino kept across copy-up) and everything index=on changes
 
 Below the parts: layers.py (symlink-proof paths under one layer's root fd), layermounts.py (mount
 points inside layers), whiteout.py (the on-disk markers), xattrs.py (private xattr names),

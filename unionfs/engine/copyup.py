@@ -263,7 +263,7 @@ class CopyUp:
                 skip=ownership.NAMES if attributes.records_in_use else (),
                 private=self.stack.private_xattrs,
             )
-        indexed = self.index.record_origin(job)
+        recorded = self.index.record_origin(job)
         parent, name = node.names[0]
         self.move_into_upper(job.tmp_name, parent, name)
         job.tmp_name = None
@@ -272,12 +272,18 @@ class CopyUp:
         node.xattr_names = None
         if node.is_dir:
             node.merge = (0,) + tuple(node.merge)
-        if self.index.keep_identity(node, upper_st, indexed):
+        if self.index.keep_identity(node, recorded):
             return
-        self.nodes.rekey(node, (0, upper_st.st_dev, upper_st.st_ino))
+        # A file's copy without an origin (a lower hard link's name, split off) shows its own number, as
+        # on the kernel; a directory keeps the one it showed.
+        self.nodes.rekey(node, (0, upper_st.st_dev, upper_st.st_ino), renumber=not node.is_dir)
         node.shared_lower = False
         if len(node.names) > 1:
-            # Copy-up splits a lower hard link (index=off): the other names stay the lower file.
+            # Copy-up splits a lower hard link (index=off): the other names stay the lower file, and so
+            # do the files opened through them.
+            for handle in node.handles:
+                if handle.name != node.names[0]:
+                    handle.stays = True
             for parent, other in node.names[1:]:
                 self.nodes.detach(parent, other)
 

@@ -20,10 +20,12 @@ OPEN_KEEP = ACCMODE | os.O_SYNC | os.O_DSYNC | getattr(os, "O_LARGEFILE", 0)
 class FileHandle:
     """An open regular file: a descriptor on its backing in one layer."""
 
-    __slots__ = ("fd", "node", "layer", "writable")
+    __slots__ = ("fd", "node", "layer", "writable", "name", "stays")
 
-    def __init__(self, fd, node, layer, writable):
+    def __init__(self, fd, node, layer, writable, name=None):
         self.fd, self.node, self.layer, self.writable = fd, node, layer, writable
+        self.name = name  # (parent, name) it was opened through
+        self.stays = False  # its name was split off by another name's copy-up: it keeps reading its layer
 
 
 class Files:
@@ -38,8 +40,7 @@ class Files:
 
     def new_handle(self, fd: int, node: Node, layer: int, flags: int) -> FileHandle:
         """A handle of the open fd (of the node's backing in layer), counted on the node."""
-        handle = FileHandle(fd, node, layer, flags & ACCMODE != os.O_RDONLY)
-        node.opens += 1
+        handle = FileHandle(fd, node, layer, flags & ACCMODE != os.O_RDONLY, node.names[0] if node.names else None)
         node.handles.append(handle)
         return handle
 
@@ -59,7 +60,7 @@ class Files:
         return self.new_handle(fd, node, node.layer, flags)
 
     def _current_fd(self, handle: FileHandle) -> int:
-        if handle.layer != handle.node.layer and not handle.writable and handle.node.names:
+        if handle.layer != handle.node.layer and not handle.writable and handle.node.names and not handle.stays:
             # The file was copied up after this read-only open: read the new copy, as the kernel does.
             node = handle.node
             fd = self.layers[node.layer].open(self.resolution.rel(node, node.layer), os.O_RDONLY)
@@ -104,17 +105,13 @@ class Files:
             node.handles.remove(handle)
         except ValueError:
             pass
-        node.opens -= 1
-        self.nodes.maybe_drop(node)
 
     def opendir(self, node: Node) -> None:
         if not node.is_dir:
             raise OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
-        node.opens += 1
 
     def releasedir(self, node: Node) -> None:
-        node.opens -= 1
-        self.nodes.maybe_drop(node)
+        pass  # the directory handle held the node; nothing else to undo
 
     def readlink(self, node: Node) -> bytes:
         parent, _, name = self.resolution.rel(node, node.layer).rpartition(b"/")

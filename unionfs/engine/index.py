@@ -1,10 +1,16 @@
-"""index=on: lower hard links kept whole across copy-up, and st_ino kept across copy-up and remount.
+"""Origin records (always) and index=on: st_ino kept across copy-up and remount, lower hard links kept whole.
 
-Like the kernel's option, in pyunionfs's own format (the kernel's needs file handles and the lower
-filesystems' uuids, and checks them; the two cannot share an index):
-- a copied-up lower file records where it came from, `<markers>pyunionfs.origin` = "LAYER-INO" (the
-  lower's position in the stack and its inode number, hex); a file shows that inode number (and so keeps
-  its st_ino) across copy-up and remount;
+Origin records, with or without index=on, as the kernel records `trusted.overlay.origin` at copy-up
+(in pyunionfs's own format: the kernel's needs file handles and the lower filesystems' uuids):
+- a copied-up lower non-directory records where it came from, `<markers>pyunionfs.origin` = "LAYER-INO"
+  (the lower's position in the stack and its inode number, hex), and its node is keyed by that origin,
+  so it keeps showing the lower's st_ino for good: after the kernel forgets it and after a remount;
+- without index=on a lower file with several names records none, as the kernel (its names split at
+  copy-up, so the copies cannot all show the lower's number): its copy shows the upper file's st_ino;
+- a symlink records one where the marker namespace allows it (trusted.*; user.* xattrs are refused on
+  symlinks).
+
+index=on, like the kernel's option, in pyunionfs's own format (the two cannot share an index):
 - copying up one name of a lower file with several names also links the copy into `W/pyunionfs-index/`
   under the same "LAYER-INO"; every other name of that lower file then resolves to the index entry, so all
   names show one file (one st_ino, the new data) -- a name is linked into the upper when it is changed,
@@ -14,8 +20,8 @@ filesystems' uuids, and checks them; the two cannot share an index):
 - `W/pyunionfs-index/.lowers` records the lower layers' root inodes: mounting the upper over other lowers
   with index=on is refused, as the kernel refuses it.
 
-`Index` is index=on for one union, every place it changes what the other parts do; with index=off its
-`pos` is None and each of its answers is "nothing to do".
+`Index` is both for one union, every place they change what the other parts do; with index=off its
+`pos` is None and its answers about the index are "nothing to do".
 """
 
 import errno
@@ -23,7 +29,7 @@ import os
 import stat
 
 from .attributes import WithNlink
-from .layers import Layer, join, remove_tree
+from .layers import Layer, remove_tree
 from .nodes import Node
 from .whiteout import proc_path
 
@@ -81,6 +87,10 @@ class Index:
     def __init__(self, stack, nodes):
         self.stack, self.nodes = stack, nodes
         self.pos = self.layer = None
+        self.origin_name = stack.marker_prefix + ORIGIN
+        self.nlink_name = stack.marker_prefix + NLINK
+        # Origins matter where an upper file can be a lower one's copy.
+        self.origins = stack.upper is not None and stack.nlayers > 1
 
     def connect(self, union) -> None:
         self.resolution, self.copyup, self.attributes = union.resolution, union.copyup, union.attributes
@@ -107,8 +117,6 @@ class Index:
         self.pos = layer.index
         self.layer = layer
         check_manifest(layer.root_fd, manifest(stack.layers[1 : stack.nlayers]))
-        self.origin_name = stack.marker_prefix + ORIGIN
-        self.nlink_name = stack.marker_prefix + NLINK
 
     def is_entry(self, node: Node) -> bool:
         """Whether the node is an index entry: its data is in the upper's filesystem already, and xattr
@@ -121,15 +129,17 @@ class Index:
 
     def node_identity(self, parent: Node, name: bytes, index: int, st, node_key, shared):
         """(layer, node key, shared) of the non-directory parent/name found in layer *index*: a copy
-        records its origin, which keys it (so it keeps the lower's inode number); a lower file whose copy
-        is indexed is the index entry."""
+        records its origin, which keys it (so it keeps the lower's inode number); with index=on a lower
+        file whose copy is indexed is the index entry."""
         if index == 0:
-            origin = self._read_origin(join(parent.path(), name))
+            origin = self._read_origin(parent.path(), name) if self.origins else None
             if origin is None:
                 return index, node_key, shared
             lower, ino = origin
             node_key = (lower, self.stack.layers[lower].dev, ino)
-        elif st.st_nlink > 1:
+            if self.pos is None:
+                return index, node_key, shared
+        elif self.pos is not None and st.st_nlink > 1:
             lower, ino = index, st.st_ino
         else:
             return index, node_key, shared
@@ -139,12 +149,11 @@ class Index:
             return index, node_key, shared
         return self.pos, node_key, True
 
-    def _read_origin(self, rel: bytes):
+    def _read_origin(self, parent_rel: bytes, name: bytes):
+        """(lower layer index, inode number) an upper entry records as its origin, or None."""
         try:
-            with self.stack.upper.opened(rel, os.O_PATH) as fd:
-                if stat.S_ISLNK(os.fstat(fd).st_mode):
-                    return None
-                value = os.getxattr(proc_path(fd), self.origin_name)
+            with self.stack.upper.dir(parent_rel) as dfd:
+                value = os.getxattr(proc_path(dfd, name), self.origin_name, follow_symlinks=False)
         except OSError:
             return None
         origin = parse_key(value)
@@ -180,32 +189,37 @@ class Index:
             remove_tree(stack.work.root_fd, tmp)
             raise
 
-    def record_origin(self, job) -> bool:
-        """At a copy-up's commit: record the origin of a lower file's copy; one with several names also
-        gets its index entry (the copy, linked), which all its names resolve to from now on. Whether it
-        did."""
-        if self.pos is None or job.node.is_dir or job.src_layer.index == 0:
-            return False
+    def record_origin(self, job):
+        """At a copy-up's commit, before the copy moves into place: record the origin of a lower
+        non-directory's copy (see the module docstring); with index=on one with several names also gets
+        its index entry (the copy, linked), which all its names resolve to from now on. What it did:
+        None, "origin" or "indexed"."""
+        src_st = job.src_st
+        if job.node.is_dir or job.src_layer.index == 0:
+            return None
+        if src_st.st_nlink > 1 and (self.pos is None or stat.S_ISLNK(src_st.st_mode)):
+            return None  # names that split: their copies cannot all show the lower's st_ino
         work_fd = self.stack.work.root_fd
         origin = self.entry_name(job.node)
         path = proc_path(work_fd, job.tmp_name)
-        if stat.S_ISLNK(job.src_st.st_mode):
-            return False  # no user xattrs on symlinks; a symlink keeps no st_ino
-        os.setxattr(path, self.origin_name, origin, follow_symlinks=False)
-        if job.src_st.st_nlink < 2:
-            return False
-        os.setxattr(path, self.nlink_name, b"%d" % job.src_st.st_nlink, follow_symlinks=False)
+        try:
+            os.setxattr(path, self.origin_name, origin, follow_symlinks=False)
+        except OSError as exc:
+            if not stat.S_ISLNK(src_st.st_mode) or exc.errno not in (errno.EPERM, errno.ENOTSUP):
+                raise
+            return None  # user.* xattrs on a symlink: it keeps no st_ino
+        if self.pos is None or src_st.st_nlink < 2:
+            return "origin"
+        os.setxattr(path, self.nlink_name, b"%d" % src_st.st_nlink, follow_symlinks=False)
         os.link(job.tmp_name, origin, src_dir_fd=work_fd, dst_dir_fd=self.layer.root_fd, follow_symlinks=False)
-        return True
+        return "indexed"
 
-    def keep_identity(self, node: Node, upper_st, indexed: bool) -> bool:
-        """After a copy-up: keep the node's origin key (and st_ino), as for every copied-up file, and
-        make the one `record_origin` indexed the index entry of all its names. Whether it did."""
-        if self.pos is None or node.is_dir or stat.S_ISLNK(upper_st.st_mode):
-            return False
-        if indexed:
+    def keep_identity(self, node: Node, recorded) -> bool:
+        """After a copy-up: whether the node keeps its origin key (and st_ino), as one that recorded its
+        origin does; the one `record_origin` indexed becomes the index entry of all its names."""
+        if recorded == "indexed":
             node.layer = self.pos
-        return True
+        return recorded is not None
 
     def count_link(self, node: Node, change: int) -> None:
         """The union's link count of an indexed file, kept on its index entry: *change* it."""

@@ -186,14 +186,8 @@ class Listings:
             return None
         return (mounts.generation, node.merge, node.lpaths, st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
 
-    def lookup_scanned(self, parent: Node, scanned):
-        """(node, stat) for one entry of `scan`, counting one kernel lookup, like `lookup`."""
-        node, st = self.attach_scanned(parent, scanned)
-        node.lookups += 1
-        return node, st
-
     def attach_scanned(self, parent: Node, scanned):
-        """(node, stat) for one entry of `scan`, without counting a lookup."""
+        """(node, stat) for one entry of `scan`, as `lookup` gives them."""
         name, index, st, merge, lpaths, redirect = scanned
         node = self.resolution.attach(parent, name, index, st, merge, lpaths, redirect)
         if self.index.is_entry(node):

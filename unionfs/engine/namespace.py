@@ -107,7 +107,7 @@ class Namespace:
         return self.resolution.attach(parent, name, 0, st, (0,))
 
     def create(self, parent: Node, name: bytes, mode: int, flags: int, caller: Caller):
-        """Create and open a regular file: (node, FileHandle, stat); counts one lookup."""
+        """Create and open a regular file: (node, FileHandle, stat)."""
         self._prepare_create(parent, name)
         uid, gid, mode = self._new_owner(parent, caller, stat.S_IFREG | (mode & 0o7777))
         tmp = self.stack.tmp_name()
@@ -123,7 +123,6 @@ class Namespace:
                 os.close(fd)
                 raise
         handle = self.files.new_handle(fd, node, 0, flags)
-        node.lookups += 1
         return node, handle, self.attributes.shown_fd(self.stack.upper, fd)
 
     def _create_in_place(self, parent: Node, name: bytes, open_flags: int, uid: int, gid: int, mode: int):
@@ -157,7 +156,6 @@ class Namespace:
         tmp = self.stack.tmp_name()
         os.mkdir(tmp, 0o700, dir_fd=self.stack.work.root_fd)
         node = self._finish_create(tmp, parent, name, True, uid, gid, mode)
-        node.lookups += 1
         return node, self.attributes.getattr(node)
 
     def mknod(self, parent: Node, name: bytes, mode: int, rdev: int, caller: Caller):
@@ -166,7 +164,6 @@ class Namespace:
         tmp = self.stack.tmp_name()
         os.mknod(tmp, stat.S_IFMT(mode) | 0o600, rdev, dir_fd=self.stack.work.root_fd)
         node = self._finish_create(tmp, parent, name, False, uid, gid, mode)
-        node.lookups += 1
         return node, self.attributes.getattr(node)
 
     def symlink(self, parent: Node, name: bytes, target: bytes, caller: Caller):
@@ -175,7 +172,6 @@ class Namespace:
         tmp = self.stack.tmp_name()
         os.symlink(target, tmp, dir_fd=self.stack.work.root_fd)
         node = self._finish_create(tmp, parent, name, False, uid, gid, None)
-        node.lookups += 1
         return node, self.attributes.getattr(node)
 
     def copy_up_for_link(self, node: Node, new_name: bytes):
@@ -213,7 +209,6 @@ class Namespace:
         linked = self.resolution.attach(new_parent, new_name, 0, st, ())
         if self.index.is_entry(linked):
             self.index.count_link(linked, +1)
-        linked.lookups += 1
         return linked, self.attributes.getattr(linked)
 
     # ------------------------------------------------------------------ removing

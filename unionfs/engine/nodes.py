@@ -1,26 +1,32 @@
-"""The node table: the merged view's inodes, their names, ids and lookup counts.
+"""The node table: the merged view's objects, their names and the inode numbers they show.
 
 A node is one object of the merged view. Non-directories are keyed by their backing file
-(layer, st_dev, st_ino), so all names of one file share one node and one st_ino, as on the kernel.
+(layer, st_dev, st_ino), so all names of one file share one node and one st_ino, as on the kernel;
+a copied-up file that records its origin is keyed by that origin (see `Resolution.attach`).
 Directories have exactly one name.
 
-Node ids are what the kernel sees as both the FUSE node id and st_ino (pyfuse3 cannot tell them apart, and
-the native backend keeps them one for now).
-An id is derived from the backing file's inode number, so it stays the same when the kernel forgets a
-node and looks it up again, and matches the layer's own numbering when all layers share one filesystem
-(like the kernel's samefs case). When that id is already held by a different live node (after a copy-up
-changed a node's backing, or a file with inode number 1), a fresh id from a private range is used, so two
-live nodes never share an st_ino.
+`Node.ino` is the st_ino the union shows (it changes only when a copy-up splits a lower hard link:
+the copy shows its own number, as the kernel's). It is derived from the key's inode number (a merged
+directory's from its topmost lower directory's, as the kernel's), so it is the same when a node is
+dropped and made again, and matches the layer's own numbering when all layers share one filesystem
+(the kernel's samefs case). When that number is already shown by a different live node (after a
+copy-up changed a node's backing, or a file with inode number 1), a fresh one from a private range is
+used, so two live nodes never show one st_ino.
 
-A node stays in the table while the kernel holds a lookup of it, a file handle is open on it, or a child
-node names it as a parent (FUSE's lookup-count rule).
+The table holds no counts: a node lives while somebody holds it. Children are held weakly; a node holds
+its parents (through its names), an open `FileHandle` holds its node, and callers hold what they still
+need (the FUSE request layer holds every node the kernel knows, `unionfs.fuse.nodetable`). A node
+nobody holds goes away by itself, and a lookup makes it again from the layers.
 """
 
 import errno
+from types import MappingProxyType
+from weakref import WeakValueDictionary
 
 ROOT_ID = 1
 _FALLBACK_BASE = 1 << 48
 _INO_MASK = (1 << 48) - 1
+_NO_CHILDREN = MappingProxyType({})
 
 
 def _set_child(parent, name: bytes, node) -> None:
@@ -31,14 +37,12 @@ def _set_child(parent, name: bytes, node) -> None:
 
 class Node:
     __slots__ = (
-        "id",
+        "ino",
         "is_dir",
         "names",
         "layer",
         "merge",
         "key",
-        "lookups",
-        "opens",
         "children",
         "shared_lower",
         "handles",
@@ -51,17 +55,16 @@ class Node:
         "__weakref__",
     )
 
-    def __init__(self, node_id, is_dir, layer, merge, key):
-        self.id = node_id
+    def __init__(self, ino, is_dir, layer, merge, key):
+        self.ino = ino  # st_ino as shown (see the module docstring)
         self.is_dir = is_dir
         self.names = []  # [(parent Node, name bytes)], the first one is used to reach the file
         self.layer = layer  # index of the topmost layer that holds this entry
         self.merge = merge  # directories: layers merged into this one, top first
-        self.key = key  # (layer, st_dev, st_ino) of the backing entry
-        self.lookups = 0  # kernel lookup count
-        self.opens = 0  # open file and directory handles
-        self.children = {}  # name -> live child Node (directories)
-        self.shared_lower = False  # a lower file with other names (hard links): see fuse/operations.py
+        self.key = key  # (layer, st_dev, st_ino) of the backing entry, or of the origin it records
+        # name -> child Node, held weakly (directories; others have none)
+        self.children = WeakValueDictionary() if is_dir else _NO_CHILDREN
+        self.shared_lower = False  # a lower file with other names (hard links): see fuse/nodetable.py
         self.handles = []  # open FileHandles, to stat a file whose last name is gone
         self.xattr_names = None  # stored xattr names once listed (the kernel asks for
         #                          security.capability before every write): None = not known
@@ -76,7 +79,7 @@ class Node:
         #                          Listings.list_entries
 
     def __repr__(self):
-        return f"Node({self.id}, {self.names[:1]!r}, layer={self.layer}, merge={self.merge})"
+        return f"Node({self.ino}, {self.names[:1]!r}, layer={self.layer}, merge={self.merge})"
 
     @property
     def parent(self):
@@ -85,7 +88,7 @@ class Node:
     def path(self) -> bytes:
         """Relative path in the upper (and in every lower unless `lpaths` says otherwise)."""
         if not self.names:
-            if self.id == ROOT_ID:
+            if self.ino == ROOT_ID:
                 return b""
             # Unlinked (maybe still open): it has no path, and b"" would be the layer's root.
             raise OSError(errno.ENOENT, "no name left")
@@ -95,7 +98,7 @@ class Node:
             parent, name = node.names[0]
             parts.append(name)
             node = parent
-        if node.id != ROOT_ID:
+        if node.ino != ROOT_ID:
             raise OSError(errno.ESTALE, "node is no longer reachable")
         parts.reverse()
         return b"/".join(parts)
@@ -106,40 +109,35 @@ class NodeTable:
         self.single_dev = single_dev
         self._dev_index = {}
         self._next_fallback = _FALLBACK_BASE
-        self.by_id = {}
-        self.by_key = {}
-        self.root = Node(ROOT_ID, True, root_merge[0], root_merge, root_key)
-        self.root.lookups = 1  # the kernel never forgets the root
-        self.by_id[ROOT_ID] = self.root
+        self.by_ino = WeakValueDictionary()  # st_ino -> the live node that shows it
+        self.by_key = WeakValueDictionary()
+        self.root = Node(ROOT_ID, True, root_merge[0], root_merge, root_key)  # held by the table
+        self.by_ino[ROOT_ID] = self.root
         self.by_key[root_key] = self.root
 
     def __len__(self):
-        return len(self.by_id)
+        """How many nodes are alive."""
+        return len(self.by_ino)
 
-    def get(self, node_id: int) -> Node:
-        try:
-            return self.by_id[node_id]
-        except KeyError:
-            raise OSError(errno.ESTALE, "unknown node id %d" % node_id) from None
-
-    def _new_id(self, key) -> int:
+    def _new_ino(self, key) -> int:
         _layer, dev, ino = key
         if self.single_dev:
             wanted = ino
         else:
             index = self._dev_index.setdefault(dev, len(self._dev_index) + 1)
             wanted = (index << 48) | (ino & _INO_MASK) if index < 0x7FFF and ino <= _INO_MASK else 0
-        if wanted and wanted != ROOT_ID and wanted < (1 << 63) and wanted not in self.by_id:
+        if wanted and wanted != ROOT_ID and wanted < (1 << 63) and wanted not in self.by_ino:
             return wanted
-        while self._next_fallback in self.by_id:
+        while self._next_fallback in self.by_ino:
             self._next_fallback += 1
         self._next_fallback += 1
         return self._next_fallback - 1
 
     def attach(
-        self, parent: Node, name: bytes, key, is_dir: bool, layer: int, merge, lpaths=None, redirect=None
+        self, parent: Node, name: bytes, key, is_dir: bool, layer: int, merge, lpaths=None, redirect=None, ino_key=None
     ) -> Node:
-        """The node for parent/name, resolved to the backing *key*; reuses a live node of that key."""
+        """The node for parent/name, resolved to the backing *key*; reuses a live node of that key.
+        A new node's st_ino comes from *key*, or from what `ino_key()` returns where given."""
         node = parent.children.get(name)
         if node is not None and node.key == key and node.is_dir == is_dir:
             node.layer, node.merge, node.lpaths, node.redirect = layer, merge, lpaths, redirect
@@ -154,23 +152,31 @@ class NodeTable:
                     self._unname(node, old_parent, old_name)
             node.layer, node.merge, node.lpaths, node.redirect = layer, merge, lpaths, redirect
         else:
-            node = Node(self._new_id(key), is_dir, layer, merge, key)
+            if ino_key is not None:
+                try:
+                    ino_key = ino_key()
+                except OSError:  # changed behind the mount: the backing entry's number will do
+                    ino_key = None
+            node = Node(self._new_ino(ino_key or key), is_dir, layer, merge, key)
             node.lpaths, node.redirect = lpaths, redirect
-            self.by_id[node.id] = node
+            self.by_ino[node.ino] = node
             self.by_key[key] = node
         node.names.insert(0, (parent, name))
         _set_child(parent, name, node)
         return node
 
-    def rekey(self, node: Node, key) -> None:
-        """The node's backing entry changed (copy-up); its id stays."""
+    def rekey(self, node: Node, key, renumber: bool = False) -> None:
+        """The node's backing entry changed (copy-up); its st_ino stays, or with *renumber* becomes the
+        new key's."""
         if self.by_key.get(node.key) is node:
             del self.by_key[node.key]
         node.key = key
-        other = self.by_key.get(key)
-        if other is not None and other is not node:
-            # A stale node claimed this backing; the fresh one wins.
-            del self.by_key[key]
+        if renumber:
+            if self.by_ino.get(node.ino) is node:
+                del self.by_ino[node.ino]
+            node.ino = self._new_ino(key)
+            self.by_ino[node.ino] = node
+        # A stale node that claimed this backing loses it: the fresh one wins.
         self.by_key[key] = node
 
     def prefer_name(self, node: Node, parent: Node, name: bytes) -> None:
@@ -189,7 +195,6 @@ class NodeTable:
             node.names.remove((parent, name))
         except ValueError:
             pass
-        self.maybe_drop(parent)
 
     def detach(self, parent: Node, name: bytes):
         """parent/name no longer names its node (unlink, rmdir, rename away)."""
@@ -198,9 +203,8 @@ class NodeTable:
             return None
         self._unname(node, parent, name)
         if not node.names and self.by_key.get(node.key) is node:
-            # The backing may be reused by another file; this node keeps its id until forgotten.
+            # The backing may be reused by another file; this node keeps its st_ino while held.
             del self.by_key[node.key]
-        self.maybe_drop(node)
         return node
 
     def move(self, node: Node, parent: Node, name: bytes, new_parent: Node, new_name: bytes) -> None:
@@ -211,7 +215,6 @@ class NodeTable:
         if (new_parent, new_name) not in node.names:
             node.names.insert(0, (new_parent, new_name))
         _set_child(new_parent, new_name, node)
-        self.maybe_drop(parent)
 
     def exchange(self, a: Node, a_parent: Node, a_name: bytes, b: Node, b_parent: Node, b_name: bytes):
         """a and b swapped names (RENAME_EXCHANGE)."""
@@ -219,25 +222,3 @@ class NodeTable:
         b.names = [(a_parent, a_name) if n == (b_parent, b_name) else n for n in b.names]
         _set_child(b_parent, b_name, a)
         _set_child(a_parent, a_name, b)
-
-    def forget(self, node: Node, count: int) -> None:
-        node.lookups = max(0, node.lookups - count)
-        self.maybe_drop(node)
-
-    def maybe_drop(self, node: Node) -> None:
-        while node is not None and node.lookups == 0 and node.opens == 0 and not node.children and node.id != ROOT_ID:
-            if self.by_id.get(node.id) is node:
-                del self.by_id[node.id]
-            if self.by_key.get(node.key) is node:
-                del self.by_key[node.key]
-            parents = node.names
-            node.names = []
-            nxt = None
-            for parent, name in parents:
-                if parent.children.get(name) is node:
-                    del parent.children[name]
-                nxt = parent
-            if len(parents) > 1:
-                for parent, _ in parents[:-1]:
-                    self.maybe_drop(parent)
-            node = nxt

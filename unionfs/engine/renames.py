@@ -54,6 +54,7 @@ class Renames:
         if node.is_dir:
             return None
         self.check_rename(parent, name, new_parent, new_name, flags)
+        self.nodes.prefer_name(node, parent, name)  # a file with several names: the one that moves
         return self.copyup.job(node)
 
     def rename(self, parent: Node, name: bytes, new_parent: Node, new_name: bytes, flags: int = 0):
@@ -253,7 +254,10 @@ class Renames:
         self._check_movable(node, new_parent)
         self._check_movable(other, parent)
         redirects = [moving for moving in (node, other) if self._moves_by_redirect(moving)]
+        # Files with several names: the names exchanged are the ones copied up.
+        self.nodes.prefer_name(node, parent, name)
         self.copyup.copy_up(node)
+        self.nodes.prefer_name(other, new_parent, new_name)
         self.copyup.copy_up(other)
         self.copyup.ensure_upper_dir(parent)
         self.copyup.ensure_upper_dir(new_parent)

@@ -142,19 +142,31 @@ class Resolution:
         key = (index, st.st_dev, st.st_ino)
         is_dir = stat.S_ISDIR(st.st_mode)
         shared = (index != 0 or self.stack.upper is None) and not is_dir and st.st_nlink > 1
-        if self.index.pos is not None and not is_dir:
+        ino_key = None
+        if not is_dir and (index == 0 or self.index.pos is not None):
             index, key, shared = self.index.node_identity(parent, name, index, st, key, shared)
-        node = self.nodes.attach(parent, name, key, is_dir, index, merge, lpaths, redirect)
+        elif is_dir and index == 0 and len(merge) > 1 and self.stack.upper is not None:
+            ino_key = lambda: self._lower_dir_key(parent, name, merge[1], lpaths)  # noqa: E731
+        node = self.nodes.attach(parent, name, key, is_dir, index, merge, lpaths, redirect, ino_key)
         node.shared_lower = shared
         return node
 
+    def _lower_dir_key(self, parent: Node, name: bytes, lower: int, lpaths):
+        """The key of a merged directory's topmost lower directory: its st_ino is the one the directory
+        shows, as the kernel shows a merged (or copied-up) directory's."""
+        rel = lpaths[lower] if lpaths and lower in lpaths else join(self.rel(parent, lower), name)
+        st = self.layers[lower].lstat(rel)
+        return (lower, st.st_dev, st.st_ino)
+
     def child(self, parent: Node, name: bytes) -> Node:
-        """The node of parent/name without taking a lookup reference; ENOENT if absent."""
+        """The node of parent/name; ENOENT if absent. It becomes the name the node is reached by."""
         if not parent.is_dir:
             raise OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
         check_name(name)
         node = parent.children.get(name)
         if node is not None:
+            if node.shared_lower:
+                self.nodes.prefer_name(node, parent, name)  # the name a change came through is copied up
             return node
         absent = parent.absent
         if absent is not None and name in absent:
@@ -171,7 +183,7 @@ class Resolution:
         return self.attach(parent, name, *found)
 
     def lookup(self, parent: Node, name: bytes):
-        """(node, stat) of parent/name, counting one kernel lookup of the node."""
+        """(node, stat) of parent/name ("." and ".." too); it becomes the name the node is reached by."""
         if name == b".":
             node = parent
         elif name == b"..":
@@ -179,14 +191,7 @@ class Resolution:
         else:
             node = self.child(parent, name)
             self.nodes.prefer_name(node, parent, name)
-        st = self.attributes.getattr(node)
-        node.lookups += 1
-        return node, st
-
-    def forget(self, node_id: int, count: int) -> None:
-        node = self.nodes.by_id.get(node_id)
-        if node is not None:
-            self.nodes.forget(node, count)
+        return node, self.attributes.getattr(node)
 
     def lower_visible(self, parent: Node, name: bytes) -> bool:
         """Whether a lower layer merged into *parent* shows *name* (so removing it needs a whiteout)."""

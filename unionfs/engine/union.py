@@ -124,15 +124,13 @@ class UnionEngine:
     # ------------------------------------------------------------------ names (resolution.py)
 
     def child(self, parent: Node, name: bytes) -> Node:
-        """The node of parent/name without taking a lookup reference; ENOENT if absent."""
+        """The node of parent/name; ENOENT if absent."""
         return self.resolution.child(parent, name)
 
     def lookup(self, parent: Node, name: bytes):
-        """(node, stat) of parent/name, counting one kernel lookup of the node."""
+        """(node, stat) of parent/name; parent/name becomes the name the node is reached by (a file
+        with several names is copied up through the name looked up last)."""
         return self.resolution.lookup(parent, name)
-
-    def forget(self, node_id: int, count: int) -> None:
-        self.resolution.forget(node_id, count)
 
     # ------------------------------------------------------------------ listings (listings.py)
 
@@ -147,9 +145,6 @@ class UnionEngine:
     def list_entries(self, node: Node):
         """The merged listing as [(name, file type, scan entry or None)] (see Listings.list_entries)."""
         return self.listings.list_entries(node)
-
-    def lookup_scanned(self, parent: Node, scanned):
-        return self.listings.lookup_scanned(parent, scanned)
 
     def attach_scanned(self, parent: Node, scanned):
         return self.listings.attach_scanned(parent, scanned)
@@ -219,7 +214,7 @@ class UnionEngine:
     # ------------------------------------------------------------------ making and removing (namespace.py)
 
     def create(self, parent: Node, name: bytes, mode: int, flags: int, caller: Caller):
-        """Create and open a regular file: (node, FileHandle, stat); counts one lookup."""
+        """Create and open a regular file: (node, FileHandle, stat)."""
         return self.namespace.create(parent, name, mode, flags, caller)
 
     def mkdir(self, parent: Node, name: bytes, mode: int, caller: Caller):

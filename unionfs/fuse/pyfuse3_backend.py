@@ -98,6 +98,7 @@ class Pyfuse3Operations(pyfuse3.Operations):
         self.enable_writeback_cache = requests.writeback_cache
         self.enable_acl = requests.posix_acl
         requests.bare_entries = bare_entries.available
+        requests.nodes.separate_ids = False  # pyfuse3's node id is st_ino
         requests.before_wait = fuse_loop.spare_reader
 
     # ----------------------------------------------------------- lookup and attributes

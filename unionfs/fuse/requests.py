@@ -3,8 +3,8 @@
 It knows no FUSE binding. A backend (native_backend.py over unionfs.protocol, or pyfuse3_backend.py)
 decodes a request into plain values, awaits the method and encodes what it returns: an `Entry` record, a
 file handle (`Opened`), bytes, a `Statfs`, or nothing. Every decision that is not the binding's is made
-here: node ids and the uid/gid mapping as shown, timeouts (a zero entry timeout for a shared lower
-name), the copy-up locks and threads, file and directory handles, listing snapshots.
+here: the nodes the kernel holds, their ids, the uid/gid mapping as shown and timeouts (nodetable.py),
+the copy-up locks and threads, file and directory handles, listing snapshots.
 
 Every method ends in the one error boundary (`_failure`): an OSError leaves with its errno, any other
 exception leaves as OSError(EIO) with an ERROR log line and its traceback, so the mount never dies.
@@ -26,43 +26,15 @@ from collections.abc import Callable
 from ..engine import Caller, UnionEngine
 from ..engine.idmap import IdMap
 from ..logger import DEBUG, get_logger
+from .directories import DirectoryRequests
+from .nodetable import Entry, KernelNodes
 
 log = get_logger("unionfs")
 
 # Copies smaller than this are done inline: a thread round trip costs more than the copy.
 THREAD_COPY_MIN = 1 << 20
-
-_S_IFDIR = stat.S_IFDIR
+RENAME_EXCHANGE = 2
 _SUIDGID = stat.S_ISUID | stat.S_ISGID
-
-
-class Entry(
-    namedtuple(
-        "Entry",
-        "node_id generation st_ino mode nlink uid gid rdev size blksize blocks atime_ns mtime_ns ctime_ns "
-        "entry_timeout attr_timeout",
-    )
-):
-    """A node's attributes as the kernel is to see them, with how long it may cache them.
-
-    node_id 0 is "no node": a negative lookup (cache the absence for entry_timeout; every other field 0).
-    """
-
-    __slots__ = ()
-
-    # The names the native protocol session packs by (unionfs.protocol.operations.Entry's), so a
-    # record goes to the wire as it is.
-    @property
-    def attr_flags(self) -> int:
-        return 0
-
-    @property
-    def node(self) -> int:
-        return self.node_id
-
-    @property
-    def ino(self) -> int:
-        return self.st_ino
 
 
 # The records are collections.namedtuple, not typing.NamedTuple: importing typing costs a mount
@@ -123,15 +95,7 @@ def _in_group(caller, gid: int) -> bool:
     return False
 
 
-class _DirHandle:
-    __slots__ = ("node", "names")
-
-    def __init__(self, node):
-        self.node = node
-        self.names = None  # union.list_entries(), taken at the first readdir from offset 0 (and rewinddir)
-
-
-class UnionRequests:
+class UnionRequests(DirectoryRequests):
     """FUSE requests as async methods over one `UnionEngine`.
 
     Set by the backend before serving:
@@ -142,6 +106,7 @@ class UnionRequests:
     - `backing_open`, `backing_close`: where the kernel passes reads and writes through to backing
       files (FUSE_PASSTHROUGH), backing_open(fd) registers the open file and returns its backing id
       (OSError when refused) and backing_close(id) lets go of one; None: every read and write comes here.
+    - `nodes.separate_ids`: whether node ids may differ from st_ino (default True; pyfuse3: False).
     """
 
     # What the backend asks the kernel for at INIT (FUSE capabilities):
@@ -153,6 +118,7 @@ class UnionRequests:
     writeback_cache = False
     posix_acl = True  # the engine keeps system.posix_acl_* xattrs; the kernel enforces them
     dot_lookup = True  # lookup of "." and ".." answers (export by file handle)
+    _failure = staticmethod(_failure)  # for the methods of DirectoryRequests
 
     def __init__(self, union: UnionEngine, timeout: float = 300.0, uid_map: IdMap = None, gid_map: IdMap = None):
         self.union = union
@@ -167,43 +133,20 @@ class UnionRequests:
         self.backing_open: Callable[[int], int] | None = None
         self.backing_close: Callable[[int], None] = _ignore
         self._has_upper = union.stack.upper is not None
-        self._backing = {}  # node id -> [backing id, open handles passed through with it]
-        self._passed = {}  # fh -> node id, for the handles passed through
-        self._node = union.nodes.get
+        # An upper file is one node id (only names of a lower hard link have several), so the engine node
+        # stands for the kernel inode that the backing file is registered for.
+        self._backing = {}  # engine node -> [backing id, open handles passed through with it]
+        self._passed = {}  # fh -> engine node, for the handles passed through
+        self.nodes = KernelNodes(union, self.uid_map, self.gid_map, timeout)
+        self._node = self.nodes.node
+        self._entry = self.nodes.entry
         self._files = {}
         self._dirs = {}
         self._fh = itertools.count(1)
         self._copy_locks = {}
         self._copy_limiter = None  # trio.CapacityLimiter(4), made at the first threaded copy
-        self._negative = Entry(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, timeout, timeout)
 
     # ----------------------------------------------------------- helpers
-
-    def _entry(self, node, st) -> Entry:
-        timeout = self.timeout
-        return _new(
-            Entry,
-            (
-                node.id,
-                0,
-                node.id,
-                st.st_mode,
-                self.union.reported_nlink(node, st),
-                self.uid_map.shown(st.st_uid),
-                self.gid_map.shown(st.st_gid),
-                st.st_rdev,
-                st.st_size,
-                st.st_blksize,
-                st.st_blocks,
-                st.st_atime_ns,
-                st.st_mtime_ns,
-                st.st_ctime_ns,
-                # A lower file with several names is split by copy-up; a zero entry timeout makes the
-                # kernel ask for the name each time, so the daemon knows which name is being changed.
-                0 if node.shared_lower else timeout,
-                timeout,
-            ),
-        )
 
     def _caller(self, ctx) -> Caller:
         """The owner new entries get on disk (after uidmapping/gidmapping)."""
@@ -218,7 +161,7 @@ class UnionRequests:
             job = decide(*args)
             if job is None:
                 return
-            key = job.node.id
+            key = job.node
             running = locks.get(key)
             if running is None:
                 break
@@ -267,7 +210,7 @@ class UnionRequests:
 
     async def _settled(self, node):
         """Wait for a copy-up of this node in flight (before removing or renaming it)."""
-        lock = self._copy_locks.get(node.id)
+        lock = self._copy_locks.get(node)
         if lock is not None:
             if lock.locked():
                 self.before_wait()
@@ -288,10 +231,11 @@ class UnionRequests:
         """The entry of parent/name, counting one kernel reference; a negative entry (node_id 0) if absent."""
         try:
             try:
-                node, st = self.union.lookup(self._node(parent_id), name)
+                parent = self._node(parent_id)
+                node, st = self.union.lookup(parent, name)
             except FileNotFoundError:
-                return self._negative
-            return self._entry(node, st)
+                return self.nodes.negative
+            return self._entry(node, st, parent, name)
         except Exception as exc:
             raise _failure(exc, "lookup", (parent_id, name)) from None
 
@@ -299,14 +243,14 @@ class UnionRequests:
         """Drop kernel references: *items* is an iterable of (node_id, count). Never raises."""
         for node_id, count in items:
             try:
-                self.union.forget(node_id, count)
+                self.nodes.forget(node_id, count)
             except Exception:
                 log.exception("ERROR in forget(%d, %d)", node_id, count)
 
     async def getattr(self, node_id: int) -> Entry:
         try:
             node = self._node(node_id)
-            return self._entry(node, self.union.getattr(node))
+            return self.nodes.attributes(node_id, node, self.union.getattr(node))
         except Exception as exc:
             raise _failure(exc, "getattr", (node_id,)) from None
 
@@ -320,7 +264,7 @@ class UnionRequests:
             if size is None and mode is None and uid is None and gid is None and atime_ns is None and mtime_ns is None:
                 # Only ctime (the write-back cache flushes it after unlink or rename): the backing file
                 # keeps its own; nothing to copy up.
-                return self._entry(node, self.union.getattr(node))
+                return self.nodes.attributes(node_id, node, self.union.getattr(node))
             await self._copy_up(self.union.copy_up_for_setattr, node, size)
             st = self.union.setattr(
                 node,
@@ -334,7 +278,7 @@ class UnionRequests:
             )
             if kill_for is not None:
                 st = self._kill_suidgid(node, st, kill_for, self._files.get(fh) if fh is not None else None)
-            return self._entry(node, st)
+            return self.nodes.attributes(node_id, node, st)
         except Exception as exc:
             raise _failure(exc, "setattr", (node_id, changes, fh)) from None
 
@@ -354,10 +298,12 @@ class UnionRequests:
         if not kill:
             return st
         st = self.union.setattr(node, mode=stat.S_IMODE(mode) & ~kill, handle=handle)
-        try:
-            self.attributes_changed(node.id)
-        except OSError as exc:
-            log.debug("invalidating the attributes of %d: %s", node.id, exc)
+        node_id = self.nodes.id_of(node)
+        if node_id is not None:
+            try:
+                self.attributes_changed(node_id)
+            except OSError as exc:
+                log.debug("invalidating the attributes of %d: %s", node_id, exc)
         return st
 
     async def readlink(self, node_id: int) -> bytes:
@@ -384,96 +330,6 @@ class UnionRequests:
             raise _failure(exc, "statfs", ()) from None
 
     # ----------------------------------------------------------- directories
-
-    async def opendir(self, node_id: int) -> int:
-        """A directory handle number."""
-        try:
-            node = self._node(node_id)
-            self.union.opendir(node)
-            fh = next(self._fh)
-            self._dirs[fh] = _DirHandle(node)
-            return fh
-        except Exception as exc:
-            raise _failure(exc, "opendir", (node_id,)) from None
-
-    async def readdir(self, fh: int, offset: int, reply, plus: bool = True) -> None:
-        """List the directory from *offset* (0, or a next_offset given before) by calling
-        reply(name: bytes, ino: int, ftype: int, entry: Entry | None, next_offset: int) -> bool
-        for each entry until it returns False (the reply is full; that entry was not sent).
-
-        ino is the entry's d_ino, ftype its S_IFMT bits. With *plus*, *entry* carries the attributes
-        and one kernel reference of the node (taken back here if reply returns False), or is None:
-        "." and "..", and files the kernel holds already, go without attributes when `bare_entries`
-        (readdirplus with node id 0). Without *plus* *entry* is always None and no reference is taken.
-        """
-        try:
-            handle = self._dirs[fh]
-            node = handle.node
-            union = self.union
-            if offset == 0 or handle.names is None:
-                handle.names = [(b".", _S_IFDIR, None), (b"..", _S_IFDIR, None)] + union.list_entries(node)
-            entries = handle.names
-            bare = self.bare_entries and plus
-            for index in range(offset, len(entries)):
-                name, ftype, scanned = entries[index]
-                if index < 2:
-                    # The kernel takes no lookup reference for "." and ".." and reads no attributes of
-                    # them (fuse_direntplus_link skips them): d_ino and d_type are all that count.
-                    target = node if index == 0 else (node.parent or union.root)
-                    if not reply(name, target.id, _S_IFDIR, None, index + 1):
-                        return
-                    continue
-                child = node.children.get(name)
-                if not plus:
-                    if scanned is not None:
-                        child = union.attach_scanned(node, scanned)[0]
-                    elif child is None:
-                        try:
-                            child = union.child(node, name)
-                        except OSError:
-                            continue  # gone behind the mount since
-                    ino = child.id
-                    union.forget(ino, 0)  # a node nobody holds is not kept for this
-                    if not reply(name, ino, ftype, None, index + 1):
-                        return
-                    continue
-                # A file the kernel holds goes without attributes (bare_entries.py): a refresh would
-                # drop its cached ACLs. Directories keep theirs: reading a directory makes the kernel
-                # drop its atime, and without this refresh the walker's next stat of it would be a
-                # request. A shared lower file is looked up by name each time (entry_timeout 0).
-                if (
-                    bare
-                    and child is not None
-                    and child.lookups > 0
-                    and not child.is_dir
-                    and not child.shared_lower
-                    and (scanned is None or union.is_scanned_node(child, scanned))
-                ):
-                    if not reply(name, child.id, ftype, None, index + 1):
-                        return
-                    continue
-                if scanned is None:  # a listing kept from before: the entry's attributes are looked up
-                    try:
-                        child, st = union.lookup(node, name)
-                    except OSError:
-                        continue  # gone behind the mount since
-                else:
-                    child, st = union.lookup_scanned(node, scanned)
-                if not reply(name, child.id, ftype, self._entry(child, st), index + 1):
-                    union.forget(child.id, 1)
-                    return
-        except Exception as exc:
-            raise _failure(exc, "readdir", (fh, offset)) from None
-
-    async def releasedir(self, fh: int) -> None:
-        try:
-            handle = self._dirs.pop(fh)
-            self.union.releasedir(handle.node)
-        except Exception as exc:
-            raise _failure(exc, "releasedir", (fh,)) from None
-
-    async def fsyncdir(self, fh: int, datasync: bool) -> None:
-        pass
 
     async def mkdir(self, parent_id: int, name: bytes, mode: int, ctx) -> Entry:
         try:
@@ -512,7 +368,7 @@ class UnionRequests:
             await self._settled(node)
             await self._copy_up(self.union.copy_up_for_link, node, new_name)
             linked, st = self.union.link(node, self._node(new_parent_id), new_name)
-            return self._entry(linked, st)
+            return self._entry(linked, st, node_id=node_id)  # the same inode, under one more name
         except Exception as exc:
             raise _failure(exc, "link", (node_id, new_parent_id, new_name)) from None
 
@@ -521,6 +377,7 @@ class UnionRequests:
             parent = self._node(parent_id)
             await self._settled_child(parent, name)
             self.union.unlink(parent, name)
+            self.nodes.removed(parent, name)
         except Exception as exc:
             raise _failure(exc, "unlink", (parent_id, name)) from None
 
@@ -534,6 +391,7 @@ class UnionRequests:
             await self._settled_child(new_parent, new_name)
             await self._copy_up(union.copy_up_for_rename, parent, name, new_parent, new_name, flags)
             union.rename(parent, name, new_parent, new_name, flags)
+            self.nodes.moved(parent, name, new_parent, new_name, exchange=bool(flags & RENAME_EXCHANGE))
         except Exception as exc:
             raise _failure(exc, "rename", (parent_id, name, new_parent_id, new_name)) from None
 
@@ -562,7 +420,7 @@ class UnionRequests:
         register = self.backing_open
         if register is None or not self._has_upper or handle.layer != 0 or node.layer != 0:
             return 0
-        held = self._backing.get(node.id)
+        held = self._backing.get(node)
         if held is None:
             if len(node.handles) > 1:
                 return 0
@@ -578,9 +436,9 @@ class UnionRequests:
                     self.backing_open = None
                 log.debug("passthrough refused (%s): reads and writes go through the daemon", exc)
                 return 0
-            held = self._backing[node.id] = [backing, 0]
+            held = self._backing[node] = [backing, 0]
         held[1] += 1
-        self._passed[fh] = node.id
+        self._passed[fh] = node
         return held[0]
 
     def _mode_of(self, handle) -> int:
@@ -591,13 +449,13 @@ class UnionRequests:
         return self.union.getattr(handle.node).st_mode
 
     def _passed_released(self, fh: int) -> None:
-        node_id = self._passed.pop(fh, None)
-        if node_id is None:
+        node = self._passed.pop(fh, None)
+        if node is None:
             return
-        held = self._backing[node_id]
+        held = self._backing[node]
         held[1] -= 1
         if held[1] == 0:
-            del self._backing[node_id]
+            del self._backing[node]
             try:
                 self.backing_close(held[0])
             except OSError as exc:
