@@ -28,6 +28,8 @@ from ..engine.idmap import IdMap
 from ..logger import DEBUG, get_logger
 from .directories import DirectoryRequests
 from .nodetable import Entry, KernelNodes
+from .passthrough import PassthroughRequests
+from .privileges import PrivilegeRequests
 
 log = get_logger("unionfs")
 
@@ -79,23 +81,7 @@ def _ignore(_):
     pass
 
 
-def _in_group(caller, gid: int) -> bool:
-    """Whether the caller (uid, gid, pid) is root (taken as privileged: a chown by root keeps a
-    set-group-ID without group execute) or has *gid* as its group or a supplementary one (from /proc,
-    as the request does not carry them); in doubt, no."""
-    if caller.uid == 0 or caller.gid == gid:
-        return True
-    try:
-        with open(f"/proc/{caller.pid}/status", "rb") as f:
-            for line in f:
-                if line.startswith(b"Groups:"):
-                    return str(gid).encode() in line.split()[1:]
-    except OSError:
-        pass
-    return False
-
-
-class UnionRequests(DirectoryRequests):
+class UnionRequests(DirectoryRequests, PassthroughRequests, PrivilegeRequests):
     """FUSE requests as async methods over one `UnionEngine`.
 
     Set by the backend before serving:
@@ -133,10 +119,8 @@ class UnionRequests(DirectoryRequests):
         self.backing_open: Callable[[int], int] | None = None
         self.backing_close: Callable[[int], None] = _ignore
         self._has_upper = union.stack.upper is not None
-        # An upper file is one node id (only names of a lower hard link have several), so the engine node
-        # stands for the kernel inode that the backing file is registered for.
-        self._backing = {}  # engine node -> [backing id, open handles passed through with it]
-        self._passed = {}  # fh -> engine node, for the handles passed through
+        self._backing = {}  # passthrough.py
+        self._passed = {}
         self.nodes = KernelNodes(union, self.uid_map, self.gid_map, timeout)
         self._node = self.nodes.node
         self._entry = self.nodes.entry
@@ -282,30 +266,6 @@ class UnionRequests(DirectoryRequests):
         except Exception as exc:
             raise _failure(exc, "setattr", (node_id, changes, fh)) from None
 
-    def _kill_suidgid(self, node, st, caller, handle=None):
-        """Clear a regular file's set-user-ID, and its set-group-ID where the group may execute or
-        *caller* is not in the group, as the VFS does on write, truncate and chown by a caller without
-        CAP_FSETID (with HANDLE_KILLPRIV_V2 the kernel leaves it to the filesystem; the daemon's own
-        write, with CAP_FSETID, would not). The backing filesystem drops security.capability itself
-        on the daemon's write, truncate or chown. The kernel is told to drop the mode it caches (it
-        refreshes only size and times after a write). Returns the attributes after."""
-        mode = st.st_mode
-        if not stat.S_ISREG(mode) or not mode & (stat.S_ISUID | stat.S_ISGID):
-            return st
-        kill = mode & stat.S_ISUID
-        if mode & stat.S_ISGID and (mode & stat.S_IXGRP or not _in_group(caller, self.gid_map.shown(st.st_gid))):
-            kill |= stat.S_ISGID
-        if not kill:
-            return st
-        st = self.union.setattr(node, mode=stat.S_IMODE(mode) & ~kill, handle=handle)
-        node_id = self.nodes.id_of(node)
-        if node_id is not None:
-            try:
-                self.attributes_changed(node_id)
-            except OSError as exc:
-                log.debug("invalidating the attributes of %d: %s", node_id, exc)
-        return st
-
     async def readlink(self, node_id: int) -> bytes:
         try:
             return self.union.readlink(self._node(node_id))
@@ -406,60 +366,6 @@ class UnionRequests(DirectoryRequests):
         # An upper file may have been written past the kernel's page cache (passed through): an open
         # that is not passed through starts with no cached pages.
         return _new(Opened, (fh, handle.layer != 0, False, backing))
-
-    def _pass_through(self, fh: int, handle) -> int:
-        """The backing id this open may pass through with, or 0.
-
-        Only a file in the upper layer: no later copy-up can change what backs it. A lower file's
-        reads must keep coming here, so that a read-only open made before a copy-up reads the copy
-        (as the kernel overlay reopens the real file). The kernel wants one backing file for all the
-        opens of a node, and none of them without it: a node already open without passthrough (opened
-        in a lower layer, copied up since) stays so until its last close.
-        """
-        node = handle.node
-        register = self.backing_open
-        if register is None or not self._has_upper or handle.layer != 0 or node.layer != 0:
-            return 0
-        held = self._backing.get(node)
-        if held is None:
-            if len(node.handles) > 1:
-                return 0
-            if self.kill_privs and self._mode_of(handle) & _SUIDGID:
-                # Its writes must come here to clear those bits: passed through, the kernel writes
-                # with the daemon's privileges and, with HANDLE_KILLPRIV_V2, asks nobody to clear them.
-                return 0
-            try:
-                backing = register(handle.fd)
-            except OSError as exc:
-                if exc.errno not in (errno.ELOOP, errno.EOVERFLOW, errno.EXDEV):
-                    # not for this mount at all (not privileged, not agreed, no such ioctl): stop asking
-                    self.backing_open = None
-                log.debug("passthrough refused (%s): reads and writes go through the daemon", exc)
-                return 0
-            held = self._backing[node] = [backing, 0]
-        held[1] += 1
-        self._passed[fh] = node
-        return held[0]
-
-    def _mode_of(self, handle) -> int:
-        """The mode of an open file as shown: its backing file's (fstat), unless ownership records
-        may say another."""
-        if self.union.stack.layers[handle.layer].record is None:
-            return os.fstat(handle.fd).st_mode
-        return self.union.getattr(handle.node).st_mode
-
-    def _passed_released(self, fh: int) -> None:
-        node = self._passed.pop(fh, None)
-        if node is None:
-            return
-        held = self._backing[node]
-        held[1] -= 1
-        if held[1] == 0:
-            del self._backing[node]
-            try:
-                self.backing_close(held[0])
-            except OSError as exc:
-                log.debug("closing backing id %d: %s", held[0], exc)
 
     async def open(self, node_id: int, flags: int, kill_for=None) -> Opened:
         """flags: open(2) flags as the kernel passes them. *kill_for*: the caller (a Context) of an
