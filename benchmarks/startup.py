@@ -87,14 +87,15 @@ def default_commands():
 
 
 def _is_mounted(path):
-    """Whether *path* (absolute, as made by this script) is a mount point, from /proc/self/mountinfo."""
-    want = os.path.realpath(path)
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            point = line.split()[4].replace("\\040", " ").replace("\\011", "\t").replace("\\134", "\\")
-            if point == want:
-                return True
-    return False
+    """Whether *path* (absolute, as made by this script) is a mount point (the project's one mountinfo
+    parser, through unionfs.embed.lifecycle)."""
+    try:
+        from unionfs.embed import lifecycle
+    except ImportError:  # run by a python without the package installed: the checkout's own
+        sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        from unionfs.embed import lifecycle
+
+    return bool(lifecycle.mounts_at(os.path.realpath(path)))
 
 
 def _daemon_pids(mnt):
