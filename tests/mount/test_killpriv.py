@@ -135,6 +135,14 @@ def _steps(mnt):
     return out
 
 
+@pytest.mark.xfail(
+    default_backend() == "pyfuse3",
+    strict=True,
+    reason="known difference (README): pyfuse3 negotiates neither HANDLE_KILLPRIV_V2 nor SETXATTR_EXT, so "
+    "the FUSE module clears the bits itself, by its older rule: set-group-ID without group execute stays "
+    "on a write by a caller outside the group, an O_TRUNC open clears nothing (the truncation is the "
+    "daemon's open, atomic O_TRUNC), and an access ACL never clears set-group-ID",
+)
 @pytest.mark.parametrize("passthrough", ["on", "off"])
 def test_privileges_cleared_as_on_the_kernel(tmp_path, passthrough):
     reason = kernel_overlay_skip_reason()
