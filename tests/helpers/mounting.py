@@ -17,7 +17,10 @@ import subprocess
 import sys
 import tempfile
 import threading
+from pathlib import Path
 from typing import Iterator, Optional, Sequence
+
+import pytest
 
 from tests.helpers.mounttable import is_mountpoint, unmount
 from unionfs.embed import lifecycle
@@ -330,3 +333,27 @@ def mount_fuse_overlayfs(
         finally:
             _stop_process(proc, timeout)
             proc.stdout.close()
+
+
+def on_kernel_and_pyunionfs(root: Path, layers, steps, options: Sequence[str] = ()) -> dict:
+    """Make the layers twice (`layers(dir)` -> (lower, upper, work), under root/kernel and
+    root/pyunionfs), mount each copy (a kernel overlay; pyunionfs with *options*) at dir/mnt and run
+    `steps(mnt, upper)` on it: {"kernel": (result, upper), "pyunionfs": (result, upper)}. Skips the test
+    where the kernel cannot mount an overlay; the kernel's work dir is removed afterwards (it holds a
+    root-only work/work)."""
+    reason = kernel_overlay_skip_reason()
+    if reason:
+        pytest.skip(reason)
+    out = {}
+    for side in ("kernel", "pyunionfs"):
+        lower, upper, work = layers(root / side)
+        mnt = root / side / "mnt"
+        mnt.mkdir(exist_ok=True)
+        if side == "kernel":
+            cm = mount_kernel_overlay(mnt, [lower], upper, work)
+        else:
+            cm = mount_pyunionfs(mnt, [lower], upper, work, options)
+        with cm:
+            out[side] = (steps(mnt, upper), upper)
+    shutil.rmtree(root / "kernel" / "work", ignore_errors=True)
+    return out

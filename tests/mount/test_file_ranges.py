@@ -9,11 +9,11 @@ copy-up, and after a hole is punched.
 import ctypes
 import errno
 import os
-import shutil
 
 import pytest
 
-from tests.util import FUSE_SKIP_REASON, kernel_overlay_skip_reason, mount_kernel_overlay, mount_pyunionfs
+from tests.helpers.mounting import on_kernel_and_pyunionfs
+from tests.util import FUSE_SKIP_REASON
 from unionfs.options import default_backend
 
 pytestmark = [
@@ -91,21 +91,10 @@ def _steps(mnt):
 
 
 def test_file_ranges_as_on_the_kernel(tmp_path):
-    reason = kernel_overlay_skip_reason()
-    if reason:
-        pytest.skip(reason)
-    results, uppers = {}, {}
-    for side in ("kernel", "pyunionfs"):
-        lower, upper, work = _layers(tmp_path / side)
-        mnt = tmp_path / side / "mnt"
-        mount = mount_kernel_overlay if side == "kernel" else mount_pyunionfs
-        with mount(mnt, [lower], upper, work):
-            results[side] = _steps(mnt)
-        uppers[side] = sorted(
-            (p.name, p.read_bytes() == (tmp_path / "kernel" / "upper" / p.name).read_bytes() if side != "kernel" else 1)
-            for p in upper.iterdir()
-        )
-    assert results["pyunionfs"] == results["kernel"]
-    assert [name for name, _ in uppers["pyunionfs"]] == [name for name, _ in uppers["kernel"]]
-    assert all(same for _, same in uppers["pyunionfs"]), uppers
-    shutil.rmtree(tmp_path / "kernel" / "work", ignore_errors=True)
+    runs = on_kernel_and_pyunionfs(tmp_path, _layers, lambda mnt, upper: _steps(mnt))
+    kernel_upper = runs["kernel"][1]
+    assert runs["pyunionfs"][0] == runs["kernel"][0]
+    upper = runs["pyunionfs"][1]
+    assert sorted(p.name for p in upper.iterdir()) == sorted(p.name for p in kernel_upper.iterdir())
+    different = [p.name for p in upper.iterdir() if p.read_bytes() != (kernel_upper / p.name).read_bytes()]
+    assert not different, different

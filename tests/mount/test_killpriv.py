@@ -18,7 +18,8 @@ import struct
 import pytest
 
 from tests.helpers.fuserequests import counting_requests, why_not_counting
-from tests.util import FUSE_SKIP_REASON, kernel_overlay_skip_reason, mount_kernel_overlay, mount_pyunionfs
+from tests.helpers.mounting import on_kernel_and_pyunionfs
+from tests.util import FUSE_SKIP_REASON, mount_pyunionfs
 from unionfs.options import default_backend
 from unionfs.protocol import abi
 
@@ -84,6 +85,10 @@ def _layers(root):
     return lower, upper, work, mnt
 
 
+def _layers3(root):
+    return _layers(root)[:3]
+
+
 def _as_nobody(mnt, names):
     """In a child that drops to uid/gid 65534 after opening the mount's root: append to w_* and cap,
     ftruncate t_*, open o_* with O_TRUNC, set the access ACL of acl (each under every prefix)."""
@@ -145,19 +150,9 @@ def _steps(mnt):
 )
 @pytest.mark.parametrize("passthrough", ["on", "off"])
 def test_privileges_cleared_as_on_the_kernel(tmp_path, passthrough):
-    reason = kernel_overlay_skip_reason()
-    if reason:
-        pytest.skip(reason)
-    results = {}
-    for side in ("kernel", "pyunionfs"):
-        lower, upper, work, mnt = _layers(tmp_path / side)
-        if side == "kernel":
-            cm = mount_kernel_overlay(mnt, [lower], upper, work)
-        else:
-            options = [f"passthrough={passthrough}"] if default_backend() == "native" else []
-            cm = mount_pyunionfs(mnt, [lower], upper, work, options)
-        with cm:
-            results[side] = _steps(mnt)
+    options = [f"passthrough={passthrough}"] if default_backend() == "native" else []
+    runs = on_kernel_and_pyunionfs(tmp_path, _layers3, lambda mnt, upper: _steps(mnt), options)
+    results = {side: result for side, (result, _) in runs.items()}
     # the test's own check: on the kernel, the unprivileged writes cleared what they should
     k = results["kernel"]
     assert k["w_suid"][0] == "-rwxrwxrwx" and k["w_sgid_member"][0] == "-rwxrwSrwx" and not k["cap"][2]

@@ -13,12 +13,12 @@ file). Whether passthrough is in effect is seen from outside: the FUSE requests 
 import mmap
 import os
 import random
-import shutil
 
 import pytest
 
 from tests.helpers.fuserequests import counting_requests, why_not_counting
-from tests.util import FUSE_SKIP_REASON, kernel_overlay_skip_reason, mount_kernel_overlay, mount_pyunionfs
+from tests.helpers.mounting import on_kernel_and_pyunionfs
+from tests.util import FUSE_SKIP_REASON, mount_pyunionfs
 from unionfs.options import default_backend
 from unionfs.protocol import abi
 
@@ -121,20 +121,10 @@ def _steps(mnt, upper):
 
 
 def test_passthrough_as_on_the_kernel(tmp_path):
-    reason = kernel_overlay_skip_reason()
-    if reason:
-        pytest.skip(reason)
-    results, uppers = {}, {}
-    for side in ("kernel", "pyunionfs"):
-        lower, upper, work = _layers(tmp_path / side)
-        mnt = tmp_path / side / "mnt"
-        mount = mount_kernel_overlay if side == "kernel" else mount_pyunionfs
-        with mount(mnt, [lower], upper, work):
-            results[side] = _steps(mnt, upper)
-        uppers[side] = {p.name: p.read_bytes() for p in upper.iterdir()}
-    assert results["pyunionfs"] == results["kernel"]
+    runs = on_kernel_and_pyunionfs(tmp_path, _layers, _steps)
+    uppers = {side: {p.name: p.read_bytes() for p in upper.iterdir()} for side, (_, upper) in runs.items()}
+    assert runs["pyunionfs"][0] == runs["kernel"][0]
     assert uppers["pyunionfs"] == uppers["kernel"]
-    shutil.rmtree(tmp_path / "kernel" / "work", ignore_errors=True)
 
 
 def test_big_write_and_read_back_pass_the_daemon_by(tmp_path):

@@ -10,7 +10,8 @@ import os
 import pytest
 
 from tests.helpers.fuserequests import counting_requests, why_not_counting
-from tests.util import FUSE_SKIP_REASON, kernel_overlay_skip_reason, mount_kernel_overlay, mount_pyunionfs
+from tests.helpers.mounting import on_kernel_and_pyunionfs
+from tests.util import FUSE_SKIP_REASON, mount_pyunionfs
 from unionfs.options import default_backend
 from unionfs.protocol import abi
 
@@ -30,6 +31,10 @@ def _layers(root):
     return lower, upper, work, mnt
 
 
+def _layers3(root):
+    return _layers(root)[:3]
+
+
 def _steps(mnt):
     out = [os.readlink(mnt / "lo_link"), os.readlink(mnt / "up_link"), os.readlink(mnt / "lo_link")]
     os.chown(mnt / "lo_link", 1234, 1234, follow_symlinks=False)  # copies the symlink up
@@ -47,15 +52,8 @@ def _steps(mnt):
 
 @pytest.mark.kernel
 def test_symlink_targets_as_on_the_kernel(tmp_path):
-    reason = kernel_overlay_skip_reason()
-    if reason:
-        pytest.skip(reason)
-    results = {}
-    for side in ("kernel", "pyunionfs"):
-        lower, upper, work, mnt = _layers(tmp_path / side)
-        mount = mount_kernel_overlay if side == "kernel" else mount_pyunionfs
-        with mount(mnt, [lower], upper, work):
-            results[side] = _steps(mnt)
+    runs = on_kernel_and_pyunionfs(tmp_path, _layers3, lambda mnt, upper: _steps(mnt))
+    results = {side: result for side, (result, _) in runs.items()}
     assert results["pyunionfs"] == results["kernel"]
 
 
