@@ -23,6 +23,7 @@ DEBUG, INFO, WARNING, ERROR = 10, 20, 30, 40
 _pending = None  # (setup, levels): the configuration noted by configure_later, until load()
 _kept: list = []  # (created, name, level, msg, args) of records kept until load()
 _loggers: dict = {}
+_registered = False  # the exit hook that writes what is still kept
 
 
 def get_logger(name: str) -> "Logger":
@@ -68,9 +69,6 @@ def load() -> None:
             real.handle(record)
 
 
-_registered = False
-
-
 def _register_exit() -> None:
     global _registered
     import atexit
@@ -105,10 +103,7 @@ class Logger:
 
     def _logger(self):
         if self._real is None:
-            load()
-            import logging
-
-            self._real = logging.getLogger(self.name)
+            load()  # gives every logger of get_logger its real one
         return self._real
 
     def isEnabledFor(self, level: int) -> bool:

@@ -92,6 +92,17 @@ class Attributes:
     def write_record(self, path: bytes, follow: bool, uid: int, gid: int, mode: int) -> None:
         os.setxattr(path, self.stack.upper.record, ownership.encode(uid, gid, mode), follow_symlinks=follow)
 
+    def _record_change(self, fd: int, shown, uid, gid, mode) -> None:
+        """Write the owner and mode a setattr gives (None: as *shown*) to the ownership record of the
+        upper file open as *fd*."""
+        self.write_record(
+            proc_path(fd),
+            True,
+            shown.st_uid if uid is None else uid,
+            shown.st_gid if gid is None else gid,
+            shown.st_mode if mode is None else mode,
+        )
+
     def chown_new(self, tmp_name: bytes, uid: int, gid: int) -> None:
         """Give a work-dir entry its owner (when the daemon may chown at all, and keeps no records)."""
         stack = self.stack
@@ -174,14 +185,7 @@ class Attributes:
                 # Owner and mode go to the record; the backing file keeps its own (a symlink can hold
                 # no user.* xattr: as fuse-overlayfs, its chown is let go).
                 if not is_link:
-                    shown = self.record_view(st, proc_path(fd), upper.record, True)
-                    self.write_record(
-                        proc_path(fd),
-                        True,
-                        shown.st_uid if uid is None else uid,
-                        shown.st_gid if gid is None else gid,
-                        shown.st_mode if mode is None else mode,
-                    )
+                    self._record_change(fd, self.record_view(st, proc_path(fd), upper.record, True), uid, gid, mode)
                 uid = gid = mode = None
             # A symlink is reached as name under its parent without following it (a symlink is never a
             # mount point); anything else through its own O_PATH fd, so no mount point is crossed.
@@ -223,14 +227,7 @@ class Attributes:
                 raise OSError(errno.EBADF, os.strerror(errno.EBADF))
             os.ftruncate(handle.fd if handle is not None and handle.writable else writable[0], size)
         if self.write_records and (uid is not None or gid is not None or mode is not None):
-            shown = self.shown_fd(upper, fd)
-            self.write_record(
-                proc_path(fd),
-                True,
-                shown.st_uid if uid is None else uid,
-                shown.st_gid if gid is None else gid,
-                shown.st_mode if mode is None else mode,
-            )
+            self._record_change(fd, self.shown_fd(upper, fd), uid, gid, mode)
             uid = gid = mode = None
         if uid is not None or gid is not None:
             os.fchown(fd, -1 if uid is None else uid, -1 if gid is None else gid)

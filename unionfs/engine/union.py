@@ -203,6 +203,10 @@ class UnionEngine:
     def copy_up_begin(self, node: Node, with_data: bool = True) -> CopyUpJob:
         return self.copyup.begin(node, with_data)
 
+    def copy_up_run(self, job: CopyUpJob) -> None:
+        """Run a begun job here and now: claim it, copy, commit; abort it if anything fails."""
+        self.copyup.run(job)
+
     def copy_up_commit(self, job: CopyUpJob) -> None:
         """Move a job's copy into place (its descriptors closed); if this fails, abort the job."""
         self.copyup.commit(job)

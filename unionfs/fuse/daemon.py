@@ -41,21 +41,20 @@ def mount_options(opts) -> list:
     return out
 
 
-def _dropped_replies_filter(logging):
-    """pyfuse3 logs ERROR when a reply finds its request gone (ENOENT): the kernel stopped waiting for it,
-    as it does for a release or an interrupted call while the mount goes away. Nothing failed: debug."""
+def _dropped_reply(record) -> bool:
+    """A logging filter of pyfuse3's logger. pyfuse3 logs ERROR when a reply finds its request gone
+    (ENOENT): the kernel stopped waiting for it, as it does for a release or an interrupted call while
+    the mount goes away. Nothing failed: debug."""
+    import logging  # loaded already: a filter runs on a record
 
-    def dropped_reply(record):
-        if (
-            record.levelno >= logging.ERROR
-            and "fuse_reply_" in str(record.msg)
-            and "No such file or directory" in record.getMessage()
-        ):
-            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
-            return logging.getLogger("pyfuse3").isEnabledFor(logging.DEBUG)
-        return True
-
-    return dropped_reply
+    if (
+        record.levelno >= logging.ERROR
+        and "fuse_reply_" in str(record.msg)
+        and "No such file or directory" in record.getMessage()
+    ):
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return logging.getLogger("pyfuse3").isEnabledFor(logging.DEBUG)
+    return True
 
 
 def _setup_logging(opts, to_stderr: bool):
@@ -79,9 +78,8 @@ def _setup_logging(opts, to_stderr: bool):
             handler = logging.NullHandler()
         logging.getLogger().handlers[:] = [handler]
         pyfuse3_log = logging.getLogger("pyfuse3")
-        if not getattr(pyfuse3_log, "_unionfs_filtered", False):
-            pyfuse3_log.addFilter(_dropped_replies_filter(logging))
-            pyfuse3_log._unionfs_filtered = True
+        if _dropped_reply not in pyfuse3_log.filters:
+            pyfuse3_log.addFilter(_dropped_reply)
 
     # the bindings' own loggers say only what is wrong, unless debugging
     quiet = DEBUG if opts.debug else WARNING

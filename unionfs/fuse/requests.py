@@ -153,19 +153,14 @@ class UnionRequests(DirectoryRequests, PassthroughRequests, PrivilegeRequests):
                 self.before_wait()
             async with running:
                 pass
-        job.claim()
         union = self.union
         if job.data_size < THREAD_COPY_MIN:
             # Copied here and now, with no await until it is committed: no other request can find it
             # in flight, so it takes no lock (and needs no trio: the native backend answers requests
             # before it loads the loop).
-            try:
-                job.copy_data()
-                union.copy_up_commit(job)
-            except BaseException:
-                union.copy_up_abort(job)
-                raise
+            union.copy_up_run(job)
             return
+        job.claim()
         try:
             # Before the native backend's loop runs this raises LoopNeeded: the loop answers the request
             # again from the start, and this job is let go.
