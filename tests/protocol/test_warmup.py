@@ -15,7 +15,7 @@ from tests.protocol.fakekernel import FULL_FLAGS, Reply, cstr
 from tests.protocol.memfs import MemFS
 from unionfs.protocol import abi
 from unionfs.protocol.operations import LoopNeeded
-from unionfs.protocol.session import IDLE, Session
+from unionfs.protocol.session import IDLE, Session, readable_before_loop
 
 
 class _WaitsToRename(MemFS):
@@ -35,6 +35,30 @@ class _Yields(MemFS):
     async def getattr(self, *args):
         await _trap()
         return await super().getattr(*args)
+
+
+class _ParksGetattr(_WaitsToRename):
+    """A filesystem whose getattr of node 1 waits for a pipe before the loop (a copy in a thread of its
+    own), then answers; `after_park` may raise LoopNeeded once it goes on."""
+
+    def __init__(self):
+        super().__init__()
+        self.r, self.w = os.pipe()
+        self.resumed = 0
+        self.after_park = None
+
+    async def getattr(self, node, fh, ctx):
+        if node == 1 and not self.loop:
+            await readable_before_loop(self.r)
+            os.read(self.r, 1)
+            self.resumed += 1
+            if self.after_park is not None:
+                self.after_park()
+        return await super().getattr(node, fh, ctx)
+
+    def close(self):
+        os.close(self.r)
+        os.close(self.w)
 
 
 @types.coroutine
@@ -163,3 +187,103 @@ def test_returns_once_the_loop_is_loaded_and_on_end_of_file():
 def test_the_session_module_loads_without_trio():
     code = "import sys, unionfs.protocol.session, unionfs.fuse.native_backend; sys.exit('trio' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0
+
+
+def _serving(session, until):
+    """serve_before_loop in a thread of its own; its result in the returned list once it returns."""
+    out = []
+    t = threading.Thread(target=lambda: out.append(session.serve_before_loop(until)), daemon=True)
+    t.start()
+    return t, out
+
+
+def test_a_parked_handler_lets_later_requests_be_answered_and_goes_on_when_its_descriptor_is_readable():
+    fs = _ParksGetattr()
+    kernel, d_sock = _pair()
+    session = Session(fs, d_sock.fileno())
+    until = threading.Event()
+    try:
+        kernel.send(abi.INIT, 0, _init_body())
+        u_attr = kernel.send(abi.GETATTR, 1, abi.GETATTR_IN.pack(0, 0, 0))
+        u_look = kernel.send(abi.LOOKUP, 1, cstr(b"absent"))
+        u_mkdir = kernel.send(abi.MKDIR, 1, abi.MKDIR_IN.pack(0o755, 0) + cstr(b"d"))
+        t, out = _serving(session, until)
+        assert kernel.recv().error == 0  # INIT
+        look, mkdir = kernel.recv(), kernel.recv()  # answered while GETATTR waits
+        assert (look.unique, look.errno, mkdir.unique, mkdir.error) == (u_look, 2, u_mkdir, 0)
+        assert fs.resumed == 0
+        os.write(fs.w, b"!")
+        attr = kernel.recv()
+        assert (attr.unique, attr.error, fs.resumed) == (u_attr, 0, 1)
+        u_after = kernel.send(abi.GETATTR, 2, abi.GETATTR_IN.pack(0, 0, 0))  # "d", not parked
+        assert kernel.recv().unique == u_after
+        until.set()
+        kernel.send(abi.LOOKUP, 1, cstr(b"absent"))  # wakes the poll (no wake fd here: 2 ms anyway)
+        t.join(5)
+        assert out == [None] and not session.ended
+    finally:
+        until.set()
+        d_sock.close()
+        kernel.sock.close()
+        fs.close()
+
+
+def test_a_request_that_needs_the_loop_waits_for_the_parked_ones_to_finish_first():
+    fs = _ParksGetattr()
+    kernel, d_sock = _pair()
+    session = Session(fs, d_sock.fileno())
+    try:
+        kernel.send(abi.INIT, 0, _init_body())
+        u_attr = kernel.send(abi.GETATTR, 1, abi.GETATTR_IN.pack(0, 0, 0))
+        kernel.send(abi.MKDIR, 1, abi.MKDIR_IN.pack(0o755, 0) + cstr(b"d"))
+        u_move = kernel.send(abi.RENAME, 1, abi.RENAME_IN.pack(1) + cstr(b"d", b"e"))
+        t, out = _serving(session, threading.Event())
+        assert kernel.recv().error == 0 and kernel.recv().error == 0  # INIT, MKDIR
+        t.join(0.3)
+        assert t.is_alive() and out == []  # RENAME needs the loop, but GETATTR is still parked
+        os.write(fs.w, b"!")
+        t.join(5)
+        attr = kernel.recv()
+        assert (attr.unique, attr.error) == (u_attr, 0)
+        assert len(out) == 1 and abi.IN_HEADER.unpack_from(out[0])[1:3] == (abi.RENAME, u_move)
+    finally:
+        d_sock.close()
+        kernel.sock.close()
+        fs.close()
+
+
+def test_a_parked_handler_that_needs_the_loop_once_it_goes_on_is_answered_by_the_loop():
+    fs = _ParksGetattr()
+
+    def needs_loop():
+        if not fs.loop:
+            raise LoopNeeded
+
+    fs.after_park = needs_loop
+    kernel, d_sock = _pair()
+    session = Session(fs, d_sock.fileno())
+    try:
+        kernel.send(abi.INIT, 0, _init_body())
+        u_attr = kernel.send(abi.GETATTR, 1, abi.GETATTR_IN.pack(0, 0, 0))
+        kernel.send(abi.MKDIR, 1, abi.MKDIR_IN.pack(0o755, 0) + cstr(b"d"))
+        u_move = kernel.send(abi.RENAME, 1, abi.RENAME_IN.pack(1) + cstr(b"d", b"e"))
+        os.write(fs.w, b"!")
+        first = session.serve_before_loop(threading.Event())
+        assert abi.IN_HEADER.unpack_from(first)[1:3] == (abi.RENAME, u_move)
+        assert kernel.recv().error == 0 and kernel.recv().error == 0  # INIT, MKDIR
+        fs.loop = True
+
+        async def loop():
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(session.run, first)
+                replies = [await trio.to_thread.run_sync(kernel.recv) for _ in range(2)]
+                kernel.sock.close()
+                return replies
+
+        mv, attr = trio.run(loop)
+        assert (mv.unique, mv.error) == (u_move, 0)  # the handed-over request first
+        assert (attr.unique, attr.error, fs.resumed) == (u_attr, 0, 1)  # then the parked one, again
+    finally:
+        d_sock.close()
+        kernel.sock.close()
+        fs.close()

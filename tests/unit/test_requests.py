@@ -243,6 +243,51 @@ def test_two_writers_of_a_big_file_share_one_copy_up_and_a_reader_does_not_wait(
     assert os.path.getsize(f"{layers.dirs['upper']}/big") == size
 
 
+def test_before_the_loop_a_big_copy_up_parks_its_request_and_a_second_one_on_that_file_needs_the_loop(
+    layers, monkeypatch
+):
+    """The native backend's ThreadsBeforeLoop: the byte copy runs in a thread of its own while the
+    request is parked on a descriptor; another request that would wait for that copy raises LoopNeeded
+    before it changes anything; one that needs no copy-up is answered meanwhile."""
+    from unionfs.fuse.native_backend import ThreadsBeforeLoop, _loop_needed
+    from unionfs.protocol.operations import LoopNeeded
+    from unionfs.protocol.session import _Readable
+
+    size = requests_mod.THREAD_COPY_MIN + 4096
+    gate = threading.Event()  # the byte copy waits until the other requests are through
+    copy_data = CopyUpJob.copy_data
+    monkeypatch.setattr(CopyUpJob, "copy_data", lambda job: (gate.wait(10), copy_data(job))[1])
+    write(f"{layers.dirs['lower']}/big", b"b" * size)
+    r = layers()
+    r.threads, r.before_wait = ThreadsBeforeLoop(), _loop_needed
+    entry = run(r.lookup, ROOT_ID, b"big")
+    node = r._node(entry.node_id)
+    try:
+        writer = r.open(entry.node_id, os.O_WRONLY)
+        trap = writer.send(None)
+        assert type(trap) is _Readable and r._copy_locks[node].locked()
+        with pytest.raises(LoopNeeded):
+            r.open(entry.node_id, os.O_RDWR).send(None)
+        with pytest.raises(StopIteration) as read_only:
+            r.open(entry.node_id, os.O_RDONLY).send(None)
+        run(r.release, read_only.value.value.fh)
+        assert not os.path.exists(f"{layers.dirs['upper']}/big")
+    finally:
+        gate.set()
+    select_readable(trap.fd)
+    with pytest.raises(StopIteration) as written:
+        writer.send(None)
+    run(r.release, written.value.value.fh)
+    assert os.path.getsize(f"{layers.dirs['upper']}/big") == size
+    assert r._copy_locks == {} and r.threads.running == 0 and r.union.copyup.in_flight == {}
+
+
+def select_readable(fd, timeout=10):
+    import select
+
+    assert select.select([fd], [], [], timeout)[0] == [fd]
+
+
 def test_a_failed_copy_up_is_aborted_and_leaves_nothing(layers):
     write(f"{layers.dirs['lower']}/f", b"data")
     r = layers()

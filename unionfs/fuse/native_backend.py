@@ -14,6 +14,7 @@ otherwise; unionfs.protocol.mount) and serves with the session on trio. Nothing 
 before the mount is made.
 """
 
+import _thread
 import os
 import signal
 
@@ -48,7 +49,7 @@ INIT_FLAGS = (
     | abi.HANDLE_KILLPRIV_V2
     | abi.SETXATTR_EXT
     | abi.CACHE_SYMLINKS
-)
+) & ~abi.READDIRPLUS_AUTO
 # PASSTHROUGH (-o passthrough=on, root only: registering a backing file needs CAP_SYS_ADMIN): the kernel
 # reads and writes files of the upper layer itself (UnionRequests._pass_through says which opens).
 PASSTHROUGH_FLAGS = abi.PASSTHROUGH
@@ -339,6 +340,75 @@ def _loop_needed() -> None:
     raise LoopNeeded
 
 
+class _HeldLock:
+    """The lock of a copy-up running before the loop. Only its own handler takes it: any other request
+    that finds it held needs the loop (before_wait raises LoopNeeded), and the session finishes every
+    parked handler before the loop runs."""
+
+    __slots__ = ("held",)
+
+    def __init__(self):
+        self.held = False
+
+    def locked(self) -> bool:
+        return self.held
+
+    async def __aenter__(self):
+        self.held = True
+
+    async def __aexit__(self, *exc):
+        self.held = False
+
+
+class ThreadsBeforeLoop:
+    """Big copy-ups before the loop (UnionRequests.threads): each copy in a thread of its own
+    (`_thread`: nothing to import), its handler parked on a pipe that the thread writes when done, while
+    the session answers other requests (protocol.session.readable_before_loop). A fresh mount's first
+    big copy-up therefore waits neither for trio's import (~100 ms of CPU) nor makes others wait for the
+    copy. More than MAX at once need the loop."""
+
+    MAX = 4  # as the loop's worker threads
+
+    def __init__(self):
+        self.running = 0
+
+    def reserve(self) -> None:
+        if self.running >= self.MAX:
+            raise LoopNeeded
+
+    def lock(self):
+        return _HeldLock()
+
+    async def run(self, fn):
+        from ..protocol.session import readable_before_loop
+
+        r, w = os.pipe2(os.O_CLOEXEC)
+        done = []
+
+        def work():  # owns w: the parked handler may be gone before the copy ends
+            try:
+                done.append((True, fn()))
+            except BaseException as exc:
+                done.append((False, exc))
+            try:
+                os.write(w, b"!")
+            except OSError:
+                pass
+            os.close(w)
+
+        self.running += 1
+        try:
+            _thread.start_new_thread(work, ())
+            await readable_before_loop(r)
+        finally:
+            self.running -= 1
+            os.close(r)
+        ok, value = done[0]
+        if not ok:
+            raise value
+        return value
+
+
 def _serve_until_the_loop_is_needed(session, requests: UnionRequests, signalled: list):
     """Answer requests without trio (see Session.serve_before_loop) until one needs the loop (it is
     returned, read but unanswered), the device was idle for IDLE_LOOP_START seconds (IDLE), or the mount
@@ -350,8 +420,10 @@ def _serve_until_the_loop_is_needed(session, requests: UnionRequests, signalled:
         def is_set():
             return bool(signalled)
 
-    # The request layer calls before_wait right before it would wait: there, that means the loop.
+    # The request layer calls before_wait right before it would wait for another request: there, that
+    # means the loop. Its own big copies run in threads meanwhile (ThreadsBeforeLoop).
     requests.before_wait = _loop_needed
+    requests.threads = ThreadsBeforeLoop()
     # A signal makes the wait for the device return (a wake-up pipe), so the wait needs no timeout.
     r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     old = signal.set_wakeup_fd(w)
@@ -359,6 +431,7 @@ def _serve_until_the_loop_is_needed(session, requests: UnionRequests, signalled:
         return session.serve_before_loop(Until, wake_fd=r, idle=_idle_loop_start())
     finally:
         requests.before_wait = _noop
+        requests.threads = requests.loop_threads
         signal.set_wakeup_fd(old)
         os.close(r)
         os.close(w)

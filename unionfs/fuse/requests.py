@@ -77,6 +77,32 @@ def _noop():
     pass
 
 
+class LoopThreads:
+    """Where a big copy-up's byte copy runs (UnionRequests.threads): in trio's worker threads, four at
+    once at most. A backend may put another in place while it has no loop (native_backend's
+    ThreadsBeforeLoop): reserve() (may refuse, before anything changed), lock() (the lock other
+    requests of that node wait on) and `await run(fn)`."""
+
+    def __init__(self, requests: UnionRequests):
+        self._requests = requests
+        self._limiter = None  # trio.CapacityLimiter(4), made at the first copy
+
+    def reserve(self) -> None:
+        self._requests.before_wait()
+
+    def lock(self):
+        import trio  # here, not with the module: the native backend serves without trio until it waits
+
+        return trio.Lock()
+
+    async def run(self, fn):
+        import trio
+
+        if self._limiter is None:
+            self._limiter = trio.CapacityLimiter(4)
+        return await trio.to_thread.run_sync(fn, limiter=self._limiter)
+
+
 def _ignore(_):
     pass
 
@@ -88,6 +114,8 @@ class UnionRequests(DirectoryRequests, PassthroughRequests, PrivilegeRequests):
     - `before_wait`: called right before a request waits (a copy-up's byte copy in a thread, or another
       request's copy-up), so the backend can keep reading requests meanwhile; before its event loop
       runs, the native backend's raises LoopNeeded there (nothing is changed yet at that point).
+    - `threads`: where big copies run (LoopThreads, trio's worker threads; before its loop the native
+      backend runs them in threads of its own and serves other requests meanwhile).
     - `bare_entries`: whether the backend can send a readdirplus entry without attributes (node id 0).
     - `backing_open`, `backing_close`: where the kernel passes reads and writes through to backing
       files (FUSE_PASSTHROUGH), backing_open(fd) registers the open file and returns its backing id
@@ -128,7 +156,7 @@ class UnionRequests(DirectoryRequests, PassthroughRequests, PrivilegeRequests):
         self._dirs = {}
         self._fh = itertools.count(1)
         self._copy_locks = {}
-        self._copy_limiter = None  # trio.CapacityLimiter(4), made at the first threaded copy
+        self.threads = self.loop_threads = LoopThreads(self)
 
     # ----------------------------------------------------------- helpers
 
@@ -162,23 +190,16 @@ class UnionRequests(DirectoryRequests, PassthroughRequests, PrivilegeRequests):
             return
         job.claim()
         try:
-            # Before the native backend's loop runs this raises LoopNeeded: the loop answers the request
-            # again from the start, and this job is let go.
-            self.before_wait()
+            self.threads.reserve()  # may refuse (LoopNeeded before the native loop runs): let the job go
         except BaseException:
             union.copy_up_abort(job)
             raise
-        # trio is imported here, not with the module: the native backend serves without it until a
-        # request must wait.
-        import trio
-
-        lock = locks[key] = trio.Lock()
+        threads = self.threads
+        lock = locks[key] = threads.lock()
         try:
             async with lock:
                 try:
-                    if self._copy_limiter is None:
-                        self._copy_limiter = trio.CapacityLimiter(4)
-                    await trio.to_thread.run_sync(job.copy_data, limiter=self._copy_limiter)
+                    await threads.run(job.copy_data)
                     union.copy_up_commit(job)
                 except BaseException:
                     union.copy_up_abort(job)

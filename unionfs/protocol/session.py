@@ -119,6 +119,22 @@ def _opcode_of(view, n: int) -> int:
 IDLE = b""  # serve_before_loop: the device was idle; start the loop with no request pending
 
 
+class _Readable:
+    """What a handler yields before the loop to wait for a descriptor (see readable_before_loop)."""
+
+    __slots__ = ("fd",)
+
+    def __init__(self, fd: int):
+        self.fd = fd
+
+
+@types.coroutine
+def readable_before_loop(fd: int):
+    """Wait until *fd* is readable, in a handler answered by serve_before_loop (not in the loop: trio
+    does not know this trap). The session answers other requests meanwhile."""
+    yield _Readable(fd)
+
+
 class Session(Requests):
     """Serve the filesystem *ops* (an operations.Operations) on the FUSE device fd *fd*.
 
@@ -164,6 +180,7 @@ class Session(Requests):
         self._destroyed = False
         self._debug = False
         self._before_loop = False
+        self._replay: list = []  # requests of parked handlers that raised LoopNeeded (run() answers them)
         self._handlers = self._handler_table()
 
     def deny_others(self, owner: int) -> None:
@@ -192,6 +209,12 @@ class Session(Requests):
         *wake_fd*: a descriptor that becomes readable when *until* may have changed (a signal wake-up
         pipe): then the wait for the device needs no short timeout; without it *until* is looked at every
         2 ms.
+
+        A handler may wait here only for a descriptor (`await readable_before_loop(fd)`, e.g. the end
+        of a copy in a thread of its own): it is parked, with the buffer its request is in, and the
+        device is served meanwhile; it goes on when the descriptor is readable. Before this returns, for
+        whatever reason, every parked handler is finished (their threads cannot be cancelled), and one
+        that raised LoopNeeded on the way is answered by the loop after *first*.
         """
         self._debug = log.isEnabledFor(DEBUG)
         os.set_blocking(self.fd, False)
@@ -204,6 +227,7 @@ class Session(Requests):
         if wake_fd is not None:
             poller.register(wake_fd, select.POLLIN)
             timeout = -1 if idle is None else max(1, int(idle * 1000))
+        parked: dict = {}  # fd -> (coroutine, its buffer, its length)
         self._before_loop = True
         try:
             while not self._ended and not until.is_set():
@@ -214,7 +238,12 @@ class Session(Requests):
                     for fd, _ in events:
                         if fd == wake_fd:
                             _drain(wake_fd)
-                    if not events and wake_fd is not None and idle is not None:
+                        elif fd in parked:
+                            poller.unregister(fd)
+                            first = self._resume(parked, fd, poller)
+                            if first is not None:
+                                return first
+                    if not events and wake_fd is not None and idle is not None and not parked:
                         return IDLE
                     continue
                 except OSError as exc:
@@ -230,19 +259,64 @@ class Session(Requests):
                 self.requests += 1
                 coro = self._handle(view, n)
                 try:
-                    coro.send(None)
+                    trap = coro.send(None)
                 except StopIteration:
                     continue
                 except LoopNeeded:
                     return bytes(view[:n])
-                # A handler waited (yielded to trio) instead of raising LoopNeeded: a bug in the handler.
-                coro.close()
-                log.error("ERROR: %s waited before the loop ran; answered EIO", abi.opcode_name(_opcode_of(view, n)))
-                self.reply(error_reply(abi.IN_HEADER.unpack_from(view, 0)[2], errno.EIO))
+                if type(trap) is _Readable:
+                    # parked with its buffer; the next requests are read into another
+                    parked[trap.fd] = (coro, buf, n)
+                    poller.register(trap.fd, select.POLLIN)
+                    buf = self._buffers.pop() if self._buffers else bytearray(self._bufsize)
+                    view = memoryview(buf)
+                    bufs = (buf,)
+                    continue
+                self._waited_before_loop(coro, view, n)
             return None
         finally:
+            self._finish_parked(parked)
             self._before_loop = False
             self._buffers.append(buf)
+
+    def _resume(self, parked: dict, fd: int, poller=None):
+        """Go on with the handler parked on *fd* (readable now). Returns its request (bytes) when it
+        raised LoopNeeded, else None; parks it again when it waits again."""
+        coro, buf, n = parked.pop(fd)
+        try:
+            trap = coro.send(None)
+        except StopIteration:
+            self._buffers.append(buf)
+            return None
+        except LoopNeeded:
+            self._buffers.append(buf)
+            return bytes(buf[:n])
+        if type(trap) is _Readable:
+            parked[trap.fd] = (coro, buf, n)
+            if poller is not None:
+                poller.register(trap.fd, select.POLLIN)
+            return None
+        self._waited_before_loop(coro, memoryview(buf), n)
+        self._buffers.append(buf)
+        return None
+
+    def _finish_parked(self, parked: dict) -> None:
+        """Wait for every parked handler to finish (the loop is about to run, or the session ends);
+        those that raise LoopNeeded on the way are answered by run() after its *first*."""
+        while parked:
+            poller = select.poll()
+            for fd in parked:
+                poller.register(fd, select.POLLIN)
+            for fd, _ in poller.poll():
+                first = self._resume(parked, fd)
+                if first is not None:
+                    self._replay.append(first)
+
+    def _waited_before_loop(self, coro, view, n: int) -> None:
+        # A handler waited (yielded to trio) instead of raising LoopNeeded: a bug in the handler.
+        coro.close()
+        log.error("ERROR: %s waited before the loop ran; answered EIO", abi.opcode_name(_opcode_of(view, n)))
+        self.reply(error_reply(abi.IN_HEADER.unpack_from(view, 0)[2], errno.EIO))
 
     async def run(self, first: bytes | None = None) -> None:
         """Serve until the filesystem is unmounted (ENODEV), DESTROY, or stop(). *first*: a request
@@ -254,9 +328,11 @@ class Session(Requests):
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
-                if first is not None:
-                    # answered before anything read later (if it waits, _handle starts a reader)
+                # answered before anything read later (if one waits, _handle starts a reader)
+                if first:
                     await self._answer_first(first)
+                while self._replay:
+                    await self._answer_first(self._replay.pop(0))
                 nursery.start_soon(self._reader)
         finally:
             self._nursery = None
