@@ -17,6 +17,7 @@ before the mount is made.
 import _thread
 import os
 import signal
+import sys
 
 from ..errors import MountError
 from ..logger import get_logger
@@ -24,6 +25,7 @@ from ..logger import load as load_logging
 from ..protocol import abi
 from ..protocol import mount as fuse_mount
 from ..protocol.operations import FileInfo, LoopNeeded, Operations
+from ..protocol.session import IDLE, Session, readable_before_loop
 from .daemon import STOP_SIGNALS
 from .requests import SetAttr, UnionRequests
 
@@ -42,6 +44,10 @@ log = get_logger("unionfs")
 # CACHE_SYMLINKS: the kernel keeps a symlink's target in its page cache: a node's target never changes
 # (copy-up keeps it; a new symlink is a new node), so a second readlink is no request.
 # (PARALLEL_DIROPS, in the defaults: lookups and readdirs in one directory may run at once.)
+# Not READDIRPLUS_AUTO: with it the kernel asks for READDIRPLUS only for a directory's first page and
+# then plain READDIR, so a walk that stats every name (podman diff, find -ls, ls -l) sends a LOOKUP for
+# each name past that page: about 185 of a podman diff's 900 requests a mount. Every READDIRPLUS entry
+# costs the daemon less than a LOOKUP round trip.
 INIT_FLAGS = (
     abi.DEFAULT_INIT_FLAGS
     | abi.POSIX_ACL
@@ -253,8 +259,6 @@ class NativeMount:
         is most of a start (70-100 ms of CPU here): `podman run --rm`, `podman diff` and image mounts
         are over before they would get an answer from a loop still importing.
         """
-        from ..protocol.session import Session
-
         ops = NativeOperations(self.requests)
         flags = INIT_FLAGS | (PASSTHROUGH_FLAGS if self.passthrough else 0)
         session = ops.session = Session(ops, self.fd, flags=flags, max_stack_depth=self.stack_depth)
@@ -380,8 +384,6 @@ class ThreadsBeforeLoop:
         return _HeldLock()
 
     async def run(self, fn):
-        from ..protocol.session import readable_before_loop
-
         r, w = os.pipe2(os.O_CLOEXEC)
         done = []
 
@@ -428,13 +430,48 @@ def _serve_until_the_loop_is_needed(session, requests: UnionRequests, signalled:
     r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     old = signal.set_wakeup_fd(w)
     try:
-        return session.serve_before_loop(Until, wake_fd=r, idle=_idle_loop_start())
+        first = session.serve_before_loop(Until, wake_fd=r, idle=_idle_loop_start())
+        if first is not IDLE:
+            return first
+        # Idle: the loop's modules are imported in a thread of their own while requests are still
+        # answered here, so one that comes meanwhile waits for the interpreter lock (a switch interval,
+        # made short for the while), not for the whole import (~100 ms).
+        imported: list = []
+
+        class Imported:
+            @staticmethod
+            def is_set():
+                return bool(signalled or imported)
+
+        interval = sys.getswitchinterval()
+        sys.setswitchinterval(0.0005)
+        try:
+            _thread.start_new_thread(_import_the_loop, (imported, w))
+            first = session.serve_before_loop(Imported, wake_fd=r)
+        finally:
+            sys.setswitchinterval(interval)
+        # A request that needs the loop before the import is over: `import trio` waits for the thread's.
+        return IDLE if first is None and imported and not signalled and not session.ended else first
     finally:
         requests.before_wait = _noop
         requests.threads = requests.loop_threads
         signal.set_wakeup_fd(old)
         os.close(r)
         os.close(w)
+
+
+def _import_the_loop(imported: list, wake_w: int) -> None:
+    """Import what the loop needs (in a thread), then say so and wake the poll (the wake-up pipe)."""
+    try:
+        import logging  # noqa: F401  (load_logging, right before the loop)
+
+        import trio  # noqa: F401
+    finally:
+        imported.append(True)
+        try:
+            os.write(wake_w, b"\0")
+        except OSError:
+            pass
 
 
 def _noop() -> None:
