@@ -3,6 +3,7 @@ made inside a layer behind a live UnionEngine is seen at the next listing (its n
 to step into it)."""
 
 import os
+import stat
 import subprocess
 
 import pytest
@@ -75,6 +76,32 @@ def test_a_mount_made_inside_a_layer_behind_the_union_is_not_entered(stack):  # 
     names = sorted(e[0] for e in u.scan(u.child(u.root, b"d")))
     assert u.layers[2].covered == {}
     assert names == [b"file", b"mnt"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs inside a layer needs root")
+def test_a_lookup_does_not_enter_a_mount_made_after_its_directory_was_looked_in(stack):  # noqa: F811
+    """A lower layer stats names with fstatat beneath the directories it keeps open (layers.py): a
+    lookup reads the mount table again first, so a mount point made since is refused, as openat2 does."""
+    u = stack()
+    lower = stack.dirs["lower1"]
+    write(lower + "/d/file", b"x")
+    os.mkdir(lower + "/d/mnt")
+    node = u.child(u.root, b"d")
+    u.child(node, b"file")  # the layer keeps d open from here
+    assert b"d" in u.layers[2]._dir_fds
+    point = lower + "/d/mnt"
+    res = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "i5-mounts", point], capture_output=True, text=True, timeout=30
+    )
+    if res.returncode != 0:
+        pytest.skip("cannot mount a tmpfs: " + res.stderr.strip())
+    try:
+        with pytest.raises(FileNotFoundError):
+            u.child(node, b"mnt")
+        assert u.layers[2].covered == {b"d": {b"mnt"}}
+    finally:
+        subprocess.run(["umount", point], capture_output=True, timeout=30)
+    assert stat.S_ISDIR(u.layers[2].lstat(b"d/mnt").st_mode)
 
 
 def test_mountinfo_entries_give_type_source_and_options():

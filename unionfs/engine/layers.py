@@ -4,6 +4,13 @@ Every path the daemon uses inside a layer is relative bytes, resolved under the 
 (RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS), so a symlink planted or swapped in anywhere inside a layer is
 never followed and nothing outside the layer is ever reached. Without openat2 (kernels before 5.6) the
 same guarantee comes from walking one component at a time with O_NOFOLLOW.
+
+A lower layer (never changed by the daemon) keeps the O_PATH fds of the directories it last looked in
+(DIR_FDS of them, oldest let go first: lookups come in bursts per directory), so that `lstat` of a name there is one fstatat(AT_SYMLINK_NOFOLLOW)
+of a single name beneath a directory opened that safe way: no symlink can be crossed (there is no
+component between), and a name the mount table knows as a mount point (layermounts.py) takes the
+openat2 path, which refuses it. openat2 through ctypes, fstat and close cost three times that, for every
+layer a lookup looks in and once more for its attributes: most of a cold lookup's time.
 """
 
 import errno
@@ -46,11 +53,15 @@ class Layer:
         # Mount points inside the layer (layermounts.py): {dir rel: {names}}, trusted when mounts_known.
         self.mounts_known = False
         self.covered = {}
+        self._dir_fds = {}  # lower layers: {directory rel: O_PATH fd}, insertion order = age
 
     def __repr__(self):
         return f"Layer({self.index}, {self.path!r}, writable={self.writable})"
 
     def close(self):
+        fds, self._dir_fds = self._dir_fds, {}
+        for fd in fds.values():
+            os.close(fd)
         if self.root_fd >= 0:
             os.close(self.root_fd)
             self.root_fd = -1
@@ -116,14 +127,32 @@ class Layer:
         """An O_PATH fd of the directory *rel* for a with block, usable as dir_fd for *at calls."""
         return self.opened(rel, O_PATH_DIR)
 
+    DIR_FDS = 16
+
     def lstat(self, rel: bytes) -> os.stat_result:
         if not rel:
             return os.fstat(self.root_fd)
+        if self.mounts_known and not self.writable:
+            parent, _, name = rel.rpartition(b"/")
+            if name not in self.covered.get(parent, ()):
+                dir_fd = self._dir_fds.get(parent) if parent else self.root_fd
+                if dir_fd is None:
+                    dir_fd = self._keep_dir(parent)
+                return os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
         fd = self.open(rel)
         try:
             return os.fstat(fd)
         finally:
             os.close(fd)
+
+
+    def _keep_dir(self, rel: bytes) -> int:
+        fd = self.open(rel, O_PATH_DIR)  # its errors are the path's: ENOENT, ENOTDIR, ELOOP (a symlink)
+        fds = self._dir_fds
+        if len(fds) >= self.DIR_FDS:
+            os.close(fds.pop(next(iter(fds))))
+        fds[rel] = fd
+        return fd
 
 
 def open_at(dir_fd: int, name: bytes, flags: int, mode: int = 0) -> int:
