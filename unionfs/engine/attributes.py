@@ -132,8 +132,6 @@ class Attributes:
         if self.index.is_entry(node):
             return self.index.stat(rel)
         if layer.record is None:
-            if not layer.writable:
-                self.stack.mounts.refresh()  # a lower layer's lstat trusts the mount table (layers.py)
             return layer.lstat(rel)
         with layer.opened(rel, os.O_PATH) as fd:
             return self.shown_fd(layer, fd)

@@ -118,6 +118,7 @@ class MountTable:
         for layer in layers:
             layer.mounts_known = False
             layer.covered = {}
+            layer.mount_table = self
             if self._fd < 0:
                 continue
             mnt_id = mount_id_of(layer.root_fd)

@@ -6,11 +6,13 @@ never followed and nothing outside the layer is ever reached. Without openat2 (k
 same guarantee comes from walking one component at a time with O_NOFOLLOW.
 
 A lower layer (never changed by the daemon) keeps the O_PATH fds of the directories it last looked in
-(DIR_FDS of them, oldest let go first: lookups come in bursts per directory), so that `lstat` of a name there is one fstatat(AT_SYMLINK_NOFOLLOW)
-of a single name beneath a directory opened that safe way: no symlink can be crossed (there is no
-component between), and a name the mount table knows as a mount point (layermounts.py) takes the
-openat2 path, which refuses it. openat2 through ctypes, fstat and close cost three times that, for every
-layer a lookup looks in and once more for its attributes: most of a cold lookup's time.
+(DIR_FDS of them, oldest let go first: lookups come in bursts per directory), so that `lstat` and `open`
+of a name there are one fstatat / openat with O_NOFOLLOW of a single name beneath a directory opened the
+safe way: no symlink can be crossed (there is no component between). Only a mount point could be, so the
+mount table is looked at first (a poll, read again when it changed: layermounts.py) and a name it knows
+as a mount point takes the openat2 path, which refuses it. openat2 through ctypes, fstat and close cost
+three times that, for every layer a lookup looks in and once more for its attributes: most of a cold
+lookup's time.
 """
 
 import errno
@@ -53,6 +55,7 @@ class Layer:
         # Mount points inside the layer (layermounts.py): {dir rel: {names}}, trusted when mounts_known.
         self.mounts_known = False
         self.covered = {}
+        self.mount_table = None  # the MountTable that keeps `covered` current (it sets itself here)
         self._dir_fds = {}  # lower layers: {directory rel: O_PATH fd}, insertion order = age
 
     def __repr__(self):
@@ -71,6 +74,10 @@ class Layer:
         flags |= os.O_NOFOLLOW | os.O_CLOEXEC
         if not rel:
             return os.open(".", (flags & ~os.O_NOFOLLOW), dir_fd=self.root_fd)
+        if self.mounts_known and not self.writable:
+            beneath = self._beneath(rel)
+            if beneath is not None:
+                return os.open(beneath[1], flags, mode, dir_fd=beneath[0])
         try:
             if len(rel) >= _PATH_CHUNK:
                 return self._open_chunked(rel, flags, mode)
@@ -133,12 +140,9 @@ class Layer:
         if not rel:
             return os.fstat(self.root_fd)
         if self.mounts_known and not self.writable:
-            parent, _, name = rel.rpartition(b"/")
-            if name not in self.covered.get(parent, ()):
-                dir_fd = self._dir_fds.get(parent) if parent else self.root_fd
-                if dir_fd is None:
-                    dir_fd = self._keep_dir(parent)
-                return os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            beneath = self._beneath(rel)
+            if beneath is not None:
+                return os.stat(beneath[1], dir_fd=beneath[0], follow_symlinks=False)
         fd = self.open(rel)
         try:
             return os.fstat(fd)
@@ -146,8 +150,22 @@ class Layer:
             os.close(fd)
 
 
+    def _beneath(self, rel: bytes):
+        """(directory fd, name) to reach *rel* of a lower layer with a plain *at call, or None where
+        only openat2 will do (a mount point, or the mount table no longer known)."""
+        self.mount_table.refresh()
+        parent, _, name = rel.rpartition(b"/")
+        if not self.mounts_known or name in self.covered.get(parent, ()):
+            return None
+        if not parent:
+            return self.root_fd, name
+        dir_fd = self._dir_fds.get(parent)
+        if dir_fd is None:
+            dir_fd = self._keep_dir(parent)
+        return dir_fd, name
+
     def _keep_dir(self, rel: bytes) -> int:
-        fd = self.open(rel, O_PATH_DIR)  # its errors are the path's: ENOENT, ENOTDIR, ELOOP (a symlink)
+        fd = self.open(rel, O_PATH_DIR)  # errors are the path's: ENOENT, ENOTDIR, ELOOP (a symlink)
         fds = self._dir_fds
         if len(fds) >= self.DIR_FDS:
             os.close(fds.pop(next(iter(fds))))

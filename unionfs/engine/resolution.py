@@ -79,9 +79,7 @@ class Resolution:
         sends the lookup in the layers below to another path: "name" in the same parent, "/a/b" from
         the layers' root (and then through every layer below, whatever the parent merges).
         """
-        stack = self.stack
-        stack.mounts.refresh()  # lower layers stat with fstatat where no mount point is known (layers.py)
-        redirect_follow = stack.redirect_follow
+        redirect_follow = self.stack.redirect_follow
         parent_rel = parent.path()
         parent_lpaths = parent.lpaths
         top = None
