@@ -253,8 +253,9 @@ class NativeMount:
         *signalled*: the stop signals that came before the loop listens (daemon.run notes them).
 
         trio is imported only when the loop is needed (see protocol.session.Session.serve_before_loop):
-        until a request would have to wait (a copy-up big enough for a worker thread) or the device has
-        been idle for IDLE_LOOP_START seconds, every request is answered on this thread, in order. A
+        until a request would have to wait for another (a copy-up in flight; big copies themselves run in
+        threads of their own meanwhile, ThreadsBeforeLoop) or the device has been idle for
+        IDLE_LOOP_START seconds, every request is answered on this thread, in order. A
         container engine's first requests come right after the mount program returns, and importing trio
         is most of a start (70-100 ms of CPU here): `podman run --rm`, `podman diff` and image mounts
         are over before they would get an answer from a loop still importing.

@@ -16,11 +16,13 @@ ENOSYS. Writing an answer to a request the kernel gave up on (ENOENT: interrupte
 
 Before the loop: `serve_before_loop` answers requests on the calling thread with a plain poll, before
 trio is even imported (~70-100 ms of CPU, most of a mount program's start). Every request is answered
-so until a handler would have to wait (a copy in a worker thread): it raises `LoopNeeded` before it
-changes anything, and that request is handed, unanswered, to `run(first=...)`, which the caller starts
-once it has imported trio. Until then nothing runs concurrently, so nothing is lost by answering in
-order. The caller may also start the loop when the device has been idle for a while (*idle*), so that a
-long-lived mount pays for trio's import when nobody waits for an answer. That is why this module imports
+so until a handler would have to wait for something other than a descriptor: it raises `LoopNeeded`
+before it changes anything, and that request is handed, unanswered, to `run(first=...)`, which the
+caller starts once it has imported trio. A handler may wait for a descriptor there
+(`readable_before_loop`, e.g. a copy in a thread of its own): it is parked and the device is served
+meanwhile; parked handlers are finished before the loop takes over. The caller may also start the loop
+when the device has been idle for a while (*idle*), so that a long-lived mount pays for trio's import
+when nobody waits for an answer. That is why this module imports
 trio only inside the loop's functions.
 """
 
