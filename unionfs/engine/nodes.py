@@ -52,6 +52,7 @@ class Node:
         "gone_stat",
         "absent",
         "listing",
+        "is_root",
         "__weakref__",
     )
 
@@ -77,6 +78,7 @@ class Node:
         #                          here (the layers change only through the daemon); None = none known
         self.listing = None  # directories: (key, [(name, file type)]) of the last listing, see
         #                          Listings.list_entries
+        self.is_root = False
 
     def __repr__(self):
         return f"Node({self.ino}, {self.names[:1]!r}, layer={self.layer}, merge={self.merge})"
@@ -88,7 +90,7 @@ class Node:
     def path(self) -> bytes:
         """Relative path in the upper (and in every lower unless `lpaths` says otherwise)."""
         if not self.names:
-            if self.ino == ROOT_ID:
+            if self.is_root:
                 return b""
             # Unlinked (maybe still open): it has no path, and b"" would be the layer's root.
             raise OSError(errno.ENOENT, "no name left")
@@ -98,7 +100,7 @@ class Node:
             parent, name = node.names[0]
             parts.append(name)
             node = parent
-        if node.ino != ROOT_ID:
+        if not node.is_root:
             raise OSError(errno.ESTALE, "node is no longer reachable")
         parts.reverse()
         return b"/".join(parts)
@@ -111,8 +113,12 @@ class NodeTable:
         self._next_fallback = _FALLBACK_BASE
         self.by_ino = WeakValueDictionary()  # st_ino -> the live node that shows it
         self.by_key = WeakValueDictionary()
-        self.root = Node(ROOT_ID, True, root_merge[0], root_merge, root_key)  # held by the table
-        self.by_ino[ROOT_ID] = self.root
+        # The root shows the top layer's root number, as the kernel's overlay (the upper's, or the top
+        # lower's): a backend whose node ids are st_ino shows the root as node 1 whatever this says.
+        root_ino = self._new_ino(root_key)
+        self.root = Node(root_ino, True, root_merge[0], root_merge, root_key)  # held by the table
+        self.root.is_root = True
+        self.by_ino[root_ino] = self.root
         self.by_key[root_key] = self.root
 
     def __len__(self):
