@@ -83,6 +83,12 @@ class NativeOperations(Operations):
         self.requests = requests
         self.session = session
         requests.bare_entries = True  # a readdirplus entry with node id 0 is the session's add_bare
+        # The session answers these in place (see Operations.lookup_now): the request layer's own
+        # methods take the session's values as they are, so no method of this class stands between.
+        self.lookup_now = requests.lookup_now
+        self.getattr_now = requests.getattr_now
+        self.getxattr_now = requests.getxattr_now
+        self.listxattr_now = requests.listxattr_now
 
     async def init(self, conn) -> None:
         session = self.session

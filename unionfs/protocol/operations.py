@@ -341,6 +341,14 @@ class Operations:
     one lookup the kernel later returns with `forget`.
     """
 
+    # Answers that never wait: a filesystem may also offer these as plain methods (not async, no
+    # Context). The session then answers those requests in place, with no coroutine, and falls back to
+    # the async method only where one is None. Errors as for the async ones.
+    lookup_now = None  # (parent, name) -> Entry
+    getattr_now = None  # (node, fh) -> Entry
+    getxattr_now = None  # (node, name) -> bytes, or None: no such attribute (answered ENODATA)
+    listxattr_now = None  # (node) -> an iterable of names
+
     async def init(self, conn: Conn) -> None:
         """INIT was agreed (called before the answer is sent): *conn* says what with."""
 
