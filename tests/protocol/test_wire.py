@@ -134,6 +134,24 @@ def test_dirbuffer_packs_and_stops_when_full(names):
             assert len(body) + rec > size
 
 
+@given(
+    names=st.lists(st.binary(min_size=1, max_size=40).filter(lambda b: b"\0" not in b and b"/" not in b), max_size=30)
+)
+def test_dirbuffer_reply_packs_as_add_and_add_bare(names):
+    # reply(name, ino, mode, entry or None, off): the one call a listing's entries take
+    for plus in (False, True):
+        one, two = DirBuffer(900, plus), DirBuffer(900, plus)
+        for i, name in enumerate(names):
+            mode = (stat.S_IFDIR if i % 3 else stat.S_IFLNK) | 0o755
+            e = Entry(i + 10, ino=i + 1000, mode=mode, size=i, atime_ns=i * 1_500_000_000, entry_timeout=1.5)
+            entry = e if i % 2 else None
+            expected = two.add(name, e, i + 1) if entry else two.add_bare(name, i + 77, mode, i + 1)
+            assert one.reply(name, i + 77, mode, entry, i + 1) is expected
+            if not expected:
+                break
+        assert one.getvalue() == two.getvalue() and len(one) == len(two)
+
+
 def test_fileinfo_flags():
     assert FileInfo(3, keep_cache=True).open_flags == abi.FOPEN_KEEP_CACHE
     assert FileInfo(3, direct_io=True, cache_dir=True).open_flags == abi.FOPEN_DIRECT_IO | abi.FOPEN_CACHE_DIR

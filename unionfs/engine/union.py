@@ -84,6 +84,7 @@ class UnionEngine:
             # below say what they do): one Python frame less each, on the daemon's hottest path.
             self.lookup = self.resolution.lookup
             self.getattr = self.attributes.getattr
+            self.reported_nlink = self.attributes.reported_nlink
             self.find_xattr = self.attributes.find_xattr
             self.listxattr = self.attributes.listxattr
             if index and stack.work is not None:

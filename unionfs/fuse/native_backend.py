@@ -198,14 +198,8 @@ class NativeOperations(Operations):
         return FileInfo(fh, cache_dir=True, keep_cache=True)
 
     async def readdir(self, node, fh, offset, out, ctx):
-        add, add_bare = out.add, out.add_bare
-
-        def reply(name, ino, ftype, entry, next_offset):
-            if entry is None:
-                return add_bare(name, ino, ftype, next_offset)
-            return add(name, entry, next_offset)
-
-        await self.requests.readdir(fh, offset, reply, plus=out.plus)
+        # DirBuffer.reply takes the request layer's callback arguments as they are (entry None: bare)
+        await self.requests.readdir(fh, offset, out.reply, plus=out.plus)
 
     async def releasedir(self, node, fh, ctx):
         await self.requests.releasedir(fh)

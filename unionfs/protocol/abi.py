@@ -340,6 +340,8 @@ GETXATTR_OUT = struct.Struct("<II")
 LSEEK_OUT = struct.Struct("<Q")
 DIRENT = struct.Struct("<QQII")  # ino off namelen type, then the name, padded to 8
 DIRENT_SIZE = DIRENT.size  # 24
+DIRENTPLUS = struct.Struct("<QQQQII" + ATTR_FMT + "QQII")  # entry_out and dirent, packed at once
+DIRENT_PADS = tuple(b"\0" * n for n in range(8))  # the zeros after a name, by their count
 
 INIT_IN = struct.Struct("<IIIII44x")  # major minor max_readahead flags flags2 unused[11]
 INIT_IN_MIN = 8  # major and minor: every kernel sends them

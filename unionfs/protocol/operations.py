@@ -245,6 +245,13 @@ class SetAttr:
         return "SetAttr(" + ", ".join(parts) + ")"
 
 
+_DIRENTPLUS = abi.DIRENTPLUS.pack
+_ENTRY_OUT_SIZE = abi.ENTRY_OUT.size
+_PADS = abi.DIRENT_PADS
+_split_timeout = abi.split_timeout
+_attr_fields = abi.attr_fields
+
+
 class DirBuffer:
     """The reply buffer of one readdir/readdirplus: `add` entries until it returns False (full).
 
@@ -295,6 +302,35 @@ class DirBuffer:
             if self._used + need > self.size:
                 return False
             self._parts.append(abi.pack_dirent(ino, next_offset, name, mode))
+        self._used += need
+        return True
+
+    def reply(self, name: bytes, ino: int, mode: int, entry, next_offset: int) -> bool:
+        """`add(name, entry, next_offset)`, or `add_bare(name, ino, mode, next_offset)` when *entry* is
+        None, in one call with no other below it: a listing's entries each pass here."""
+        n = len(name)
+        pad = -(abi.DIRENT_SIZE + n) & 7
+        if not self.plus:
+            need = abi.DIRENT_SIZE + n + pad
+            if self._used + need > self.size:
+                return False
+            if entry is not None:
+                ino, mode = entry.ino, entry.mode
+            self._parts.append(abi.DIRENT.pack(ino, next_offset, n, (mode & 0o170000) >> 12) + name + _PADS[pad])
+            self._used += need
+            return True
+        need = _ENTRY_OUT_SIZE + abi.DIRENT_SIZE + n + pad
+        if self._used + need > self.size:
+            return False
+        if entry is None:
+            head = _DIRENTPLUS(0, 0, 0, 0, 0, 0, ino, 0, 0, 0, 0, 0, 0, 0, 0, mode, 0, 0, 0, 0, 0, 0,
+                               ino, next_offset, n, (mode & 0o170000) >> 12)  # fmt: skip
+        else:
+            ev, evn = _split_timeout(entry.entry_timeout)
+            av, avn = _split_timeout(entry.attr_timeout)
+            head = _DIRENTPLUS(entry.node, entry.generation, ev, av, evn, avn, *_attr_fields(entry),
+                               entry.ino, next_offset, n, (entry.mode & 0o170000) >> 12)  # fmt: skip
+        self._parts.append(head + name + _PADS[pad])  # one part per entry: len() counts entries
         self._used += need
         return True
 

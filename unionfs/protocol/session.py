@@ -4,9 +4,9 @@ One reader task reads the device (non-blocking; it waits for readability only wh
 and runs each handler itself. A request the filesystem answers with a plain method (its `*_now`
 methods: lookup, getattr, getxattr, listxattr, what a tree walk sends for every entry) is answered in
 place, with no coroutine at all. Any other handler's coroutine is driven by hand, so one that finishes
-without waiting costs no task and no switch. The first time a handler really waits (it yields to trio: a worker
-thread, a lock, a sleep), the session starts a spare reader task, which serves the other requests
-meanwhile; the waiting handler goes on in its own reader, as `await` would. Readers that find another
+without waiting costs no task and no switch. The first time a handler really waits (it yields to trio:
+a worker thread, a lock, a sleep), the session starts a spare reader task, which serves the other
+requests meanwhile; the waiting handler goes on in its own reader, as `await` would. Readers that find another
 one already waiting for the device end by themselves, so the pool shrinks back to one. After
 READY_STREAK requests in a row without a wait the reader yields once to trio, so other tasks (spares,
 thread results) are not starved by a busy device.
