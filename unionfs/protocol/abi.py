@@ -317,8 +317,9 @@ MIN_READ_BUFFER = 8192
 # ------------------------------------------------------------------ structures
 
 IN_HEADER = struct.Struct("<IIQQIIIHH")  # len opcode unique nodeid uid gid pid total_extlen padding
+IN_HEAD = struct.Struct("<IIQQ12xH2x")  # the same header's len opcode unique nodeid total_extlen
 OUT_HEADER = struct.Struct("<IiQ")  # len error unique
-assert IN_HEADER.size == 40 and OUT_HEADER.size == 16
+assert IN_HEADER.size == IN_HEAD.size == 40 and OUT_HEADER.size == 16
 
 # fuse_attr: ino size blocks atime mtime ctime (u64; times signed in practice), atimensec mtimensec
 # ctimensec mode nlink uid gid rdev blksize flags (u32)

@@ -25,6 +25,9 @@ _pack_out = abi.OUT_HEADER.pack
 _ENTRY_REPLY = abi.ENTRY_REPLY.pack
 _ATTR_REPLY = abi.ATTR_REPLY.pack
 _split_timeout = abi.split_timeout
+_unpack_u32 = abi.GETXATTR_IN.unpack_from  # (size, padding)
+_XATTR_NAME = _HDR + abi.GETXATTR_IN.size  # where a GETXATTR's name starts
+_ENODATA = -errno.ENODATA
 _attr_fields = abi.attr_fields
 
 
@@ -491,19 +494,22 @@ class Requests:
         return self._sized(unique, size, await self.ops.getxattr(nodeid, name, ctx))
 
     def _getxattr_now(self, view, end, unique, nodeid):
-        size, _ = _args(abi.GETXATTR_IN, view, end)
-        value = self.ops.getxattr_now(nodeid, _name(view, _HDR + abi.GETXATTR_IN.size, end))
+        # (read here, not by _args and _name: every file of a tree walk comes this way)
+        if end <= _XATTR_NAME or view[end - 1] != 0:
+            raise Malformed(f"GETXATTR body of {end - _HDR} bytes without its size and name")
+        value = self.ops.getxattr_now(nodeid, bytes(view[_XATTR_NAME : end - 1]))
         if value is None:
-            return _pack_out(16, -errno.ENODATA, unique)
-        return self._sized(unique, size, value)
+            return _pack_out(16, _ENODATA, unique)
+        return self._sized(unique, _unpack_u32(view, _HDR)[0], value)
 
     async def _listxattr(self, view, end, unique, nodeid, ctx):
         size, _ = _args(abi.GETXATTR_IN, view, end)
         return self._names(unique, size, await self.ops.listxattr(nodeid, ctx))
 
     def _listxattr_now(self, view, end, unique, nodeid):
-        size, _ = _args(abi.GETXATTR_IN, view, end)
-        return self._names(unique, size, self.ops.listxattr_now(nodeid))
+        if end < _XATTR_NAME:
+            raise Malformed(f"LISTXATTR body of {end - _HDR} bytes")
+        return self._names(unique, _unpack_u32(view, _HDR)[0], self.ops.listxattr_now(nodeid))
 
     def _names(self, unique, size, names):
         if not names:  # most files have no xattr: the reply is a header (and a zero size for a probe)

@@ -52,7 +52,7 @@ _PAGE = 4096
 _NO_REPLY = (abi.FORGET, abi.BATCH_FORGET)
 
 _pack_out = abi.OUT_HEADER.pack
-_unpack_in = abi.IN_HEADER.unpack_from
+_unpack_head = abi.IN_HEAD.unpack_from
 
 
 @types.coroutine
@@ -362,7 +362,7 @@ class Session(Requests):
         (as it does anything malformed)."""
         if n < _HDR:
             return False
-        length, opcode, unique, nodeid, _, _, _, extlen, _ = _unpack_in(view, 0)
+        length, opcode, unique, nodeid, extlen = _unpack_head(view, 0)
         handler = self._immediate.get(opcode)
         if handler is None:
             return False
