@@ -267,10 +267,14 @@ def test_a_parked_handler_that_needs_the_loop_once_it_goes_on_is_answered_by_the
         u_attr = kernel.send(abi.GETATTR, 1, abi.GETATTR_IN.pack(0, 0, 0))
         kernel.send(abi.MKDIR, 1, abi.MKDIR_IN.pack(0o755, 0) + cstr(b"d"))
         u_move = kernel.send(abi.RENAME, 1, abi.RENAME_IN.pack(1) + cstr(b"d", b"e"))
-        os.write(fs.w, b"!")
-        first = session.serve_before_loop(threading.Event())
-        assert abi.IN_HEADER.unpack_from(first)[1:3] == (abi.RENAME, u_move)
+        t, out = _serving(session, threading.Event())
         assert kernel.recv().error == 0 and kernel.recv().error == 0  # INIT, MKDIR
+        t.join(0.3)
+        assert t.is_alive()  # RENAME needs the loop: the parked GETATTR is finished first
+        os.write(fs.w, b"!")  # ... and then needs the loop too
+        t.join(5)
+        first = out[0]
+        assert abi.IN_HEADER.unpack_from(first)[1:3] == (abi.RENAME, u_move)
         fs.loop = True
 
         async def loop():

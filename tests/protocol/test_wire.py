@@ -134,6 +134,24 @@ def test_dirbuffer_packs_and_stops_when_full(names):
             assert len(body) + rec > size
 
 
+@given(
+    names=st.lists(st.binary(min_size=1, max_size=40).filter(lambda b: b"\0" not in b and b"/" not in b), max_size=30)
+)
+def test_dirbuffer_reply_packs_as_add_and_add_bare(names):
+    # reply(name, ino, mode, entry or None, off): the one call a listing's entries take
+    for plus in (False, True):
+        one, two = DirBuffer(900, plus), DirBuffer(900, plus)
+        for i, name in enumerate(names):
+            mode = (stat.S_IFDIR if i % 3 else stat.S_IFLNK) | 0o755
+            e = Entry(i + 10, ino=i + 1000, mode=mode, size=i, atime_ns=i * 1_500_000_000, entry_timeout=1.5)
+            entry = e if i % 2 else None
+            expected = two.add(name, e, i + 1) if entry else two.add_bare(name, i + 77, mode, i + 1)
+            assert one.reply(name, i + 77, mode, entry, i + 1) is expected
+            if not expected:
+                break
+        assert one.getvalue() == two.getvalue() and len(one) == len(two)
+
+
 def test_fileinfo_flags():
     assert FileInfo(3, keep_cache=True).open_flags == abi.FOPEN_KEEP_CACHE
     assert FileInfo(3, direct_io=True, cache_dir=True).open_flags == abi.FOPEN_DIRECT_IO | abi.FOPEN_CACHE_DIR
@@ -309,6 +327,90 @@ def test_errors_become_errno_or_eio(caplog):
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(errors) == 2  # the RuntimeError in GETATTR and in FORGET, one line each with traceback
     assert all(r.exc_info for r in errors) and "GETATTR" in errors[0].getMessage()
+
+
+class InPlace(Operations):
+    """Answers lookup, getattr, getxattr and listxattr with plain methods (the session calls those in
+    place); the async ones would answer ENOTTY, so a reply tells which was called."""
+
+    def lookup_now(self, parent, name):
+        if name == b"absent":
+            return Entry.negative(2.0)
+        return Entry(7, mode=stat.S_IFREG | 0o644, size=len(name), entry_timeout=1.0, attr_timeout=1.0)
+
+    def getattr_now(self, node, fh):
+        if node == 2:
+            raise PermissionError(errno.EACCES, "no")
+        if node == 3:
+            raise OSError("no errno")
+        if node == 5:
+            raise RuntimeError("handler bug")
+        return Entry(node, mode=stat.S_IFDIR | 0o755, size=fh or 0, attr_timeout=1.0)
+
+    def getxattr_now(self, node, name):
+        return b"value" if name == b"user.k" else None
+
+    def listxattr_now(self, node):
+        return [b"user.k", b"user.l"] if node == 1 else []
+
+    async def lookup(self, parent, name, ctx):
+        raise OSError(errno.ENOTTY, "async")
+
+    getattr = getxattr = lookup
+
+    async def listxattr(self, node, ctx):
+        raise OSError(errno.ENOTTY, "async")
+
+
+def test_plain_methods_are_answered_in_place_with_the_same_error_edge(caplog):
+    async def script(k):
+        await k.init()
+        r = {}
+        r["entry"] = await k.call(abi.LOOKUP, 1, cstr(b"name"))
+        r["negative"] = await k.call(abi.LOOKUP, 1, cstr(b"absent"))
+        r["attr"] = await k.call(abi.GETATTR, 1, abi.GETATTR_IN.pack(abi.GETATTR_FH, 0, 42))
+        r["denied"] = await k.call(abi.GETATTR, 2, bytes(16), expect_ok=False)
+        r["no_errno"] = await k.call(abi.GETATTR, 3, bytes(16), expect_ok=False)
+        r["bug"] = await k.call(abi.GETATTR, 5, bytes(16), expect_ok=False)
+        r["value"] = await k.call(abi.GETXATTR, 1, abi.GETXATTR_IN.pack(64, 0) + cstr(b"user.k"))
+        r["probe"] = await k.call(abi.GETXATTR, 1, abi.GETXATTR_IN.pack(0, 0) + cstr(b"user.k"))
+        r["small"] = await k.call(abi.GETXATTR, 1, abi.GETXATTR_IN.pack(2, 0) + cstr(b"user.k"), expect_ok=False)
+        r["nodata"] = await k.call(abi.GETXATTR, 1, abi.GETXATTR_IN.pack(64, 0) + cstr(b"user.x"), expect_ok=False)
+        r["no_nul"] = await k.call(abi.GETXATTR, 1, abi.GETXATTR_IN.pack(64, 0) + b"user.k", expect_ok=False)
+        r["names"] = await k.call(abi.LISTXATTR, 1, abi.GETXATTR_IN.pack(100, 0))
+        r["names_probe"] = await k.call(abi.LISTXATTR, 1, abi.GETXATTR_IN.pack(0, 0))
+        r["none"] = await k.call(abi.LISTXATTR, 9, abi.GETXATTR_IN.pack(100, 0))
+        r["none_probe"] = await k.call(abi.LISTXATTR, 9, abi.GETXATTR_IN.pack(0, 0))
+        r["short"] = await k.call(abi.LISTXATTR, 9, b"\0\0", expect_ok=False)
+        # allow_root: the filter needs the caller, so these go to the (guarded) async handlers
+        k.session.deny_others(0)
+        r["other"] = await k.call(abi.GETXATTR, 1, abi.GETXATTR_IN.pack(64, 0) + cstr(b"user.k"), expect_ok=False)
+        k.uid = 0
+        r["root"] = await k.call(abi.LISTXATTR, 1, abi.GETXATTR_IN.pack(100, 0), expect_ok=False)
+        return r
+
+    with caplog.at_level(logging.ERROR, logger="unionfs.protocol"):
+        _, r = run_session(InPlace(), script)
+    e = entry_out(r["entry"].body)
+    assert (e["nodeid"], e["size"], e["entry_valid"]) == (7, 4, 1)
+    n = entry_out(r["negative"].body)
+    assert (n["nodeid"], n["entry_valid"]) == (0, 2)
+    a = attr_out(r["attr"].body)
+    assert (a["ino"], a["size"], a["mode"]) == (1, 42, stat.S_IFDIR | 0o755)
+    assert r["denied"].errno == errno.EACCES
+    assert r["no_errno"].errno == r["bug"].errno == r["no_nul"].errno == errno.EIO
+    assert r["value"].body == b"value" and abi.GETXATTR_OUT.unpack(r["probe"].body)[0] == 5
+    assert r["small"].errno == errno.ERANGE and r["nodata"].errno == errno.ENODATA
+    assert len(r["nodata"].raw) == 16
+    assert r["names"].body == b"user.k\0user.l\0" and abi.GETXATTR_OUT.unpack(r["names_probe"].body)[0] == 14
+    assert r["none"].body == b"" and r["none"].error == 0
+    assert abi.GETXATTR_OUT.unpack(r["none_probe"].body)[0] == 0
+    assert r["short"].errno == errno.EIO
+    assert r["other"].errno == errno.EACCES and r["root"].errno == errno.ENOTTY
+    errors = [rec.getMessage() for rec in caplog.records if rec.levelno >= logging.ERROR]
+    assert len(errors) == 3, errors  # the RuntimeError (with its traceback), two malformed requests
+    assert "GETATTR" in errors[0] and [rec.exc_info is not None for rec in caplog.records][0]
+    assert all("malformed" in m for m in errors[1:])
 
 
 @pytest.mark.parametrize(

@@ -74,10 +74,10 @@ def test_bare_entry_keeps_d_ino_and_type():
 
 def test_a_translation_bug_is_eio_and_an_error_line(ops, caplog, monkeypatch):
     # pyfuse3 ends the session on any exception but FUSEError: a record it cannot take must not do that
-    async def broken_record(node_id):
+    def broken_record(node_id):
         return Entry(node_id, 0, node_id, None, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1.0, 1.0)
 
-    monkeypatch.setattr(ops.requests, "getattr", broken_record)
+    monkeypatch.setattr(ops.requests, "getattr_now", broken_record)
     with caplog.at_level(logging.ERROR, logger="unionfs"):
         with pytest.raises(pyfuse3.FUSEError) as exc:
             trio.run(ops.getattr, 1)

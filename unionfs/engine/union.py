@@ -80,6 +80,13 @@ class UnionEngine:
             ):
                 part.connect(self)
             self.attributes.setup_records(xattr_permissions)
+            # The queries every request of a tree walk makes go straight to their part (the methods
+            # below say what they do): one Python frame less each, on the daemon's hottest path.
+            self.lookup = self.resolution.lookup
+            self.getattr = self.attributes.getattr
+            self.reported_nlink = self.attributes.reported_nlink
+            self.find_xattr = self.attributes.find_xattr
+            self.listxattr = self.attributes.listxattr
             if index and stack.work is not None:
                 self.index.open(work)
         except BaseException:
@@ -312,6 +319,10 @@ class UnionEngine:
 
     def getxattr(self, node: Node, name: bytes) -> bytes:
         return self.attributes.getxattr(node, name)
+
+    def find_xattr(self, node: Node, name: bytes):
+        """The value of xattr *name*, or None when the node has none (getxattr's ENODATA, not raised)."""
+        return self.attributes.find_xattr(node, name)
 
     def listxattr(self, node: Node):
         return self.attributes.listxattr(node)

@@ -90,6 +90,12 @@ class NativeOperations(Operations):
         self.requests = requests
         self.session = session
         requests.bare_entries = True  # a readdirplus entry with node id 0 is the session's add_bare
+        # The session answers these in place (see Operations.lookup_now): the request layer's own
+        # methods take the session's values as they are, so no method of this class stands between.
+        self.lookup_now = requests.lookup_now
+        self.getattr_now = requests.getattr_now
+        self.getxattr_now = requests.getxattr_now
+        self.listxattr_now = requests.listxattr_now
 
     async def init(self, conn) -> None:
         session = self.session
@@ -199,14 +205,8 @@ class NativeOperations(Operations):
         return FileInfo(fh, cache_dir=True, keep_cache=True)
 
     async def readdir(self, node, fh, offset, out, ctx):
-        add, add_bare = out.add, out.add_bare
-
-        def reply(name, ino, ftype, entry, next_offset):
-            if entry is None:
-                return add_bare(name, ino, ftype, next_offset)
-            return add(name, entry, next_offset)
-
-        await self.requests.readdir(fh, offset, reply, plus=out.plus)
+        # DirBuffer.reply takes the request layer's callback arguments as they are (entry None: bare)
+        await self.requests.readdir(fh, offset, out.reply, plus=out.plus)
 
     async def releasedir(self, node, fh, ctx):
         await self.requests.releasedir(fh)

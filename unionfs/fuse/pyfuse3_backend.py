@@ -1,6 +1,7 @@
 """The pyfuse3 backend: pyfuse3's Operations calls translated to the request layer and back.
 
-Each handler only converts: pyfuse3's arguments into plain values, the request layer's records into
+Each handler only converts (calling the request layer's plain `*_now` methods where it has them: no
+coroutine in between): pyfuse3's arguments into plain values, the request layer's records into
 pyfuse3's (one EntryAttributes straight from an Entry, no dict in between), and OSError into FUSEError.
 Every decision is the request layer's (requests.py), which also holds the error boundary; a failure
 of a translation here (a bug) is answered EIO with an ERROR line too: pyfuse3 would end the session on
@@ -105,7 +106,7 @@ class Pyfuse3Operations(pyfuse3.Operations):
 
     async def lookup(self, parent_inode, name, ctx=None):
         try:
-            entry = await self.requests.lookup(parent_inode, name)
+            entry = self.requests.lookup_now(parent_inode, name)
         except OSError as exc:
             raise FUSEError(exc.errno) from None
         if entry.node_id:
@@ -120,7 +121,7 @@ class Pyfuse3Operations(pyfuse3.Operations):
 
     async def getattr(self, inode, ctx=None):
         try:
-            entry = await self.requests.getattr(inode)
+            entry = self.requests.getattr_now(inode)
         except OSError as exc:
             raise FUSEError(exc.errno) from None
         return _attrs(entry)
@@ -299,13 +300,16 @@ class Pyfuse3Operations(pyfuse3.Operations):
 
     async def getxattr(self, inode, name, ctx):
         try:
-            return await self.requests.getxattr(inode, name)
+            value = self.requests.getxattr_now(inode, name)
         except OSError as exc:
             raise FUSEError(exc.errno) from None
+        if value is None:
+            raise FUSEError(errno.ENODATA)
+        return value
 
     async def listxattr(self, inode, ctx):
         try:
-            return await self.requests.listxattr(inode)
+            return self.requests.listxattr_now(inode)
         except OSError as exc:
             raise FUSEError(exc.errno) from None
 

@@ -9,6 +9,9 @@ the copy-up locks and threads, file and directory handles, listing snapshots.
 Every method ends in the one error boundary (`_failure`): an OSError leaves with its errno, any other
 exception leaves as OSError(EIO) with an ERROR log line and its traceback, so the mount never dies.
 Backends turn OSError into their error reply and nothing else.
+The requests a tree walk sends for every entry never wait, and have a plain method too (`lookup_now`,
+`getattr_now`, `getxattr_now`, `listxattr_now`, behind the same boundary): a backend calls those with no
+coroutine per request, and `getxattr_now` answers "no such xattr" (ENODATA) with None, no exception.
 The engine says what a change must copy up first (`UnionEngine.copy_up_for_*`, a CopyUpJob or None); this
 layer only runs that job under a per-node lock, a large file's byte copy in a worker thread: other
 requests go on meanwhile, and two opens of one file never copy it twice.
@@ -58,6 +61,7 @@ passed as it is); only uid and gid are read, for the owner of new entries."""
 
 _new = tuple.__new__  # a record straight from a tuple: no Python-level __new__ per reply
 _EIO = os.strerror(errno.EIO)
+_ENODATA = os.strerror(errno.ENODATA)
 
 
 def _failure(exc: Exception, op: str, args: tuple) -> OSError:
@@ -227,7 +231,7 @@ class UnionRequests(DirectoryRequests, PassthroughRequests, PrivilegeRequests):
 
     # ----------------------------------------------------------- lookup and attributes
 
-    async def lookup(self, parent_id: int, name: bytes) -> Entry:
+    def lookup_now(self, parent_id: int, name: bytes) -> Entry:
         """The entry of parent/name, counting one kernel reference; a negative entry (node_id 0) if absent."""
         try:
             try:
@@ -239,6 +243,9 @@ class UnionRequests(DirectoryRequests, PassthroughRequests, PrivilegeRequests):
         except Exception as exc:
             raise _failure(exc, "lookup", (parent_id, name)) from None
 
+    async def lookup(self, parent_id: int, name: bytes) -> Entry:
+        return self.lookup_now(parent_id, name)
+
     async def forget(self, items) -> None:
         """Drop kernel references: *items* is an iterable of (node_id, count). Never raises."""
         for node_id, count in items:
@@ -247,12 +254,16 @@ class UnionRequests(DirectoryRequests, PassthroughRequests, PrivilegeRequests):
             except Exception:
                 log.exception("ERROR in forget(%d, %d)", node_id, count)
 
-    async def getattr(self, node_id: int) -> Entry:
+    def getattr_now(self, node_id: int, fh=None) -> Entry:
+        """*fh*: the open file of an fstat, or None; the node's attributes either way."""
         try:
             node = self._node(node_id)
             return self.nodes.attributes(node_id, node, self.union.getattr(node))
         except Exception as exc:
             raise _failure(exc, "getattr", (node_id,)) from None
+
+    async def getattr(self, node_id: int) -> Entry:
+        return self.getattr_now(node_id)
 
     async def setattr(self, node_id: int, changes: SetAttr, fh: int | None = None, kill_for=None) -> Entry:
         """Change what *changes* names (on the open file *fh* where given); the attributes after.
@@ -467,18 +478,29 @@ class UnionRequests(DirectoryRequests, PassthroughRequests, PrivilegeRequests):
 
     # ----------------------------------------------------------- xattrs
 
-    async def getxattr(self, node_id: int, name: bytes) -> bytes:
+    def getxattr_now(self, node_id: int, name: bytes):
+        """The value of xattr *name*, or None when the node has none (ENODATA, answered without an
+        exception: nearly every file of a container engine's diff is asked for security.capability)."""
         try:
-            return self.union.getxattr(self._node(node_id), name)
+            return self.union.find_xattr(self._node(node_id), name)
         except Exception as exc:
             raise _failure(exc, "getxattr", (node_id, name)) from None
 
-    async def listxattr(self, node_id: int) -> list[bytes]:
+    async def getxattr(self, node_id: int, name: bytes) -> bytes:
+        value = self.getxattr_now(node_id, name)
+        if value is None:
+            raise OSError(errno.ENODATA, _ENODATA)
+        return value
+
+    def listxattr_now(self, node_id: int) -> list[bytes]:
         """The names (bytes) of the node's xattrs."""
         try:
             return self.union.listxattr(self._node(node_id))
         except Exception as exc:
             raise _failure(exc, "listxattr", (node_id,)) from None
+
+    async def listxattr(self, node_id: int) -> list[bytes]:
+        return self.listxattr_now(node_id)
 
     async def setxattr(self, node_id: int, name: bytes, value: bytes, flags: int = 0, kill_sgid: bool = False) -> None:
         """flags: XATTR_CREATE / XATTR_REPLACE, or 0. *kill_sgid*: setting this access ACL clears

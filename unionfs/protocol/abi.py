@@ -317,8 +317,9 @@ MIN_READ_BUFFER = 8192
 # ------------------------------------------------------------------ structures
 
 IN_HEADER = struct.Struct("<IIQQIIIHH")  # len opcode unique nodeid uid gid pid total_extlen padding
+IN_HEAD = struct.Struct("<IIQQ12xH2x")  # the same header's len opcode unique nodeid total_extlen
 OUT_HEADER = struct.Struct("<IiQ")  # len error unique
-assert IN_HEADER.size == 40 and OUT_HEADER.size == 16
+assert IN_HEADER.size == IN_HEAD.size == 40 and OUT_HEADER.size == 16
 
 # fuse_attr: ino size blocks atime mtime ctime (u64; times signed in practice), atimensec mtimensec
 # ctimensec mode nlink uid gid rdev blksize flags (u32)
@@ -340,6 +341,8 @@ GETXATTR_OUT = struct.Struct("<II")
 LSEEK_OUT = struct.Struct("<Q")
 DIRENT = struct.Struct("<QQII")  # ino off namelen type, then the name, padded to 8
 DIRENT_SIZE = DIRENT.size  # 24
+DIRENTPLUS = struct.Struct("<QQQQII" + ATTR_FMT + "QQII")  # entry_out and dirent, packed at once
+DIRENT_PADS = tuple(b"\0" * n for n in range(8))  # the zeros after a name, by their count
 
 INIT_IN = struct.Struct("<IIIII44x")  # major minor max_readahead flags flags2 unused[11]
 INIT_IN_MIN = 8  # major and minor: every kernel sends them

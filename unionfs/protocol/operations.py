@@ -245,6 +245,13 @@ class SetAttr:
         return "SetAttr(" + ", ".join(parts) + ")"
 
 
+_DIRENTPLUS = abi.DIRENTPLUS.pack
+_ENTRY_OUT_SIZE = abi.ENTRY_OUT.size
+_PADS = abi.DIRENT_PADS
+_split_timeout = abi.split_timeout
+_attr_fields = abi.attr_fields
+
+
 class DirBuffer:
     """The reply buffer of one readdir/readdirplus: `add` entries until it returns False (full).
 
@@ -298,6 +305,35 @@ class DirBuffer:
         self._used += need
         return True
 
+    def reply(self, name: bytes, ino: int, mode: int, entry, next_offset: int) -> bool:
+        """`add(name, entry, next_offset)`, or `add_bare(name, ino, mode, next_offset)` when *entry* is
+        None, in one call with no other below it: a listing's entries each pass here."""
+        n = len(name)
+        pad = -(abi.DIRENT_SIZE + n) & 7
+        if not self.plus:
+            need = abi.DIRENT_SIZE + n + pad
+            if self._used + need > self.size:
+                return False
+            if entry is not None:
+                ino, mode = entry.ino, entry.mode
+            self._parts.append(abi.DIRENT.pack(ino, next_offset, n, (mode & 0o170000) >> 12) + name + _PADS[pad])
+            self._used += need
+            return True
+        need = _ENTRY_OUT_SIZE + abi.DIRENT_SIZE + n + pad
+        if self._used + need > self.size:
+            return False
+        if entry is None:
+            head = _DIRENTPLUS(0, 0, 0, 0, 0, 0, ino, 0, 0, 0, 0, 0, 0, 0, 0, mode, 0, 0, 0, 0, 0, 0,
+                               ino, next_offset, n, (mode & 0o170000) >> 12)  # fmt: skip
+        else:
+            ev, evn = _split_timeout(entry.entry_timeout)
+            av, avn = _split_timeout(entry.attr_timeout)
+            head = _DIRENTPLUS(entry.node, entry.generation, ev, av, evn, avn, *_attr_fields(entry),
+                               entry.ino, next_offset, n, (entry.mode & 0o170000) >> 12)  # fmt: skip
+        self._parts.append(head + name + _PADS[pad])  # one part per entry: len() counts entries
+        self._used += need
+        return True
+
     def __len__(self):
         return len(self._parts)
 
@@ -340,6 +376,14 @@ class Operations:
     (lookup, mkdir, mknod, symlink, link, create, tmpfile, readdirplus), and each such answer counts as
     one lookup the kernel later returns with `forget`.
     """
+
+    # Answers that never wait: a filesystem may also offer these as plain methods (not async, no
+    # Context). The session then answers those requests in place, with no coroutine, and falls back to
+    # the async method only where one is None. Errors as for the async ones.
+    lookup_now = None  # (parent, name) -> Entry
+    getattr_now = None  # (node, fh) -> Entry
+    getxattr_now = None  # (node, name) -> bytes, or None: no such attribute (answered ENODATA)
+    listxattr_now = None  # (node) -> an iterable of names
 
     async def init(self, conn: Conn) -> None:
         """INIT was agreed (called before the answer is sent): *conn* says what with."""

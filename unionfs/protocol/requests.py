@@ -4,6 +4,8 @@
 (ops, proto_minor, conn, want, max_write ... ) and holds no I/O of its own, so nothing here imports
 trio. A handler returns the whole reply message (bytes, or a list of buffers for writev) or None (no
 reply: FORGET); it raises Malformed for lengths that do not add up, OSError for the filesystem's errors.
+The requests a filesystem answers without waiting (its `*_now` methods) have a plain handler too, which
+the session calls in place: no coroutine, no Context.
 """
 
 import errno
@@ -11,7 +13,7 @@ import time
 
 from ..logger import get_logger
 from . import abi
-from .operations import Conn, DirBuffer, FileInfo, SetAttr
+from .operations import Conn, DirBuffer, FileInfo, Operations, SetAttr
 
 log = get_logger("unionfs.protocol")
 
@@ -23,6 +25,9 @@ _pack_out = abi.OUT_HEADER.pack
 _ENTRY_REPLY = abi.ENTRY_REPLY.pack
 _ATTR_REPLY = abi.ATTR_REPLY.pack
 _split_timeout = abi.split_timeout
+_unpack_u32 = abi.GETXATTR_IN.unpack_from  # (size, padding)
+_XATTR_NAME = _HDR + abi.GETXATTR_IN.size  # where a GETXATTR's name starts
+_ENODATA = -errno.ENODATA
 _attr_fields = abi.attr_fields
 
 
@@ -64,8 +69,19 @@ def _two_names(view, start, end) -> tuple:
     return first, rest[:-1].split(b"\0", 1)[0]
 
 
+def _getattr_fh(view, end):
+    """The file handle of an fstat's GETATTR, or None."""
+    if end - _HDR >= abi.GETATTR_IN.size:  # 7.9 on
+        flags, _, handle = abi.GETATTR_IN.unpack_from(view, _HDR)
+        if flags & abi.GETATTR_FH:
+            return handle
+    return None
+
+
 class Requests:
     """The opcode handlers of a Session (a mixin: see the module docstring)."""
+
+    ops: Operations  # the Session's
 
     def _handler_table(self) -> dict:
         """opcode -> bound handler(view, end, unique, nodeid, ctx) returning the reply (or None)."""
@@ -110,6 +126,21 @@ class Requests:
             abi.COPY_FILE_RANGE: self._copy_file_range,
             abi.TMPFILE: self._tmpfile,
         }
+
+    def _immediate_table(self) -> dict:
+        """opcode -> bound handler(view, end, unique, nodeid) returning the reply, for the requests the
+        filesystem answers without waiting (its *_now methods, see Operations): called in place."""
+        ops = self.ops
+        table = {}
+        for opcode, method, handler in (
+            (abi.LOOKUP, ops.lookup_now, self._lookup_now),
+            (abi.GETATTR, ops.getattr_now, self._getattr_now),
+            (abi.GETXATTR, ops.getxattr_now, self._getxattr_now),
+            (abi.LISTXATTR, ops.listxattr_now, self._listxattr_now),
+        ):
+            if method is not None:
+                table[opcode] = handler
+        return table
 
     # ------------------------------------------------------------------ reply builders
 
@@ -235,6 +266,9 @@ class Requests:
         e = await self.ops.lookup(nodeid, _name(view, _HDR, end), ctx)
         return self._entry(unique, e)
 
+    def _lookup_now(self, view, end, unique, nodeid):
+        return self._entry(unique, self.ops.lookup_now(nodeid, _name(view, _HDR, end)))
+
     async def _forget(self, view, end, unique, nodeid, ctx):
         (nlookup,) = _args(abi.FORGET_IN, view, end)
         await self.ops.forget([(nodeid, nlookup)])
@@ -248,12 +282,10 @@ class Requests:
         await self.ops.forget(items)
 
     async def _getattr(self, view, end, unique, nodeid, ctx):
-        fh = None
-        if end - _HDR >= abi.GETATTR_IN.size:  # 7.9 on
-            flags, _, handle = abi.GETATTR_IN.unpack_from(view, _HDR)
-            if flags & abi.GETATTR_FH:
-                fh = handle
-        return self._attr(unique, await self.ops.getattr(nodeid, fh, ctx))
+        return self._attr(unique, await self.ops.getattr(nodeid, _getattr_fh(view, end), ctx))
+
+    def _getattr_now(self, view, end, unique, nodeid):
+        return self._attr(unique, self.ops.getattr_now(nodeid, _getattr_fh(view, end)))
 
     async def _setattr(self, view, end, unique, nodeid, ctx):
         (valid, _, fh, size, lock_owner, atime, mtime, ctime, atimens, mtimens, ctimens, mode, _, uid, gid, _) = _args(
@@ -461,9 +493,27 @@ class Requests:
         name = _name(view, _HDR + abi.GETXATTR_IN.size, end)
         return self._sized(unique, size, await self.ops.getxattr(nodeid, name, ctx))
 
+    def _getxattr_now(self, view, end, unique, nodeid):
+        # (read here, not by _args and _name: every file of a tree walk comes this way)
+        if end <= _XATTR_NAME or view[end - 1] != 0:
+            raise Malformed(f"GETXATTR body of {end - _HDR} bytes without its size and name")
+        value = self.ops.getxattr_now(nodeid, bytes(view[_XATTR_NAME : end - 1]))
+        if value is None:
+            return _pack_out(16, _ENODATA, unique)
+        return self._sized(unique, _unpack_u32(view, _HDR)[0], value)
+
     async def _listxattr(self, view, end, unique, nodeid, ctx):
         size, _ = _args(abi.GETXATTR_IN, view, end)
-        names = await self.ops.listxattr(nodeid, ctx)
+        return self._names(unique, size, await self.ops.listxattr(nodeid, ctx))
+
+    def _listxattr_now(self, view, end, unique, nodeid):
+        if end < _XATTR_NAME:
+            raise Malformed(f"LISTXATTR body of {end - _HDR} bytes")
+        return self._names(unique, _unpack_u32(view, _HDR)[0], self.ops.listxattr_now(nodeid))
+
+    def _names(self, unique, size, names):
+        if not names:  # most files have no xattr: the reply is a header (and a zero size for a probe)
+            return abi.GETXATTR_REPLY.pack(24, 0, unique, 0, 0) if size == 0 else _pack_out(16, 0, unique)
         return self._sized(unique, size, b"".join(n + b"\0" for n in names))
 
     async def _removexattr(self, view, end, unique, nodeid, ctx):

@@ -1,10 +1,12 @@
 """The FUSE request loop on trio: read a request from the device, call the filesystem, write the reply.
 
 One reader task reads the device (non-blocking; it waits for readability only when nothing is queued)
-and runs each handler itself: the handler's coroutine is driven by hand, so one that finishes without
-waiting costs no task and no switch. The first time a handler really waits (it yields to trio: a worker
-thread, a lock, a sleep), the session starts a spare reader task, which serves the other requests
-meanwhile; the waiting handler goes on in its own reader, as `await` would. Readers that find another
+and runs each handler itself. A request the filesystem answers with a plain method (its `*_now`
+methods: lookup, getattr, getxattr, listxattr, what a tree walk sends for every entry) is answered in
+place, with no coroutine at all. Any other handler's coroutine is driven by hand, so one that finishes
+without waiting costs no task and no switch. The first time a handler really waits (it yields to trio:
+a worker thread, a lock, a sleep), the session starts a spare reader task, which serves the other
+requests meanwhile; the waiting handler goes on in its own reader, as `await` would. Readers that find another
 one already waiting for the device end by themselves, so the pool shrinks back to one. After
 READY_STREAK requests in a row without a wait the reader yields once to trio, so other tasks (spares,
 thread results) are not starved by a busy device.
@@ -52,6 +54,7 @@ _PAGE = 4096
 _NO_REPLY = (abi.FORGET, abi.BATCH_FORGET)
 
 _pack_out = abi.OUT_HEADER.pack
+_unpack_head = abi.IN_HEAD.unpack_from
 
 
 @types.coroutine
@@ -184,6 +187,7 @@ class Session(Requests):
         self._before_loop = False
         self._replay: list = []  # requests of parked handlers that raised LoopNeeded (run() answers them)
         self._handlers = self._handler_table()
+        self._immediate = self._immediate_table()
 
     def deny_others(self, owner: int) -> None:
         """allow_root, as libfuse does it: the mount is made with allow_other, and requests of users
@@ -193,6 +197,9 @@ class Session(Requests):
         for opcode, handler in list(self._handlers.items()):
             if opcode not in _OPEN_OR_OWN:
                 self._handlers[opcode] = _guarded(handler, allowed)
+        for opcode in list(self._immediate):
+            if opcode not in _OPEN_OR_OWN:
+                del self._immediate[opcode]  # answered by the guarded handler (the filter needs the caller)
 
     # ------------------------------------------------------------------ the loop
 
@@ -209,8 +216,8 @@ class Session(Requests):
         `run(first=...)`); IDLE when the device was idle for *idle* seconds (start the loop with nothing
         pending); None when *until* was set or the session ended (ENODEV).
         *wake_fd*: a descriptor that becomes readable when *until* may have changed (a signal wake-up
-        pipe): then the wait for the device needs no short timeout; without it *until* is looked at every
-        2 ms.
+        pipe): then the wait for the device needs no short timeout, and *until* is looked at only when it
+        is readable; without it *until* is looked at every 2 ms and between requests.
 
         A handler may wait here only for a descriptor (`await readable_before_loop(fd)`, e.g. the end
         of a copy in a thread of its own): it is parked, with the buffer its request is in, and the
@@ -231,22 +238,38 @@ class Session(Requests):
             timeout = -1 if idle is None else max(1, int(idle * 1000))
         parked: dict = {}  # fd -> (coroutine, its buffer, its length)
         self._before_loop = True
+        every_round = wake_fd is None
         try:
-            while not self._ended and not until.is_set():
+            if until.is_set():
+                return None
+            while not self._ended:
+                if every_round and until.is_set():
+                    return None
+                # Wait first, read then: a caller's next request mostly comes after the answer to its
+                # last, so reading first would mostly fail (a syscall and an exception per request).
+                events = poller.poll(timeout)
+                if not events:
+                    if wake_fd is not None and idle is not None and not parked:
+                        return IDLE
+                    continue
+                device = False
+                for fd, _ in events:
+                    if fd == self.fd:
+                        device = True
+                    elif fd == wake_fd:
+                        _drain(wake_fd)
+                        if until.is_set():
+                            return None
+                    elif fd in parked:
+                        poller.unregister(fd)
+                        first = self._resume(parked, fd, poller)
+                        if first is not None:
+                            return first
+                if not device:
+                    continue
                 try:
                     n = os.readv(self.fd, bufs)
                 except BlockingIOError:
-                    events = poller.poll(timeout)
-                    for fd, _ in events:
-                        if fd == wake_fd:
-                            _drain(wake_fd)
-                        elif fd in parked:
-                            poller.unregister(fd)
-                            first = self._resume(parked, fd, poller)
-                            if first is not None:
-                                return first
-                    if not events and wake_fd is not None and idle is not None and not parked:
-                        return IDLE
                     continue
                 except OSError as exc:
                     if exc.errno == errno.ENOENT:
@@ -259,7 +282,9 @@ class Session(Requests):
                     self._ended = True
                     return None
                 self.requests += 1
-                coro = self._handle(view, n)
+                if self._answer_now(view, n):
+                    continue
+                coro = self._answer(view, n)
                 try:
                     trap = coro.send(None)
                 except StopIteration:
@@ -369,6 +394,7 @@ class Session(Requests):
         view = memoryview(buf)
         fd = self.fd
         readv = os.readv
+        answer_now = self._answer_now
         bufs = (buf,)
         streak = 0
         self.readers += 1
@@ -397,7 +423,8 @@ class Session(Requests):
                     self._ended = True
                     return
                 self.requests += 1
-                await self._handle(view, n)
+                if not answer_now(view, n):
+                    await self._answer(view, n)
                 streak += 1
                 if streak >= READY_STREAK:
                     streak = 0
@@ -408,6 +435,58 @@ class Session(Requests):
 
     async def _handle(self, view, n: int) -> None:
         """Answer the request in view[:n]."""
+        if not self._answer_now(view, n):
+            await self._answer(view, n)
+
+    def _answer_now(self, view, n: int) -> bool:
+        """Answer the request in view[:n] in place if its handler never waits (the filesystem's *_now
+        methods): no coroutine, no Context, the same error edge as _answer. False: _answer answers it
+        (as it does anything malformed)."""
+        if n < _HDR:
+            return False
+        length, opcode, unique, nodeid, extlen = _unpack_head(view, 0)
+        handler = self._immediate.get(opcode)
+        if handler is None:
+            return False
+        end = n - extlen * 8
+        if length != n or end < _HDR:
+            return False
+        try:
+            msg = handler(view, end, unique, nodeid)
+        except Exception as exc:
+            msg = self._failed(exc, opcode, nodeid, unique)
+        except LoopNeeded:
+            if self._before_loop:
+                raise
+            log.exception("ERROR in %s (node %d, unique %d)", abi.opcode_name(opcode), nodeid, unique)
+            msg = error_reply(unique, errno.EIO)
+        try:
+            if type(msg) is bytes:
+                os.write(self.fd, msg)
+            else:
+                os.writev(self.fd, msg)
+        except OSError as exc:
+            self._write_failed(exc)
+        return True
+
+    def _failed(self, exc: Exception, opcode: int, nodeid: int, unique: int):
+        """The error edge: the answer to a request whose handler raised *exc* (called in its except)."""
+        if isinstance(exc, OSError):
+            err = exc.errno
+            if self._debug:
+                log.debug("%s node %d: %s", abi.opcode_name(opcode), nodeid, exc)
+            if not err or not 0 < err < 512:  # the kernel refuses an error outside -511..0
+                err = errno.EIO
+        elif isinstance(exc, Malformed):
+            log.error("malformed %s request (unique %d): %s", abi.opcode_name(opcode), unique, exc)
+            err = errno.EIO
+        else:
+            log.exception("ERROR in %s (node %d, unique %d)", abi.opcode_name(opcode), nodeid, unique)
+            err = errno.EIO
+        return error_reply(unique, err) if opcode not in _NO_REPLY else None
+
+    async def _answer(self, view, n: int) -> None:
+        """Answer the request in view[:n] with its async handler."""
         if n < _HDR:
             log.error("malformed request: %d bytes, shorter than the header", n)
             if n >= 16:
@@ -446,19 +525,8 @@ class Session(Requests):
                 raise  # serve_before_loop hands the request to the loop
             log.exception("ERROR in %s (node %d, unique %d)", abi.opcode_name(opcode), nodeid, unique)
             msg = error_reply(unique, errno.EIO) if opcode not in _NO_REPLY else None
-        except OSError as exc:
-            err = exc.errno
-            if self._debug:
-                log.debug("%s node %d: %s", abi.opcode_name(opcode), nodeid, exc)
-            if not err or not 0 < err < 512:  # the kernel refuses an error outside -511..0
-                err = errno.EIO
-            msg = error_reply(unique, err) if opcode not in _NO_REPLY else None
-        except Malformed as exc:
-            log.error("malformed %s request (unique %d): %s", abi.opcode_name(opcode), unique, exc)
-            msg = error_reply(unique, errno.EIO) if opcode not in _NO_REPLY else None
-        except Exception:
-            log.exception("ERROR in %s (node %d, unique %d)", abi.opcode_name(opcode), nodeid, unique)
-            msg = error_reply(unique, errno.EIO) if opcode not in _NO_REPLY else None
+        except Exception as exc:
+            msg = self._failed(exc, opcode, nodeid, unique)
         if msg is not None:
             self.reply(msg)
 
@@ -470,12 +538,15 @@ class Session(Requests):
             else:
                 os.writev(self.fd, msg)
         except OSError as exc:
-            if exc.errno == errno.ENOENT:  # the kernel no longer waits for it (interrupted)
-                return
-            if exc.errno == errno.ENODEV:
-                self._ended = True
-                return
-            log.error("writing a reply failed: %s", exc)
+            self._write_failed(exc)
+
+    def _write_failed(self, exc: OSError) -> None:
+        if exc.errno == errno.ENOENT:  # the kernel no longer waits for it (interrupted)
+            return
+        if exc.errno == errno.ENODEV:
+            self._ended = True
+            return
+        log.error("writing a reply failed: %s", exc)
 
     # ------------------------------------------------------------------ passthrough
 
