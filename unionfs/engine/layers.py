@@ -20,6 +20,10 @@ import os
 
 from . import _sys
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
+if TYPE_CHECKING:
+    from .layermounts import MountTable
+
 O_PATH_DIR = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _PATH_CHUNK = 3072  # well below PATH_MAX (4096), which openat2 enforces on the whole path
 
@@ -55,7 +59,7 @@ class Layer:
         # Mount points inside the layer (layermounts.py): {dir rel: {names}}, trusted when mounts_known.
         self.mounts_known = False
         self.covered = {}
-        self.mount_table = None  # the MountTable that keeps `covered` current (it sets itself here)
+        self.mount_table: MountTable | None = None  # keeps `covered` current (it sets itself here)
         self._dir_fds = {}  # lower layers: {directory rel: O_PATH fd}, insertion order = age
 
     def __repr__(self):
@@ -149,11 +153,12 @@ class Layer:
         finally:
             os.close(fd)
 
-
     def _beneath(self, rel: bytes):
         """(directory fd, name) to reach *rel* of a lower layer with a plain *at call, or None where
         only openat2 will do (a mount point, or the mount table no longer known)."""
-        self.mount_table.refresh()
+        table = self.mount_table
+        if table is not None:  # (always, once mounts_known: the table set itself here)
+            table.refresh()
         parent, _, name = rel.rpartition(b"/")
         if not self.mounts_known or name in self.covered.get(parent, ()):
             return None
