@@ -8,10 +8,14 @@ before the mount is only what the mount needs: the layers checked (UnionEngine) 
 logging itself is imported only when there is something to log at WARNING or above, when the native
 backend starts its event loop, or at exit (unionfs.logger); logging.handlers only for syslog.
 
-This module knows no FUSE binding: `open_requests` builds the layers and the request layer from the
-options, `mount_options` says what the mount is to be, and the backend (`native_backend.NativeMount`,
-`pyfuse3_backend.Pyfuse3Mount`, imported only when chosen) mounts and serves.
+This module knows no FUSE binding: `open_union` opens the layers (their checks are what a mount must
+pass), `request_layer` puts the request layer over them (the backend does, when it needs it: the native
+one only in the daemon left behind once the mount is live), `mount_options` says what the mount is to
+be, and the backend (`native_backend.NativeMount`, `pyfuse3_backend.Pyfuse3Mount`, imported only when
+chosen) mounts and serves.
 """
+
+from __future__ import annotations
 
 import gc
 import os
@@ -23,7 +27,10 @@ from ..engine import LayerInUse, UnionEngine
 from ..errors import MountError
 from ..logger import DEBUG, INFO, WARNING, configure_later, get_logger
 from ..logger import load as load_logging
-from .requests import UnionRequests
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
+if TYPE_CHECKING:
+    from .requests import UnionRequests
 
 log = get_logger("unionfs")
 
@@ -109,14 +116,14 @@ def _daemonize():
     os.close(devnull)
 
 
-def open_requests(opts) -> UnionRequests:
-    """The union of the options' layers and the request layer over it, for any backend."""
+def open_union(opts) -> UnionEngine:
+    """The union of the options' layers (MountError when they are refused), for any backend."""
     lowers, upper, work = opts.lowers, opts.upper, opts.work
     if opts.readonly and upper is not None:
         # `ro` with an upper: the upper is shown as the topmost layer and nothing is written.
         lowers, upper, work = [upper] + lowers, None, None
     try:
-        union = UnionEngine(
+        return UnionEngine(
             lowers,
             upper,
             work,
@@ -132,7 +139,19 @@ def open_requests(opts) -> UnionRequests:
         raise MountError(exc.strerror) from None
     except OSError as exc:
         raise MountError("cannot open the layers: %s" % exc) from None
+
+
+def request_layer(union: UnionEngine, opts) -> UnionRequests:
+    """The request layer over *union* with the options' timeouts and id mappings."""
+    from .requests import UnionRequests  # not before the mount: the native backend needs it only to serve
+
     return UnionRequests(union, timeout=opts.timeout, uid_map=opts.uid_map, gid_map=opts.gid_map)
+
+
+def open_requests(opts) -> UnionRequests:
+    """The union of the options' layers and the request layer over it (for a caller that serves it
+    itself, without mounting)."""
+    return request_layer(open_union(opts), opts)
 
 
 def run(opts, gc_after_mount: bool = False) -> int:
@@ -146,20 +165,20 @@ def run(opts, gc_after_mount: bool = False) -> int:
     signalled: list = []
     for signum in STOP_SIGNALS:
         signal.signal(signum, lambda signum, frame: signalled.append(signum))
-    requests = open_requests(opts)
+    union = open_union(opts)
     if opts.backend == "native":
         from .native_backend import NativeMount as Mount
     else:
         try:
             from .pyfuse3_backend import Pyfuse3Mount as Mount
         except ImportError as exc:
-            requests.union.close()
+            union.close()
             raise MountError(
                 f"the pyfuse3 backend needs pyfuse3 ({exc}); install it (pip install 'unionfs[pyfuse3]') "
                 "or use -o backend=native"
             ) from None
         load_logging()  # pyfuse3 loaded logging: its own records go to the daemon's handlers from now on
-    mounted = Mount(requests, opts, mount_options(opts))  # MountError: the layers are let go
+    mounted = Mount(union, opts, mount_options(opts))  # MountError: the layers are let go
     if not opts.foreground:
         _daemonize()
         _setup_logging(opts, to_stderr=False)

@@ -336,9 +336,11 @@ class Pyfuse3Mount:
     Made = mounted: on failure the layers are let go and MountError says why in one line.
     """
 
-    def __init__(self, requests: UnionRequests, opts, options: list):
-        self.requests = requests
-        self.union = requests.union
+    def __init__(self, union, opts, options: list):
+        from .daemon import request_layer
+
+        self.union = union
+        self.requests = requests = request_layer(union, opts)  # pyfuse3.init takes the operations
         ops = Pyfuse3Operations(requests)
         fuse_loop.install()
         wanted = set(pyfuse3.default_options) | set(options)
