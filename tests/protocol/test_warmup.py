@@ -228,24 +228,31 @@ def test_a_parked_handler_lets_later_requests_be_answered_and_goes_on_when_its_d
         fs.close()
 
 
+def _park_then_need_the_loop(fs, kernel, session):
+    """GETATTR parks, MKDIR is answered, RENAME needs the loop: serve_before_loop waits for the parked
+    GETATTR until its pipe is written, then returns. (u_attr, u_move, what it returned)"""
+    kernel.send(abi.INIT, 0, _init_body())
+    u_attr = kernel.send(abi.GETATTR, 1, abi.GETATTR_IN.pack(0, 0, 0))
+    kernel.send(abi.MKDIR, 1, abi.MKDIR_IN.pack(0o755, 0) + cstr(b"d"))
+    u_move = kernel.send(abi.RENAME, 1, abi.RENAME_IN.pack(1) + cstr(b"d", b"e"))
+    t, out = _serving(session, threading.Event())
+    assert kernel.recv().error == 0 and kernel.recv().error == 0  # INIT, MKDIR
+    t.join(0.3)
+    assert t.is_alive() and out == []  # RENAME needs the loop, but GETATTR is still parked
+    os.write(fs.w, b"!")
+    t.join(5)
+    assert len(out) == 1 and abi.IN_HEADER.unpack_from(out[0])[1:3] == (abi.RENAME, u_move)
+    return u_attr, u_move, out[0]
+
+
 def test_a_request_that_needs_the_loop_waits_for_the_parked_ones_to_finish_first():
     fs = _ParksGetattr()
     kernel, d_sock = _pair()
     session = Session(fs, d_sock.fileno())
     try:
-        kernel.send(abi.INIT, 0, _init_body())
-        u_attr = kernel.send(abi.GETATTR, 1, abi.GETATTR_IN.pack(0, 0, 0))
-        kernel.send(abi.MKDIR, 1, abi.MKDIR_IN.pack(0o755, 0) + cstr(b"d"))
-        u_move = kernel.send(abi.RENAME, 1, abi.RENAME_IN.pack(1) + cstr(b"d", b"e"))
-        t, out = _serving(session, threading.Event())
-        assert kernel.recv().error == 0 and kernel.recv().error == 0  # INIT, MKDIR
-        t.join(0.3)
-        assert t.is_alive() and out == []  # RENAME needs the loop, but GETATTR is still parked
-        os.write(fs.w, b"!")
-        t.join(5)
+        u_attr, _, _ = _park_then_need_the_loop(fs, kernel, session)
         attr = kernel.recv()
         assert (attr.unique, attr.error) == (u_attr, 0)
-        assert len(out) == 1 and abi.IN_HEADER.unpack_from(out[0])[1:3] == (abi.RENAME, u_move)
     finally:
         d_sock.close()
         kernel.sock.close()
@@ -263,18 +270,7 @@ def test_a_parked_handler_that_needs_the_loop_once_it_goes_on_is_answered_by_the
     kernel, d_sock = _pair()
     session = Session(fs, d_sock.fileno())
     try:
-        kernel.send(abi.INIT, 0, _init_body())
-        u_attr = kernel.send(abi.GETATTR, 1, abi.GETATTR_IN.pack(0, 0, 0))
-        kernel.send(abi.MKDIR, 1, abi.MKDIR_IN.pack(0o755, 0) + cstr(b"d"))
-        u_move = kernel.send(abi.RENAME, 1, abi.RENAME_IN.pack(1) + cstr(b"d", b"e"))
-        t, out = _serving(session, threading.Event())
-        assert kernel.recv().error == 0 and kernel.recv().error == 0  # INIT, MKDIR
-        t.join(0.3)
-        assert t.is_alive()  # RENAME needs the loop: the parked GETATTR is finished first
-        os.write(fs.w, b"!")  # ... and then needs the loop too
-        t.join(5)
-        first = out[0]
-        assert abi.IN_HEADER.unpack_from(first)[1:3] == (abi.RENAME, u_move)
+        u_attr, u_move, first = _park_then_need_the_loop(fs, kernel, session)
         fs.loop = True
 
         async def loop():

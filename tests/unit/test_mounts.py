@@ -41,6 +41,14 @@ def test_mount_id_of_a_real_fd():
         os.close(fd)
 
 
+def _mount_tmpfs(point: str) -> None:
+    res = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "i5-mounts", point], capture_output=True, text=True, timeout=30
+    )
+    if res.returncode != 0:
+        pytest.skip("cannot mount a tmpfs: " + res.stderr.strip())
+
+
 def test_layers_know_their_mounts(stack):  # noqa: F811
     u = stack()
     assert all(layer.mounts_known for layer in u.layers)
@@ -56,11 +64,7 @@ def test_a_mount_made_inside_a_layer_behind_the_union_is_not_entered(stack):  # 
     names = sorted(e[0] for e in u.scan(u.child(u.root, b"d")))
     assert names == [b"file", b"mnt"]
     point = lower + "/d/mnt"
-    res = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m", "i5-mounts", point], capture_output=True, text=True, timeout=30
-    )
-    if res.returncode != 0:
-        pytest.skip("cannot mount a tmpfs: " + res.stderr.strip())
+    _mount_tmpfs(point)
     try:
         write(point + "/inside", b"y")  # in the tmpfs
         assert u.layers[2].covered == {}  # not looked at again until a listing
@@ -90,11 +94,7 @@ def test_a_lookup_does_not_enter_a_mount_made_after_its_directory_was_looked_in(
     u.child(node, b"file")  # the layer keeps d open from here
     assert b"d" in u.layers[2]._dir_fds
     point = lower + "/d/mnt"
-    res = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m", "i5-mounts", point], capture_output=True, text=True, timeout=30
-    )
-    if res.returncode != 0:
-        pytest.skip("cannot mount a tmpfs: " + res.stderr.strip())
+    _mount_tmpfs(point)
     try:
         with pytest.raises(FileNotFoundError):
             u.child(node, b"mnt")

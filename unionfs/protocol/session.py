@@ -460,13 +460,7 @@ class Session(Requests):
                 raise
             log.exception("ERROR in %s (node %d, unique %d)", abi.opcode_name(opcode), nodeid, unique)
             msg = error_reply(unique, errno.EIO)
-        try:
-            if type(msg) is bytes:
-                os.write(self.fd, msg)
-            else:
-                os.writev(self.fd, msg)
-        except OSError as exc:
-            self._write_failed(exc)
+        self.reply(msg)
         return True
 
     def _failed(self, exc: Exception, opcode: int, nodeid: int, unique: int):
