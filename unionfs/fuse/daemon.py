@@ -20,7 +20,6 @@ from __future__ import annotations
 import gc
 import os
 import resource
-import signal
 import sys
 
 from ..engine import LayerInUse, UnionEngine
@@ -28,9 +27,19 @@ from ..errors import MountError
 from ..logger import DEBUG, INFO, WARNING, configure_later, get_logger
 from ..logger import load as load_logging
 
+# The signal module's C core: `signal` itself wraps it in enums, and importing enum (with functools) is
+# ~2 ms of a mount program's ~20 ms start. Only plain numbers and calls are used (native_backend too).
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
 if TYPE_CHECKING:
+    import signal
+
     from .requests import UnionRequests
+else:
+    try:
+        import _signal as signal
+    except ImportError:  # an interpreter without CPython's module split
+        import signal
+
 
 log = get_logger("unionfs")
 

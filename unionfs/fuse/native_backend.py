@@ -16,7 +16,6 @@ soon as the mount is live), and trio later still.
 
 import _thread
 import os
-import signal
 import sys
 
 from ..errors import MountError
@@ -25,7 +24,7 @@ from ..logger import load as load_logging
 from ..protocol import abi
 from ..protocol import mount as fuse_mount
 from ..protocol.operations import LoopNeeded
-from .daemon import STOP_SIGNALS
+from .daemon import STOP_SIGNALS, signal  # signal: the C core of the module (see daemon.py)
 
 log = get_logger("unionfs")
 
