@@ -413,6 +413,76 @@ def test_plain_methods_are_answered_in_place_with_the_same_error_edge(caplog):
     assert all("malformed" in m for m in errors[1:])
 
 
+class OpensInPlace(Operations):
+    """Read-only opens, reads, releases and directory handles answered by plain methods; an open for
+    writing is "not now" (None) and goes to the async open, as does every async method's ENOTTY."""
+
+    def __init__(self):
+        self.calls = []
+
+    def open_now(self, node, flags):
+        self.calls.append(("open_now", flags & os.O_ACCMODE))
+        return None if flags & os.O_ACCMODE else FileInfo(11, keep_cache=True)
+
+    async def open(self, node, flags, ctx):
+        self.calls.append(("open", flags & os.O_ACCMODE))
+        return FileInfo(12)
+
+    def read_now(self, fh, offset, size):
+        return b"x" * min(size, 5)
+
+    def release_now(self, fh):
+        self.calls.append(("release_now", fh))
+
+    def opendir_now(self, node):
+        if node == 4:
+            raise NotADirectoryError(errno.ENOTDIR, "no")
+        return FileInfo(21, cache_dir=True)
+
+    def readdir_now(self, fh, offset, out):
+        if offset == 0:
+            out.reply(b"a", 5, stat.S_IFREG, None, 1)
+
+    def releasedir_now(self, fh):
+        self.calls.append(("releasedir_now", fh))
+
+    async def read(self, *args):
+        raise OSError(errno.ENOTTY, "async")
+
+    release = opendir = readdir = releasedir = read
+
+
+def test_read_only_opens_reads_and_listings_are_answered_in_place_and_an_open_for_writing_is_not():
+    fs = OpensInPlace()
+
+    async def script(k):
+        await k.init()
+        r = {}
+        r["ro"] = await k.call(abi.OPEN, 2, abi.OPEN_IN.pack(os.O_RDONLY, 0))
+        r["rw"] = await k.call(abi.OPEN, 2, abi.OPEN_IN.pack(os.O_RDWR, 0))
+        r["read"] = await k.call(abi.READ, 2, abi.READ_IN.pack(11, 0, 4096, 0, 0, 0, 0))
+        r["release"] = await k.call(abi.RELEASE, 2, abi.RELEASE_IN.pack(11, 0, 0, 0))
+        r["opendir"] = await k.call(abi.OPENDIR, 1, abi.OPEN_IN.pack(os.O_RDONLY, 0))
+        r["notdir"] = await k.call(abi.OPENDIR, 4, abi.OPEN_IN.pack(os.O_RDONLY, 0), expect_ok=False)
+        r["list"] = await k.call(abi.READDIRPLUS, 1, abi.READ_IN.pack(21, 0, 4096, 0, 0, 0, 0))
+        r["end"] = await k.call(abi.READDIR, 1, abi.READ_IN.pack(21, 1, 4096, 0, 0, 0, 0))
+        r["releasedir"] = await k.call(abi.RELEASEDIR, 1, abi.RELEASE_IN.pack(21, 0, 0, 0))
+        return r
+
+    _, r = run_session(fs, script)
+    assert abi.OPEN_OUT.unpack(r["ro"].body)[0] == 11 and abi.OPEN_OUT.unpack(r["rw"].body)[0] == 12
+    assert r["read"].body == b"xxxxx" and r["release"].error == 0 and r["releasedir"].error == 0
+    assert abi.OPEN_OUT.unpack(r["opendir"].body)[0] == 21 and r["notdir"].errno == errno.ENOTDIR
+    assert b"a" in r["list"].body and r["end"].body == b""
+    assert fs.calls == [
+        ("open_now", os.O_RDONLY),
+        ("open_now", os.O_RDWR),
+        ("open", os.O_RDWR),  # not now: the async open answered it
+        ("release_now", 11),
+        ("releasedir_now", 21),
+    ]
+
+
 @pytest.mark.parametrize(
     "raw",
     [

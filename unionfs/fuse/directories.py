@@ -41,6 +41,9 @@ class DirectoryRequests:
 
     async def opendir(self, node_id: int) -> int:
         """A directory handle number."""
+        return self.opendir_now(node_id)
+
+    def opendir_now(self, node_id: int) -> int:
         try:
             node = self._node(node_id)
             self.union.opendir(node)
@@ -51,6 +54,9 @@ class DirectoryRequests:
             raise self._failure(exc, "opendir", (node_id,)) from None
 
     async def readdir(self, fh: int, offset: int, reply, plus: bool = True) -> None:
+        self.readdir_now(fh, offset, reply, plus)
+
+    def readdir_now(self, fh: int, offset: int, reply, plus: bool = True) -> None:
         """List the directory from *offset* (0, or a next_offset given before) by calling
         reply(name: bytes, ino: int, ftype: int, entry: Entry | None, next_offset: int) -> bool
         for each entry until it returns False (the reply is full; that entry was not sent).
@@ -119,6 +125,9 @@ class DirectoryRequests:
             raise self._failure(exc, "readdir", (fh, offset)) from None
 
     async def releasedir(self, fh: int) -> None:
+        self.releasedir_now(fh)
+
+    def releasedir_now(self, fh: int) -> None:
         try:
             handle = self._dirs.pop(fh)
             self.union.releasedir(handle.node)

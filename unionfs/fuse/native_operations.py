@@ -67,6 +67,23 @@ class NativeOperations(Operations):
         self.getattr_now = requests.getattr_now
         self.getxattr_now = requests.getxattr_now
         self.listxattr_now = requests.listxattr_now
+        self.read_now = requests.read_now
+        self.release_now = requests.release_now
+        self.releasedir_now = requests.releasedir_now
+
+    def open_now(self, node, flags):
+        opened = self.requests.open_now(node, flags)
+        return None if opened is None else _file_info(opened)
+
+    def opendir_now(self, node):
+        # The kernel may keep a directory's listing (FOPEN_CACHE_DIR) and keep it across opens
+        # (KEEP_CACHE): it drops it itself when the directory changes through the mount (its mtime or
+        # its inode's version moves). A layer changed behind the mount is undefined, as on the kernel.
+        return FileInfo(self.requests.opendir_now(node), cache_dir=True, keep_cache=True)
+
+    def readdir_now(self, fh, offset, out):
+        # DirBuffer.reply takes the request layer's callback arguments as they are (entry None: bare)
+        self.requests.readdir_now(fh, offset, out.reply, plus=out.plus)
 
     async def init(self, conn) -> None:
         session = self.session
@@ -169,15 +186,10 @@ class NativeOperations(Operations):
         await self.requests.removexattr(node, name)
 
     async def opendir(self, node, flags, ctx):
-        # The kernel may keep a directory's listing (FOPEN_CACHE_DIR) and keep it across opens
-        # (KEEP_CACHE): it drops it itself when the directory changes through the mount (its mtime or
-        # its inode's version moves). A layer changed behind the mount is undefined, as on the kernel.
-        fh = await self.requests.opendir(node)
-        return FileInfo(fh, cache_dir=True, keep_cache=True)
+        return self.opendir_now(node)
 
     async def readdir(self, node, fh, offset, out, ctx):
-        # DirBuffer.reply takes the request layer's callback arguments as they are (entry None: bare)
-        await self.requests.readdir(fh, offset, out.reply, plus=out.plus)
+        self.readdir_now(fh, offset, out)
 
     async def releasedir(self, node, fh, ctx):
         await self.requests.releasedir(fh)

@@ -419,11 +419,24 @@ class UnionRequests(DirectoryRequests, PassthroughRequests, PrivilegeRequests):
         except Exception as exc:
             raise _failure(exc, "create", (parent_id, name, mode, flags)) from None
 
-    async def read(self, fh: int, offset: int, size: int) -> bytes:
+    def open_now(self, node_id: int, flags: int):
+        """A read-only open, which never copies up (nothing to wait for); None for any other: open()
+        answers it."""
+        if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC):
+            return None
+        try:
+            return self._opened(self.union.open(self._node(node_id), flags))
+        except Exception as exc:
+            raise _failure(exc, "open", (node_id, flags)) from None
+
+    def read_now(self, fh: int, offset: int, size: int) -> bytes:
         try:
             return self.union.read(self._files[fh], offset, size)
         except Exception as exc:
             raise _failure(exc, "read", (fh, offset, size)) from None
+
+    async def read(self, fh: int, offset: int, size: int) -> bytes:
+        return self.read_now(fh, offset, size)
 
     async def write(self, fh: int, offset: int, data: bytes, kill_for=None) -> int:
         """The number of bytes written. *kill_for*: the writer (a Context), who has no CAP_FSETID, so
@@ -468,13 +481,16 @@ class UnionRequests(DirectoryRequests, PassthroughRequests, PrivilegeRequests):
         except Exception as exc:
             raise _failure(exc, "fsync", (fh, datasync)) from None
 
-    async def release(self, fh: int) -> None:
+    def release_now(self, fh: int) -> None:
         try:
             if self._passed:
                 self._passed_released(fh)
             self.union.release(self._files.pop(fh))
         except Exception as exc:
             raise _failure(exc, "release", (fh,)) from None
+
+    async def release(self, fh: int) -> None:
+        self.release_now(fh)
 
     # ----------------------------------------------------------- xattrs
 

@@ -384,6 +384,12 @@ class Operations:
     getattr_now = None  # (node, fh) -> Entry
     getxattr_now = None  # (node, name) -> bytes, or None: no such attribute (answered ENODATA)
     listxattr_now = None  # (node) -> an iterable of names
+    open_now = None  # (node, flags) -> FileInfo, or None: not now (answered by open(), with its Context)
+    read_now = None  # (fh, offset, size) -> bytes
+    release_now = None  # (fh) -> None
+    opendir_now = None  # (node) -> FileInfo
+    readdir_now = None  # (fh, offset, out: DirBuffer) -> None
+    releasedir_now = None  # (fh) -> None
 
     async def init(self, conn: Conn) -> None:
         """INIT was agreed (called before the answer is sent): *conn* says what with."""

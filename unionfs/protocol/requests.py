@@ -137,6 +137,13 @@ class Requests:
             (abi.GETATTR, ops.getattr_now, self._getattr_now),
             (abi.GETXATTR, ops.getxattr_now, self._getxattr_now),
             (abi.LISTXATTR, ops.listxattr_now, self._listxattr_now),
+            (abi.OPEN, ops.open_now, self._open_now),
+            (abi.READ, ops.read_now, self._read_now),
+            (abi.RELEASE, ops.release_now, self._release_now),
+            (abi.OPENDIR, ops.opendir_now, self._opendir_now),
+            (abi.READDIR, ops.readdir_now, self._readdir_now),
+            (abi.READDIRPLUS, ops.readdir_now, self._readdirplus_now),
+            (abi.RELEASEDIR, ops.releasedir_now, self._releasedir_now),
         ):
             if method is not None:
                 table[opcode] = handler
@@ -376,6 +383,23 @@ class Requests:
         info = await self.ops.open(nodeid, flags, ctx)
         return _pack_out(32, 0, unique) + self._open_out(info)
 
+    def _open_now(self, view, end, unique, nodeid):
+        flags, open_flags = _args(abi.OPEN_IN, view, end)
+        if open_flags & abi.OPEN_KILL_SUIDGID and self.proto_minor >= 33:
+            return None  # open() takes the caller's Context
+        info = self.ops.open_now(nodeid, flags)
+        if info is None:
+            return None
+        return _pack_out(32, 0, unique) + self._open_out(info)
+
+    def _read_now(self, view, end, unique, nodeid):
+        fh, offset, size, _, _, _, _ = _args(abi.READ_IN, view, end, abi.COMPAT_READ_IN_SIZE)
+        return self._data(unique, self.ops.read_now(fh, offset, size), size)
+
+    def _release_now(self, view, end, unique, nodeid):
+        self.ops.release_now(_args(abi.RELEASE_IN, view, end, 8)[0])
+        return ok(unique)
+
     async def _read(self, view, end, unique, nodeid, ctx):
         fh, offset, size, _, _, _, _ = _args(abi.READ_IN, view, end, abi.COMPAT_READ_IN_SIZE)
         return self._data(unique, await self.ops.read(nodeid, fh, offset, size, ctx), size)
@@ -526,6 +550,31 @@ class Requests:
         flags, _ = _args(abi.OPEN_IN, view, end)
         info = await self.ops.opendir(nodeid, flags, ctx)
         return _pack_out(32, 0, unique) + self._open_out(info)
+
+    def _opendir_now(self, view, end, unique, nodeid):
+        _args(abi.OPEN_IN, view, end)
+        return _pack_out(32, 0, unique) + self._open_out(self.ops.opendir_now(nodeid))
+
+    def _readdir_now_any(self, view, end, unique, plus):
+        fh, offset, size, _, _, _, _ = _args(abi.READ_IN, view, end, abi.COMPAT_READ_IN_SIZE)
+        out = DirBuffer(size, plus)
+        try:
+            self.ops.readdir_now(fh, offset, out)
+        except Exception:
+            if not len(out):
+                raise
+            log.debug("readdir of fh %d failed after %d entries", fh, len(out), exc_info=True)
+        return self._data(unique, out.getvalue())
+
+    def _readdir_now(self, view, end, unique, nodeid):
+        return self._readdir_now_any(view, end, unique, False)
+
+    def _readdirplus_now(self, view, end, unique, nodeid):
+        return self._readdir_now_any(view, end, unique, True)
+
+    def _releasedir_now(self, view, end, unique, nodeid):
+        self.ops.releasedir_now(_args(abi.RELEASE_IN, view, end, 8)[0])
+        return ok(unique)
 
     async def _readdir_any(self, view, end, unique, nodeid, ctx, plus):
         fh, offset, size, _, _, _, _ = _args(abi.READ_IN, view, end, abi.COMPAT_READ_IN_SIZE)

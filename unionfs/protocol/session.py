@@ -441,7 +441,7 @@ class Session(Requests):
     def _answer_now(self, view, n: int) -> bool:
         """Answer the request in view[:n] in place if its handler never waits (the filesystem's *_now
         methods): no coroutine, no Context, the same error edge as _answer. False: _answer answers it
-        (as it does anything malformed)."""
+        (as it does anything malformed, and what a handler says it cannot answer now: None)."""
         if n < _HDR:
             return False
         length, opcode, unique, nodeid, extlen = _unpack_head(view, 0)
@@ -453,6 +453,8 @@ class Session(Requests):
             return False
         try:
             msg = handler(view, end, unique, nodeid)
+            if msg is None:
+                return False  # not now (e.g. an open that copies up): the async handler answers it
         except Exception as exc:
             msg = self._failed(exc, opcode, nodeid, unique)
         except LoopNeeded:
