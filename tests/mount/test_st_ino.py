@@ -166,3 +166,21 @@ def test_hard_links_as_the_kernel(tmp_path, lower):
     else:
         # pyfuse3: a rename between two names of one lower file never reaches the daemon
         assert ours[:6] == kernel[:6] and "k2" in ours[6] and "k2" not in kernel[6]
+
+
+def test_root_st_ino_of_a_union_without_an_upper_as_the_kernel(tmp_path, lower):
+    """Without an upper the root shows the top lower's root number, as the kernel's overlay."""
+    top = tmp_path / "top"
+    top.mkdir()
+    (top / "t").write_text("t\n")
+    seen = {}
+    for who, mount in (("kernel", mount_kernel_overlay), ("pyunionfs", mount_pyunionfs)):
+        mnt = tmp_path / who / "mnt"
+        mnt.mkdir(parents=True)
+        with mount(mnt, [top, lower]):
+            seen[who] = os.lstat(mnt).st_ino
+    assert seen["kernel"] == os.lstat(top).st_ino
+    if default_backend() == "native":
+        assert seen["pyunionfs"] == seen["kernel"]
+    else:
+        assert seen["pyunionfs"] == 1  # pyfuse3: the node id is st_ino, and FUSE's root is node 1
