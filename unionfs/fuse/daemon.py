@@ -157,12 +157,6 @@ def request_layer(union: UnionEngine, opts) -> UnionRequests:
     return UnionRequests(union, timeout=opts.timeout, uid_map=opts.uid_map, gid_map=opts.gid_map)
 
 
-def open_requests(opts) -> UnionRequests:
-    """The union of the options' layers and the request layer over it (for a caller that serves it
-    itself, without mounting)."""
-    return request_layer(open_union(opts), opts)
-
-
 def run(opts, gc_after_mount: bool = False) -> int:
     """Mount and serve until unmounted. *gc_after_mount*: freeze what exists and turn the garbage
     collector on once the mount is made (cli.main turns it off for the start-up, see there)."""

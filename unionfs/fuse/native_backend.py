@@ -245,16 +245,22 @@ class ThreadsBeforeLoop:
         return value
 
 
+class _Until:
+    """serve_before_loop's *until*: a stop signal came (*signalled*), or the loop's modules are imported."""
+
+    def __init__(self, signalled: list):
+        self.signalled = signalled
+        self.imported: list = []
+
+    def is_set(self) -> bool:
+        return bool(self.signalled or self.imported)
+
+
 def _serve_until_the_loop_is_needed(session, requests, signalled: list):
     """Answer requests without trio (see Session.serve_before_loop) until one needs the loop (it is
     returned, read but unanswered), the device was idle for IDLE_LOOP_START seconds (IDLE), or the mount
     goes away or a stop signal comes (*signalled*, a list the signal handler appends to, is then not
     empty): None."""
-
-    class Until:
-        @staticmethod
-        def is_set():
-            return bool(signalled)
 
     from ..protocol.session import IDLE
 
@@ -266,28 +272,23 @@ def _serve_until_the_loop_is_needed(session, requests, signalled: list):
     r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     old = signal.set_wakeup_fd(w)
     try:
-        first = session.serve_before_loop(Until, wake_fd=r, idle=_idle_loop_start())
+        until = _Until(signalled)
+        first = session.serve_before_loop(until, wake_fd=r, idle=_idle_loop_start())
         if first is not IDLE:
             return first
         # Idle: the loop's modules are imported in a thread of their own while requests are still
         # answered here, so one that comes meanwhile waits for the interpreter lock (a switch interval,
         # made short for the while), not for the whole import (~100 ms).
-        imported: list = []
-
-        class Imported:
-            @staticmethod
-            def is_set():
-                return bool(signalled or imported)
-
         interval = sys.getswitchinterval()
         sys.setswitchinterval(0.0005)
         try:
-            _thread.start_new_thread(_import_the_loop, (imported, w))
-            first = session.serve_before_loop(Imported, wake_fd=r)
+            # the thread gets a wake-up fd of its own: it may write after this returns and closes w
+            _thread.start_new_thread(_import_the_loop, (until.imported, os.dup(w)))
+            first = session.serve_before_loop(until, wake_fd=r)
         finally:
             sys.setswitchinterval(interval)
         # A request that needs the loop before the import is over: `import trio` waits for the thread's.
-        return IDLE if first is None and imported and not signalled and not session.ended else first
+        return IDLE if first is None and until.imported and not signalled and not session.ended else first
     finally:
         requests.before_wait = _noop
         requests.threads = requests.loop_threads
@@ -297,7 +298,8 @@ def _serve_until_the_loop_is_needed(session, requests, signalled: list):
 
 
 def _import_the_loop(imported: list, wake_w: int) -> None:
-    """Import what the loop needs (in a thread), then say so and wake the poll (the wake-up pipe)."""
+    """Import what the loop needs (in a thread), then say so and wake the poll through *wake_w* (a dup
+    of the wake-up pipe's end, which this closes)."""
     try:
         import logging  # noqa: F401  (load_logging, right before the loop)
 
@@ -308,6 +310,7 @@ def _import_the_loop(imported: list, wake_w: int) -> None:
             os.write(wake_w, b"\0")
         except OSError:
             pass
+        os.close(wake_w)
 
 
 def _noop() -> None:

@@ -3,12 +3,12 @@
 One reader task reads the device (non-blocking; it waits for readability only when nothing is queued:
 first up to BRIEF_WAIT_MS in a plain poll, then in trio's wait) and runs each handler itself. A request
 the filesystem answers with a plain method (its `*_now` methods: lookup, getattr, getxattr, listxattr,
-read-only open, read, release, opendir, readdir, releasedir) is answered in
-place, with no coroutine at all. Any other handler's coroutine is driven by hand, so one that finishes
-without waiting costs no task and no switch. The first time a handler really waits (it yields to trio:
-a worker thread, a lock, a sleep), the session starts a spare reader task, which serves the other
-requests meanwhile; the waiting handler goes on in its own reader, as `await` would. Readers that find another
-one already waiting for the device end by themselves, so the pool shrinks back to one. After
+read-only open, read, release, opendir, readdir, releasedir) is answered in place, with no coroutine
+at all. Any other handler's coroutine is driven by hand, so one that finishes without waiting costs no
+task and no switch. The first time a handler really waits (it yields to trio: a worker thread, a lock,
+a sleep), the session starts a spare reader task, which serves the other requests meanwhile; the
+waiting handler goes on in its own reader, as `await` would. Readers that find another one already
+waiting for the device end by themselves, so the pool shrinks back to one. After
 READY_STREAK requests in a row without a wait the reader yields once to trio, so other tasks (spares,
 thread results) are not starved by a busy device.
 
@@ -25,8 +25,7 @@ caller starts once it has imported trio. A handler may wait for a descriptor the
 (`readable_before_loop`, e.g. a copy in a thread of its own): it is parked and the device is served
 meanwhile; parked handlers are finished before the loop takes over. The caller may also start the loop
 when the device has been idle for a while (*idle*), so that a long-lived mount pays for trio's import
-when nobody waits for an answer. That is why this module imports
-trio only inside the loop's functions.
+when nobody waits for an answer. That is why this module imports trio only inside the loop's functions.
 """
 
 from __future__ import annotations
@@ -353,7 +352,8 @@ class Session(Requests):
 
     async def run(self, first: bytes | None = None) -> None:
         """Serve until the filesystem is unmounted (ENODEV), DESTROY, or stop(). *first*: a request
-        read already (by serve_before_loop), answered before any other."""
+        read already (by serve_before_loop), answered before any other; then those of handlers parked
+        before the loop that needed it on the way."""
         import trio
 
         os.set_blocking(self.fd, False)
@@ -465,18 +465,17 @@ class Session(Requests):
             msg = handler(view, end, unique, nodeid)
             if msg is None:
                 return False  # not now (e.g. an open that copies up): the async handler answers it
-        except Exception as exc:
+        except (Exception, LoopNeeded) as exc:
             msg = self._failed(exc, opcode, nodeid, unique)
-        except LoopNeeded:
-            if self._before_loop:
-                raise
-            log.exception("ERROR in %s (node %d, unique %d)", abi.opcode_name(opcode), nodeid, unique)
-            msg = error_reply(unique, errno.EIO)
         self.reply(msg)
         return True
 
-    def _failed(self, exc: Exception, opcode: int, nodeid: int, unique: int):
-        """The error edge: the answer to a request whose handler raised *exc* (called in its except)."""
+    def _failed(self, exc: BaseException, opcode: int, nodeid: int, unique: int):
+        """The error edge: the answer to a request whose handler raised *exc* (called in its except).
+        LoopNeeded goes on up before the loop (serve_before_loop hands the request to the loop); in
+        the loop it is a bug like any other."""
+        if isinstance(exc, LoopNeeded) and self._before_loop:
+            raise exc
         if isinstance(exc, OSError):
             err = exc.errno
             if self._debug:
@@ -526,12 +525,7 @@ class Session(Requests):
                     ctx.spared = True
                     self.spare_reader()
                 msg = await _go_on(coro, trap)
-        except LoopNeeded:
-            if self._before_loop:
-                raise  # serve_before_loop hands the request to the loop
-            log.exception("ERROR in %s (node %d, unique %d)", abi.opcode_name(opcode), nodeid, unique)
-            msg = error_reply(unique, errno.EIO) if opcode not in _NO_REPLY else None
-        except Exception as exc:
+        except (Exception, LoopNeeded) as exc:
             msg = self._failed(exc, opcode, nodeid, unique)
         if msg is not None:
             self.reply(msg)
@@ -544,15 +538,12 @@ class Session(Requests):
             else:
                 os.writev(self.fd, msg)
         except OSError as exc:
-            self._write_failed(exc)
-
-    def _write_failed(self, exc: OSError) -> None:
-        if exc.errno == errno.ENOENT:  # the kernel no longer waits for it (interrupted)
-            return
-        if exc.errno == errno.ENODEV:
-            self._ended = True
-            return
-        log.error("writing a reply failed: %s", exc)
+            if exc.errno == errno.ENOENT:  # the kernel no longer waits for it (interrupted)
+                return
+            if exc.errno == errno.ENODEV:
+                self._ended = True
+                return
+            log.error("writing a reply failed: %s", exc)
 
     # ------------------------------------------------------------------ passthrough
 
