@@ -1,7 +1,7 @@
 """The FUSE request loop on trio: read a request from the device, call the filesystem, write the reply.
 
-One reader task reads the device (non-blocking; it waits for readability only when nothing is queued:
-first up to BRIEF_WAIT_MS in a plain poll, then in trio's wait) and runs each handler itself. A request
+One reader task reads the device (a plain poll of up to BRIEF_WAIT_MS first, then a non-blocking read;
+trio's wait only when nothing came within it) and runs each handler itself. A request
 the filesystem answers with a plain method (its `*_now` methods: lookup, getattr, getxattr, listxattr,
 read-only open, read, release, opendir, readdir, releasedir) is answered in place, with no coroutine
 at all. Any other handler's coroutine is driven by hand, so one that finishes without waiting costs no
@@ -406,22 +406,28 @@ class Session(Requests):
         poller = select.poll()
         poller.register(fd, select.POLLIN)
         self.readers += 1
+        poll = poller.poll
+        ready = False  # trio said the device is readable: read without polling first
         try:
             while not self._ended:
-                try:
-                    n = readv(fd, bufs)
-                except BlockingIOError:
+                # Poll first, read then (as before the loop): a request mostly comes while the reader
+                # waits, and a read that finds nothing costs a syscall and an exception.
+                if not ready and not poll(0 if self._waiting else BRIEF_WAIT_MS):
                     if self._waiting:
                         return  # another reader waits for the next request: this one is spare
-                    if poller.poll(BRIEF_WAIT_MS):
-                        continue
                     self._waiting = True
                     try:
                         await trio.lowlevel.wait_readable(fd)
                     finally:
                         self._waiting = False
                     streak = 0
+                    ready = True
                     continue
+                ready = False
+                try:
+                    n = readv(fd, bufs)
+                except BlockingIOError:
+                    continue  # another reader took it
                 except OSError as exc:
                     if exc.errno == errno.ENOENT:  # the request was interrupted before it was read
                         continue
