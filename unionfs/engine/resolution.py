@@ -160,6 +160,11 @@ class Resolution:
 
     def child(self, parent: Node, name: bytes) -> Node:
         """The node of parent/name; ENOENT if absent. It becomes the name the node is reached by."""
+        return self._child(parent, name)[0]
+
+    def _child(self, parent: Node, name: bytes):
+        """(node, its lstat when this lookup just made that: a cold lookup needs no second stat for the
+        attributes; else None)."""
         if not parent.is_dir:
             raise OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
         check_name(name)
@@ -167,7 +172,7 @@ class Resolution:
         if node is not None:
             if node.shared_lower:
                 self.nodes.prefer_name(node, parent, name)  # the name a change came through is copied up
-            return node
+            return node, None
         absent = parent.absent
         if absent is not None and name in absent:
             raise OSError(errno.ENOENT, os.strerror(errno.ENOENT))
@@ -180,7 +185,13 @@ class Resolution:
                 parent.absent = absent = set()
             absent.add(name)
             raise OSError(errno.ENOENT, os.strerror(errno.ENOENT))
-        return self.attach(parent, name, *found)
+        node = self.attach(parent, name, *found)
+        index, st = found[0], found[1]
+        # The attributes are that very lstat unless they come from elsewhere: another layer (an index
+        # entry), or an ownership record that overrides them (attributes.getattr).
+        if node.layer != index or self.layers[index].record is not None or self.index.is_entry(node):
+            st = None
+        return node, st
 
     def lookup(self, parent: Node, name: bytes):
         """(node, stat) of parent/name ("." and ".." too); it becomes the name the node is reached by."""
@@ -189,8 +200,10 @@ class Resolution:
         elif name == b"..":
             node = parent.parent or self.nodes.root
         else:
-            node = self.child(parent, name)
+            node, st = self._child(parent, name)
             self.nodes.prefer_name(node, parent, name)
+            if st is not None:
+                return node, st
         return node, self.attributes.getattr(node)
 
     def lower_visible(self, parent: Node, name: bytes) -> bool:
