@@ -96,6 +96,7 @@ class NativeOperations(Operations):
                 notify(node_id, -1)  # attributes only: the kernel holds the written pages locked
 
             self.requests.attributes_changed = invalidate
+        self.requests.store_data = session.notify_store
         if conn.flags & abi.PASSTHROUGH:
             self.requests.backing_open = session.backing_open
             self.requests.backing_close = session.backing_close

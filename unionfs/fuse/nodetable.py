@@ -60,10 +60,11 @@ class _Inode:
     """One node id: its engine node, the kernel's count, and for a name of a lower hard link (separate
     ids only) the name it stands for."""
 
-    __slots__ = ("node", "count", "parent", "name")
+    __slots__ = ("node", "count", "parent", "name", "filled")
 
     def __init__(self, node, parent=None, name=None):
         self.node, self.count, self.parent, self.name = node, 0, parent, name
+        self.filled = False  # its data was put into the kernel's page cache at an open (see first_fill)
 
 
 class KernelNodes:
@@ -118,6 +119,15 @@ class KernelNodes:
             node = inode.node = self.union.child(inode.parent, inode.name)
         self.union.nodes.prefer_name(node, inode.parent, inode.name)
         return node
+
+    def first_fill(self, node_id: int) -> bool:
+        """True the first time it is asked for a node id the kernel holds (its page cache is to be filled
+        now), False after: the kernel's cache of an inode lives no longer than the node id does."""
+        inode = self._inodes.get(node_id)
+        if inode is None or inode.filled:
+            return False
+        inode.filled = True
+        return True
 
     def id_of(self, node):
         """The node id the kernel holds *node* by (None: none, or only by names of a lower hard link)."""

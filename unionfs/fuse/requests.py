@@ -107,6 +107,12 @@ class LoopThreads:
         return await trio.to_thread.run_sync(fn, limiter=self._limiter)
 
 
+# The largest file a read-only open puts into the kernel's page cache (UnionRequests._fill): most small
+# files (93% of the benchmarks' 20,889), and little read for nothing where nobody reads after the open
+# (the kernel's first read of a file asks for up to 128 KiB, its read-ahead).
+FILL_MAX = 64 * 1024
+
+
 def _ignore(_):
     pass
 
@@ -124,6 +130,9 @@ class UnionRequests(DirectoryRequests, PassthroughRequests, PrivilegeRequests):
     - `backing_open`, `backing_close`: where the kernel passes reads and writes through to backing
       files (FUSE_PASSTHROUGH), backing_open(fd) registers the open file and returns its backing id
       (OSError when refused) and backing_close(id) lets go of one; None: every read and write comes here.
+    - `store_data`: store_data(node_id, offset, data) puts data into the kernel's page cache of a node
+      (FUSE_NOTIFY_STORE); None: never. Where set, a read-only open of a small lower file fills it
+      (`_fill`), so that the read which mostly follows an open finds it there instead of asking.
     - `nodes.separate_ids`: whether node ids may differ from st_ino (default True; pyfuse3: False).
     """
 
@@ -150,6 +159,7 @@ class UnionRequests(DirectoryRequests, PassthroughRequests, PrivilegeRequests):
         self.attributes_changed: Callable[[int], None] = _ignore
         self.backing_open: Callable[[int], int] | None = None
         self.backing_close: Callable[[int], None] = _ignore
+        self.store_data: Callable[[int, int, bytes], bool] | None = None
         self._has_upper = union.stack.upper is not None
         self._backing = {}  # passthrough.py
         self._passed = {}
@@ -425,9 +435,31 @@ class UnionRequests(DirectoryRequests, PassthroughRequests, PrivilegeRequests):
         if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC):
             return None
         try:
-            return self._opened(self.union.open(self._node(node_id), flags))
+            handle = self.union.open(self._node(node_id), flags)
+            opened = self._opened(handle)
+            if opened.keep_cache and not flags & os.O_DIRECT:
+                self._fill(node_id, handle)
+            return opened
         except Exception as exc:
             raise _failure(exc, "open", (node_id, flags)) from None
+
+    def _fill(self, node_id: int, handle) -> None:
+        """Put a small file's data into the kernel's page cache before its open is answered (an open
+        that keeps the cache: not passed through): the read that mostly follows finds it there, so a
+        cold read of many small files is three requests a file, not four, and two waits of the reader,
+        not three. Once per node id (the kernel's cache lives no longer), and only when this open is the
+        node's only one: a read waiting for this daemon keeps the pages it would fill locked, and reads
+        come only through open files (the kernel releases a file after its last read is answered)."""
+        store = self.store_data
+        if store is None or len(handle.node.handles) != 1:
+            return
+        size = os.fstat(handle.fd).st_size
+        if not 0 < size <= FILL_MAX or not self.nodes.first_fill(node_id):
+            return
+        try:
+            store(node_id, 0, os.pread(handle.fd, size, 0))
+        except OSError as exc:  # the kernel refused it: the read asks, as without the fill
+            log.debug("filling the cache of node %d: %s", node_id, exc)
 
     def read_now(self, fh: int, offset: int, size: int) -> bytes:
         try:

@@ -387,6 +387,7 @@ COPY_FILE_RANGE_IN = struct.Struct("<QQQQQQQ")  # fh_in off_in nodeid_out fh_out
 NOTIFY_INVAL_INODE_OUT = struct.Struct("<Qqq")  # ino off len
 NOTIFY_INVAL_ENTRY_OUT = struct.Struct("<QII")  # parent namelen flags
 NOTIFY_DELETE_OUT = struct.Struct("<QQII")  # parent child namelen padding
+NOTIFY_STORE_OUT = struct.Struct("<QQII")  # nodeid offset size padding
 
 # Reply header and fixed body in one pack: one call, one bytes object, one write(2)
 ENTRY_REPLY = struct.Struct("<IiQQQQQII" + ATTR_FMT)

@@ -593,6 +593,19 @@ class Session(Requests):
         bytes (0: to the end; a negative offset keeps the data)."""
         return self._notify(abi.NOTIFY_INVAL_INODE, abi.NOTIFY_INVAL_INODE_OUT.pack(node, offset, length))
 
+    def notify_store(self, node: int, offset: int, data) -> bool:
+        """Put *data* into the kernel's page cache of *node* at *offset* (False: the kernel does not have
+        that node). Only where no read of that node can be waiting for an answer: the kernel locks the
+        pages it fills, and a read waiting for this daemon holds them locked."""
+        head = _pack_out(16 + abi.NOTIFY_STORE_OUT.size + len(data), abi.NOTIFY_STORE, 0)
+        try:
+            os.writev(self.fd, [head + abi.NOTIFY_STORE_OUT.pack(node, offset, len(data), 0), data])
+        except OSError as exc:
+            if exc.errno == errno.ENOENT:
+                return False
+            raise
+        return True
+
     def notify_delete(self, parent: int, child: int, name: bytes) -> bool:
         """*name* in *parent* (node *child*) is gone: drop it, and detach the child's cached dentry."""
         return self._notify(abi.NOTIFY_DELETE, abi.NOTIFY_DELETE_OUT.pack(parent, child, len(name), 0) + name + b"\0")
