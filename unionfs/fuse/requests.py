@@ -451,10 +451,10 @@ class UnionRequests(DirectoryRequests, PassthroughRequests, PrivilegeRequests):
         node's only one: a read waiting for this daemon keeps the pages it would fill locked, and reads
         come only through open files (the kernel releases a file after its last read is answered)."""
         store = self.store_data
-        if store is None or len(handle.node.handles) != 1:
-            return
+        if store is None or len(handle.node.handles) != 1 or not self.nodes.first_fill(node_id):
+            return  # (a file too big is not looked at again either)
         size = os.fstat(handle.fd).st_size
-        if not 0 < size <= FILL_MAX or not self.nodes.first_fill(node_id):
+        if not 0 < size <= FILL_MAX:
             return
         try:
             store(node_id, 0, os.pread(handle.fd, size, 0))
