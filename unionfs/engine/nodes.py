@@ -21,7 +21,8 @@ nobody holds goes away by itself, and a lookup makes it again from the layers.
 
 import errno
 from types import MappingProxyType
-from weakref import WeakValueDictionary
+
+from .weakvalues import WeakValues
 
 ROOT_ID = 1
 _FALLBACK_BASE = 1 << 48
@@ -64,7 +65,7 @@ class Node:
         self.merge = merge  # directories: layers merged into this one, top first
         self.key = key  # (layer, st_dev, st_ino) of the backing entry, or of the origin it records
         # name -> child Node, held weakly (directories; others have none)
-        self.children = WeakValueDictionary() if is_dir else _NO_CHILDREN
+        self.children = WeakValues() if is_dir else _NO_CHILDREN
         self.shared_lower = False  # a lower file with other names (hard links): see fuse/nodetable.py
         self.handles = []  # open FileHandles, to stat a file whose last name is gone
         self.xattr_names = None  # stored xattr names once listed (the kernel asks for
@@ -111,8 +112,8 @@ class NodeTable:
         self.single_dev = single_dev
         self._dev_index = {}
         self._next_fallback = _FALLBACK_BASE
-        self.by_ino = WeakValueDictionary()  # st_ino -> the live node that shows it
-        self.by_key = WeakValueDictionary()
+        self.by_ino = WeakValues()  # st_ino -> the live node that shows it
+        self.by_key = WeakValues()
         # The root shows the top layer's root number, as the kernel's overlay (the upper's, or the top
         # lower's): a backend whose node ids are st_ino shows the root as node 1 whatever this says.
         root_ino = self._new_ino(root_key)
