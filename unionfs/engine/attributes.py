@@ -15,6 +15,19 @@ from .layers import O_PATH_DIR, Layer, join
 from .nodes import Node
 from .whiteout import proc_path
 
+# What a chmod, chown or truncate can change among a file's xattrs: chmod rewrites an access ACL,
+# chown and truncate drop file capabilities (the filesystem does, whoever asks). Nothing else, and
+# neither adds an xattr: known names without these stay right.
+_CHANGED_BY_SETATTR = (b"system.posix_acl_access", b"security.capability")
+
+
+def forget_changed_xattrs(node: Node) -> None:
+    """After a chmod, chown or truncate of *node*: forget its known xattr names if that may have changed
+    them."""
+    names = node.xattr_names
+    if names is not None and any(n in names for n in _CHANGED_BY_SETATTR):
+        node.xattr_names = None
+
 
 class WithNlink:
     """A stat result with another st_nlink (an indexed file's union link count, or 0 once unlinked)."""
@@ -172,7 +185,8 @@ class Attributes:
         if fd is not None:
             return self._setattr_fd(node, fd, size, mode, uid, gid, atime_ns, mtime_ns, handle)
         self.copyup.run(job)
-        node.xattr_names = None  # chmod may rewrite an ACL, chown drops file capabilities
+        if size is not None or mode is not None or uid is not None or gid is not None:
+            forget_changed_xattrs(node)
         upper = self.stack.upper
         rel = node.path()
         parent, _, name = rel.rpartition(b"/")
@@ -239,7 +253,7 @@ class Attributes:
                 fd,
                 ns=(st.st_atime_ns if atime_ns is None else atime_ns, st.st_mtime_ns if mtime_ns is None else mtime_ns),
             )
-        node.xattr_names = None
+        forget_changed_xattrs(node)
         return self.shown_fd(upper, fd)
 
     # ------------------------------------------------------------------ xattrs
@@ -290,6 +304,16 @@ class Attributes:
                 if exc.errno in (errno.ENOTSUP, errno.ENODATA):
                     return None
                 raise
+
+    @staticmethod
+    def note_xattr_names(node: Node, fd: int) -> None:
+        """Know the node's xattr names from an open fd of its backing file (a file just made: what the
+        filesystem gave it, an inherited ACL or a security label), so its first getxattr resolves no
+        path."""
+        try:
+            node.xattr_names = frozenset(os.fsencode(n) for n in os.listxattr(fd))
+        except OSError:
+            node.xattr_names = None  # asked again when needed
 
     def _stored_xattr_names(self, node: Node) -> frozenset:
         fd = self.unlinked_fd(node)

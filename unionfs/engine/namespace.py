@@ -123,6 +123,7 @@ class Namespace:
                 os.close(fd)
                 raise
         handle = self.files.new_handle(fd, node, 0, flags)
+        self.attributes.note_xattr_names(node, fd)
         return node, handle, self.attributes.shown_fd(self.stack.upper, fd)
 
     def _create_in_place(self, parent: Node, name: bytes, open_flags: int, uid: int, gid: int, mode: int):
