@@ -104,7 +104,7 @@ class Namespace:
         except BaseException:
             remove_tree(work_fd, tmp_name)
             raise
-        return self.resolution.attach(parent, name, 0, st, (0,))
+        return self.resolution.attach(parent, name, 0, st, (0,), new=True)
 
     def create(self, parent: Node, name: bytes, mode: int, flags: int, caller: Caller):
         """Create and open a regular file: (node, FileHandle, stat)."""
@@ -144,7 +144,7 @@ class Namespace:
                 return None
             fd = os.open(name, open_flags, stat.S_IMODE(mode), dir_fd=dfd)
             try:
-                node = self.resolution.attach(parent, name, 0, os.fstat(fd), ())
+                node = self.resolution.attach(parent, name, 0, os.fstat(fd), (), new=True)
             except BaseException:
                 os.close(fd)
                 os.unlink(name, dir_fd=dfd)

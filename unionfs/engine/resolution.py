@@ -137,13 +137,14 @@ class Resolution:
             lpaths = {index: rel for index, rel in zip(merge, rels) if index}
         return top[0], top[1], tuple(merge), lpaths, redirect
 
-    def attach(self, parent, name, index, st, merge, lpaths=None, redirect=None) -> Node:
-        """The node of a resolved entry, made or found in the node table under parent/name."""
+    def attach(self, parent, name, index, st, merge, lpaths=None, redirect=None, new=False) -> Node:
+        """The node of a resolved entry, made or found in the node table under parent/name. *new*: an
+        upper entry the daemon has just made, which records no origin (none to read)."""
         key = (index, st.st_dev, st.st_ino)
         is_dir = stat.S_ISDIR(st.st_mode)
         shared = (index != 0 or self.stack.upper is None) and not is_dir and st.st_nlink > 1
         ino_key = None
-        if not is_dir and (index == 0 or self.index.pos is not None):
+        if not is_dir and not new and (index == 0 or self.index.pos is not None):
             index, key, shared = self.index.node_identity(parent, name, index, st, key, shared)
         elif is_dir and index == 0 and len(merge) > 1 and self.stack.upper is not None:
             ino_key = lambda: self._lower_dir_key(parent, name, merge[1], lpaths)  # noqa: E731
