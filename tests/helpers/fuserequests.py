@@ -81,3 +81,21 @@ def counting_requests(scratch, mountpoint, opcodes):
             subprocess.run(["umount", str(own)], capture_output=True)
         with contextlib.suppress(OSError):
             own.rmdir()
+
+
+@contextlib.contextmanager
+def requests_counted(scratch, mountpoint, opcodes):
+    """counting_requests for a test: the test is skipped, saying why, where requests cannot be counted
+    (not root, no tracefs, a kernel without the trace event)."""
+    import pytest
+
+    reason = why_not_counting()
+    if reason:
+        pytest.skip(reason)
+    stack = contextlib.ExitStack()
+    try:
+        counter = stack.enter_context(counting_requests(scratch, mountpoint, opcodes))
+    except RuntimeError as exc:
+        pytest.skip(str(exc))
+    with stack:
+        yield counter

@@ -12,7 +12,7 @@ import os
 
 import pytest
 
-from tests.helpers.fuserequests import counting_requests, why_not_counting
+from tests.helpers.fuserequests import requests_counted
 from tests.helpers.mounting import on_kernel_and_pyunionfs
 from tests.util import FUSE_SKIP_REASON, mount_pyunionfs
 from unionfs.fuse.requests import FILL_MAX
@@ -55,27 +55,16 @@ def _read_whole(path) -> bytes:
 
 
 def test_small_files_are_read_without_read_requests(tmp_path):
-    reason = why_not_counting()
-    if reason:
-        pytest.skip(reason)
     lower, upper, work = _layers(tmp_path)
     mnt = tmp_path / "mnt"
-    with mount_pyunionfs(mnt, [lower], upper, work):
-        try:
-            ctx = counting_requests(tmp_path, mnt, (abi.READ,))
-            counter = ctx.__enter__()
-        except RuntimeError as exc:
-            pytest.skip(str(exc))
-        try:
-            for name, size in SMALL.items():
-                assert _read_whole(mnt / name) == _content(name, size), name
-            assert _read_whole(mnt / "empty") == b""
-            small_reads = counter.count()
-            for name, size in BIG.items():
-                assert _read_whole(mnt / name) == _content(name, size), name
-            all_reads = counter.count()
-        finally:
-            ctx.__exit__(None, None, None)
+    with mount_pyunionfs(mnt, [lower], upper, work), requests_counted(tmp_path, mnt, (abi.READ,)) as counter:
+        for name, size in SMALL.items():
+            assert _read_whole(mnt / name) == _content(name, size), name
+        assert _read_whole(mnt / "empty") == b""
+        small_reads = counter.count()
+        for name, size in BIG.items():
+            assert _read_whole(mnt / name) == _content(name, size), name
+        all_reads = counter.count()
     assert small_reads == 0
     assert all_reads >= len(BIG)  # bigger files are read as before
 

@@ -13,12 +13,12 @@ through the mount afterwards must agree.
 
 import os
 import stat
-import struct
 
 import pytest
 
-from tests.helpers.fuserequests import counting_requests, why_not_counting
+from tests.helpers.fuserequests import requests_counted
 from tests.helpers.mounting import on_kernel_and_pyunionfs
+from tests.helpers.xattrvalues import ACL, CAP, CAP_NET_RAW
 from tests.util import FUSE_SKIP_REASON, mount_pyunionfs
 from unionfs.options import default_backend
 from unionfs.protocol import abi
@@ -32,20 +32,6 @@ pytestmark = [
 ]
 
 NOBODY = 65534
-CAP = "security.capability"
-# struct vfs_cap_data, revision 2: magic|effective, then permitted and inheritable (low, high)
-CAP_NET_RAW = struct.pack("<IIIII", 0x02000001, 1 << 13, 0, 0, 0)
-# system.posix_acl_access: version 2, then (tag, perm, id): user::rwx user:1234:rwx group::r-x mask::rwx other::r-x
-ACL = struct.pack("<I", 2) + b"".join(
-    struct.pack("<HHI", tag, perm, ident)
-    for tag, perm, ident in (
-        (1, 7, 0xFFFFFFFF),
-        (2, 7, 1234),
-        (4, 5, 0xFFFFFFFF),
-        (16, 7, 0xFFFFFFFF),
-        (32, 5, 0xFFFFFFFF),
-    )
-)
 
 # name: (mode, uid, gid)
 FILES = {
@@ -164,21 +150,11 @@ def test_privileges_cleared_as_on_the_kernel(tmp_path, passthrough):
 def test_writes_ask_for_no_capability(tmp_path, passthrough):
     """With HANDLE_KILLPRIV_V2 the kernel marks a file without privileges to clear once (S_NOSEC) and
     stops sending GETXATTR(security.capability) before each write(2): 64 writes, at most one request."""
-    reason = why_not_counting()
-    if reason:
-        pytest.skip(reason)
     lower, upper, work, mnt = _layers(tmp_path)
     with mount_pyunionfs(mnt, [lower], upper, work, [f"passthrough={passthrough}"]):
-        try:
-            ctx = counting_requests(tmp_path, mnt, (abi.GETXATTR,))
-            counter = ctx.__enter__()
-        except RuntimeError as exc:
-            pytest.skip(str(exc))
-        try:
+        with requests_counted(tmp_path, mnt, (abi.GETXATTR,)) as counter:
             with open(mnt / "new", "wb", buffering=0) as f:
                 for _ in range(64):
                     f.write(b"x" * 4096)
             count = counter.count()
-        finally:
-            ctx.__exit__(None, None, None)
     assert count <= 1

@@ -16,7 +16,7 @@ import random
 
 import pytest
 
-from tests.helpers.fuserequests import counting_requests, why_not_counting
+from tests.helpers.fuserequests import requests_counted
 from tests.helpers.mounting import on_kernel_and_pyunionfs
 from tests.util import FUSE_SKIP_REASON, mount_pyunionfs
 from unionfs.options import default_backend
@@ -130,20 +130,12 @@ def test_passthrough_as_on_the_kernel(tmp_path):
 def test_big_write_and_read_back_pass_the_daemon_by(tmp_path):
     """32 MiB written and an upper file of 4 MiB read: no WRITE or READ request with passthrough; with
     -o passthrough=off (the counter's check) each MiB is one at least."""
-    reason = why_not_counting()
-    if reason:
-        pytest.skip(reason)
     counts = {}
     for mode in ("on", "off"):
         lower, upper, work = _layers(tmp_path / mode)
         mnt = tmp_path / mode / "mnt"
         with mount_pyunionfs(mnt, [lower], upper, work, [f"passthrough={mode}"]):
-            try:
-                ctx = counting_requests(tmp_path / mode, mnt, (abi.WRITE, abi.READ))
-                counter = ctx.__enter__()
-            except RuntimeError as exc:
-                pytest.skip(str(exc))
-            try:
+            with requests_counted(tmp_path / mode, mnt, (abi.WRITE, abi.READ)) as counter:
                 chunk = b"x" * MiB
                 with open(mnt / "written", "wb") as f:
                     for _ in range(32):
@@ -151,8 +143,6 @@ def test_big_write_and_read_back_pass_the_daemon_by(tmp_path):
                     os.fsync(f.fileno())
                 assert (mnt / "big").read_bytes() == (upper / "big").read_bytes()
                 counts[mode] = counter.count()
-            finally:
-                ctx.__exit__(None, None, None)
         assert (upper / "written").stat().st_size == 32 * MiB
     assert counts["off"] >= 32 + 4, counts
     assert counts["on"] == 0, counts

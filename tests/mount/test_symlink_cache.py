@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-from tests.helpers.fuserequests import counting_requests, why_not_counting
+from tests.helpers.fuserequests import requests_counted
 from tests.helpers.mounting import on_kernel_and_pyunionfs
 from tests.util import FUSE_SKIP_REASON, mount_pyunionfs
 from unionfs.options import default_backend
@@ -59,20 +59,9 @@ def test_symlink_targets_as_on_the_kernel(tmp_path):
 
 @pytest.mark.skipif(default_backend() != "native", reason="the native backend's negotiation")
 def test_second_readlink_is_no_request(tmp_path):
-    reason = why_not_counting()
-    if reason:
-        pytest.skip(reason)
     lower, upper, work, mnt = _layers(tmp_path)
-    with mount_pyunionfs(mnt, [lower], upper, work):
-        try:
-            ctx = counting_requests(tmp_path, mnt, (abi.READLINK,))
-            counter = ctx.__enter__()
-        except RuntimeError as exc:
-            pytest.skip(str(exc))
-        try:
-            targets = [os.readlink(mnt / "lo_link") for _ in range(5)]
-            count = counter.count()
-        finally:
-            ctx.__exit__(None, None, None)
+    with mount_pyunionfs(mnt, [lower], upper, work), requests_counted(tmp_path, mnt, (abi.READLINK,)) as counter:
+        targets = [os.readlink(mnt / "lo_link") for _ in range(5)]
+        count = counter.count()
     assert targets == ["lower/target"] * 5
     assert count == 1

@@ -8,11 +8,11 @@ read through the mount after each step must agree.
 """
 
 import os
-import struct
 
 import pytest
 
 from tests.helpers.mounting import on_kernel_and_pyunionfs
+from tests.helpers.xattrvalues import ACL, CAP, CAP_NET_RAW
 from tests.util import FUSE_SKIP_REASON
 
 pytestmark = [
@@ -23,19 +23,7 @@ pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root (capabilities, chown)"),
 ]
 
-ACL_ACCESS, ACL_DEFAULT, CAP = "system.posix_acl_access", "system.posix_acl_default", "security.capability"
-# version 2, then (tag, perm, id): user::rwx user:1234:rwx group::r-x mask::rwx other::r-x
-ACL = struct.pack("<I", 2) + b"".join(
-    struct.pack("<HHI", tag, perm, ident)
-    for tag, perm, ident in (
-        (1, 7, 0xFFFFFFFF),
-        (2, 7, 1234),
-        (4, 5, 0xFFFFFFFF),
-        (16, 7, 0xFFFFFFFF),
-        (32, 5, 0xFFFFFFFF),
-    )
-)
-CAP_NET_RAW = struct.pack("<IIIII", 0x02000001, 1 << 13, 0, 0, 0)
+ACL_DEFAULT = "system.posix_acl_default"
 
 
 def _layers(root):
