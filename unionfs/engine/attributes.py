@@ -395,7 +395,11 @@ class _ProcPath:
         if self.name is None:
             self.fd = self.layer.open(b"", O_PATH_DIR)
             return proc_path(self.fd), True
-        self.fd = self.layer.open(join(self.parent, self.name))
+        rel = join(self.parent, self.name)
+        reached = self.layer.reach(rel)
+        if reached is not None:  # a lower layer's kept directory fd: nothing to open (or close)
+            return proc_path(*reached), False
+        self.fd = self.layer.open(rel)
         if not stat.S_ISLNK(os.fstat(self.fd).st_mode):
             return proc_path(self.fd), True
         os.close(self.fd)
@@ -403,4 +407,5 @@ class _ProcPath:
         return proc_path(self.fd, self.name), False
 
     def __exit__(self, *exc):
-        os.close(self.fd)
+        if self.fd >= 0:
+            os.close(self.fd)

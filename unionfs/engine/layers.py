@@ -153,6 +153,14 @@ class Layer:
         finally:
             os.close(fd)
 
+    def reach(self, rel: bytes):
+        """(directory fd, name) through which one *at call (not following a symlink) reaches *rel* of a
+        lower layer; the fd is the layer's own (kept: not to be closed). None where only a path resolved
+        by openat2 will do: the upper, the root, a mount point, the mount table unknown."""
+        if not rel or self.writable or not self.mounts_known:
+            return None
+        return self._beneath(rel)
+
     def _beneath(self, rel: bytes):
         """(directory fd, name) to reach *rel* of a lower layer with a plain *at call, or None where
         only openat2 will do (a mount point, or the mount table no longer known)."""
