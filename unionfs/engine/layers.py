@@ -8,7 +8,8 @@ same guarantee comes from walking one component at a time with O_NOFOLLOW.
 A lower layer (never changed by the daemon) keeps the O_PATH fds of the directories it last looked in
 (DIR_FDS of them, oldest let go first: lookups come in bursts per directory), so that `lstat` and `open`
 of a name there are one fstatat / openat with O_NOFOLLOW of a single name beneath a directory opened the
-safe way: no symlink can be crossed (there is no component between). Only a mount point could be, so the
+safe way, and its xattrs one l*xattr call through that fd (`reach`): no symlink can be crossed (there is
+no component between). Only a mount point could be, so the
 mount table is looked at first (a poll, read again when it changed: layermounts.py) and a name it knows
 as a mount point takes the openat2 path, which refuses it. openat2 through ctypes, fstat and close cost
 three times that, for every layer a lookup looks in and once more for its attributes: most of a cold
