@@ -124,6 +124,27 @@ def replay_redirect(diff_template, diff_base):
     os.umask(old_umask)
 
 
+@pytest.fixture
+def replay_index(diff_template, diff_base):
+    old_umask = os.umask(0o022)
+
+    def run(*steps):
+        diffkit.replay(diff_template, diff_base, steps, options=["index=on"])
+
+    yield run
+    os.umask(old_umask)
+
+
+def test_fstat_of_an_indexed_file_open_after_its_last_name_goes(replay_index):
+    # Found by exploring with fresh seeds (index=on): both names of a lower hard link unlinked, each
+    # through a descriptor opened before; fstat of the last one showed the index entry's link (1), the
+    # kernel shows 0.
+    replay_index(
+        ("fd_across", "hl_a", "unlink", "x1", b""),
+        ("fd_across", "hl_b", "unlink", "a", b"N\xaa"),
+    )
+
+
 def test_redirect_merged_dir_in_place_then_away(replay_redirect):
     # "name" redirect, then an absolute one, then the old place reused
     replay_redirect(

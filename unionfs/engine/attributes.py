@@ -136,7 +136,12 @@ class Attributes:
     def getattr(self, node: Node) -> os.stat_result:
         if not node.names and node is not self.nodes.root:
             for handle in node.handles:  # unlinked but still open
-                return self.shown_fd(self.layers[handle.layer], handle.fd)
+                st = self.shown_fd(self.layers[handle.layer], handle.fd)
+                if self.index.is_entry(node):
+                    # An indexed file counts the union's names on its index entry (other names may be
+                    # left that nobody looked up); its backing file also has the index's own name.
+                    return WithNlink(st, self.index.union_links(handle.fd, st))
+                return st
             if node.gone_stat is not None:  # opened by the kernel alone (a fifo): its last attributes
                 return WithNlink(node.gone_stat, 0)
             raise OSError(errno.ENOENT, os.strerror(errno.ENOENT))

@@ -221,6 +221,14 @@ class Index:
             node.layer = self.pos
         return recorded is not None
 
+    def union_links(self, fd: int, st) -> int:
+        """The union's link count of the indexed file open as *fd* (stat *st*): 0 once its last name
+        is gone, as the kernel shows it."""
+        try:
+            return max(int(os.getxattr(fd, self.nlink_name)), 0)
+        except (OSError, ValueError):
+            return max(st.st_nlink - 1, 0)
+
     def count_link(self, node: Node, change: int) -> None:
         """The union's link count of an indexed file, kept on its index entry: *change* it."""
         with self.layer.opened(self.entry_name(node), os.O_PATH) as fd:
