@@ -131,8 +131,9 @@ class UnionRequests(DirectoryRequests, PassthroughRequests, PrivilegeRequests):
       files (FUSE_PASSTHROUGH), backing_open(fd) registers the open file and returns its backing id
       (OSError when refused) and backing_close(id) lets go of one; None: every read and write comes here.
     - `store_data`: store_data(node_id, offset, data) puts data into the kernel's page cache of a node
-      (FUSE_NOTIFY_STORE); None: never. Where set, a read-only open of a small lower file fills it
-      (`_fill`), so that the read which mostly follows an open finds it there instead of asking.
+      (FUSE_NOTIFY_STORE); None: never. Where set, a read-only open of a small file that keeps the
+      cache (not passed through) fills it (`_fill`), so that the read which mostly follows an open
+      finds it there instead of asking.
     - `nodes.separate_ids`: whether node ids may differ from st_ino (default True; pyfuse3: False).
     """
 
