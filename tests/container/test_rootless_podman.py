@@ -59,6 +59,9 @@ EXPECTED_DATA = sorted(
     ]
 )
 
+# The test container's name: not hexadecimal, so no image ID can start with it (`podman diff c1`
+# sometimes diffed an image whose ID began with "c1").
+CTR = "ctr1"
 CONTAINER_CHANGES = (
     "rm /data/keep /bin/ls && rm -rf /data/sub && echo c > /data/gone && mkdir /data/sub "
     "&& echo s > /data/sub/only && mkdir -p /data/newdir && echo n > /data/newdir/n "
@@ -189,19 +192,19 @@ def test_rootless_run_diff_commit(setup):
     for kind, e in built.items():
         outs[kind] = rootless.run_detached(
             e,
-            "c1",
+            CTR,
             "localhost/t/built",
             "sh",
             "-c",
             CONTAINER_CHANGES + " && ls -a /data /data/sub /data/newdir && cat /data/gone",
         )
-        diffs[kind] = sorted(e.podman("diff", "c1").stdout.split("\n")[:-1])
+        diffs[kind] = sorted(e.podman("container", "diff", CTR).stdout.split("\n")[:-1])
         uppers[kind] = _upper_entries(
-            e.podman("inspect", "--format", "{{.GraphDriver.Data.UpperDir}}", "c1").stdout.strip()
+            e.podman("container", "inspect", "--format", "{{.GraphDriver.Data.UpperDir}}", CTR).stdout.strip()
         )
-        e.podman("commit", "-q", "c1", "localhost/t/committed")
+        e.podman("commit", "-q", CTR, "localhost/t/committed")
         trees[kind] = rootless.image_tree(e, "localhost/t/committed")
-        e.podman("rm", "c1")
+        e.podman("rm", CTR)
     assert ".wh." not in outs["pyunionfs"] and outs["pyunionfs"].endswith("c\n")
     assert "only" in outs["pyunionfs"] and "new" not in outs["pyunionfs"].split("/data/sub:")[1]
     assert diffs["pyunionfs"] == EXPECTED_DIFF
