@@ -35,15 +35,22 @@ SETXATTR_FLAGS = (
 )
 
 
-@pytest.fixture
-def replay(diff_template, diff_base):
+def _replaying(diff_template, diff_base, options=()):
+    """A fixture's body: run(*steps) replays the steps with the mount *options* on both sides."""
     old_umask = os.umask(0o022)
 
     def run(*steps):
-        diffkit.replay(diff_template, diff_base, steps)
+        diffkit.replay(diff_template, diff_base, steps, options=list(options))
 
-    yield run
-    os.umask(old_umask)
+    try:
+        yield run
+    finally:
+        os.umask(old_umask)
+
+
+@pytest.fixture
+def replay(diff_template, diff_base):
+    yield from _replaying(diff_template, diff_base)
 
 
 @known_difference(
@@ -115,24 +122,12 @@ def test_root_mtime_after_big_copyup_and_rename(replay):
 
 @pytest.fixture
 def replay_redirect(diff_template, diff_base):
-    old_umask = os.umask(0o022)
-
-    def run(*steps):
-        diffkit.replay(diff_template, diff_base, steps, options=["redirect_dir=on"])
-
-    yield run
-    os.umask(old_umask)
+    yield from _replaying(diff_template, diff_base, ["redirect_dir=on"])
 
 
 @pytest.fixture
 def replay_index(diff_template, diff_base):
-    old_umask = os.umask(0o022)
-
-    def run(*steps):
-        diffkit.replay(diff_template, diff_base, steps, options=["index=on"])
-
-    yield run
-    os.umask(old_umask)
+    yield from _replaying(diff_template, diff_base, ["index=on"])
 
 
 def test_fstat_of_an_indexed_file_open_after_its_last_name_goes(replay_index):
