@@ -137,19 +137,29 @@ def test_dirbuffer_packs_and_stops_when_full(names):
 @given(
     names=st.lists(st.binary(min_size=1, max_size=40).filter(lambda b: b"\0" not in b and b"/" not in b), max_size=30)
 )
-def test_dirbuffer_reply_packs_as_add_and_add_bare(names):
-    # reply(name, ino, mode, entry or None, off): the one call a listing's entries take
+def test_dirbuffer_reply_packs_entries_and_bare_entries(names):
+    # reply(name, ino, mode, entry or None, off): the one call a listing's entries take (add and
+    # add_bare are it too), against the structures packed one by one (abi's pack_* functions)
     for plus in (False, True):
-        one, two = DirBuffer(900, plus), DirBuffer(900, plus)
+        buf, expected, used = DirBuffer(900, plus), [], 0
         for i, name in enumerate(names):
             mode = (stat.S_IFDIR if i % 3 else stat.S_IFLNK) | 0o755
             e = Entry(i + 10, ino=i + 1000, mode=mode, size=i, atime_ns=i * 1_500_000_000, entry_timeout=1.5)
             entry = e if i % 2 else None
-            expected = two.add(name, e, i + 1) if entry else two.add_bare(name, i + 77, mode, i + 1)
-            assert one.reply(name, i + 77, mode, entry, i + 1) is expected
-            if not expected:
+            if not plus:
+                rec = abi.pack_dirent(e.ino if entry else i + 77, i + 1, name, mode)
+            elif entry:
+                rec = abi.pack_direntplus(e, i + 1, name)
+            else:  # node id 0: only st_ino and the mode in the attributes
+                bare = abi.ENTRY_OUT.pack(0, 0, 0, 0, 0, 0, i + 77, *(0,) * 8, mode, *(0,) * 6)
+                rec = bare + abi.pack_dirent(i + 77, i + 1, name, mode)
+            fits = used + len(rec) <= 900
+            assert buf.reply(name, i + 77, mode, entry, i + 1) is fits
+            if not fits:
                 break
-        assert one.getvalue() == two.getvalue() and len(one) == len(two)
+            expected.append(rec)
+            used += len(rec)
+        assert buf.getvalue() == b"".join(expected) and len(buf) == len(expected)
 
 
 def test_fileinfo_flags():

@@ -9,9 +9,10 @@ the copy-up locks and threads, file and directory handles, listing snapshots.
 Every method ends in the one error boundary (`_failure`): an OSError leaves with its errno, any other
 exception leaves as OSError(EIO) with an ERROR log line and its traceback, so the mount never dies.
 Backends turn OSError into their error reply and nothing else.
-The requests a tree walk sends for every entry never wait, and have a plain method too (`lookup_now`,
-`getattr_now`, `getxattr_now`, `listxattr_now`, behind the same boundary): a backend calls those with no
-coroutine per request, and `getxattr_now` answers "no such xattr" (ENODATA) with None, no exception.
+The requests that never wait have a plain method too, behind the same boundary (`lookup_now`,
+`getattr_now`, `getxattr_now`, `listxattr_now`; `open_now` for read-only opens, `read_now`,
+`release_now`; `opendir_now`, `readdir_now`, `releasedir_now`): a backend calls those with no coroutine
+per request, and `getxattr_now` answers "no such xattr" (ENODATA) with None, no exception.
 The engine says what a change must copy up first (`UnionEngine.copy_up_for_*`, a CopyUpJob or None); this
 layer only runs that job under a per-node lock, a large file's byte copy in a worker thread: other
 requests go on meanwhile, and two opens of one file never copy it twice.

@@ -270,44 +270,16 @@ class DirBuffer:
 
     def add(self, name: bytes, entry: Entry, next_offset: int) -> bool:
         """Add *name* for *entry*; *next_offset* is what a later readdir passes to continue after it."""
-        if self.plus:
-            need = abi.direntplus_size(len(name))
-            if self._used + need > self.size:
-                return False
-            self._parts.append(abi.pack_direntplus(entry, next_offset, name))
-        else:
-            need = abi.dirent_size(len(name))
-            if self._used + need > self.size:
-                return False
-            self._parts.append(abi.pack_dirent(entry.ino, next_offset, name, entry.mode))
-        self._used += need
-        return True
+        return self.reply(name, entry.ino, entry.mode, entry, next_offset)
 
     def add_bare(self, name: bytes, ino: int, mode: int, next_offset: int) -> bool:
         """Add *name* with its st_ino and file type only: in a readdirplus the kernel then leaves its
         cached inode (and ACLs) alone and takes no lookup."""
-        if self.plus:
-            need = abi.direntplus_size(len(name))
-            if self._used + need > self.size:
-                return False
-            n = len(name)
-            self._parts.append(
-                abi.ENTRY_OUT.pack(0, 0, 0, 0, 0, 0, ino, 0, 0, 0, 0, 0, 0, 0, 0, mode, 0, 0, 0, 0, 0, 0)
-                + abi.DIRENT.pack(ino, next_offset, n, (mode & 0o170000) >> 12)
-                + name
-                + b"\0" * (-(abi.DIRENT_SIZE + n) & 7)
-            )
-        else:
-            need = abi.dirent_size(len(name))
-            if self._used + need > self.size:
-                return False
-            self._parts.append(abi.pack_dirent(ino, next_offset, name, mode))
-        self._used += need
-        return True
+        return self.reply(name, ino, mode, None, next_offset)
 
     def reply(self, name: bytes, ino: int, mode: int, entry, next_offset: int) -> bool:
         """`add(name, entry, next_offset)`, or `add_bare(name, ino, mode, next_offset)` when *entry* is
-        None, in one call with no other below it: a listing's entries each pass here."""
+        None (both come here), in one call with no other below it: a listing's entries each pass here."""
         n = len(name)
         pad = -(abi.DIRENT_SIZE + n) & 7
         if not self.plus:

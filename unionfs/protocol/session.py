@@ -571,9 +571,14 @@ class Session(Requests):
 
     # ------------------------------------------------------------------ notifications
 
-    def _notify(self, code: int, body: bytes) -> bool:
+    def _notify(self, code: int, body: bytes, data=b"") -> bool:
+        """Send notification *code* (*body*, then *data* as it is); False: the kernel has no such
+        node or name (ENOENT)."""
         try:
-            os.write(self.fd, _pack_out(16 + len(body), code, 0) + body)
+            if data:
+                os.writev(self.fd, [_pack_out(16 + len(body) + len(data), code, 0) + body, data])
+            else:
+                os.write(self.fd, _pack_out(16 + len(body), code, 0) + body)
         except OSError as exc:
             if exc.errno == errno.ENOENT:  # the kernel does not have that node or name cached
                 return False
@@ -597,14 +602,7 @@ class Session(Requests):
         """Put *data* into the kernel's page cache of *node* at *offset* (False: the kernel does not have
         that node). Only where no read of that node can be waiting for an answer: the kernel locks the
         pages it fills, and a read waiting for this daemon holds them locked."""
-        head = _pack_out(16 + abi.NOTIFY_STORE_OUT.size + len(data), abi.NOTIFY_STORE, 0)
-        try:
-            os.writev(self.fd, [head + abi.NOTIFY_STORE_OUT.pack(node, offset, len(data), 0), data])
-        except OSError as exc:
-            if exc.errno == errno.ENOENT:
-                return False
-            raise
-        return True
+        return self._notify(abi.NOTIFY_STORE, abi.NOTIFY_STORE_OUT.pack(node, offset, len(data), 0), data)
 
     def notify_delete(self, parent: int, child: int, name: bytes) -> bool:
         """*name* in *parent* (node *child*) is gone: drop it, and detach the child's cached dentry."""
