@@ -43,9 +43,8 @@ def _xattrs(path) -> dict:
 def _steps(mnt, upper):
     out = []
     new = mnt / "acl" / "new"
-    # It inherits an access ACL from the default one. (umask 0: the FUSE kernel module applies the
-    # umask before the daemon hears of the create, where the kernel overlay lets a default ACL replace
-    # it; README, "Compared with kernel overlayfs".)
+    # It inherits an access ACL from the default one. (umask 0: on the pyfuse3 backend the FUSE module
+    # applies the umask before the daemon hears of the create; test_default_acls.py is about that.)
     old_umask = os.umask(0)
     try:
         fd = os.open(new, os.O_CREAT | os.O_WRONLY, 0o664)

@@ -24,7 +24,8 @@ Differences from a mount, all because no kernel is in between:
 - No permission checks: the engine acts with the rights of this process (a mount of root checks the
   caller's rights against the modes first, `default_permissions`).
 - New entries belong to `caller` (default: this process's euid/egid; ownership is applied only when this
-  process is root) and `mode & ~umask`, where `umask` defaults to the process umask when `UnionFS` is made.
+  process is root) and `mode & ~umask`, where `umask` defaults to the process umask when `UnionFS` is made;
+  in a directory with a default POSIX ACL they get that ACL instead of the umask, as through a mount.
 - `stat()` returns the backing file's `os.stat_result` (its st_dev; a mount reports its own device) with
   the st_ino and nlink a mount reports (see `UnionFS.stat`).
 - One `UnionFS` is one engine: do not use the same layers through two of them, or through a mount, at
@@ -297,7 +298,7 @@ class UnionFS:
             if not flags & os.O_CREAT:
                 raise _err(errno.ENOENT, os.fspath(path))
             node, handle, _st = self._call(
-                path, self.union.create, parent, name, perm & ~self.umask & 0o7777, flags, self.caller
+                path, self.union.create, parent, name, perm & 0o7777, flags, self.caller, self.umask
             )
         else:
             if flags & os.O_CREAT and flags & os.O_EXCL:
@@ -338,7 +339,7 @@ class UnionFS:
                     self.mkdir(prefix, mode)
         parent, name = self._parent(path)
         try:
-            self.union.mkdir(parent, name, mode & ~self.umask & 0o7777, self.caller)
+            self.union.mkdir(parent, name, mode & 0o7777, self.caller, self.umask)
         except OSError as exc:
             if exc.errno == errno.EEXIST and exist_ok and self.isdir(path):
                 return
@@ -380,8 +381,7 @@ class UnionFS:
 
     def mknod(self, path: PathArg, mode: int = 0o600 | _stat.S_IFREG, device: int = 0) -> None:
         parent, name = self._parent(path)
-        mode = _stat.S_IFMT(mode) | (_stat.S_IMODE(mode) & ~self.umask)
-        self._call(path, self.union.mknod, parent, name, mode, device, self.caller)
+        self._call(path, self.union.mknod, parent, name, mode, device, self.caller, self.umask)
 
     # -------------------------------------------------------------------- attributes
 

@@ -11,7 +11,7 @@ import os
 import stat
 from collections import namedtuple
 
-from . import _sys, ownership
+from . import _sys, acls, ownership
 from .files import OPEN_KEEP
 from .layers import O_PATH_DIR, lstat_at, opened, remove_tree
 from .nodes import Node
@@ -67,25 +67,42 @@ class Namespace:
         self.copyup.ensure_upper_dir(parent)
 
     def _finish_create(
-        self, tmp_name: bytes, parent: Node, name: bytes, is_dir: bool, uid: int, gid: int, mode: int
+        self,
+        tmp_name: bytes,
+        parent: Node,
+        name: bytes,
+        is_dir: bool,
+        uid: int,
+        gid: int,
+        mode: "int | None",
+        umask: int = 0,
     ) -> Node:
-        """Set owner and mode of a work-dir entry, then move it to parent/name (over a whiteout)."""
+        """Set owner, mode and inherited ACLs of a work-dir entry, then move it to parent/name (over a
+        whiteout). *mode*: as asked for, before the umask or the parent's default ACL narrow it (None:
+        a symlink, which has neither)."""
         stack, attributes = self.stack, self.attributes
         work_fd = stack.work.root_fd
         try:
-            attributes.chown_new(tmp_name, uid, gid)
-            if attributes.write_records:
-                made = os.stat(tmp_name, dir_fd=work_fd, follow_symlinks=False)
-                if not stat.S_ISLNK(made.st_mode):
-                    perms = stat.S_IMODE(mode if mode is not None else made.st_mode)
-                    attributes.write_record(proc_path(work_fd, tmp_name), False, uid, gid, perms)
-                    mode = perms | ownership.BACKING_MODE
-            if mode is not None:
-                os.chmod(tmp_name, stat.S_IMODE(mode), dir_fd=work_fd)
-            # With redirect_dir=on or index=on the kernel assumes no lower changes offline, and marks
-            # every new directory in a merged one opaque.
-            offline_changes_off = stack.redirect_create or self.index.enabled
             with stack.upper.dir(parent.path()) as dfd:
+                access = default = None
+                if mode is not None:
+                    # As the kernel's overlay: the work dir has no default ACL to apply, the parent's
+                    # is applied here (or the umask where it has none).
+                    mode, access, default = acls.new_entry(acls.read_default(dfd), mode, umask, is_dir)
+                attributes.chown_new(tmp_name, uid, gid)
+                if attributes.write_records:
+                    made = os.stat(tmp_name, dir_fd=work_fd, follow_symlinks=False)
+                    if not stat.S_ISLNK(made.st_mode):
+                        perms = stat.S_IMODE(mode if mode is not None else made.st_mode)
+                        attributes.write_record(proc_path(work_fd, tmp_name), False, uid, gid, perms)
+                        mode = perms | ownership.BACKING_MODE
+                        access = default = None  # the backing file's mode is not the entry's
+                if mode is not None:
+                    os.chmod(tmp_name, stat.S_IMODE(mode), dir_fd=work_fd)
+                acls.apply(work_fd, tmp_name, access, default)  # after chmod, which would rewrite the mask
+                # With redirect_dir=on or index=on the kernel assumes no lower changes offline, and
+                # marks every new directory in a merged one opaque.
+                offline_changes_off = stack.redirect_create or self.index.enabled
                 whiteout = self.markers.whiteout_at(dfd, name)
                 if is_dir and (whiteout or (offline_changes_off and len(parent.merge) > 1)):
                     # As the kernel: a directory made where a name was deleted hides what lay below.
@@ -106,19 +123,20 @@ class Namespace:
             raise
         return self.resolution.attach(parent, name, 0, st, (0,), new=True)
 
-    def create(self, parent: Node, name: bytes, mode: int, flags: int, caller: Caller):
-        """Create and open a regular file: (node, FileHandle, stat)."""
+    def create(self, parent: Node, name: bytes, mode: int, flags: int, caller: Caller, umask: int = 0):
+        """Create and open a regular file: (node, FileHandle, stat). *umask*: the caller's, where *mode*
+        is not narrowed by it yet (a default ACL of the parent replaces it, as on the kernel)."""
         self._prepare_create(parent, name)
         uid, gid, mode = self._new_owner(parent, caller, stat.S_IFREG | (mode & 0o7777))
         tmp = self.stack.tmp_name()
         open_flags = (flags & OPEN_KEEP) | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
-        made = self._create_in_place(parent, name, open_flags, uid, gid, mode)
+        made = self._create_in_place(parent, name, open_flags, uid, gid, mode, umask)
         if made is not None:
             fd, node = made
         else:
             fd = os.open(tmp, open_flags, stat.S_IMODE(mode), dir_fd=self.stack.work.root_fd)
             try:
-                node = self._finish_create(tmp, parent, name, False, uid, gid, mode if mode & 0o7000 else None)
+                node = self._finish_create(tmp, parent, name, False, uid, gid, mode, umask)
             except BaseException:
                 os.close(fd)
                 raise
@@ -126,7 +144,7 @@ class Namespace:
         self.attributes.note_xattr_names(node, fd)
         return node, handle, self.attributes.shown_fd(self.stack.upper, fd)
 
-    def _create_in_place(self, parent: Node, name: bytes, open_flags: int, uid: int, gid: int, mode: int):
+    def _create_in_place(self, parent: Node, name: bytes, open_flags: int, uid: int, gid: int, mode: int, umask: int):
         """(fd, node) of a regular file made straight in the upper parent, as the kernel's overlay does
         where no whiteout is in the way; None where it takes the work dir: a whiteout to replace, an
         owner the daemon must chown to (so that the name never shows a wrong owner), setuid/setgid
@@ -142,6 +160,10 @@ class Namespace:
                     return None
             if self.markers.whiteout_at(dfd, name) is not None:
                 return None
+            # The upper filesystem applies the parent's default ACL itself; the umask only where it has
+            # none (this process's umask is 0).
+            if umask & 0o777 and acls.read_default(dfd) is None:
+                mode &= ~(umask & 0o777)
             fd = os.open(name, open_flags, stat.S_IMODE(mode), dir_fd=dfd)
             try:
                 node = self.resolution.attach(parent, name, 0, os.fstat(fd), (), new=True)
@@ -151,20 +173,20 @@ class Namespace:
                 raise
         return fd, node
 
-    def mkdir(self, parent: Node, name: bytes, mode: int, caller: Caller):
+    def mkdir(self, parent: Node, name: bytes, mode: int, caller: Caller, umask: int = 0):
         self._prepare_create(parent, name)
         uid, gid, mode = self._new_owner(parent, caller, stat.S_IFDIR | (mode & 0o7777))
         tmp = self.stack.tmp_name()
         os.mkdir(tmp, 0o700, dir_fd=self.stack.work.root_fd)
-        node = self._finish_create(tmp, parent, name, True, uid, gid, mode)
+        node = self._finish_create(tmp, parent, name, True, uid, gid, mode, umask)
         return node, self.attributes.getattr(node)
 
-    def mknod(self, parent: Node, name: bytes, mode: int, rdev: int, caller: Caller):
+    def mknod(self, parent: Node, name: bytes, mode: int, rdev: int, caller: Caller, umask: int = 0):
         self._prepare_create(parent, name, whiteout=stat.S_ISCHR(mode) and rdev == 0)
         uid, gid, mode = self._new_owner(parent, caller, mode)
         tmp = self.stack.tmp_name()
         os.mknod(tmp, stat.S_IFMT(mode) | 0o600, rdev, dir_fd=self.stack.work.root_fd)
-        node = self._finish_create(tmp, parent, name, False, uid, gid, mode)
+        node = self._finish_create(tmp, parent, name, False, uid, gid, mode, umask)
         return node, self.attributes.getattr(node)
 
     def symlink(self, parent: Node, name: bytes, target: bytes, caller: Caller):

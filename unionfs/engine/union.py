@@ -224,15 +224,19 @@ class UnionEngine:
 
     # ------------------------------------------------------------------ making and removing (namespace.py)
 
-    def create(self, parent: Node, name: bytes, mode: int, flags: int, caller: Caller):
+    # *umask*: the caller's umask, where *mode* is not narrowed by it yet. The new entry gets the parent's
+    # default POSIX ACL where it has one (the umask then does not apply), as on the kernel's overlay;
+    # 0 where the caller applied it already.
+
+    def create(self, parent: Node, name: bytes, mode: int, flags: int, caller: Caller, umask: int = 0):
         """Create and open a regular file: (node, FileHandle, stat)."""
-        return self.namespace.create(parent, name, mode, flags, caller)
+        return self.namespace.create(parent, name, mode, flags, caller, umask)
 
-    def mkdir(self, parent: Node, name: bytes, mode: int, caller: Caller):
-        return self.namespace.mkdir(parent, name, mode, caller)
+    def mkdir(self, parent: Node, name: bytes, mode: int, caller: Caller, umask: int = 0):
+        return self.namespace.mkdir(parent, name, mode, caller, umask)
 
-    def mknod(self, parent: Node, name: bytes, mode: int, rdev: int, caller: Caller):
-        return self.namespace.mknod(parent, name, mode, rdev, caller)
+    def mknod(self, parent: Node, name: bytes, mode: int, rdev: int, caller: Caller, umask: int = 0):
+        return self.namespace.mknod(parent, name, mode, rdev, caller, umask)
 
     def symlink(self, parent: Node, name: bytes, target: bytes, caller: Caller):
         return self.namespace.symlink(parent, name, target, caller)

@@ -40,6 +40,7 @@ INIT_FLAGS = (
     | abi.HANDLE_KILLPRIV_V2
     | abi.SETXATTR_EXT
     | abi.CACHE_SYMLINKS
+    | abi.DONT_MASK  # the umask comes with each create: a default ACL replaces it (requests.applies_umask)
 ) & ~abi.READDIRPLUS_AUTO
 # PASSTHROUGH (-o passthrough=on, root only: registering a backing file needs CAP_SYS_ADMIN): the kernel
 # reads and writes files of the upper layer itself (UnionRequests._pass_through says which opens).
@@ -97,6 +98,7 @@ class NativeOperations(Operations):
 
             self.requests.attributes_changed = invalidate
         self.requests.store_data = session.notify_store
+        self.requests.applies_umask = bool(conn.flags & abi.DONT_MASK)
         if conn.flags & abi.PASSTHROUGH:
             self.requests.backing_open = session.backing_open
             self.requests.backing_close = session.backing_close

@@ -135,6 +135,10 @@ class UnionRequests(DirectoryRequests, PassthroughRequests, PrivilegeRequests):
       (FUSE_NOTIFY_STORE); None: never. Where set, a read-only open of a small file that keeps the
       cache (not passed through) fills it (`_fill`), so that the read which mostly follows an open
       finds it there instead of asking.
+    - `applies_umask`: whether create, mkdir and mknod come with the caller's umask not yet applied
+      (FUSE_DONT_MASK agreed): then the engine applies it, or the parent's default ACL instead, as the
+      kernel overlay does. False (pyfuse3, and before the native backend's INIT): the FUSE module
+      applied the umask already, so a default ACL can only narrow further.
     - `nodes.separate_ids`: whether node ids may differ from st_ino (default True; pyfuse3: False).
     """
 
@@ -162,6 +166,7 @@ class UnionRequests(DirectoryRequests, PassthroughRequests, PrivilegeRequests):
         self.backing_open: Callable[[int], int] | None = None
         self.backing_close: Callable[[int], None] = _ignore
         self.store_data: Callable[[int, int, bytes], bool] | None = None
+        self.applies_umask = False
         self._has_upper = union.stack.upper is not None
         self._backing = {}  # passthrough.py
         self._passed = {}
@@ -179,6 +184,10 @@ class UnionRequests(DirectoryRequests, PassthroughRequests, PrivilegeRequests):
     def _caller(self, ctx) -> Caller:
         """The owner new entries get on disk (after uidmapping/gidmapping)."""
         return Caller(self.uid_map.stored(ctx.uid), self.gid_map.stored(ctx.gid))
+
+    def _umask(self, ctx) -> int:
+        """The caller's umask where the backend left it to the daemon (`applies_umask`), else 0."""
+        return ctx.umask if self.applies_umask else 0
 
     async def _copy_up(self, decide, *args) -> None:
         """Run the copy-up the engine says a change needs: decide(*args) (a `UnionEngine.copy_up_for_*`)
@@ -332,7 +341,7 @@ class UnionRequests(DirectoryRequests, PassthroughRequests, PrivilegeRequests):
 
     async def mkdir(self, parent_id: int, name: bytes, mode: int, ctx) -> Entry:
         try:
-            node, st = self.union.mkdir(self._node(parent_id), name, mode, self._caller(ctx))
+            node, st = self.union.mkdir(self._node(parent_id), name, mode, self._caller(ctx), self._umask(ctx))
             return self._entry(node, st)
         except Exception as exc:
             raise _failure(exc, "mkdir", (parent_id, name, mode)) from None
@@ -349,7 +358,7 @@ class UnionRequests(DirectoryRequests, PassthroughRequests, PrivilegeRequests):
 
     async def mknod(self, parent_id: int, name: bytes, mode: int, rdev: int, ctx) -> Entry:
         try:
-            node, st = self.union.mknod(self._node(parent_id), name, mode, rdev, self._caller(ctx))
+            node, st = self.union.mknod(self._node(parent_id), name, mode, rdev, self._caller(ctx), self._umask(ctx))
             return self._entry(node, st)
         except Exception as exc:
             raise _failure(exc, "mknod", (parent_id, name, mode)) from None
@@ -426,7 +435,9 @@ class UnionRequests(DirectoryRequests, PassthroughRequests, PrivilegeRequests):
     async def create(self, parent_id: int, name: bytes, mode: int, flags: int, ctx) -> tuple[Opened, Entry]:
         """(Opened, Entry) of the new file parent/name, open with *flags*."""
         try:
-            node, handle, st = self.union.create(self._node(parent_id), name, mode, flags, self._caller(ctx))
+            node, handle, st = self.union.create(
+                self._node(parent_id), name, mode, flags, self._caller(ctx), self._umask(ctx)
+            )
             return self._opened(handle), self._entry(node, st)
         except Exception as exc:
             raise _failure(exc, "create", (parent_id, name, mode, flags)) from None

@@ -45,7 +45,7 @@ class Context:
         self.unique = unique
         self.session = session
         # create/mkdir/mknod/tmpfile: the caller's umask (0 before ABI 7.12). The kernel applied it
-        # already unless POSIX_ACL or DONT_MASK is agreed; then the filesystem applies it (or the ACL).
+        # already unless DONT_MASK is agreed; then the filesystem applies it (or a default ACL instead).
         self.umask = umask
         # open/create/write/setattr/setxattr with HANDLE_KILLPRIV_V2 agreed: the kernel asks the
         # filesystem to clear set-user-ID and set-group-ID as part of this request
