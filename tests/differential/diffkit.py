@@ -32,6 +32,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from tests.helpers.xattrvalues import ACL
 from tests.util import (
     FUSE_SKIP_REASON,
     kernel_overlay_skip_reason,
@@ -92,6 +93,9 @@ FIXTURE = [
     ("l3", "dlow/e", "d", None, {}),
     ("l3", "sgid", "d", None, {"mode": 0o2775, "gid": 1002}),
     ("l3", "sgid/in", "f", b"in sgid\n", {"gid": 1002}),
+    # new entries in it get its default ACL instead of the umask (copied up with it first)
+    ("l3", "dacl", "d", None, {"xattrs": {"system.posix_acl_default": ACL}}),
+    ("l3", "dacl/f", "f", b"in dacl\n", {}),
     # middle lower
     ("l2", "wh_target", "w", None, {}),
     ("l2", "dm", "d", None, {}),

@@ -297,3 +297,18 @@ def test_exchange_with_a_name_of_a_lower_hard_link_looked_up_before_the_other(re
         ("rename2", "", "hl_a", "noreplace"),
         ("rename2", "emptyd", "hl_b", "exchange"),
     )
+
+
+# Fixed (was: the FUSE module applied the umask before the daemon heard of a create, and entries made
+# in the work dir, directories among them, inherited no default ACL at all).
+def test_new_entries_under_a_default_acl(replay):
+    replay(
+        ("create", "dacl/n1", 0o666, b"x"),
+        ("mkdir", "dacl/n2", 0o777),
+        ("create", "dacl/n2/n1", 0o640, b""),
+        ("mkfifo", "dacl/f2", 0o666),
+        ("unlink", "dacl/f"),
+        ("create", "dacl/f", 0o664, b"over a whiteout"),
+        ("getxattr", "dacl/n2", "system.posix_acl_default", False),
+        ("listxattr", "dacl/n1", False),
+    )
