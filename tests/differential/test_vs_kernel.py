@@ -237,7 +237,9 @@ class DiffMachine(RuleBasedStateMachine):
     ids=["defaults", "redirect_dir=on", "index=on"],
 )
 def test_differential_vs_kernel(diff_template, diff_base, options, examples):
-    old_umask = os.umask(0o022)
+    # On pyfuse3 the FUSE module applies the umask before the daemon hears of a create, so a default
+    # ACL (the fixture's dacl) would differ by it (README, "Where pyunionfs differs"): umask 0 there.
+    old_umask = os.umask(0 if default_backend() == "pyfuse3" else 0o022)
     try:
         machine = type(
             "DiffMachine", (DiffMachine,), {"template": diff_template, "base": diff_base, "options": options}

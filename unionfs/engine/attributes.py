@@ -185,12 +185,17 @@ class Attributes:
         return self.copyup.job(node, with_data=size != 0)
 
     def setattr(self, node: Node, *, size, mode, uid, gid, atime_ns, mtime_ns, handle) -> os.stat_result:
+        """Change what is not None. Nothing at all is a chown(-1, -1): as on the kernel's overlay it
+        copies up, and the upper file's own chown(-1, -1) updates its ctime and drops set-user-ID and
+        a file capability."""
         job = self.copy_up_for_setattr(node, size)  # None when the caller ran it, or for an unlinked file
+        chown_only = size is None and mode is None and uid is None and gid is None
+        noop_chown = chown_only and atime_ns is None and mtime_ns is None
         fd = self.unlinked_fd(node, for_change=True)
         if fd is not None:
             return self._setattr_fd(node, fd, size, mode, uid, gid, atime_ns, mtime_ns, handle)
         self.copyup.run(job)
-        if size is not None or mode is not None or uid is not None or gid is not None:
+        if not chown_only or noop_chown:
             forget_changed_xattrs(node)
         upper = self.stack.upper
         rel = node.path()
@@ -217,7 +222,7 @@ class Attributes:
                 else:
                     with upper.opened(rel, os.O_WRONLY) as wfd:
                         os.ftruncate(wfd, size)
-            if uid is not None or gid is not None:
+            if uid is not None or gid is not None or noop_chown:
                 os.chown(
                     target,
                     -1 if uid is None else uid,
@@ -248,7 +253,7 @@ class Attributes:
         if self.write_records and (uid is not None or gid is not None or mode is not None):
             self._record_change(fd, self.shown_fd(upper, fd), uid, gid, mode)
             uid = gid = mode = None
-        if uid is not None or gid is not None:
+        if uid is not None or gid is not None or (size, mode, atime_ns, mtime_ns) == (None, None, None, None):
             os.fchown(fd, -1 if uid is None else uid, -1 if gid is None else gid)
         if mode is not None:
             os.fchmod(fd, stat.S_IMODE(mode))

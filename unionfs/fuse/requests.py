@@ -293,10 +293,8 @@ class UnionRequests(DirectoryRequests, PassthroughRequests, PrivilegeRequests):
         try:
             node = self._node(node_id)
             size, mode, uid, gid, atime_ns, mtime_ns = changes
-            if size is None and mode is None and uid is None and gid is None and atime_ns is None and mtime_ns is None:
-                # Only ctime (the write-back cache flushes it after unlink or rename): the backing file
-                # keeps its own; nothing to copy up.
-                return self.nodes.attributes(node_id, node, self.union.getattr(node))
+            # Nothing to change is a chown(-1, -1) (the write-back cache, which would flush ctime so, is
+            # off): the engine copies up and passes it on, as the kernel's overlay.
             await self._copy_up(self.union.copy_up_for_setattr, node, size)
             st = self.union.setattr(
                 node,
