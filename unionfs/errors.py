@@ -7,7 +7,9 @@ for the user; the embedding API adds what it knows of the daemon process.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
+if TYPE_CHECKING:  # collections (collections.abc imports it) is ~1.5 ms of a mount program's start
+    from collections.abc import Sequence
 
 __all__ = ["MountError"]
 

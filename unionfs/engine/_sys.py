@@ -5,11 +5,8 @@ libc with ctypes; where the kernel or libc lacks openat2 or renameat2, the calle
 and fall back to slower portable code.
 """
 
-import ctypes
 import errno
 import os
-
-_libc = ctypes.CDLL(None, use_errno=True)
 
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
@@ -22,15 +19,43 @@ RESOLVE_BENEATH = 0x08
 
 # openat2 has the same number in the generic table (arm64, riscv) and on x86_64.
 _SYS_OPENAT2 = {"x86_64": 437, "aarch64": 437, "riscv64": 437, "ppc64le": 437, "s390x": 437}.get(os.uname().machine)
-
-
-class _OpenHow(ctypes.Structure):
-    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
-
-
-_syscall = _libc.syscall
-_syscall.restype = ctypes.c_long
 _have_openat2 = _SYS_OPENAT2 is not None
+
+
+class _Libc:
+    """The ctypes bindings, made at the first call: the engine opens and checks its layers without
+    them, so importing the engine (an embedder's, a layer tool's) does not import ctypes (~2 ms)."""
+
+    def __init__(self):
+        import ctypes
+
+        class OpenHow(ctypes.Structure):
+            _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        self.ctypes = ctypes
+        self.OpenHow = OpenHow
+        self.how_size = ctypes.c_size_t(ctypes.sizeof(OpenHow))
+        self.syscall = libc.syscall
+        self.syscall.restype = ctypes.c_long
+        self.renameat2 = getattr(libc, "renameat2", None)
+        if self.renameat2 is not None:
+            self.renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+            self.renameat2.restype = ctypes.c_int
+        self.fallocate = getattr(libc, "fallocate64", None) or getattr(libc, "fallocate", None)
+        if self.fallocate is not None:
+            self.fallocate.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
+
+
+_libc = None
+
+
+def load() -> "_Libc":
+    """Bind libc now (the first call of any shim does it otherwise)."""
+    global _libc
+    if _libc is None:
+        _libc = _Libc()
+    return _libc
 
 
 def openat2(
@@ -46,26 +71,16 @@ def openat2(
     global _have_openat2
     if not _have_openat2:
         raise OSError(errno.ENOSYS, "openat2 unavailable")
-    how = _OpenHow(flags | os.O_CLOEXEC, mode, resolve)
-    fd = _syscall(
-        ctypes.c_long(_SYS_OPENAT2),
-        ctypes.c_int(dirfd),
-        ctypes.c_char_p(path),
-        ctypes.byref(how),
-        ctypes.c_size_t(ctypes.sizeof(how)),
-    )
+    c = _libc or load()
+    ct = c.ctypes
+    how = c.OpenHow(flags | os.O_CLOEXEC, mode, resolve)
+    fd = c.syscall(ct.c_long(_SYS_OPENAT2), ct.c_int(dirfd), ct.c_char_p(path), ct.byref(how), c.how_size)
     if fd < 0:
-        err = ctypes.get_errno()
+        err = ct.get_errno()
         if err == errno.ENOSYS:
             _have_openat2 = False
         raise OSError(err, os.strerror(err), path)
     return fd
-
-
-_renameat2 = getattr(_libc, "renameat2", None)
-if _renameat2 is not None:
-    _renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-    _renameat2.restype = ctypes.c_int
 
 
 def renameat2(olddirfd: int, oldname: bytes, newdirfd: int, newname: bytes, flags: int = 0) -> None:
@@ -73,22 +88,19 @@ def renameat2(olddirfd: int, oldname: bytes, newdirfd: int, newname: bytes, flag
     if flags == 0:
         os.rename(oldname, newname, src_dir_fd=olddirfd, dst_dir_fd=newdirfd)
         return
-    if _renameat2 is None:
+    c = _libc or load()
+    if c.renameat2 is None:
         raise OSError(errno.ENOSYS, "renameat2 unavailable")
-    if _renameat2(olddirfd, oldname, newdirfd, newname, flags) != 0:
-        err = ctypes.get_errno()
+    if c.renameat2(olddirfd, oldname, newdirfd, newname, flags) != 0:
+        err = c.ctypes.get_errno()
         raise OSError(err, os.strerror(err), newname)
-
-
-_fallocate = getattr(_libc, "fallocate64", None) or getattr(_libc, "fallocate", None)
-if _fallocate is not None:
-    _fallocate.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
 
 
 def fallocate(fd: int, mode: int, offset: int, length: int) -> None:
     """fallocate(2) with its mode flags (KEEP_SIZE, PUNCH_HOLE, ZERO_RANGE, ...)."""
-    if _fallocate is None:
+    c = _libc or load()
+    if c.fallocate is None:
         raise OSError(errno.EOPNOTSUPP, "fallocate unavailable")
-    if _fallocate(fd, mode, offset, length) != 0:
-        err = ctypes.get_errno()
+    if c.fallocate(fd, mode, offset, length) != 0:
+        err = c.ctypes.get_errno()
         raise OSError(err, os.strerror(err))

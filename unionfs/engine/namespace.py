@@ -9,17 +9,27 @@ may own is made in place. Removing a name a lower layer shows leaves a whiteout 
 import errno
 import os
 import stat
-from collections import namedtuple
 
 from . import _sys, acls, ownership
 from .files import OPEN_KEEP
 from .layers import O_PATH_DIR, lstat_at, opened, remove_tree
 from .nodes import Node
+from .records import record
 from .resolution import check_name
 from .whiteout import WH_PREFIX, make_whiteout, proc_path
 
-Caller = namedtuple("Caller", "uid gid")  # not typing.NamedTuple: typing costs a mount's start ~4 ms
-Caller.__doc__ = """Who asks: new entries get this owner (when the daemon may chown)."""
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
+if TYPE_CHECKING:
+    from typing import NamedTuple
+
+    class Caller(NamedTuple):
+        uid: int
+        gid: int
+
+else:  # a record, not a typing.NamedTuple or collections.namedtuple: see records.py
+    Caller = record(
+        "Caller", "uid gid", """Who asks: new entries get this owner (when the daemon may chown).""", __name__
+    )
 
 
 class Namespace:
