@@ -189,13 +189,13 @@ class Attributes:
         copies up, and the upper file's own chown(-1, -1) updates its ctime and drops set-user-ID and
         a file capability."""
         job = self.copy_up_for_setattr(node, size)  # None when the caller ran it, or for an unlinked file
-        chown_only = size is None and mode is None and uid is None and gid is None
-        noop_chown = chown_only and atime_ns is None and mtime_ns is None
+        times_only = size is None and mode is None and uid is None and gid is None
+        noop_chown = times_only and atime_ns is None and mtime_ns is None
         fd = self.unlinked_fd(node, for_change=True)
         if fd is not None:
-            return self._setattr_fd(node, fd, size, mode, uid, gid, atime_ns, mtime_ns, handle)
+            return self._setattr_fd(node, fd, size, mode, uid, gid, atime_ns, mtime_ns, handle, noop_chown)
         self.copyup.run(job)
-        if not chown_only or noop_chown:
+        if not times_only or noop_chown:  # a utimes changes no xattr
             forget_changed_xattrs(node)
         upper = self.stack.upper
         rel = node.path()
@@ -242,7 +242,7 @@ class Attributes:
                 os.utime(target, ns=(atime_ns, mtime_ns), dir_fd=where, follow_symlinks=where is None)
             return self.shown_fd(upper, fd)
 
-    def _setattr_fd(self, node, fd, size, mode, uid, gid, atime_ns, mtime_ns, handle):
+    def _setattr_fd(self, node, fd, size, mode, uid, gid, atime_ns, mtime_ns, handle, noop_chown):
         """setattr of an unlinked, still open file: through its open descriptors."""
         upper = self.stack.upper
         if size is not None:
@@ -253,7 +253,7 @@ class Attributes:
         if self.write_records and (uid is not None or gid is not None or mode is not None):
             self._record_change(fd, self.shown_fd(upper, fd), uid, gid, mode)
             uid = gid = mode = None
-        if uid is not None or gid is not None or (size, mode, atime_ns, mtime_ns) == (None, None, None, None):
+        if uid is not None or gid is not None or noop_chown:
             os.fchown(fd, -1 if uid is None else uid, -1 if gid is None else gid)
         if mode is not None:
             os.fchmod(fd, stat.S_IMODE(mode))

@@ -160,7 +160,7 @@ def request_layer(union: UnionEngine, opts) -> UnionRequests:
 def run(opts, gc_after_mount: bool = False) -> int:
     """Mount and serve until unmounted. *gc_after_mount*: freeze what exists and turn the garbage
     collector on once the mount is made (cli.main turns it off for the start-up, see there)."""
-    os.umask(0)  # modes of new entries come from the caller (the kernel applied its umask)
+    os.umask(0)  # modes of new entries are the engine's to narrow (the caller's umask or a default ACL)
     _raise_fd_limit()
     _setup_logging(opts, to_stderr=True)
     # Until the backend's loop listens for them, SIGINT/SIGTERM/SIGHUP are only noted: their defaults
