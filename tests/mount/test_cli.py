@@ -296,6 +296,29 @@ def test_background_mount(L):
 
 
 @pytest.mark.timeout(60)
+def test_native_mount_program_returns_before_the_engine_is_imported(L):
+    """The native backend's mount program mounts with the layers opened and checked (engine.stack) and
+    leaves the rest of the engine, the request layer and the session to the daemon it leaves behind:
+    the modules the parent imported (-X importtime; the daemon's later imports go to /dev/null) hold
+    none of them, and the mount still answers from the daemon."""
+    cmd = [sys.executable, "-X", "importtime", "-m", "unionfs", "-o", opts(L, backend="native"), str(L.mnt)]
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, timeout=30)
+        err.seek(0)
+        imported = {line.rsplit("|", 1)[-1].strip() for line in err.read().decode().splitlines() if "|" in line}
+    try:
+        assert proc.returncode == 0
+        assert "unionfs.engine.stack" in imported and "unionfs.protocol.mount" in imported, sorted(imported)
+        late = {"unionfs.engine.union", "unionfs.engine.copyup", "unionfs.fuse.requests", "unionfs.protocol.session"}
+        assert not late & imported, sorted(late & imported)
+        _check_live(L)
+        (L.mnt / "sub/late").write_bytes(b"late\n")
+        assert (L.upper / "sub/late").read_bytes() == b"late\n"
+    finally:
+        unmount(L.mnt)
+
+
+@pytest.mark.timeout(60)
 def test_background_mount_detaches_stdio(L):
     """`out=$(pyunionfs ...)` must not hang: the background daemon lets go of the caller's pipes."""
     try:

@@ -73,7 +73,8 @@ class Stack:
         self.redirect_follow = redirect_dir in ("on", "follow") or (
             redirect_dir == "off" and marker_prefix == TRUSTED_PREFIX
         )
-        self.work = None
+        self.work = None  # the Layer of WORKDIR/work
+        self.workdir = work  # the work dir as given (the index lives beside work/ in it)
         self._locks = []
         self.mounts = None
         if work is not None:

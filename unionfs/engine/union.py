@@ -45,7 +45,7 @@ class UnionEngine:
         volatile=False,
         clock=time.time_ns,
     ):
-        self.stack = stack = Stack(
+        stack = Stack(
             lowers,
             upper,
             work,
@@ -55,6 +55,19 @@ class UnionEngine:
             ignore_chown_errors=ignore_chown_errors,
             volatile=volatile,
         )
+        self._build(stack, xattr_permissions, index, clock)
+
+    @classmethod
+    def over(cls, stack: Stack, *, xattr_permissions=0, index=False, clock=time.time_ns) -> UnionEngine:
+        """The engine over layers already opened and checked (a Stack; the daemon opens it before its
+        mount and makes the rest afterwards). Takes the stack: closing the engine closes it, and so
+        does a failure here."""
+        engine = cls.__new__(cls)
+        engine._build(stack, xattr_permissions, index, clock)
+        return engine
+
+    def _build(self, stack: Stack, xattr_permissions, index, clock) -> None:
+        self.stack = stack
         self.layers, self.upper, self.work = stack.layers, stack.upper, stack.work
         try:
             top = stack.layers[0]
@@ -87,8 +100,8 @@ class UnionEngine:
             self.reported_nlink = self.attributes.reported_nlink
             self.find_xattr = self.attributes.find_xattr
             self.listxattr = self.attributes.listxattr
-            if index and stack.work is not None:
-                self.index.open(work)
+            if index and stack.workdir is not None:
+                self.index.open(stack.workdir)
         except BaseException:
             stack.close()
             raise

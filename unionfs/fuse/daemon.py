@@ -4,25 +4,26 @@ Mount first, then daemonize, then run the loop: when `pyunionfs` returns, the mo
 SIGINT, SIGTERM and SIGHUP end the loop; the mount is always closed on the way out.
 
 Start-up time counts (a container engine execs the mount program for every container), so the work
-before the mount is only what the mount needs: the layers checked (UnionEngine) and the backend's mount.
+before the mount is only what the mount needs: the layers opened and checked (engine.stack.Stack, every
+check a mount must pass) and the backend's mount. The native backend makes the engine over them (the
+rest of its ~20 modules) only in the daemon left behind once the mount is live (`Layers.engine`), so an
+engine waits ~5 ms less for the mount program; pyfuse3 needs it before its mount.
 logging itself is imported only when there is something to log at WARNING or above, when the native
 backend starts its event loop, or at exit (unionfs.logger); logging.handlers only for syslog.
 
-This module knows no FUSE binding: `open_union` opens the layers (their checks are what a mount must
-pass), `request_layer` puts the request layer over them (the backend does, when it needs it: the native
-one only in the daemon left behind once the mount is live), `mount_options` says what the mount is to
-be, and the backend (`native_backend.NativeMount`, `pyfuse3_backend.Pyfuse3Mount`, imported only when
-chosen) mounts and serves.
+This module knows no FUSE binding: `Layers` opens the layers (their checks are what a mount must
+pass) and makes the engine over them when asked, `request_layer` puts the request layer over the
+engine, `mount_options` says what the mount is to be, and the backend (`native_backend.NativeMount`,
+`pyfuse3_backend.Pyfuse3Mount`, imported only when chosen) mounts and serves.
 """
 
 from __future__ import annotations
 
 import gc
 import os
-import resource
 import sys
 
-from ..engine import LayerInUse, UnionEngine
+from ..engine.stack import LayerInUse, Stack
 from ..errors import MountError
 from ..logger import DEBUG, INFO, WARNING, configure_later, get_logger
 from ..logger import load as load_logging
@@ -33,6 +34,7 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
 if TYPE_CHECKING:
     import signal
 
+    from ..engine import UnionEngine
     from .requests import UnionRequests
 else:
     try:
@@ -108,6 +110,8 @@ def _setup_logging(opts, to_stderr: bool):
 
 
 def _raise_fd_limit():
+    import resource  # not before the mount: nothing there needs many descriptors
+
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -125,29 +129,52 @@ def _daemonize():
     os.close(devnull)
 
 
-def open_union(opts) -> UnionEngine:
-    """The union of the options' layers (MountError when they are refused), for any backend."""
-    lowers, upper, work = opts.lowers, opts.upper, opts.work
-    if opts.readonly and upper is not None:
-        # `ro` with an upper: the upper is shown as the topmost layer and nothing is written.
-        lowers, upper, work = [upper] + lowers, None, None
-    try:
-        return UnionEngine(
-            lowers,
-            upper,
-            work,
-            userxattr=opts.userxattr,
-            whiteout_files=opts.whiteout_files,
-            redirect_dir=opts.redirect_dir,
-            ignore_chown_errors=opts.uid_map.squash is not None or opts.gid_map.squash is not None,
-            xattr_permissions=opts.xattr_permissions,
-            index=opts.index,
-            volatile=opts.volatile,
-        )
-    except LayerInUse as exc:
-        raise MountError(exc.strerror) from None
-    except OSError as exc:
-        raise MountError("cannot open the layers: %s" % exc) from None
+class Layers:
+    """The union's layers, opened and checked before the mount (MountError when they are refused), and
+    the engine over them, made when first asked for (`engine()`).
+
+    The checks are the Stack's; the options whose own checks or writes must come before the mount too
+    (index=on: the index's manifest; xattr_permissions: the upper root's record) make the engine at once.
+    `close()` lets go of the layers, with or without an engine made."""
+
+    def __init__(self, opts):
+        lowers, upper, work = opts.lowers, opts.upper, opts.work
+        if opts.readonly and upper is not None:
+            # `ro` with an upper: the upper is shown as the topmost layer and nothing is written.
+            lowers, upper, work = [upper] + lowers, None, None
+        self.opts = opts
+        self._engine = None
+        try:
+            self.stack = Stack(
+                lowers,
+                upper,
+                work,
+                userxattr=opts.userxattr,
+                whiteout_files=opts.whiteout_files,
+                redirect_dir=opts.redirect_dir,
+                ignore_chown_errors=opts.uid_map.squash is not None or opts.gid_map.squash is not None,
+                volatile=opts.volatile,
+            )
+            if opts.index or opts.xattr_permissions:
+                self.engine()
+        except LayerInUse as exc:
+            raise MountError(exc.strerror) from None
+        except OSError as exc:
+            raise MountError("cannot open the layers: %s" % exc) from None
+
+    def engine(self) -> UnionEngine:
+        """The engine over the layers (made at the first call; a failure closes the layers)."""
+        if self._engine is None:
+            from ..engine import UnionEngine
+
+            self._engine = UnionEngine.over(
+                self.stack, xattr_permissions=self.opts.xattr_permissions, index=self.opts.index
+            )
+        return self._engine
+
+    def close(self) -> None:
+        """Let go of the layers (idempotent)."""
+        self.stack.close()
 
 
 def request_layer(union: UnionEngine, opts) -> UnionRequests:
@@ -161,30 +188,30 @@ def run(opts, gc_after_mount: bool = False) -> int:
     """Mount and serve until unmounted. *gc_after_mount*: freeze what exists and turn the garbage
     collector on once the mount is made (cli.main turns it off for the start-up, see there)."""
     os.umask(0)  # modes of new entries are the engine's to narrow (the caller's umask or a default ACL)
-    _raise_fd_limit()
     _setup_logging(opts, to_stderr=True)
     # Until the backend's loop listens for them, SIGINT/SIGTERM/SIGHUP are only noted: their defaults
     # would end the daemon and leave the mount behind. The backend unmounts for a noted one at once.
     signalled: list = []
     for signum in STOP_SIGNALS:
         signal.signal(signum, lambda signum, frame: signalled.append(signum))
-    union = open_union(opts)
+    layers = Layers(opts)
     if opts.backend == "native":
         from .native_backend import NativeMount as Mount
     else:
         try:
             from .pyfuse3_backend import Pyfuse3Mount as Mount
         except ImportError as exc:
-            union.close()
+            layers.close()
             raise MountError(
                 f"the pyfuse3 backend needs pyfuse3 ({exc}); install it (pip install 'unionfs[pyfuse3]') "
                 "or use -o backend=native"
             ) from None
         load_logging()  # pyfuse3 loaded logging: its own records go to the daemon's handlers from now on
-    mounted = Mount(union, opts, mount_options(opts))  # MountError: the layers are let go
+    mounted = Mount(layers, opts, mount_options(opts))  # MountError: the layers are let go
     if not opts.foreground:
         _daemonize()
         _setup_logging(opts, to_stderr=False)
+    _raise_fd_limit()
     if gc_after_mount:
         # What the start-up made is the daemon's for good (modules, classes, the engine): frozen, the
         # first collections do not walk it all (turned on without the freeze, the first collection,

@@ -21,9 +21,7 @@ import sys
 from ..errors import MountError
 from ..logger import get_logger
 from ..logger import load as load_logging
-from ..protocol import abi
 from ..protocol import mount as fuse_mount
-from ..protocol.operations import LoopNeeded
 from .daemon import STOP_SIGNALS, signal  # signal: the C core of the module (see daemon.py)
 
 log = get_logger("unionfs")
@@ -51,19 +49,22 @@ class NativeMount:
     let go and MountError says why in one line.
     """
 
-    def __init__(self, union, opts, options: list):
-        self.union = union
+    def __init__(self, layers, opts, options: list):
+        self.layers = layers  # daemon.Layers: the engine over them is made in serve(), after the mount
+        self.union = None
         self.opts = opts
         self.requests = None  # the request layer, made by serve()
         self.mountpoint = opts.mountpoint
         # allow_root is allow_other in the kernel plus a filter in the daemon (as libfuse does it)
         self.allow_root = "allow_root" in options
         # Passthrough needs CAP_SYS_ADMIN (of the first user namespace) and an upper to pass through to.
-        self.passthrough = opts.passthrough and os.geteuid() == 0 and union.stack.upper is not None
+        self.passthrough = opts.passthrough and os.geteuid() == 0 and layers.stack.upper is not None
         self.stack_depth = 1
         if self.passthrough:
             self.stack_depth = 1 + _stack_depth(opts.upper)
-            if self.stack_depth > abi.MAX_STACK_DEPTH:
+            from ..protocol.abi import MAX_STACK_DEPTH
+
+            if self.stack_depth > MAX_STACK_DEPTH:
                 self.passthrough = False
         if self.allow_root:
             options = [o for o in options if o != "allow_root"]
@@ -71,7 +72,7 @@ class NativeMount:
         try:
             self.fd = fuse_mount.mount(opts.mountpoint, fsname=opts.fsname, subtype="pyunionfs", options=options)
         except fuse_mount.MountError as exc:
-            self.union.close()
+            self.layers.close()
             raise MountError(f"cannot mount {opts.mountpoint}: {exc}") from None
 
     def serve(self, signalled: list) -> int:
@@ -86,20 +87,23 @@ class NativeMount:
         is most of a start (70-100 ms of CPU here): `podman run --rm`, `podman diff` and image mounts
         are over before they would get an answer from a loop still importing.
         """
+        # The session's modules are imported here, in the daemon: the mount program returns without them.
+        from ..protocol import abi
         from ..protocol.session import Session
         from .daemon import request_layer
         from .native_operations import INIT_FLAGS, PASSTHROUGH_FLAGS, NativeOperations
 
-        self.requests = requests = request_layer(self.union, self.opts)
-        ops = NativeOperations(requests)
-        flags = INIT_FLAGS | (PASSTHROUGH_FLAGS if self.passthrough else 0)
-        session = ops.session = Session(ops, self.fd, flags=flags, max_stack_depth=self.stack_depth)
-        if self.allow_root:
-            session.deny_others(os.geteuid())
         self._signalled = signalled
         code = 0
         try:
-            first = _serve_until_the_loop_is_needed(session, self.requests, self._signalled)
+            self.union = self.layers.engine()
+            self.requests = requests = request_layer(self.union, self.opts)
+            ops = NativeOperations(requests)
+            flags = INIT_FLAGS | (PASSTHROUGH_FLAGS if self.passthrough else 0)
+            session = ops.session = Session(ops, self.fd, flags=flags, max_stack_depth=self.stack_depth)
+            if self.allow_root:
+                session.deny_others(os.geteuid())
+            first = _serve_until_the_loop_is_needed(session, requests, self._signalled)
             if self._signalled:
                 log.info("signal %d: unmounting", self._signalled[0])
                 self._unmount()
@@ -117,7 +121,7 @@ class NativeMount:
             self._unmount()
             code = 1
         finally:
-            self.union.close()
+            self.layers.close()
             os.close(self.fd)
         return code
 
@@ -173,6 +177,8 @@ def _statfs_type(path, ctypes) -> int:
 
 
 def _loop_needed() -> None:
+    from ..protocol.operations import LoopNeeded
+
     raise LoopNeeded
 
 
@@ -210,6 +216,8 @@ class ThreadsBeforeLoop:
 
     def reserve(self) -> None:
         if self.running >= self.MAX:
+            from ..protocol.operations import LoopNeeded
+
             raise LoopNeeded
 
     def lock(self):

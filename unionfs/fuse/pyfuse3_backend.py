@@ -336,11 +336,15 @@ class Pyfuse3Mount:
     Made = mounted: on failure the layers are let go and MountError says why in one line.
     """
 
-    def __init__(self, union, opts, options: list):
+    def __init__(self, layers, opts, options: list):
         from .daemon import request_layer
 
-        self.union = union
-        self.requests = requests = request_layer(union, opts)  # pyfuse3.init takes the operations
+        try:
+            self.union = union = layers.engine()  # before the mount: pyfuse3.init takes the operations
+        except OSError as exc:
+            layers.close()
+            raise MountError("cannot open the layers: %s" % exc) from None
+        self.requests = requests = request_layer(union, opts)
         ops = Pyfuse3Operations(requests)
         fuse_loop.install()
         wanted = set(pyfuse3.default_options) | set(options)
