@@ -104,3 +104,17 @@ def test_a_mount_program_start_imports_neither_logging_nor_typing_nor_collection
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
+
+
+def test_the_daemon_answers_its_first_request_without_collections_or_importlib():
+    # What the native daemon imports between its fork and its first answer (the engine, the request
+    # layer, the session): the same heavy modules stay out, and importlib (with warnings) too.
+    code = (
+        "import sys, unionfs.cli, unionfs.fuse.daemon, unionfs.fuse.native_backend, unionfs.engine.union, "
+        "unionfs.fuse.requests, unionfs.fuse.native_operations, unionfs.protocol.session; "
+        "from unionfs.engine import UnionEngine, Caller, LayerInUse; "
+        "heavy = ('logging', 'typing', 'trio', 'contextlib', 'collections', 'weakref', 'importlib', 'operator'); "
+        "sys.exit(','.join(m for m in heavy if m in sys.modules) or None)"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr

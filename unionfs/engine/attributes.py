@@ -19,6 +19,7 @@ from .whiteout import proc_path
 # chown and truncate drop file capabilities (the filesystem does, whoever asks). Nothing else, and
 # neither adds an xattr: known names without these stay right.
 _CHANGED_BY_SETATTR = (b"system.posix_acl_access", b"security.capability")
+_NO_NAMES: frozenset = frozenset()
 
 
 def forget_changed_xattrs(node: Node) -> None:
@@ -326,16 +327,25 @@ class Attributes:
             node.xattr_names = None  # asked again when needed
 
     def _stored_xattr_names(self, node: Node) -> frozenset:
-        fd = self.unlinked_fd(node)
-        if fd is not None:
-            return frozenset(os.fsencode(n) for n in os.listxattr(fd))
-        with self._xattr_path(self.layers[node.layer], node) as (path, follow):
-            try:
-                names = frozenset(os.fsencode(n) for n in os.listxattr(path, follow_symlinks=follow))
-            except OSError as exc:
-                if exc.errno != errno.ENOTSUP:
-                    raise
-                names = frozenset()
+        if not node.names:
+            fd = self.unlinked_fd(node)
+            if fd is not None:
+                return frozenset(map(os.fsencode, os.listxattr(fd)))
+        # A lower file's names through its kept parent fd, as _xattr_path would reach it, without the
+        # context manager: a container engine's diff comes here once for every file of the image.
+        layer = self.layers[node.layer]
+        reached = layer.reach(self.resolution.rel(node, layer.index)) if node.names else None
+        try:
+            if reached is not None:
+                listed = os.listxattr(b"/proc/self/fd/%d/%s" % reached, follow_symlinks=False)
+            else:
+                with self._xattr_path(layer, node) as (path, follow):
+                    listed = os.listxattr(path, follow_symlinks=follow)
+        except OSError as exc:
+            if exc.errno != errno.ENOTSUP:
+                raise
+            listed = []
+        names = frozenset(map(os.fsencode, listed)) if listed else _NO_NAMES
         node.xattr_names = names
         return names
 

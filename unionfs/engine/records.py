@@ -1,29 +1,49 @@
 """record(): a named tuple type without importing collections.
 
-collections (with operator, keyword and reprlib) is ~1.5 ms of a mount program's ~20 ms start, and
-the start needs only two small named tuples (Caller, MountInfo). A record is a tuple: built from
-positional or keyword arguments, read by field name or index, compared, hashed, unpacked and pickled
-as one. Field reads go through a property (slower than collections' C getter; fine off the hot paths).
+collections (with operator, keyword and reprlib) is ~1.5 ms of a mount program's ~20 ms start, and of
+the daemon's time from its fork to its first answer. A record is a tuple: built from positional or
+keyword arguments (the last fields may have defaults), read by field name or index, compared, hashed,
+unpacked and pickled as one. Field reads go through CPython's own C getter for named tuples
+(`_collections._tuplegetter`, a built-in module: nothing to load), as fast as collections'; elsewhere
+through a property over `_operator.itemgetter`.
 """
 
 __all__ = ["record"]
 
+try:
+    from _collections import _tuplegetter  # type: ignore[import-not-found]
+except ImportError:  # not CPython
+    from _operator import itemgetter
 
-def record(typename: str, field_names: str, doc: str = "", module: str = __name__) -> type:
+    def _tuplegetter(index, doc):
+        return property(itemgetter(index), doc=doc)
+
+
+def record(typename: str, field_names: str, doc: str = "", module: str = __name__, defaults: tuple = ()) -> type:
     """A tuple subclass named *typename* with the space-separated *field_names*, defined in *module*
-    (pass the caller's __name__: pickle finds the type there)."""
+    (pass the caller's __name__: pickle finds the type there); *defaults* are those of the last fields."""
     fields = tuple(field_names.split())
+    if len(defaults) > len(fields):
+        raise TypeError("more defaults than fields")
+    required = len(fields) - len(defaults)
 
     def __new__(cls, *args, **kwargs):
-        if kwargs:
-            try:
-                args += tuple(kwargs.pop(name) for name in fields[len(args) :])
-            except KeyError as exc:
-                raise TypeError(f"{typename}() missing argument {exc}") from None
+        if kwargs or len(args) != len(fields):
+            given = len(args)
+            if given > len(fields):
+                raise TypeError(f"{typename}() takes {len(fields)} arguments ({given} given)")
+            rest = []
+            for position in range(given, len(fields)):
+                name = fields[position]
+                if name in kwargs:
+                    rest.append(kwargs.pop(name))
+                elif position >= required:
+                    rest.append(defaults[position - required])
+                else:
+                    raise TypeError(f"{typename}() missing argument {name!r}")
             if kwargs:
                 raise TypeError(f"{typename}() got unexpected arguments {sorted(kwargs)}")
-        if len(args) != len(fields):
-            raise TypeError(f"{typename}() takes {len(fields)} arguments ({len(args)} given)")
+            args += tuple(rest)
         return tuple.__new__(cls, args)
 
     def __getnewargs__(self):  # pickle: the fields, as __new__ takes them
@@ -42,5 +62,5 @@ def record(typename: str, field_names: str, doc: str = "", module: str = __name_
         "_fields": fields,
     }
     for index, name in enumerate(fields):
-        namespace[name] = property(lambda self, index=index: self[index], doc=f"item {index}")
+        namespace[name] = _tuplegetter(index, f"item {index}")
     return type(typename, (tuple,), namespace)

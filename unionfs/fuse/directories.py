@@ -8,10 +8,11 @@ readdirplus entries carry one kernel reference each (nodetable.py), taken back i
 from __future__ import annotations
 
 import stat
-from collections.abc import Callable, Iterator
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (a mount program's start)
 if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+
     from ..engine import UnionEngine
     from .nodetable import KernelNodes
 

@@ -24,23 +24,47 @@ Node ids, two ways:
 """
 
 import errno
-from collections import namedtuple
-from operator import itemgetter
+from _operator import itemgetter  # the C module itself: operator.py is only its Python front
 
 from ..engine.nodes import ROOT_ID
+from ..engine.records import record
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (the daemon's start)
+if TYPE_CHECKING:
+    from typing import NamedTuple
 
-class Entry(
-    namedtuple(
+    class _EntryFields(NamedTuple):
+        node_id: int
+        generation: int
+        st_ino: int
+        mode: int
+        nlink: int
+        uid: int
+        gid: int
+        rdev: int
+        size: int
+        blksize: int
+        blocks: int
+        atime_ns: int
+        mtime_ns: int
+        ctime_ns: int
+        entry_timeout: float
+        attr_timeout: float
+
+else:  # a record (engine/records.py): collections.namedtuple's import would cost the daemon's start ~1.5 ms
+    _EntryFields = record(
         "Entry",
         "node_id generation st_ino mode nlink uid gid rdev size blksize blocks atime_ns mtime_ns ctime_ns "
         "entry_timeout attr_timeout",
+        "",
+        __name__,
     )
-):
+
+
+class Entry(_EntryFields):
     """A node's attributes as the kernel is to see them, with how long it may cache them.
 
     node_id 0 is "no node": a negative lookup (cache the absence for entry_timeout; every other field 0).
-    (collections.namedtuple, not typing.NamedTuple: importing typing costs a mount program ~4 ms.)
     """
 
     __slots__ = ()
