@@ -120,6 +120,23 @@ def select_workloads(only):
     return ([w for w in WORKLOADS if w.name in want], [w for w in CTR_WORKLOADS if w.name in want], "startup" in want)
 
 
+def fuse_module_parameters() -> dict:
+    """The fuse module's parameters as /sys shows them (name -> value; {} where there are none)."""
+    base = "/sys/module/fuse/parameters"
+    try:
+        names = sorted(os.listdir(base))
+    except OSError:
+        return {}
+    out = {}
+    for name in names:
+        try:
+            with open(os.path.join(base, name)) as f:
+                out[name] = f.read().strip()
+        except OSError:
+            continue
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="small sizes, 2 repetitions, < 3 minutes")
@@ -244,6 +261,11 @@ def main():
             f"{open('/proc/loadavg').read().split()[0]}; pyunionfs = {pyu} (repo at {rev}); "
             f"fuse-overlayfs {fo_version}"
         )
+        params = fuse_module_parameters()
+        if params:
+            # Where the kernel runs a woken daemon moves request-bound rows several-fold (benchmarks/README,
+            # "Placement tested"): the switches that decide it are part of the figures.
+            header.append("fuse module parameters: " + ", ".join(f"{k}={v}" for k, v in params.items()))
         if workloads and any(c.name in DAEMONS for c in active):
             counter = RequestCounter(scratch)
             header.append(

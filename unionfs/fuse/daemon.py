@@ -6,8 +6,8 @@ SIGINT, SIGTERM and SIGHUP end the loop; the mount is always closed on the way o
 Start-up time counts (a container engine execs the mount program for every container), so the work
 before the mount is only what the mount needs: the layers opened and checked (engine.stack.Stack, every
 check a mount must pass) and the backend's mount. The native backend makes the engine over them (the
-rest of its ~20 modules) only in the daemon left behind once the mount is live (`Layers.engine`), so an
-engine waits ~5 ms less for the mount program; pyfuse3 needs it before its mount.
+rest of its ~20 modules) only in the daemon left behind once the mount is live (`Layers.engine`): a
+container engine gets its mount ~9 ms sooner (benchmarks/README.md). pyfuse3 needs it before its mount.
 logging itself is imported only when there is something to log at WARNING or above, when the native
 backend starts its event loop, or at exit (unionfs.logger); logging.handlers only for syslog.
 
