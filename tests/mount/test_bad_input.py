@@ -202,6 +202,15 @@ def _(L, tmp, extra):
     return ["-o", opts(L) + ",index=maybe", L.mnt]
 
 
+@bad("index=on over other lowers than the upper was indexed over")
+def _(L, tmp, extra):
+    # The index's check is the engine's, which the native mount program otherwise makes only after the
+    # mount: with index=on it is made (and this refused) before.
+    with mount_pyunionfs(L.mnt, L.lowers, L.upper, L.work, options=["index=on"]):
+        pass
+    return ["-o", opts(L, lowerdir=str(L.lowers[0])) + ",index=on", L.mnt]
+
+
 # --- duplicate options ----------------------------------------------------------------------------------
 
 
