@@ -330,6 +330,45 @@ def test_500_lowers_accepted(L, tmp_path):
     assert (lowers[-1] / "bottom").read_text() == "bottom\n"
 
 
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("foreground", [False, True], ids=["bg", "fg"])
+def test_500_lowers_mount_under_a_256_descriptor_soft_limit(L, tmp_path, foreground):
+    """500 lowers hold ~510 descriptors before the mount: the mount program raises its soft limit
+    before it opens them (a shell's `ulimit -n 256`), not only once the mount is made."""
+    import resource
+
+    lowers = _many_lowers(tmp_path, 500)
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard != resource.RLIM_INFINITY and hard < 1024:
+        pytest.skip(f"the hard descriptor limit ({hard}) leaves nothing to raise to")
+    o = opts(L, lowerdir=":".join(str(p) for p in lowers))
+    args = [*PYTHON_M, *(["-f"] if foreground else []), "-o", o, str(L.mnt)]
+    proc = subprocess.Popen(
+        args,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard)),
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not mounts_under(tmp_path, ("fuse",)) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if not foreground:
+            assert proc.wait(timeout=30) == 0, proc.stderr.read().decode(errors="replace")
+        assert (L.mnt / "bottom").read_text() == "bottom\n"
+    finally:
+        for m in mounts_under(tmp_path, ("fuse",)):
+            unmount(m.mountpoint)
+        try:
+            proc.wait(timeout=15)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            proc.stderr.close()
+
+
 # --- as an unprivileged user ------------------------------------------------------------------------------
 
 NOBODY = 65534

@@ -46,6 +46,7 @@ else:
 log = get_logger("unionfs")
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+FD_HUNGRY_LOWERS = 100  # lowers from which the descriptor limit is raised before the layers are opened
 
 
 def mount_options(opts) -> list:
@@ -194,6 +195,12 @@ def run(opts, gc_after_mount: bool = False) -> int:
     signalled: list = []
     for signum in STOP_SIGNALS:
         signal.signal(signum, lambda signum, frame: signalled.append(signum))
+    # The mount needs a descriptor a layer and a few more; the daemon later holds many (kept directory
+    # fds, open files). The soft limit is raised after the mount (`resource` is not needed before it),
+    # or before the layers are opened where there are enough of them to run short (a 256 soft limit).
+    many_layers = len(opts.lowers) >= FD_HUNGRY_LOWERS
+    if many_layers:
+        _raise_fd_limit()
     layers = Layers(opts)
     if opts.backend == "native":
         from .native_backend import NativeMount as Mount
@@ -211,7 +218,8 @@ def run(opts, gc_after_mount: bool = False) -> int:
     if not opts.foreground:
         _daemonize()
         _setup_logging(opts, to_stderr=False)
-    _raise_fd_limit()
+    if not many_layers:
+        _raise_fd_limit()
     if gc_after_mount:
         # What the start-up made is the daemon's for good (modules, classes, the engine): frozen, the
         # first collections do not walk it all (turned on without the freeze, the first collection,
