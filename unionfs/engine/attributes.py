@@ -11,7 +11,7 @@ import os
 import stat
 
 from . import ownership, xattrs
-from .layers import O_PATH_DIR, Layer, join
+from .layers import O_PATH_DIR, Layer
 from .nodes import Node
 from .whiteout import proc_path
 
@@ -269,13 +269,18 @@ class Attributes:
 
     # ------------------------------------------------------------------ xattrs
 
-    def _xattr_path(self, layer: Layer, node: Node):
-        """(context manager of) a /proc path that reaches the entry without following a symlink."""
+    def _at_entry(self, layer: Layer, node: Node, call, *args):
+        """call(path, *args, follow_symlinks=...) on the node's entry in *layer*, reached through /proc
+        without following a symlink: a lower entry through its parent's kept fd (nothing to open or
+        close; a container engine's diff comes here for every file of the image), any other through an
+        fd opened for the call."""
         rel = self.resolution.rel(node, layer.index)
-        if not rel:
-            return _ProcPath(layer, b"", None)
-        parent, _, name = rel.rpartition(b"/")
-        return _ProcPath(layer, parent, name)
+        if rel:
+            reached = layer.reach(rel)
+            if reached is not None:
+                return call(proc_path(*reached), *args, follow_symlinks=False)
+        with _ProcPath(layer, rel) as (path, follow):
+            return call(path, *args, follow_symlinks=follow)
 
     def _private_record(self, name: bytes) -> bool:
         """Ownership records are the daemon's while a layer uses them: never shown, never set."""
@@ -308,13 +313,12 @@ class Attributes:
         if stored not in names:
             # Every change goes through the daemon, so the list is current: answer without a syscall.
             return None
-        with self._xattr_path(self.layers[node.layer], node) as (path, follow):
-            try:
-                return os.getxattr(path, stored, follow_symlinks=follow)
-            except OSError as exc:
-                if exc.errno in (errno.ENOTSUP, errno.ENODATA):
-                    return None
-                raise
+        try:
+            return self._at_entry(self.layers[node.layer], node, os.getxattr, stored)
+        except OSError as exc:
+            if exc.errno in (errno.ENOTSUP, errno.ENODATA):
+                return None
+            raise
 
     @staticmethod
     def note_xattr_names(node: Node, fd: int) -> None:
@@ -331,16 +335,8 @@ class Attributes:
             fd = self.unlinked_fd(node)
             if fd is not None:
                 return frozenset(map(os.fsencode, os.listxattr(fd)))
-        # A lower file's names through its kept parent fd, as _xattr_path would reach it, without the
-        # context manager: a container engine's diff comes here once for every file of the image.
-        layer = self.layers[node.layer]
-        reached = layer.reach(self.resolution.rel(node, layer.index)) if node.names else None
         try:
-            if reached is not None:
-                listed = os.listxattr(b"/proc/self/fd/%d/%s" % reached, follow_symlinks=False)
-            else:
-                with self._xattr_path(layer, node) as (path, follow):
-                    listed = os.listxattr(path, follow_symlinks=follow)
+            listed = self._at_entry(self.layers[node.layer], node, os.listxattr)
         except OSError as exc:
             if exc.errno != errno.ENOTSUP:
                 raise
@@ -391,8 +387,7 @@ class Attributes:
         if fd is not None:
             os.setxattr(fd, xattrs.to_stored(name, self.stack.private_xattrs), value, flags)
             return
-        with self._xattr_path(layer, node) as (path, follow):
-            os.setxattr(path, xattrs.to_stored(name, self.stack.private_xattrs), value, flags, follow_symlinks=follow)
+        self._at_entry(layer, node, os.setxattr, xattrs.to_stored(name, self.stack.private_xattrs), value, flags)
 
     def removexattr(self, node: Node, name: bytes) -> None:
         layer = self._xattr_target(node, name, removing=True)
@@ -401,30 +396,28 @@ class Attributes:
         if fd is not None:
             os.removexattr(fd, xattrs.to_stored(name, self.stack.private_xattrs))
             return
-        with self._xattr_path(layer, node) as (path, follow):
-            os.removexattr(path, xattrs.to_stored(name, self.stack.private_xattrs), follow_symlinks=follow)
+        self._at_entry(layer, node, os.removexattr, xattrs.to_stored(name, self.stack.private_xattrs))
 
 
 class _ProcPath:
-    def __init__(self, layer, parent, name):
-        self.layer, self.parent, self.name, self.fd = layer, parent, name, -1
+    """An fd opened to reach the entry *rel* of *layer* (b"": its root) through /proc, closed on exit."""
+
+    def __init__(self, layer, rel):
+        self.layer, self.rel, self.fd = layer, rel, -1
 
     def __enter__(self):
         """(path, follow): the entry's own O_PATH fd through /proc (no mount point crossed), or for a
         symlink its name under the parent's fd, not followed."""
-        if self.name is None:
+        if not self.rel:
             self.fd = self.layer.open(b"", O_PATH_DIR)
             return proc_path(self.fd), True
-        rel = join(self.parent, self.name)
-        reached = self.layer.reach(rel)
-        if reached is not None:  # a lower layer's kept directory fd: nothing to open (or close)
-            return proc_path(*reached), False
-        self.fd = self.layer.open(rel)
+        self.fd = self.layer.open(self.rel)
         if not stat.S_ISLNK(os.fstat(self.fd).st_mode):
             return proc_path(self.fd), True
         os.close(self.fd)
-        self.fd = self.layer.open(self.parent, O_PATH_DIR)
-        return proc_path(self.fd, self.name), False
+        parent, _, name = self.rel.rpartition(b"/")
+        self.fd = self.layer.open(parent, O_PATH_DIR)
+        return proc_path(self.fd, name), False
 
     def __exit__(self, *exc):
         if self.fd >= 0:
