@@ -311,6 +311,7 @@ def test_native_mount_program_returns_before_the_engine_is_imported(L):
         assert "unionfs.engine.stack" in imported and "unionfs.protocol.mount" in imported, sorted(imported)
         late = {"unionfs.engine.union", "unionfs.engine.copyup", "unionfs.fuse.requests", "unionfs.protocol.session"}
         assert not late & imported, sorted(late & imported)
+        assert "ctypes" not in imported  # mount(2) through unionfs.libc, ctypes's C core alone
         _check_live(L)
         (L.mnt / "sub/late").write_bytes(b"late\n")
         assert (L.upper / "sub/late").read_bytes() == b"late\n"

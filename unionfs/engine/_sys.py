@@ -1,7 +1,7 @@
 """The only system-call shims: openat2 (safe resolution), renameat2 (flags) and fallocate (modes).
 
 Python's os module has none of them (os.posix_fallocate is mode 0 only). They are reached through
-libc with ctypes; where the kernel or libc lacks openat2 or renameat2, the callers get OSError(ENOSYS)
+libc (unionfs.libc); where the kernel or libc lacks openat2 or renameat2, the callers get OSError(ENOSYS)
 and fall back to slower portable code.
 """
 
@@ -23,28 +23,23 @@ _have_openat2 = _SYS_OPENAT2 is not None
 
 
 class _Libc:
-    """The ctypes bindings, made at the first call: the engine opens and checks its layers without
-    them, so importing the engine (an embedder's, a layer tool's) does not import ctypes (~2 ms)."""
+    """The bindings (unionfs.libc), made at the first call: the engine opens and checks its layers
+    without them."""
 
     def __init__(self):
-        import ctypes
+        import struct
 
-        class OpenHow(ctypes.Structure):
-            _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
+        from .. import libc
 
-        libc = ctypes.CDLL(None, use_errno=True)
-        self.ctypes = ctypes
-        self.OpenHow = OpenHow
-        self.how_size = ctypes.c_size_t(ctypes.sizeof(OpenHow))
-        self.syscall = libc.syscall
-        self.syscall.restype = ctypes.c_long
-        self.renameat2 = getattr(libc, "renameat2", None)
-        if self.renameat2 is not None:
-            self.renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-            self.renameat2.restype = ctypes.c_int
-        self.fallocate = getattr(libc, "fallocate64", None) or getattr(libc, "fallocate", None)
-        if self.fallocate is not None:
-            self.fallocate.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
+        self.libc = libc
+        self.open_how = struct.Struct("=QQQ")  # struct open_how: flags, mode, resolve
+        self.syscall = libc.function("syscall", restype=libc.c_long)
+        self.sys_openat2 = libc.c_long(_SYS_OPENAT2 or -1)
+        self.how_size = libc.c_size_t(self.open_how.size)
+        self.renameat2 = libc.function("renameat2", (libc.c_int, libc.c_char_p, libc.c_int, libc.c_char_p, libc.c_uint))
+        self.fallocate = libc.function("fallocate64", (libc.c_int, libc.c_int, libc.c_int64, libc.c_int64))
+        if self.fallocate is None:
+            self.fallocate = libc.function("fallocate", (libc.c_int, libc.c_int, libc.c_int64, libc.c_int64))
 
 
 _libc = None
@@ -72,11 +67,10 @@ def openat2(
     if not _have_openat2:
         raise OSError(errno.ENOSYS, "openat2 unavailable")
     c = _libc or load()
-    ct = c.ctypes
-    how = c.OpenHow(flags | os.O_CLOEXEC, mode, resolve)
-    fd = c.syscall(ct.c_long(_SYS_OPENAT2), ct.c_int(dirfd), ct.c_char_p(path), ct.byref(how), c.how_size)
+    how = c.open_how.pack(flags | os.O_CLOEXEC, mode, resolve)  # read by the kernel
+    fd = c.syscall(c.sys_openat2, c.libc.c_int(dirfd), path, how, c.how_size)
     if fd < 0:
-        err = ct.get_errno()
+        err = c.libc.get_errno()
         if err == errno.ENOSYS:
             _have_openat2 = False
         raise OSError(err, os.strerror(err), path)
@@ -92,8 +86,7 @@ def renameat2(olddirfd: int, oldname: bytes, newdirfd: int, newname: bytes, flag
     if c.renameat2 is None:
         raise OSError(errno.ENOSYS, "renameat2 unavailable")
     if c.renameat2(olddirfd, oldname, newdirfd, newname, flags) != 0:
-        err = c.ctypes.get_errno()
-        raise OSError(err, os.strerror(err), newname)
+        raise c.libc.error(newname)
 
 
 def fallocate(fd: int, mode: int, offset: int, length: int) -> None:
@@ -102,5 +95,4 @@ def fallocate(fd: int, mode: int, offset: int, length: int) -> None:
     if c.fallocate is None:
         raise OSError(errno.EOPNOTSUPP, "fallocate unavailable")
     if c.fallocate(fd, mode, offset, length) != 0:
-        err = c.ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
+        raise c.libc.error()

@@ -160,20 +160,18 @@ def _stack_depth(path) -> int:
     not visible from here; a backing file deeper than assumed is refused by the kernel, ELOOP, and that
     file is then not passed through)."""
     try:
-        import ctypes
-
-        return 1 if _statfs_type(path, ctypes) == _OVERLAYFS_MAGIC else 0
+        return 1 if _statfs_type(path) == _OVERLAYFS_MAGIC else 0
     except OSError:
         return 0
 
 
-def _statfs_type(path, ctypes) -> int:
-    libc = ctypes.CDLL(None, use_errno=True)
-    buf = ctypes.create_string_buffer(120)  # struct statfs; f_type is its first word
-    if libc.statfs(os.fsencode(path), buf) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-    return int.from_bytes(buf.raw[:8], "little")
+def _statfs_type(path) -> int:
+    from .. import libc
+
+    buf = libc.buffer(120)  # struct statfs; f_type is its first word
+    if libc.function("statfs", (libc.c_char_p, libc.c_char_p))(os.fsencode(path), buf) != 0:
+        raise libc.error(path)
+    return libc.c_long.from_buffer(buf).value  # f_type: a long
 
 
 def _loop_needed() -> None:

@@ -5,8 +5,8 @@ As root (also root of a user namespace that owns its mount namespace): open /dev
 hands the device fd back over a socketpair (SCM_RIGHTS), its end named by the _FUSE_COMMFD variable.
 Failures raise MountError with one line that says what went wrong.
 
-Imports only `os` and `stat` at load; ctypes (mount(2), umount2(2)) and socket (fusermount3) are loaded
-when a mount or unmount needs them: a mount program execs this before its first answer.
+Imports only `os` and `stat` at load; unionfs.libc (mount(2), umount2(2)) and socket (fusermount3) are
+loaded when a mount or unmount needs them: a mount program execs this before its first answer.
 """
 
 import os
@@ -116,13 +116,19 @@ def _check_mountpoint(mountpoint: str) -> int:
     return stat.S_IFMT(st.st_mode)
 
 
-def _libc():
-    import ctypes
+def _mount2(source: bytes, target: bytes, fstype: bytes, flags: int, data: bytes) -> None:
+    from .. import libc
 
-    libc = ctypes.CDLL(None, use_errno=True)  # the libc this process runs on; no ctypes.util search
-    libc.mount.argtypes = (ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p)
-    libc.umount2.argtypes = (ctypes.c_char_p, ctypes.c_int)
-    return libc, ctypes
+    c = libc.c_char_p
+    if libc.function("mount", (c, c, c, libc.c_ulong, c))(source, target, fstype, flags, data) != 0:
+        raise libc.error()
+
+
+def _umount2(target: bytes, flags: int) -> None:
+    from .. import libc
+
+    if libc.function("umount2", (libc.c_char_p, libc.c_int))(target, flags) != 0:
+        raise libc.error()
 
 
 def mount(mountpoint, *, fsname: str = "fuse", subtype: str = "", options=(), method: str = "auto") -> int:
@@ -155,11 +161,11 @@ def _mount_syscall(mountpoint, fsname, subtype, flags, data, rootmode) -> int:
         if data:
             opts += "," + ",".join(data)
         fstype = "fuse." + subtype if subtype else "fuse"
-        libc, ctypes = _libc()
-        if libc.mount(fsname.encode(), os.fsencode(mountpoint), fstype.encode(), flags, opts.encode()) != 0:
-            err = ctypes.get_errno()
-            hint = " (needs root or CAP_SYS_ADMIN in the mount's user namespace)" if err == 1 else ""
-            raise MountError(f"mount {mountpoint}: {os.strerror(err)}{hint}")
+        try:
+            _mount2(fsname.encode(), os.fsencode(mountpoint), fstype.encode(), flags, opts.encode())
+        except OSError as exc:
+            hint = " (needs root or CAP_SYS_ADMIN in the mount's user namespace)" if exc.errno == 1 else ""
+            raise MountError(f"mount {mountpoint}: {exc.strerror}{hint}") from None
     except BaseException:
         os.close(fd)
         raise
@@ -225,9 +231,10 @@ def unmount(mountpoint, *, method: str = "auto", lazy: bool = True) -> None:
     if method == "auto":
         method = "syscall" if os.geteuid() == 0 else "fusermount"
     if method == "syscall":
-        libc, ctypes = _libc()
-        if libc.umount2(os.fsencode(mountpoint), MNT_DETACH if lazy else 0) != 0:
-            raise MountError(f"unmount {mountpoint}: {os.strerror(ctypes.get_errno())}")
+        try:
+            _umount2(os.fsencode(mountpoint), MNT_DETACH if lazy else 0)
+        except OSError as exc:
+            raise MountError(f"unmount {mountpoint}: {exc.strerror}") from None
         return
     if method != "fusermount":
         raise ValueError(f"unknown unmount method {method!r}")
