@@ -68,7 +68,7 @@ def openat2(
         raise OSError(errno.ENOSYS, "openat2 unavailable")
     c = _libc or load()
     how = c.open_how.pack(flags | os.O_CLOEXEC, mode, resolve)  # read by the kernel
-    fd = c.syscall(c.sys_openat2, c.libc.c_int(dirfd), path, how, c.how_size)
+    fd = c.syscall(c.sys_openat2, dirfd, path, how, c.how_size)  # a Python int passes as a C int
     if fd < 0:
         err = c.libc.get_errno()
         if err == errno.ENOSYS:

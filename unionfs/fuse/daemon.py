@@ -164,13 +164,17 @@ class Layers:
             raise MountError("cannot open the layers: %s" % exc) from None
 
     def engine(self) -> UnionEngine:
-        """The engine over the layers (made at the first call; a failure closes the layers)."""
+        """The engine over the layers (made at the first call; a failure closes the layers and raises
+        MountError, before the mount or in the daemon after it)."""
         if self._engine is None:
             from ..engine import UnionEngine
 
-            self._engine = UnionEngine.over(
-                self.stack, xattr_permissions=self.opts.xattr_permissions, index=self.opts.index
-            )
+            try:
+                self._engine = UnionEngine.over(
+                    self.stack, xattr_permissions=self.opts.xattr_permissions, index=self.opts.index
+                )
+            except OSError as exc:  # (the engine closed the stack)
+                raise MountError("cannot open the layers: %s" % exc) from None
         return self._engine
 
     def close(self) -> None:

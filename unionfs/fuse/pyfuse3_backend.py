@@ -339,11 +339,7 @@ class Pyfuse3Mount:
     def __init__(self, layers, opts, options: list):
         from .daemon import request_layer
 
-        try:
-            self.union = union = layers.engine()  # before the mount: pyfuse3.init takes the operations
-        except OSError as exc:
-            layers.close()
-            raise MountError("cannot open the layers: %s" % exc) from None
+        self.union = union = layers.engine()  # before the mount: pyfuse3.init takes the operations
         self.requests = requests = request_layer(union, opts)
         ops = Pyfuse3Operations(requests)
         fuse_loop.install()
