@@ -65,6 +65,8 @@ OPTIONS
        index=on|off    on: names of one lower file stay one file across copy-up, and files keep
                        their st_ino across copy-up and remount (pyunionfs's own index in
                        WORKDIR/pyunionfs-index)
+       readahead=KIB   the mount's readahead (default 1020; as root, native backend); 128 is the
+                       kernel's
        metacopy=off, xino=off|auto
                        accepted: they are what pyunionfs does; other values are refused
        rw, noatime, nodev, nosuid, noexec, sync, lazytime, ...

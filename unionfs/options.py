@@ -12,6 +12,12 @@ from .engine.layermounts import read_mountinfo
 from .engine.whiteout import REDIRECT_MODES
 
 MAX_LOWERS = 500  # the kernel's limit
+# The readahead of the mount, in KiB: a FUSE mount starts with the kernel's 128 KiB, so a sequential read
+# comes to the daemon as 128 KiB READs; at 1020 (the most one request carries: 255 pages, see
+# fuse/native_backend.py) an eighth of them (benchmarks/README.md, "Readahead and spliced reads"). Only
+# root may set it (sysfs).
+READAHEAD_KIB = 1020
+MAX_READAHEAD_KIB = 1 << 20
 
 # Generic mount(8) options that mount.fuse3 forwards. The ones libfuse takes are passed on; the rest
 # are accepted and ignored (atime handling is the kernel's: libfuse refuses relatime, lazytime, ...).
@@ -99,6 +105,7 @@ class MountOptions:
         self.index = False
         self.passthrough = True  # the kernel reads and writes upper files itself (native backend, root)
         self.volatile = False  # fsync is a no-op (the kernel's and fuse-overlayfs's volatile)
+        self.readahead = READAHEAD_KIB  # the mount's readahead (native backend, root; see the README)
         self.logfile: str | None = None
         self.timeout = 300.0
         self.fsname = "overlay"
@@ -210,6 +217,13 @@ def build(o: dict) -> MountOptions:
             if value not in ("on", "off"):
                 raise OptionError("passthrough needs on or off")
             opts.passthrough = value == "on"
+        elif key == "readahead":
+            try:
+                opts.readahead = int(value)
+            except (TypeError, ValueError):
+                raise OptionError("readahead needs a number of KiB") from None
+            if not 0 <= opts.readahead <= MAX_READAHEAD_KIB:
+                raise OptionError("readahead needs a number of KiB from 0 to %d" % MAX_READAHEAD_KIB)
         elif key == "xattr_permissions":
             if value not in ("0", "1", "2"):
                 raise OptionError("xattr_permissions needs 0, 1 or 2")

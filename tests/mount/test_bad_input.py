@@ -192,6 +192,21 @@ def _(L, tmp, extra):
     return ["-o", opts(L) + ",timeout=-1", L.mnt]
 
 
+@bad("readahead not a number")
+def _(L, tmp, extra):
+    return ["-o", opts(L) + ",readahead=lots", L.mnt]
+
+
+@bad("readahead negative")
+def _(L, tmp, extra):
+    return ["-o", opts(L) + ",readahead=-1", L.mnt]
+
+
+@bad("readahead above 1 GiB")
+def _(L, tmp, extra):
+    return ["-o", opts(L) + ",readahead=2000000", L.mnt]
+
+
 @bad("redirect_dir=sideways")
 def _(L, tmp, extra):
     return ["-o", opts(L) + ",redirect_dir=sideways", L.mnt]

@@ -71,6 +71,11 @@ class Files:
     def read(self, handle: FileHandle, offset: int, size: int) -> bytes:
         return os.pread(self._current_fd(handle), size, offset)
 
+    def read_fd(self, handle: FileHandle) -> int:
+        """The fd that `read` reads now (for a caller that moves the data itself: splice); it stays the
+        handle's, valid until the next call on the handle."""
+        return self._current_fd(handle)
+
     def lseek(self, handle: FileHandle, offset: int, whence: int) -> int:
         """SEEK_DATA / SEEK_HOLE (the kernel answers the other whences itself) on the backing file."""
         return os.lseek(self._current_fd(handle), offset, whence)

@@ -28,6 +28,10 @@ log = get_logger("unionfs")
 
 
 _OVERLAYFS_MAGIC = 0x794C7630
+KERNEL_READAHEAD_KIB = 128  # what the kernel gives a FUSE mount (VM_READAHEAD_PAGES)
+# The largest READ and WRITE (255 pages): a spliced READ answer is its pages and the header's page, in a
+# pipe that grows to 1 MiB (256 pages) without CAP_SYS_RESOURCE (protocol/splice.py).
+MAX_REQUEST = 255 * 4096
 
 # Seconds without a request after which the event loop is started anyway (see NativeMount.serve): a
 # mount that lives on takes trio's import while nobody waits, not at its first big copy-up.
@@ -95,14 +99,21 @@ class NativeMount:
 
         self._signalled = signalled
         code = 0
+        session = None
         try:
             self.union = self.layers.engine()
             self.requests = requests = request_layer(self.union, self.opts)
             ops = NativeOperations(requests)
             flags = INIT_FLAGS | (PASSTHROUGH_FLAGS if self.passthrough else 0)
-            session = ops.session = Session(ops, self.fd, flags=flags, max_stack_depth=self.stack_depth)
+            session = ops.session = Session(
+                ops, self.fd, flags=flags, max_write=MAX_REQUEST, max_stack_depth=self.stack_depth
+            )
+            session.splice_reads()
             if self.allow_root:
                 session.deny_others(os.geteuid())
+            if self.opts.readahead != KERNEL_READAHEAD_KIB and os.geteuid() == 0:
+                # after INIT's answer: the kernel takes the lower of the mount's and INIT's readahead
+                ops.init_answered = lambda conn: _set_readahead(self.mountpoint, self.opts.readahead)
             first = _serve_until_the_loop_is_needed(session, requests, self._signalled)
             if self._signalled:
                 log.info("signal %d: unmounting", self._signalled[0])
@@ -122,6 +133,8 @@ class NativeMount:
             code = 1
         finally:
             self.layers.close()
+            if session is not None:
+                session.close()
             os.close(self.fd)
         return code
 
@@ -153,6 +166,27 @@ class NativeMount:
             fuse_mount.unmount(self.mountpoint)
         except fuse_mount.MountError as exc:
             log.warning("unmounting %s: %s", self.mountpoint, exc)
+
+
+def _set_readahead(mountpoint: str, kib: int) -> bool:
+    """Set the readahead of the FUSE mount at *mountpoint* (its backing device's read_ahead_kb in sysfs,
+    which root may write; the kernel gives a FUSE mount 128 KiB and lets INIT lower it, never raise it).
+    The mount is found in the mount table, not by stat: the kernel would send this daemon a request
+    that it cannot answer while it waits. False (and a debug line) where that fails."""
+    from ..engine.layermounts import read_mountinfo
+
+    point = os.fsencode(mountpoint)
+    try:
+        found = [e for e in read_mountinfo() if e.mountpoint == point and e.fstype.startswith(b"fuse")]
+        if not found:
+            raise FileNotFoundError(f"{mountpoint} is not in the mount table")
+        device = os.fsdecode(found[-1].device)  # the newest mount there (a mount goes on top)
+        with open(f"/sys/class/bdi/{device}/read_ahead_kb", "w") as f:
+            f.write(str(kib))
+    except OSError as exc:
+        log.debug("readahead of %s left as it is: %s", mountpoint, exc)
+        return False
+    return True
 
 
 def _stack_depth(path) -> int:

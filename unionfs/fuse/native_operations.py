@@ -69,6 +69,7 @@ class NativeOperations(Operations):
         self.getxattr_now = requests.getxattr_now
         self.listxattr_now = requests.listxattr_now
         self.read_now = requests.read_now
+        self.read_fd = requests.read_fd
         self.release_now = requests.release_now
         self.releasedir_now = requests.releasedir_now
 

@@ -529,6 +529,13 @@ class UnionRequests(DirectoryRequests, PassthroughRequests, PrivilegeRequests):
         except Exception as exc:
             raise _failure(exc, "read", (fh, offset, size)) from None
 
+    def read_fd(self, fh: int) -> int:
+        """The backing fd a READ of open file *fh* is answered from (the session splices big ones)."""
+        try:
+            return self.union.read_fd(self._files[fh])
+        except Exception as exc:
+            raise _failure(exc, "read", (fh,)) from None
+
     async def read(self, fh: int, offset: int, size: int) -> bytes:
         return self.read_now(fh, offset, size)
 

@@ -358,6 +358,9 @@ class Operations:
     listxattr_now = None  # (node) -> an iterable of names
     open_now = None  # (node, flags) -> FileInfo, or None: not now (answered by open(), with its Context)
     read_now = None  # (fh, offset, size) -> bytes
+    # (fh) -> the fd holding the open file's data (read at the READ's offset), or None: the session may
+    # splice a big READ's answer from it (splice.py) instead of calling read_now; needs read_now too
+    read_fd = None
     release_now = None  # (fh) -> None
     opendir_now = None  # (node) -> FileInfo
     readdir_now = None  # (fh, offset, out: DirBuffer) -> None
@@ -365,6 +368,10 @@ class Operations:
 
     async def init(self, conn: Conn) -> None:
         """INIT was agreed (called before the answer is sent): *conn* says what with."""
+
+    def init_answered(self, conn: Conn) -> None:
+        """The answer to INIT is with the kernel (what the kernel would undo while it takes the answer
+        comes here: the mount's readahead)."""
 
     async def destroy(self) -> None:
         """The session ends (DESTROY, or the device went away)."""

@@ -2,10 +2,11 @@
 
 `Requests` is the half of `session.Session` that knows the wire: it reads the fields a Session keeps
 (ops, proto_minor, conn, want, max_write ... ) and holds no I/O of its own, so nothing here imports
-trio. A handler returns the whole reply message (bytes, or a list of buffers for writev) or None (no
-reply: FORGET); it raises Malformed for lengths that do not add up, OSError for the filesystem's errors.
-The requests a filesystem answers without waiting (its `*_now` methods) have a plain handler too, which
-the session calls in place: no coroutine, no Context.
+trio. A handler returns the whole reply message (bytes, a list of buffers for writev, or for a big
+READ a splice.SplicedRead that the session splices from the file) or None (no reply: FORGET); it
+raises Malformed for lengths that do not add up, OSError for the filesystem's errors. The requests a
+filesystem answers without waiting (its `*_now` methods) have a plain handler too, which the session
+calls in place: no coroutine, no Context.
 """
 
 import errno
@@ -14,6 +15,7 @@ import time
 from ..logger import get_logger
 from . import abi
 from .operations import Conn, DirBuffer, FileInfo, Operations, SetAttr
+from .splice import SPLICE_MIN, SplicedRead
 
 log = get_logger("unionfs.protocol")
 
@@ -82,6 +84,10 @@ class Requests:
     """The opcode handlers of a Session (a mixin: see the module docstring)."""
 
     ops: Operations  # the Session's
+    read_fd = None  # the Session's: ops.read_fd where big READs are spliced (see splice.py), or None
+
+    def reply(self, msg) -> None:
+        raise NotImplementedError  # the Session's: writes one answer to the device
 
     def _handler_table(self) -> dict:
         """opcode -> bound handler(view, end, unique, nodeid, ctx) returning the reply (or None)."""
@@ -265,7 +271,9 @@ class Requests:
             body = body[: abi.COMPAT_INIT_OUT_SIZE]
         elif proto < 23:
             body = body[: abi.COMPAT_22_INIT_OUT_SIZE]
-        return _pack_out(16 + len(body), 0, unique) + body
+        self.reply(_pack_out(16 + len(body), 0, unique) + body)
+        self.ops.init_answered(conn)
+        return None  # answered
 
     # ------------------------------------------------------------------ names and attributes
 
@@ -394,6 +402,10 @@ class Requests:
 
     def _read_now(self, view, end, unique, nodeid):
         fh, offset, size, _, _, _, _ = _args(abi.READ_IN, view, end, abi.COMPAT_READ_IN_SIZE)
+        if size >= SPLICE_MIN and self.read_fd is not None:
+            fd = self.read_fd(fh)
+            if fd is not None:
+                return SplicedRead(unique, fh, fd, offset, size)  # the session splices it
         return self._data(unique, self.ops.read_now(fh, offset, size), size)
 
     def _release_now(self, view, end, unique, nodeid):
@@ -402,6 +414,10 @@ class Requests:
 
     async def _read(self, view, end, unique, nodeid, ctx):
         fh, offset, size, _, _, _, _ = _args(abi.READ_IN, view, end, abi.COMPAT_READ_IN_SIZE)
+        if size >= SPLICE_MIN and self.read_fd is not None:
+            fd = self.read_fd(fh)
+            if fd is not None:
+                return SplicedRead(unique, fh, fd, offset, size)
         return self._data(unique, await self.ops.read(nodeid, fh, offset, size, ctx), size)
 
     async def _write_op(self, view, end, unique, nodeid, ctx):

@@ -39,9 +39,12 @@ from ..logger import DEBUG, get_logger
 from . import abi
 from .operations import Context, LoopNeeded
 from .requests import Malformed, Requests, error_reply
+from .splice import DeviceGone, SplicedRead, Splicer
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy takes any TYPE_CHECKING)
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     import trio
 
 __all__ = ["Session", "Malformed"]
@@ -191,6 +194,7 @@ class Session(Requests):
         self._debug = False
         self._before_loop = False
         self._replay: list = []  # requests of parked handlers that raised LoopNeeded (run() answers them)
+        self._splicer: Splicer | None = None  # made at the first spliced READ
         self._handlers = self._handler_table()
         self._immediate = self._immediate_table()
 
@@ -537,10 +541,13 @@ class Session(Requests):
             self.reply(msg)
 
     def reply(self, msg) -> None:
-        """Write one whole message (bytes, or a list of buffers for writev) to the device."""
+        """Write one whole message (bytes, or a list of buffers for writev, or a SplicedRead) to the
+        device."""
         try:
             if type(msg) is bytes:
                 os.write(self.fd, msg)
+            elif type(msg) is SplicedRead:
+                self._splice(msg)
             else:
                 os.writev(self.fd, msg)
         except OSError as exc:
@@ -550,6 +557,44 @@ class Session(Requests):
                 self._ended = True
                 return
             log.error("writing a reply failed: %s", exc)
+
+    def _splice(self, msg: SplicedRead) -> None:
+        """Answer a READ spliced from its backing file (splice.py); from memory where the pipes cannot
+        carry it or splicing fails (reading there says what failed, if anything did)."""
+        splicer = self._splicer
+        if splicer is None:
+            conn = self.conn
+            most = conn.max_pages * _PAGE if conn is not None and conn.max_pages else self.max_write
+            splicer = self._splicer = Splicer(self.fd, most)
+        if splicer.fits(msg.offset, msg.size):
+            try:
+                splicer.reply(msg.unique, msg.fd, msg.offset, msg.size, _pack_out)
+                return
+            except DeviceGone:
+                raise
+            except OSError as exc:
+                if self._debug:
+                    log.debug("READ spliced from fd %d: %s; answered from memory", msg.fd, exc)
+        try:
+            read_now: Callable = self.ops.read_now  # type: ignore[assignment]
+            out = self._data(msg.unique, read_now(msg.fh, msg.offset, msg.size), msg.size)
+        except Exception as exc:
+            out = self._failed(exc, abi.READ, 0, msg.unique)
+        if type(out) is bytes:
+            os.write(self.fd, out)
+        else:
+            os.writev(self.fd, out)
+
+    def close(self) -> None:
+        """Let go of what the session opened itself (the device fd is the caller's)."""
+        if self._splicer is not None:
+            self._splicer.close()
+            self._splicer = None
+
+    def splice_reads(self) -> None:
+        """Splice big READ answers from the files the filesystem names (ops.read_fd; splice.py)."""
+        if self.ops.read_fd is not None and self.ops.read_now is not None:
+            self.read_fd = self.ops.read_fd
 
     # ------------------------------------------------------------------ passthrough
 
