@@ -26,13 +26,27 @@ _FICLONE = 0x40049409
 _CHUNK = 1 << 20
 
 
-def copy_data(src_fd: int, dst_fd: int, size: int) -> None:
-    """Copy *size* bytes; holes stay holes. Blocking: may run in a worker thread."""
-    try:
-        fcntl.ioctl(dst_fd, _FICLONE, src_fd)
+# (source dev, target dev) pairs whose filesystems refused FICLONE as such: not asked again (one
+# failing ioctl less a copy-up)
+_NO_CLONE: set = set()
+_CLONE_NEVER = (errno.EOPNOTSUPP, errno.ENOTTY, errno.EXDEV)
+
+
+def copy_data(src_fd: int, dst_fd: int, size: int, *, dense: bool = False, devs=None) -> None:
+    """Copy *size* bytes; holes stay holes. *dense*: the source has no holes (its blocks cover its size),
+    so they are not looked for. *devs*: (source dev, target dev), to remember a refused reflink by.
+    Blocking: may run in a worker thread."""
+    if devs not in _NO_CLONE:
+        try:
+            fcntl.ioctl(dst_fd, _FICLONE, src_fd)
+            return
+        except OSError as exc:
+            if devs is not None and exc.errno in _CLONE_NEVER:
+                _NO_CLONE.add(devs)
+    if dense:
+        if _copy_range(src_fd, dst_fd, 0, size) < size:
+            os.ftruncate(dst_fd, size)
         return
-    except OSError:
-        pass
     offset = 0
     while offset < size:
         try:
@@ -50,7 +64,8 @@ def copy_data(src_fd: int, dst_fd: int, size: int) -> None:
     os.ftruncate(dst_fd, size)
 
 
-def _copy_range(src_fd, dst_fd, start, end):
+def _copy_range(src_fd, dst_fd, start, end) -> int:
+    """Copy [start, end); returns where it stopped (before *end* only at the source's end)."""
     pos = start
     use_cfr = hasattr(os, "copy_file_range")
     while pos < end:
@@ -69,6 +84,7 @@ def _copy_range(src_fd, dst_fd, start, end):
         if done <= 0:
             break
         pos += done
+    return pos
 
 
 def set_mode_xattrs_times(
@@ -78,11 +94,13 @@ def set_mode_xattrs_times(
     *,
     mode: int = None,
     src_xattr_path: bytes = None,
+    xattr_fds: tuple = None,
     skip=(),
     private=xattrs.ALL_PRIVATE,
 ) -> None:
     """Give a new entry in dir_fd (already given its owner) the mode (*mode*, else st's), the xattrs
-    (but *skip*'s names) and the times of *st*.
+    (but *skip*'s names) and the times of *st*. The xattrs come from *src_xattr_path* (not followed),
+    or from the first of *xattr_fds* (source fd, fd of the new entry) to the second.
 
     Order matters: chown clears setuid/setgid and file capabilities, so mode and xattrs come after it,
     and times come last because the other steps change ctime only but xattrs may touch mtime on some fs.
@@ -90,7 +108,9 @@ def set_mode_xattrs_times(
     if not stat.S_ISLNK(st.st_mode):
         # a fresh entry of ours, not a symlink
         os.chmod(name, stat.S_IMODE(st.st_mode if mode is None else mode), dir_fd=dir_fd)
-    if src_xattr_path is not None:
+    if xattr_fds is not None:
+        xattrs.copy_all(xattr_fds[0], xattr_fds[1], follow=True, skip=skip, private=private)
+    elif src_xattr_path is not None:
         xattrs.copy_all(src_xattr_path, proc_path(dir_fd, name), skip=skip, private=private)
     os.utime(name, ns=(st.st_atime_ns, st.st_mtime_ns), dir_fd=dir_fd, follow_symlinks=False)
 
@@ -99,11 +119,23 @@ class CopyUpJob:
     """One copy-up in flight; made by CopyUp.begin, finished by its commit, or (on failure only) cleaned
     up by its abort."""
 
-    __slots__ = ("node", "src_layer", "src_st", "src_fd", "tmp_name", "dst_fd", "with_data", "linked", "claimed")
+    __slots__ = (
+        "node",
+        "src_layer",
+        "src_st",
+        "src_fd",
+        "tmp_name",
+        "dst_fd",
+        "dst_dev",
+        "with_data",
+        "linked",
+        "claimed",
+    )
 
     def __init__(self, node, src_layer, src_st):
         self.node, self.src_layer, self.src_st = node, src_layer, src_st
         self.src_fd = self.dst_fd = -1
+        self.dst_dev = -1  # the work dir's filesystem
         self.tmp_name = None
         self.with_data = False
         self.linked = False  # index=on: the name was linked up to its index entry; nothing to commit
@@ -122,7 +154,9 @@ class CopyUpJob:
     def copy_data(self) -> None:
         """The blocking part; touches nothing but the two fds, so it may run in a worker thread."""
         if self.with_data:
-            copy_data(self.src_fd, self.dst_fd, self.src_st.st_size)
+            st = self.src_st
+            dense = st.st_blocks * 512 >= st.st_size
+            copy_data(self.src_fd, self.dst_fd, st.st_size, dense=dense, devs=(st.st_dev, self.dst_dev))
 
     def close(self):
         for fd in (self.src_fd, self.dst_fd):
@@ -217,6 +251,7 @@ class CopyUp:
         src_st = layer.lstat(rel)
         job = CopyUpJob(node, layer, src_st)
         job.tmp_name = stack.tmp_name()
+        job.dst_dev = stack.work.dev
         work_fd = stack.work.root_fd
         self.in_flight[node] = job
         try:
@@ -242,32 +277,18 @@ class CopyUp:
 
     def _commit(self, job: CopyUpJob) -> None:
         node = job.node
-        attributes, work_fd = self.attributes, self.stack.work.root_fd
-        src_parent, _, src_name = self.resolution.rel(node, job.src_layer.index).rpartition(b"/")
-        with job.src_layer.dir(src_parent) as src_dfd:
-            src_path = proc_path(src_dfd, src_name)
-            shown = job.src_st
-            if job.src_layer.record is not None:  # the copy keeps the owner and mode the user saw
-                shown = attributes.record_view(shown, src_path, job.src_layer.record, False)
-            attributes.chown_new(job.tmp_name, shown.st_uid, shown.st_gid)
-            mode = shown.st_mode
-            if attributes.write_records and not stat.S_ISLNK(mode):
-                attributes.write_record(proc_path(work_fd, job.tmp_name), False, shown.st_uid, shown.st_gid, mode)
-                mode |= ownership.BACKING_MODE
-            set_mode_xattrs_times(
-                work_fd,
-                job.tmp_name,
-                job.src_st,
-                mode=mode,
-                src_xattr_path=src_path,
-                skip=ownership.NAMES if attributes.records_in_use else (),
-                private=self.stack.private_xattrs,
-            )
+        if job.src_fd >= 0 and job.src_layer.record is None:
+            self._give_metadata(job, None)  # a regular file: its xattrs through the two open fds
+        else:
+            src_parent, _, src_name = self.resolution.rel(node, job.src_layer.index).rpartition(b"/")
+            with job.src_layer.dir(src_parent) as src_dfd:
+                self._give_metadata(job, proc_path(src_dfd, src_name))
         recorded = self.index.record_origin(job)
         parent, name = node.names[0]
         self.move_into_upper(job.tmp_name, parent, name)
         job.tmp_name = None
-        upper_st = self.stack.upper.lstat(node.path())
+        # (the copy's fd, where there is one, is the upper file now: renamed, not reopened)
+        upper_st = os.fstat(job.dst_fd) if job.dst_fd >= 0 else self.stack.upper.lstat(node.path())
         node.layer = 0
         node.xattr_names = None
         if node.is_dir:
@@ -286,6 +307,29 @@ class CopyUp:
                     handle.stays = True
             for parent, other in node.names[1:]:
                 self.nodes.detach(parent, other)
+
+    def _give_metadata(self, job: CopyUpJob, src_path) -> None:
+        """Owner, mode, xattrs and times of the source for the copy in the work dir: the source reached
+        by *src_path* (a path not to follow), or None for a regular file's two open fds."""
+        attributes, work_fd = self.attributes, self.stack.work.root_fd
+        shown = job.src_st
+        if job.src_layer.record is not None:  # the copy keeps the owner and mode the user saw
+            shown = attributes.record_view(shown, src_path, job.src_layer.record, False)
+        attributes.chown_new(job.tmp_name, shown.st_uid, shown.st_gid)
+        mode = shown.st_mode
+        if attributes.write_records and not stat.S_ISLNK(mode):
+            attributes.write_record(proc_path(work_fd, job.tmp_name), False, shown.st_uid, shown.st_gid, mode)
+            mode |= ownership.BACKING_MODE
+        set_mode_xattrs_times(
+            work_fd,
+            job.tmp_name,
+            job.src_st,
+            mode=mode,
+            src_xattr_path=src_path,
+            xattr_fds=None if src_path is not None else (job.src_fd, job.dst_fd),
+            skip=ownership.NAMES if attributes.records_in_use else (),
+            private=self.stack.private_xattrs,
+        )
 
     def abort(self, job: CopyUpJob) -> None:
         """Undo a job that failed: its descriptors closed, its copy in the work dir removed."""

@@ -201,16 +201,17 @@ class Index:
             return None  # names that split: their copies cannot all show the lower's st_ino
         work_fd = self.stack.work.root_fd
         origin = self.entry_name(job.node)
-        path = proc_path(work_fd, job.tmp_name)
+        # the copy's own fd where it has one (a regular file): no path to resolve
+        path = job.dst_fd if job.dst_fd >= 0 else proc_path(work_fd, job.tmp_name)
         try:
-            os.setxattr(path, self.origin_name, origin, follow_symlinks=False)
+            os.setxattr(path, self.origin_name, origin, follow_symlinks=job.dst_fd >= 0)
         except OSError as exc:
             if not stat.S_ISLNK(src_st.st_mode) or exc.errno not in (errno.EPERM, errno.ENOTSUP):
                 raise
             return None  # user.* xattrs on a symlink: it keeps no st_ino
         if self.pos is None or src_st.st_nlink < 2:
             return "origin"
-        os.setxattr(path, self.nlink_name, b"%d" % src_st.st_nlink, follow_symlinks=False)
+        os.setxattr(path, self.nlink_name, b"%d" % src_st.st_nlink, follow_symlinks=job.dst_fd >= 0)
         os.link(job.tmp_name, origin, src_dir_fd=work_fd, dst_dir_fd=self.layer.root_fd, follow_symlinks=False)
         return "indexed"
 

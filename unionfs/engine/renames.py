@@ -103,7 +103,7 @@ class Renames:
             self._set_redirect(node, same_dir=parent is new_parent)
         leave_whiteout = self.resolution.lower_visible(parent, name)
         work_fd = self.stack.work.root_fd
-        with upper.dir(parent.path()) as sdfd, upper.dir(new_parent.path()) as ddfd:
+        with upper.dir(parent.path()) as sdfd, _dir_of(upper, new_parent, parent, sdfd) as ddfd:
             if node.is_dir and not redirect and len(new_parent.merge) > 1:
                 # As the kernel: a directory moved into a merged directory must not merge below.
                 with opened(sdfd, name, O_PATH_DIR) as fd:
@@ -273,3 +273,23 @@ class Renames:
         for moving in redirects:
             self._pin_lower_paths(moving)
         self.nodes.exchange(node, parent, name, other, new_parent, new_name)
+
+
+class _Open:
+    """An fd already open, for a with block that must leave it open."""
+
+    __slots__ = ("fd",)
+
+    def __init__(self, fd: int):
+        self.fd = fd
+
+    def __enter__(self) -> int:
+        return self.fd
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+
+def _dir_of(upper, node: Node, opened_node: Node, opened_fd: int):
+    """`upper.dir` of *node*, or the fd of *opened_node* (open already) when it is the same directory."""
+    return _Open(opened_fd) if node is opened_node else upper.dir(node.path())

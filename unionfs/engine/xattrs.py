@@ -44,8 +44,9 @@ def is_marker(stored: bytes, private=ALL_PRIVATE) -> bool:
     return to_visible(stored, private) is None
 
 
-def copy_all(src_path: bytes, dst_path: bytes, *, follow: bool = False, skip=(), private=ALL_PRIVATE) -> None:
-    """Copy every xattr but the overlay's own markers and *skip*. Names the target refuses are skipped."""
+def copy_all(src_path, dst_path, *, follow: bool = False, skip=(), private=ALL_PRIVATE) -> None:
+    """Copy every xattr but the overlay's own markers and *skip*. Names the target refuses are skipped.
+    *src_path*, *dst_path*: paths (bytes), or fds (then *follow* must be True: an fd is no link)."""
     try:
         names = os.listxattr(src_path, follow_symlinks=follow)
     except OSError as exc:
