@@ -42,10 +42,9 @@ def _unescape(field: bytes) -> bytes:
 # cost a mount program's start ~4 ms and ~1.5 ms.
 MountInfo = record(
     "MountInfo",
-    "mount_id parent_id mountpoint fstype source options device",
-    """One line of /proc/self/mountinfo; paths and strings as bytes, unescaped; device is "major:minor".""",
+    "mount_id parent_id mountpoint fstype source options",
+    """One line of /proc/self/mountinfo; paths and strings as bytes, unescaped.""",
     __name__,
-    defaults=(b"",),
 )
 
 
@@ -63,9 +62,7 @@ def mountinfo_entries(text: bytes):
         options = fields[5] if len(fields) > 5 else b""
         if tail[2]:
             options += b"," + tail[2]
-        yield MountInfo(
-            int(fields[0]), int(fields[1]), _unescape(fields[4]), tail[0], _unescape(tail[1]), options, fields[2]
-        )
+        yield MountInfo(int(fields[0]), int(fields[1]), _unescape(fields[4]), tail[0], _unescape(tail[1]), options)
 
 
 def parse_mountinfo(text: bytes):

@@ -15,6 +15,7 @@ soon as the mount is live), and trio later still.
 """
 
 import _thread
+import errno
 import os
 import sys
 
@@ -171,22 +172,37 @@ class NativeMount:
 def _set_readahead(mountpoint: str, kib: int) -> bool:
     """Set the readahead of the FUSE mount at *mountpoint* (its backing device's read_ahead_kb in sysfs,
     which root may write; the kernel gives a FUSE mount 128 KiB and lets INIT lower it, never raise it).
-    The mount is found in the mount table, not by stat: the kernel would send this daemon a request
-    that it cannot answer while it waits. False (and a debug line) where that fails."""
-    from ..engine.layermounts import read_mountinfo
-
-    point = os.fsencode(mountpoint)
+    False (and a debug line) where that fails."""
     try:
-        found = [e for e in read_mountinfo() if e.mountpoint == point and e.fstype.startswith(b"fuse")]
-        if not found:
-            raise FileNotFoundError(f"{mountpoint} is not in the mount table")
-        device = os.fsdecode(found[-1].device)  # the newest mount there (a mount goes on top)
-        with open(f"/sys/class/bdi/{device}/read_ahead_kb", "w") as f:
+        major, minor = _mount_device(mountpoint)
+        with open(f"/sys/class/bdi/{major}:{minor}/read_ahead_kb", "w") as f:
             f.write(str(kib))
     except OSError as exc:
         log.debug("readahead of %s left as it is: %s", mountpoint, exc)
         return False
     return True
+
+
+_AT_FDCWD = -100
+_AT_SYMLINK_NOFOLLOW = 0x100
+_AT_STATX_DONT_SYNC = 0x4000
+
+
+def _mount_device(mountpoint: str) -> tuple:
+    """(major, minor) of the filesystem mounted at *mountpoint*, from statx with AT_STATX_DONT_SYNC:
+    FUSE answers it from what the kernel holds and sends no GETATTR, which this daemon, the caller,
+    could not answer while it waits (a plain stat would hang it). The mount table would do too, but
+    reading it is a millisecond where there are hundreds of mounts."""
+    from .. import libc  # loaded already: the mount was made with it
+
+    statx = libc.function("statx", (libc.c_int, libc.c_char_p, libc.c_int, libc.c_uint, libc.c_char_p))
+    if statx is None:
+        raise OSError(errno.ENOSYS, "no statx in this C library")
+    buf = libc.buffer(256)  # struct statx
+    if statx(_AT_FDCWD, os.fsencode(mountpoint), _AT_SYMLINK_NOFOLLOW | _AT_STATX_DONT_SYNC, 0, buf) != 0:
+        raise libc.error(mountpoint)
+    raw = buf.raw
+    return int.from_bytes(raw[136:140], sys.byteorder), int.from_bytes(raw[140:144], sys.byteorder)  # stx_dev
 
 
 def _stack_depth(path) -> int:
