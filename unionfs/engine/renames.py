@@ -102,44 +102,12 @@ class Renames:
         if redirect:
             self._set_redirect(node, same_dir=parent is new_parent)
         leave_whiteout = self.resolution.lower_visible(parent, name)
-        work_fd = self.stack.work.root_fd
-        with upper.dir(parent.path()) as sdfd, _dir_of(upper, new_parent, parent, sdfd) as ddfd:
-            if node.is_dir and not redirect and len(new_parent.merge) > 1:
-                # As the kernel: a directory moved into a merged directory must not merge below.
-                with opened(sdfd, name, O_PATH_DIR) as fd:
-                    markers.set_opaque(fd)
-            try:
-                existing = lstat_at(ddfd, new_name)
-            except FileNotFoundError:
-                existing = None
-            if existing is None and markers.read_wh_files:
-                markers.drop_whiteout_file(ddfd, new_name)  # the name is taken again
-            if existing is not None and stat.S_ISDIR(existing.st_mode):
-                # An upper directory that is empty in the merged view holds only whiteouts: clear them.
-                with opened(ddfd, new_name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW) as tfd:
-                    for entry in os.listdir(tfd):
-                        remove_tree(tfd, os.fsencode(entry))
-            if node.is_dir and existing is not None and not stat.S_ISDIR(existing.st_mode):
-                # Directory over a whiteout: exchange, then the whiteout sits at the old name.
-                _sys.renameat2(sdfd, name, ddfd, new_name, _sys.RENAME_EXCHANGE)
-                if not leave_whiteout:
-                    os.unlink(name, dir_fd=sdfd)
-            elif leave_whiteout and markers.write_wh_files:
-                os.rename(name, new_name, src_dir_fd=sdfd, dst_dir_fd=ddfd)
-                markers.make_whiteout(sdfd, name)
-            elif leave_whiteout:
-                try:
-                    _sys.renameat2(sdfd, name, ddfd, new_name, _sys.RENAME_WHITEOUT)
-                except OSError as exc:
-                    if exc.errno not in (errno.EINVAL, errno.EPERM, errno.ENOSYS):
-                        raise
-                    # No RENAME_WHITEOUT here: a whiteout is prepared and moved in afterwards.
-                    os.rename(name, new_name, src_dir_fd=sdfd, dst_dir_fd=ddfd)
-                    tmp = self.stack.tmp_name()
-                    make_whiteout(work_fd, tmp)
-                    os.rename(tmp, name, src_dir_fd=work_fd, dst_dir_fd=sdfd)
+        with upper.dir(parent.path()) as sdfd:
+            if new_parent is parent:  # one directory: opened once
+                self._rename_in_upper(node, sdfd, name, sdfd, new_name, new_parent, redirect, leave_whiteout)
             else:
-                os.rename(name, new_name, src_dir_fd=sdfd, dst_dir_fd=ddfd)
+                with upper.dir(new_parent.path()) as ddfd:
+                    self._rename_in_upper(node, sdfd, name, ddfd, new_name, new_parent, redirect, leave_whiteout)
         if target is not None:
             if self.index.is_entry(target) and target is not node:
                 self.index.count_link(target, -1)  # one name of an indexed file replaced
@@ -149,6 +117,49 @@ class Renames:
         self.nodes.move(node, parent, name, new_parent, new_name)
         if node.is_dir and not redirect:
             node.merge = (0,)
+
+    def _rename_in_upper(
+        self, node: Node, sdfd: int, name: bytes, ddfd: int, new_name: bytes, new_parent: Node, redirect, leave_whiteout
+    ) -> None:
+        """The rename itself, in the upper: *name* in the directory *sdfd* to *new_name* in *ddfd*
+        (the upper directory of *new_parent*), leaving a whiteout where a lower shows *name*."""
+        markers, work_fd = self.markers, self.stack.work.root_fd
+        if node.is_dir and not redirect and len(new_parent.merge) > 1:
+            # As the kernel: a directory moved into a merged directory must not merge below.
+            with opened(sdfd, name, O_PATH_DIR) as fd:
+                markers.set_opaque(fd)
+        try:
+            existing = lstat_at(ddfd, new_name)
+        except FileNotFoundError:
+            existing = None
+        if existing is None and markers.read_wh_files:
+            markers.drop_whiteout_file(ddfd, new_name)  # the name is taken again
+        if existing is not None and stat.S_ISDIR(existing.st_mode):
+            # An upper directory that is empty in the merged view holds only whiteouts: clear them.
+            with opened(ddfd, new_name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW) as tfd:
+                for entry in os.listdir(tfd):
+                    remove_tree(tfd, os.fsencode(entry))
+        if node.is_dir and existing is not None and not stat.S_ISDIR(existing.st_mode):
+            # Directory over a whiteout: exchange, then the whiteout sits at the old name.
+            _sys.renameat2(sdfd, name, ddfd, new_name, _sys.RENAME_EXCHANGE)
+            if not leave_whiteout:
+                os.unlink(name, dir_fd=sdfd)
+        elif leave_whiteout and markers.write_wh_files:
+            os.rename(name, new_name, src_dir_fd=sdfd, dst_dir_fd=ddfd)
+            markers.make_whiteout(sdfd, name)
+        elif leave_whiteout:
+            try:
+                _sys.renameat2(sdfd, name, ddfd, new_name, _sys.RENAME_WHITEOUT)
+            except OSError as exc:
+                if exc.errno not in (errno.EINVAL, errno.EPERM, errno.ENOSYS):
+                    raise
+                # No RENAME_WHITEOUT here: a whiteout is prepared and moved in afterwards.
+                os.rename(name, new_name, src_dir_fd=sdfd, dst_dir_fd=ddfd)
+                tmp = self.stack.tmp_name()
+                make_whiteout(work_fd, tmp)
+                os.rename(tmp, name, src_dir_fd=work_fd, dst_dir_fd=sdfd)
+        else:
+            os.rename(name, new_name, src_dir_fd=sdfd, dst_dir_fd=ddfd)
 
     def _failing_upper_rename(self, parent: Node, name: bytes, new_parent: Node, new_name: bytes) -> None:
         """The upper rename(2) the kernel makes onto a non-empty upper directory, which fails: its error
@@ -273,23 +284,3 @@ class Renames:
         for moving in redirects:
             self._pin_lower_paths(moving)
         self.nodes.exchange(node, parent, name, other, new_parent, new_name)
-
-
-class _Open:
-    """An fd already open, for a with block that must leave it open."""
-
-    __slots__ = ("fd",)
-
-    def __init__(self, fd: int):
-        self.fd = fd
-
-    def __enter__(self) -> int:
-        return self.fd
-
-    def __exit__(self, *exc) -> None:
-        pass
-
-
-def _dir_of(upper, node: Node, opened_node: Node, opened_fd: int):
-    """`upper.dir` of *node*, or the fd of *opened_node* (open already) when it is the same directory."""
-    return _Open(opened_fd) if node is opened_node else upper.dir(node.path())
