@@ -175,6 +175,12 @@ try:
     with unionfs.mount([low], up, work, mountpoint=mnt, timeout=30) as m:
         res["fstype"] = [e.fstype.decode() for e in read_mountinfo() if e.mountpoint == os.fsencode(mnt)]
         res["listing"] = sorted(os.listdir(mnt))
+        # big reads, spliced by a daemon without privileges (pipes of its own user's size)
+        with open(os.path.join(low, "big"), "rb") as f:
+            big = f.read()
+        with open(os.path.join(mnt, "big"), "rb") as f:
+            res["big read"] = f.read() == big and len(big)
+        os.unlink(os.path.join(mnt, "big"))
         os.unlink(os.path.join(mnt, "f2"))
         res["f2 whiteout"] = lst(os.path.join(up, "f2"))
         os.mkdir(os.path.join(mnt, "f2"))
@@ -209,6 +215,8 @@ def test_rootless_mount_by_unprivileged_user(user, workspace):
     for f in ("f1", "f2", "f3", "d/x"):
         with open(os.path.join(w, "lower", f), "w") as fh:
             fh.write(f"lower {f}")
+    with open(os.path.join(w, "lower", "big"), "wb") as fh:
+        fh.write(os.urandom(3 * 1024 * 1024 + 12345))
     with open(os.path.join(w, "inner.py"), "w") as fh:
         fh.write(INNER_ROOTLESS)
     _chown_tree(w, user.pw_uid, user.pw_gid)
@@ -241,7 +249,8 @@ def test_rootless_mount_by_unprivileged_user(user, workspace):
     assert "mount_error" not in res, f"the daemon refused as {user.pw_name}: {res['mount_error']}\n{res['log']}"
     assert res["uid"] == user.pw_uid and res["dev_fuse"] == "0o20666"
     assert res["fstype"] == ["fuse.pyunionfs"]
-    assert res["listing"] == ["d", "f1", "f2", "f3"]
+    assert res["listing"] == ["big", "d", "f1", "f2", "f3"]
+    assert res["big read"] == 3 * 1024 * 1024 + 12345
     for key in ("f2 whiteout", "d whiteout", "f3 whiteout"):
         e = res[key]
         assert stat.S_ISCHR(int(e["mode"], 8)) and e["rdev"] == [0, 0], (key, e)
