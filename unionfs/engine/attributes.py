@@ -52,6 +52,7 @@ class Attributes:
 
     def connect(self, union) -> None:
         self.resolution, self.copyup, self.index = union.resolution, union.copyup, union.index
+        self.files = union.files
 
     # ------------------------------------------------------------------ ownership records
 
@@ -137,11 +138,12 @@ class Attributes:
     def getattr(self, node: Node) -> os.stat_result:
         if not node.names and node is not self.nodes.root:
             for handle in node.handles:  # unlinked but still open
-                st = self.shown_fd(self.layers[handle.layer], handle.fd)
+                fd = self.files.fd_of(handle)
+                st = self.shown_fd(self.layers[handle.layer], fd)
                 if self.index.is_entry(node):
                     # An indexed file counts the union's names on its index entry (other names may be
                     # left that nobody looked up); its backing file also has the index's own name.
-                    return WithNlink(st, self.index.union_links(handle.fd, st))
+                    return WithNlink(st, self.index.union_links(fd, st))
                 return st
             if node.gone_stat is not None:  # opened by the kernel alone (a fifo): its last attributes
                 return WithNlink(node.gone_stat, 0)
@@ -173,7 +175,7 @@ class Attributes:
             return None
         for handle in node.handles:
             if handle.layer == 0 or not for_change:
-                return handle.fd
+                return self.files.fd_of(handle)
         raise OSError(errno.ENOENT, os.strerror(errno.ENOENT))
 
     def copy_up_for_setattr(self, node: Node, size):

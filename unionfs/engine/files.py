@@ -18,14 +18,16 @@ OPEN_KEEP = ACCMODE | os.O_SYNC | os.O_DSYNC | getattr(os, "O_LARGEFILE", 0)
 
 
 class FileHandle:
-    """An open regular file: a descriptor on its backing in one layer."""
+    """An open regular file: a descriptor on its backing in one layer, or (a read-only open of a lower
+    file) the path to open it by when a call first needs it (`Files.fd_of`)."""
 
-    __slots__ = ("fd", "node", "layer", "writable", "name", "stays")
+    __slots__ = ("fd", "node", "layer", "writable", "name", "stays", "later")
 
     def __init__(self, fd, node, layer, writable, name=None):
         self.fd, self.node, self.layer, self.writable = fd, node, layer, writable
         self.name = name  # (parent, name) it was opened through
         self.stays = False  # its name was split off by another name's copy-up: it keeps reading its layer
+        self.later = None  # fd -1: (path in the layer, open flags), opened at the first call needing it
 
 
 class Files:
@@ -56,17 +58,34 @@ class Files:
             raise OSError(errno.EISDIR, os.strerror(errno.EISDIR))
         self.copyup.run(self.copy_up_for_open(node, flags))  # nothing left when the caller ran it
         open_flags = (flags & OPEN_KEEP) | (flags & os.O_TRUNC)
-        fd = self.layers[node.layer].open(self.resolution.rel(node, node.layer), open_flags)
+        rel = self.resolution.rel(node, node.layer)
+        if flags & ACCMODE == os.O_RDONLY and not open_flags & os.O_TRUNC and not self.layers[node.layer].writable:
+            # A lower file read-only: opened when a call first needs it. Its layer never changes, so the
+            # path stays its path; a read the kernel's cache answers (a file read before) needs none.
+            handle = self.new_handle(-1, node, node.layer, flags)
+            handle.later = (rel, open_flags)
+            return handle
+        fd = self.layers[node.layer].open(rel, open_flags)
         return self.new_handle(fd, node, node.layer, flags)
+
+    def fd_of(self, handle: FileHandle) -> int:
+        """The handle's fd, opened now if the open left it for later."""
+        if handle.fd < 0 and handle.later is not None:
+            rel, flags = handle.later
+            handle.fd = self.layers[handle.layer].open(rel, flags)
+            handle.later = None
+        return handle.fd
 
     def _current_fd(self, handle: FileHandle) -> int:
         if handle.layer != handle.node.layer and not handle.writable and handle.node.names and not handle.stays:
             # The file was copied up after this read-only open: read the new copy, as the kernel does.
             node = handle.node
             fd = self.layers[node.layer].open(self.resolution.rel(node, node.layer), os.O_RDONLY)
-            os.close(handle.fd)
-            handle.fd, handle.layer = fd, handle.node.layer
-        return handle.fd
+            if handle.fd >= 0:
+                os.close(handle.fd)
+            handle.fd, handle.layer, handle.later = fd, handle.node.layer, None
+            return fd
+        return handle.fd if handle.fd >= 0 else self.fd_of(handle)
 
     def read(self, handle: FileHandle, offset: int, size: int) -> bytes:
         return os.pread(self._current_fd(handle), size, offset)
@@ -98,14 +117,15 @@ class Files:
         return os.pwrite(handle.fd, data, offset)
 
     def fsync(self, handle: FileHandle, datasync: bool) -> None:
-        if self.stack.volatile:
+        if self.stack.volatile or handle.fd < 0:  # (not opened yet: a lower file, nothing to write out)
             return
         (os.fdatasync if datasync else os.fsync)(handle.fd)
 
     def release(self, handle: FileHandle) -> None:
         node = handle.node
-        os.close(handle.fd)
-        handle.fd = -1
+        if handle.fd >= 0:
+            os.close(handle.fd)
+        handle.fd, handle.later = -1, None
         try:
             node.handles.remove(handle)
         except ValueError:

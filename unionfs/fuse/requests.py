@@ -515,11 +515,12 @@ class UnionRequests(DirectoryRequests, PassthroughRequests, PrivilegeRequests):
         store = self.store_data
         if store is None or len(handle.node.handles) != 1 or not self.nodes.first_fill(node_id):
             return  # (a file too big is not looked at again either)
-        size = os.fstat(handle.fd).st_size
+        fd = self.union.read_fd(handle)  # (a lower file's open waits for its first need: this)
+        size = os.fstat(fd).st_size
         if not 0 < size <= FILL_MAX:
             return
         try:
-            store(node_id, 0, os.pread(handle.fd, size, 0))
+            store(node_id, 0, os.pread(fd, size, 0))
         except OSError as exc:  # the kernel refused it: the read asks, as without the fill
             log.debug("filling the cache of node %d: %s", node_id, exc)
 
