@@ -1,7 +1,8 @@
 """C library functions that Python's os module lacks, called through `_ctypes`, the C core of ctypes.
 
 The project needs a handful: mount(2) and umount2(2) (protocol.mount), statfs(2) for a filesystem's type
-(the native backend's passthrough), the openat2 system call, renameat2(2) and fallocate(2) (engine._sys).
+(the native backend's passthrough), statx(2) for the mount's device (its readahead), the openat2 system
+call, renameat2(2) and fallocate(2) (engine._sys).
 Their arguments are ints, byte strings and one writable buffer, which the core converts by itself.
 
 Not the ctypes package: importing it costs ~1.5 ms more than its core (its module body, struct, types), on

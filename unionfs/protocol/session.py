@@ -580,10 +580,7 @@ class Session(Requests):
             out = self._data(msg.unique, read_now(msg.fh, msg.offset, msg.size), msg.size)
         except Exception as exc:
             out = self._failed(exc, abi.READ, 0, msg.unique)
-        if type(out) is bytes:
-            os.write(self.fd, out)
-        else:
-            os.writev(self.fd, out)
+        self.reply(out)  # bytes or buffers: written as any other answer
 
     def close(self) -> None:
         """Let go of what the session opened itself (the device fd is the caller's)."""
