@@ -43,6 +43,7 @@ def _layers(root):
     (lower / "lo2").write_bytes(b"second lower file\n")
     (upper / "up").write_bytes(b"upper data " * 1000)
     (upper / "big").write_bytes(random.Random(14).randbytes(4 * MiB))
+    (lower / "lobig").write_bytes(random.Random(15).randbytes(4 * MiB))
     return lower, upper, work
 
 
@@ -113,6 +114,17 @@ def _steps(mnt, upper):
     os.pwrite(fd, b"again", 0)
     out.append(("reopened", _digest(os.pread(fd, 20000, 0)), os.fstat(fd).st_size))
     os.close(fd)
+    # A big lower file read (its pages cached), then appended to: the copy-up drops the cached pages
+    # while it copies (the open passed through would drop them itself); reads and a mapping after it
+    # see the copy and the appended bytes.
+    lobig = mnt / "lobig"
+    out.append(("big lower read", _digest(lobig.read_bytes())))
+    with open(lobig, "ab") as f:
+        f.write(b"appended to a big lower file")
+    with open(lobig, "rb") as f:
+        data = f.read()
+        with mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ) as m:
+            out.append(("big lower after append", _digest(data), _digest(m[:]), data[-28:]))
     # O_TRUNC of a lower file: copied up without data, then written.
     with open(mnt / "lo2", "wb") as f:
         f.write(b"replaced")

@@ -288,6 +288,19 @@ def select_readable(fd, timeout=10):
     assert select.select([fd], [], [], timeout)[0] == [fd]
 
 
+def drive(fn, *args):
+    """Run a request as the native backend does before its loop: a parked request (a copy-up in a
+    thread of its own) is resumed when its descriptor turns readable."""
+    coro = fn(*args)
+    try:
+        trap = coro.send(None)
+        while True:
+            select_readable(trap.fd)
+            trap = coro.send(None)
+    except StopIteration as stop:
+        return stop.value
+
+
 def test_a_failed_copy_up_is_aborted_and_leaves_nothing(layers):
     write(f"{layers.dirs['lower']}/f", b"data")
     r = layers()
@@ -568,6 +581,72 @@ def test_passthrough_only_for_upper_files_one_backing_id_a_node(layers):
 
     run(scenario)
     assert backing.closed == [1, 2, 3]
+
+
+@pytest.mark.parametrize("before_loop", [False, True])
+def test_a_big_copy_up_for_a_passed_through_open_drops_the_cached_pages_while_it_copies(
+    layers, monkeypatch, before_loop
+):
+    """The kernel drops a node's cached pages at an open passed through (it refuses KEEP_CACHE with a
+    backing file); asked for during the byte copy, that is done when the open comes. Never while another
+    open file of the node may have a READ in flight (its pages locked until it is answered), never
+    without passthrough (the open keeps the cache), and not for a copy done in place (small)."""
+    from unionfs.fuse.native_backend import ThreadsBeforeLoop
+
+    size = requests_mod.THREAD_COPY_MIN + 4096
+    for name in (b"big", b"big2", b"big3"):
+        write(f"{layers.dirs['lower']}/{name.decode()}", b"b" * size)
+    write(f"{layers.dirs['lower']}/small", b"s")
+    r = passing(layers(), FakeBacking())
+    if before_loop:
+        r.threads = ThreadsBeforeLoop()
+    dropped, expect = [], {}
+    copy_data = CopyUpJob.copy_data
+
+    def copy_waiting_for_the_drop(job):  # a drop made only after the copy would leave this waiting
+        gate = expect.get(job.node)
+        if gate is not None:
+            assert gate.wait(10), "the byte copy ended before the cached pages were dropped"
+            del expect[job.node]
+        return copy_data(job)
+
+    monkeypatch.setattr(CopyUpJob, "copy_data", copy_waiting_for_the_drop)
+
+    def drop(node_id):
+        dropped.append(node_id)
+        for gate in expect.values():
+            gate.set()
+        return True
+
+    r.drop_data = drop
+
+    call = drive if before_loop else run
+
+    def open_release(node_id, flags):
+        opened = call(r.open, node_id, flags)
+        call(r.release, opened.fh)
+        return opened
+
+    big = call(r.lookup, ROOT_ID, b"big")
+    expect[r._node(big.node_id)] = threading.Event()
+    opened = open_release(big.node_id, os.O_WRONLY | os.O_APPEND)
+    assert opened.backing_id and not opened.keep_cache
+    assert dropped == [big.node_id] and not expect
+    dropped.clear()
+    # another open file of the node: not dropped (the kernel drops them at the open, as before)
+    big2 = call(r.lookup, ROOT_ID, b"big2")
+    reader = call(r.open, big2.node_id, os.O_RDONLY)
+    open_release(big2.node_id, os.O_RDWR)
+    call(r.release, reader.fh)
+    small = call(r.lookup, ROOT_ID, b"small")
+    open_release(small.node_id, os.O_WRONLY)
+    assert dropped == []
+    r.backing_open = None  # without passthrough the open keeps the cache: nothing to drop
+    big3 = call(r.lookup, ROOT_ID, b"big3")
+    open_release(big3.node_id, os.O_WRONLY)
+    assert dropped == []
+    for name in ("big", "big2", "big3"):
+        assert os.path.getsize(f"{layers.dirs['upper']}/{name}") == size
 
 
 @pytest.mark.parametrize("error, stops", [(errno.EPERM, True), (errno.ELOOP, False)])

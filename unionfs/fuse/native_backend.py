@@ -271,7 +271,8 @@ class ThreadsBeforeLoop:
     def lock(self):
         return _HeldLock()
 
-    async def run(self, fn):
+    async def run(self, fn, meanwhile=None):
+        """fn() in a thread of its own; *meanwhile* (or None) here at the same time, before waiting."""
         from ..protocol.session import readable_before_loop
 
         r, w = os.pipe2(os.O_CLOEXEC)
@@ -291,6 +292,8 @@ class ThreadsBeforeLoop:
         self.running += 1
         try:
             _thread.start_new_thread(work, ())
+            if meanwhile is not None:
+                meanwhile()
             await readable_before_loop(r)
         finally:
             self.running -= 1

@@ -99,6 +99,7 @@ class NativeOperations(Operations):
 
             self.requests.attributes_changed = invalidate
         self.requests.store_data = session.notify_store
+        self.requests.drop_data = session.notify_inval_inode  # (node id): every page, and the attributes
         self.requests.applies_umask = bool(conn.flags & abi.DONT_MASK)
         if conn.flags & abi.PASSTHROUGH:
             self.requests.backing_open = session.backing_open
