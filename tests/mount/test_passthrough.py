@@ -158,3 +158,30 @@ def test_big_write_and_read_back_pass_the_daemon_by(tmp_path):
         assert (upper / "written").stat().st_size == 32 * MiB
     assert counts["off"] >= 32 + 4, counts
     assert counts["on"] == 0, counts
+
+
+def test_a_mount_without_an_upper_layer_passes_lower_files_through(tmp_path):
+    """No upper layer: nothing is ever copied up, so lower files pass through too. A 4 MiB lower file
+    read and mapped twice, and a small one: no READ with passthrough; with passthrough=off (the
+    counter's check) READs come. Both read the layers' bytes."""
+    counts = {}
+    for mode in ("on", "off"):
+        top, bottom, mnt = tmp_path / mode / "top", tmp_path / mode / "bottom", tmp_path / mode / "mnt"
+        for d in (top, bottom, mnt):
+            d.mkdir(parents=True)
+        big = random.Random(16).randbytes(4 * MiB)
+        (bottom / "big").write_bytes(big)
+        (top / "small").write_bytes(b"small lower file\n")
+        with mount_pyunionfs(mnt, [top, bottom], None, None, [f"passthrough={mode}"]):
+            with requests_counted(tmp_path / mode, mnt, (abi.READ,)) as counter:
+                for _ in range(2):
+                    with open(mnt / "big", "rb") as f:
+                        assert f.read() == big
+                        with mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ) as m:
+                            assert m[MiB : MiB + 64] == big[MiB : MiB + 64]
+                assert (mnt / "small").read_bytes() == b"small lower file\n"
+                counts[mode] = counter.count()
+            with pytest.raises(OSError):  # still a read-only union
+                open(mnt / "big", "r+b")
+    assert counts["off"] >= 4, counts
+    assert counts["on"] == 0, counts

@@ -583,6 +583,45 @@ def test_passthrough_only_for_upper_files_one_backing_id_a_node(layers):
     assert backing.closed == [1, 2, 3]
 
 
+def test_without_an_upper_layer_lower_files_pass_through(tmp_path):
+    """Nothing is ever copied up on a mount without an upper layer, so a lower file's backing never
+    changes: its opens pass through (the lower file, opened for it now), none keeps the cache."""
+    lowers = [tmp_path / "top", tmp_path / "bottom"]
+    for d in lowers:
+        d.mkdir()
+    write(f"{lowers[0]}/a", b"top file")
+    write(f"{lowers[1]}/b", b"bottom file")
+    backing = FakeBacking()
+    union = UnionEngine([str(d) for d in lowers], None, None)
+    try:
+        r = passing(UnionRequests(union), backing)
+
+        async def scenario():
+            for name, layer in ((b"a", 0), (b"b", 1)):
+                entry = await r.lookup(ROOT_ID, name)
+                one = await r.open(entry.node_id, os.O_RDONLY)
+                two = await r.open(entry.node_id, os.O_RDONLY)
+                assert one.backing_id == two.backing_id != 0 and not one.keep_cache and not two.keep_cache
+                assert backing.opened[one.backing_id] == os.stat(f"{lowers[layer]}/{name.decode()}").st_ino
+                await r.release(one.fh)
+                await r.release(two.fh)
+                assert backing.closed[-1] == one.backing_id
+
+        run(scenario)
+        assert len(backing.closed) == 2
+        r.backing_open = None  # without passthrough: the cache is kept, the lower file opened later
+
+        async def without():
+            entry = await r.lookup(ROOT_ID, b"a")
+            opened = await r.open(entry.node_id, os.O_RDONLY)
+            assert opened.backing_id == 0 and opened.keep_cache
+            await r.release(opened.fh)
+
+        run(without)
+    finally:
+        union.close()
+
+
 @pytest.mark.parametrize("before_loop", [False, True])
 def test_a_big_copy_up_for_a_passed_through_open_drops_the_cached_pages_while_it_copies(
     layers, monkeypatch, before_loop

@@ -62,11 +62,13 @@ class NativeMount:
         self.mountpoint = opts.mountpoint
         # allow_root is allow_other in the kernel plus a filter in the daemon (as libfuse does it)
         self.allow_root = "allow_root" in options
-        # Passthrough needs CAP_SYS_ADMIN (of the first user namespace) and an upper to pass through to.
-        self.passthrough = opts.passthrough and os.geteuid() == 0 and layers.stack.upper is not None
+        # Passthrough needs CAP_SYS_ADMIN (of the first user namespace). It passes upper files through,
+        # or with no upper layer the lower files (passthrough.py); their filesystems set the depth.
+        self.passthrough = opts.passthrough and os.geteuid() == 0
         self.stack_depth = 1
         if self.passthrough:
-            self.stack_depth = 1 + _stack_depth(opts.upper)
+            backing = [opts.upper] if layers.stack.upper is not None else opts.lowers
+            self.stack_depth = 1 + max(map(_stack_depth, backing))
             from ..protocol.abi import MAX_STACK_DEPTH
 
             if self.stack_depth > MAX_STACK_DEPTH:

@@ -1,7 +1,8 @@
 """Which opens the kernel may pass through to the backing file (FUSE_PASSTHROUGH), and their backing ids.
 
-An open answered with a backing id has its reads, writes and maps done by the kernel on the upper
-file itself; the daemon still sees the open, the close, stat, truncate and fsync. One backing id is
+An open answered with a backing id has its reads, writes and maps done by the kernel on the backing
+file itself (an upper file; on a mount without an upper layer, a lower one); the daemon still sees the
+open, the close, stat, truncate and fsync. One backing id is
 registered per kernel inode and let go at the last close of the handles passed through with it.
 `UnionRequests` inherits these methods; the backend sets `backing_open`/`backing_close`.
 """
@@ -41,26 +42,28 @@ class PassthroughRequests:
     def _pass_through(self, fh: int, handle) -> int:
         """The backing id this open may pass through with, or 0.
 
-        Only a file in the upper layer: no later copy-up can change what backs it. A lower file's
-        reads must keep coming here, so that a read-only open made before a copy-up reads the copy
-        (as the kernel overlay reopens the real file). The kernel wants one backing file for all the
-        opens of a node, and none of them without it: a node already open without passthrough (opened
-        in a lower layer, copied up since) stays so until its last close.
+        Only a file no later copy-up can change the backing of: one in the upper layer, or any file of
+        a mount without an upper layer (nothing is ever copied up there, and a lower layer never
+        changes). Otherwise a lower file's reads must keep coming here, so that a read-only open made
+        before a copy-up reads the copy (as the kernel overlay reopens the real file). The kernel wants
+        one backing file for all the opens of a node, and none of them without it: a node already open
+        without passthrough (opened in a lower layer, copied up since) stays so until its last close.
         """
         node = handle.node
         register = self.backing_open
-        if register is None or not self._has_upper or handle.layer != 0 or node.layer != 0:
+        if register is None or self._has_upper and (handle.layer != 0 or node.layer != 0):
             return 0
         held = self._backing.get(node)
         if held is None:
             if len(node.handles) > 1:
                 return 0
-            if self.kill_privs and self._mode_of(handle) & _SUIDGID:
+            if self._has_upper and self.kill_privs and self._mode_of(handle) & _SUIDGID:
                 # Its writes must come here to clear those bits: passed through, the kernel writes
                 # with the daemon's privileges and, with HANDLE_KILLPRIV_V2, asks nobody to clear them.
                 return 0
             try:
-                backing = register(handle.fd)
+                # (a lower file's open is left for its first need, and this is one)
+                backing = register(handle.fd if handle.fd >= 0 else self.union.read_fd(handle))
             except OSError as exc:
                 if exc.errno not in (errno.ELOOP, errno.EOVERFLOW, errno.EXDEV):
                     # not for this mount at all (not privileged, not agreed, no such ioctl): stop asking

@@ -471,8 +471,10 @@ class UnionRequests(DirectoryRequests, PassthroughRequests, PrivilegeRequests):
             return _new(Opened, (fh, True, False, 0))
         backing = self._pass_through(fh, handle)
         # An upper file may have been written past the kernel's page cache (passed through): an open
-        # that is not passed through starts with no cached pages.
-        return _new(Opened, (fh, handle.layer != 0, False, backing))
+        # that is not passed through starts with no cached pages. (One passed through may not keep them:
+        # the kernel refuses KEEP_CACHE with a backing file.)
+        keep = not backing and (handle.layer != 0 or not self._has_upper)
+        return _new(Opened, (fh, keep, False, backing))
 
     async def open(self, node_id: int, flags: int, kill_for=None) -> Opened:
         """flags: open(2) flags as the kernel passes them. *kill_for*: the caller (a Context) of an
