@@ -583,6 +583,44 @@ def test_passthrough_only_for_upper_files_one_backing_id_a_node(layers):
     assert backing.closed == [1, 2, 3]
 
 
+def test_lookups_start_reading_files_only_while_opens_follow_them(layers):
+    """A read-only open earns a credit, a lookup of a non-empty regular file spends one on starting to
+    read it (`UnionEngine.prefetch`): files opened one after another are read ahead of their opens, and
+    lookups that no open follows (a tree walk) soon read nothing."""
+    lower = layers.dirs["lower"]
+    for i in range(12):
+        write(f"{lower}/f{i}", b"x" * 5000)
+    write(f"{lower}/empty")
+    os.mkdir(f"{lower}/d")
+    r = layers()
+    fetched = []
+    real_prefetch = r.union.prefetch
+    r.union.prefetch = lambda node, size: fetched.append(node.names[0][1]) or real_prefetch(node, size)
+    fds = len(os.listdir("/proc/self/fd"))
+
+    async def opens(node_id, n):
+        for _ in range(n):
+            opened = r.open_now(node_id, os.O_RDONLY)  # (the native backend's read-only open)
+            assert await r.read(opened.fh, 0, 10) == b"x" * 10
+            await r.release(opened.fh)
+
+    async def scenario():
+        await r.lookup(ROOT_ID, b"f0")  # no credit yet: nothing read
+        f1 = await r.lookup(ROOT_ID, b"f1")
+        await opens(f1.node_id, 3)  # three credits
+        await r.lookup(ROOT_ID, b"empty")  # nothing to read
+        await r.lookup(ROOT_ID, b"d")  # not a file
+        for i in range(2, 12):  # lookups alone: three are read ahead, then none
+            await r.lookup(ROOT_ID, b"f%d" % i)
+        assert r._read_credit == 0
+        await opens(f1.node_id, requests_mod.READ_CREDIT_MAX + 5)
+        assert r._read_credit == requests_mod.READ_CREDIT_MAX  # capped
+
+    run(scenario)
+    assert fetched == [b"f2", b"f3", b"f4"]
+    assert len(os.listdir("/proc/self/fd")) == fds  # the prefetch's descriptor is closed at once
+
+
 def test_without_an_upper_layer_lower_files_pass_through(tmp_path):
     """Nothing is ever copied up on a mount without an upper layer, so a lower file's backing never
     changes: its opens pass through (the lower file, opened for it now), none keeps the cache."""

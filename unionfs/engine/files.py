@@ -68,6 +68,16 @@ class Files:
         fd = self.layers[node.layer].open(rel, open_flags)
         return self.new_handle(fd, node, node.layer, flags)
 
+    def prefetch(self, node: Node, size: int) -> None:
+        """Have the kernel start reading the first *size* bytes of a regular file's backing into the page
+        cache (posix_fadvise WILLNEED: the reads are submitted, nobody waits for them)."""
+        # (O_NONBLOCK: should the name be a FIFO by now, the open must not wait for a writer)
+        fd = self.layers[node.layer].open(self.resolution.rel(node, node.layer), os.O_RDONLY | os.O_NONBLOCK)
+        try:
+            os.posix_fadvise(fd, 0, size, os.POSIX_FADV_WILLNEED)
+        finally:
+            os.close(fd)
+
     def fd_of(self, handle: FileHandle) -> int:
         """The handle's fd, opened now if the open left it for later."""
         if handle.fd < 0 and handle.later is not None:

@@ -280,6 +280,9 @@ class UnionEngine:
     def read(self, handle: FileHandle, offset: int, size: int) -> bytes:
         return self.files.read(handle, offset, size)
 
+    def prefetch(self, node: Node, size: int) -> None:
+        self.files.prefetch(node, size)
+
     def read_fd(self, handle: FileHandle) -> int:
         return self.files.read_fd(handle)
 

@@ -169,6 +169,10 @@ class LoopThreads:
 # (the kernel's first read of a file asks for up to 128 KiB, its read-ahead).
 FILL_MAX = 64 * 1024
 
+# Read-only opens earn credits that lookups of regular files spend on starting to read them (`_prefetch`).
+READ_CREDIT_MAX = 8
+_S_IFMT, _S_IFREG = 0o170000, 0o100000
+
 
 def _ignore(_):
     pass
@@ -237,6 +241,7 @@ class UnionRequests(DirectoryRequests, PassthroughRequests, PrivilegeRequests):
         self._dirs = {}
         self._fh = itertools.count(1)
         self._copy_locks = {}
+        self._read_credit = 0
         self.threads = self.loop_threads = LoopThreads(self)
 
     # ----------------------------------------------------------- helpers
@@ -321,6 +326,8 @@ class UnionRequests(DirectoryRequests, PassthroughRequests, PrivilegeRequests):
                 node, st = self.union.lookup(parent, name)
             except FileNotFoundError:
                 return self.nodes.negative
+            if self._read_credit > 0 and st.st_mode & _S_IFMT == _S_IFREG and st.st_size and not node.handles:
+                self._prefetch(node)
             return self._entry(node, st, parent, name)
         except Exception as exc:
             raise _failure(exc, "lookup", (parent_id, name)) from None
@@ -529,11 +536,23 @@ class UnionRequests(DirectoryRequests, PassthroughRequests, PrivilegeRequests):
         try:
             handle = self.union.open(self._node(node_id), flags)
             opened = self._opened(handle)
+            if self._read_credit < READ_CREDIT_MAX:
+                self._read_credit += 1
             if opened.keep_cache and not flags & os.O_DIRECT:
                 self._fill(node_id, handle)
             return opened
         except Exception as exc:
             raise _failure(exc, "open", (node_id, flags)) from None
+
+    def _prefetch(self, node) -> None:
+        """Start reading a file just looked up, while its lookup is answered and its open comes: the
+        open (its fill) or the read after it then finds the data on its way. Spends a credit: read-only
+        opens earn them, so lookups that no open follows (a tree walk, `ls -l`) read nothing."""
+        self._read_credit -= 1
+        try:
+            self.union.prefetch(node, FILL_MAX)
+        except OSError as exc:
+            log.debug("prefetch: %s", exc)
 
     def _fill(self, node_id: int, handle) -> None:
         """Put a small file's data into the kernel's page cache before its open is answered (an open
