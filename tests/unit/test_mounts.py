@@ -20,6 +20,26 @@ def test_parse_mountinfo_unescapes_mount_points():
     assert list(mounts.parse_mountinfo(text)) == [(22, 1, b"/proc"), (97, 22, b"/srv/lower one/a\\b")]
 
 
+def test_child_mounts_are_the_lines_of_the_parents_asked_for():
+    text = (
+        b"22 1 0:21 / /proc rw,nosuid - proc proc rw\n"
+        b"97 22 0:50 / /srv/lower\\040one/a\\134b rw shared:1 - tmpfs tmpfs rw\n"
+        b"98 30 0:51 / /srv/l/m rw - tmpfs tmpfs rw\n"
+        b"short line\n"
+        b"x 30 0:52 / /bad rw - tmpfs tmpfs rw\n"
+        b"99 30 0:53 / /srv/l/n rw - tmpfs tmpfs rw\n"
+    )
+    assert mounts.child_mounts(text, {22, 30}) == [
+        (97, 22, b"/srv/lower one/a\\b"),
+        (98, 30, b"/srv/l/m"),
+        (99, 30, b"/srv/l/n"),
+    ]
+    assert mounts.child_mounts(text, set()) == []
+    # what the full parser gives for those parents, in the same order
+    full = [e for e in mounts.parse_mountinfo(text.replace(b"x 30", b"0 99")) if e[1] in (22, 30)]
+    assert mounts.child_mounts(text, {22, 30}) == full
+
+
 def test_covered_names_are_children_of_the_layer_mount_under_its_path():
     table = [
         (30, 1, b"/srv/l"),  # the layer's own mount point: not a name in it
