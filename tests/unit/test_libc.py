@@ -51,6 +51,9 @@ def test_stack_depth_of_a_kernel_overlay(tmp_path):
     with mount_kernel_overlay(tmp_path / "m", [tmp_path / "l"], tmp_path / "u", tmp_path / "w"):
         assert _statfs_type(tmp_path / "m") == _OVERLAYFS_MAGIC
         assert _stack_depth(tmp_path / "m") == 1
+        # several layers: the deepest counts; one that cannot be looked at counts as 0
+        assert _stack_depth(tmp_path, "/no/such/path", tmp_path / "m") == 1
+    assert _stack_depth(tmp_path, "/no/such/path", "/proc") == 0
 
 
 def test_openat2_stays_beneath_and_refuses_symlinks(tmp_path):

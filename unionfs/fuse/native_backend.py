@@ -68,7 +68,7 @@ class NativeMount:
         self.stack_depth = 1
         if self.passthrough:
             backing = [opts.upper] if layers.stack.upper is not None else opts.lowers
-            self.stack_depth = 1 + max(map(_stack_depth, backing))
+            self.stack_depth = 1 + _stack_depth(*backing)
             from ..protocol.abi import MAX_STACK_DEPTH
 
             if self.stack_depth > MAX_STACK_DEPTH:
@@ -207,23 +207,40 @@ def _mount_device(mountpoint: str) -> tuple:
     return int.from_bytes(raw[136:140], sys.byteorder), int.from_bytes(raw[140:144], sys.byteorder)  # stx_dev
 
 
-def _stack_depth(path) -> int:
-    """How deep the filesystem holding *path* is stacked: 1 on an overlay, else 0 (FUSE's own depth is
-    not visible from here; a backing file deeper than assumed is refused by the kernel, ELOOP, and that
-    file is then not passed through)."""
-    try:
-        return 1 if _statfs_type(path) == _OVERLAYFS_MAGIC else 0
-    except OSError:
-        return 0
+def _stack_depth(*paths) -> int:
+    """How deep the filesystems holding *paths* are stacked: 1 if one is an overlay, else 0 (FUSE's own
+    depth is not visible from here; a backing file deeper than assumed is refused by the kernel, ELOOP,
+    and that file is then not passed through). A path that cannot be looked at counts as 0."""
+    statfs_type = _statfs()
+    for path in paths:
+        try:
+            if statfs_type(path) == _OVERLAYFS_MAGIC:
+                return 1
+        except OSError:
+            continue
+    return 0
+
+
+def _statfs():
+    """path -> the f_type of its filesystem (OSError where statfs fails). The C function and the buffer
+    are made once: each costs more than a call (18 us a path when made for each), and a mount without
+    an upper layer asks this for every lower."""
+    from .. import libc
+
+    statfs = libc.function("statfs", (libc.c_char_p, libc.c_char_p))
+    buf = libc.buffer(120)  # struct statfs; f_type is its first word
+    f_type = libc.c_long.from_buffer(buf)  # a long
+
+    def statfs_type(path) -> int:
+        if statfs(os.fsencode(path), buf) != 0:
+            raise libc.error(path)
+        return f_type.value
+
+    return statfs_type
 
 
 def _statfs_type(path) -> int:
-    from .. import libc
-
-    buf = libc.buffer(120)  # struct statfs; f_type is its first word
-    if libc.function("statfs", (libc.c_char_p, libc.c_char_p))(os.fsencode(path), buf) != 0:
-        raise libc.error(path)
-    return libc.c_long.from_buffer(buf).value  # f_type: a long
+    return _statfs()(path)
 
 
 def _loop_needed() -> None:
