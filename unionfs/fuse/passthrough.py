@@ -62,8 +62,8 @@ class PassthroughRequests:
                 # with the daemon's privileges and, with HANDLE_KILLPRIV_V2, asks nobody to clear them.
                 return 0
             try:
-                # (a lower file's open is left for its first need, and this is one)
-                backing = register(handle.fd if handle.fd >= 0 else self.union.read_fd(handle))
+                # (read_fd: a lower file's open is left for its first need, and this is one)
+                backing = register(self.union.read_fd(handle))
             except OSError as exc:
                 if exc.errno not in (errno.ELOOP, errno.EOVERFLOW, errno.EXDEV):
                     # not for this mount at all (not privileged, not agreed, no such ioctl): stop asking
