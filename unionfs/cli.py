@@ -169,13 +169,34 @@ def main(argv=None):
         from .fuse.daemon import run  # the backend is imported only when mounting
 
         try:
-            return run(opts, gc_after_mount=gc_enabled)
+            code = run(opts, gc_after_mount=gc_enabled)
         except MountError as exc:
             print("pyunionfs: %s" % exc, file=sys.stderr)
             return 1
     finally:
         if gc_enabled:
             gc.enable()
+    _leave(code)
+
+
+def _leave(code: int):
+    """End the daemon once it has served: what it has to say is written, and it leaves without the
+    interpreter's teardown (freeing every object one by one, ~4 ms of CPU after a container's unmount,
+    when the container engine is still at work). Everything it wrote went to the layers unbuffered and
+    its files and layers are closed by then; its worker threads are idle (no request is left)."""
+    from . import logger
+
+    logger.flush()
+    if "logging" in sys.modules:
+        import logging
+
+        logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
 
 
 if __name__ == "__main__":

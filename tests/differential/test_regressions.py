@@ -126,6 +126,14 @@ def test_root_mtime_after_big_copyup_and_rename(replay):
     replay(("write", "dop/new1", "append", 0, BIG), ("rename", "dm/sub/deep", "dop/new1"))
 
 
+def test_root_mtime_after_a_failed_rename_that_leaves_a_whiteout(replay):
+    # Found by exploring with fresh seeds: the opaque upper dup_op (over a lower dup_op) renamed onto the
+    # non-empty upper ñdir fails ENOTEMPTY after the upper's renameat2(RENAME_WHITEOUT) has changed the
+    # root's times, in both. pyunionfs showed the root's old mtime: the kernel keeps the attributes it
+    # caches of a rename's parents when the rename fails, so the daemon has to say they changed.
+    replay(("rename", "dup_op", "ñdir"), ("unlink", ""))
+
+
 # ---- redirect_dir=on on both sides: lower and merged directories rename by redirect.
 
 

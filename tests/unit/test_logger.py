@@ -71,6 +71,21 @@ print("before exit")
     assert out.split("\n")[:2] == ["before exit", "LINE INFO at exit"]
 
 
+def test_nothing_kept_nothing_loaded_at_exit():
+    """A daemon that logged nothing at its level does not import logging to leave (flush() at exit)."""
+    code = (
+        "import atexit, sys; from unionfs import logger; "
+        "atexit.register(lambda: print('at exit, logging loaded:', 'logging' in sys.modules)); "
+        "logger.configure_later(lambda: None, {'': logger.WARNING}); "
+        "logger.get_logger('unionfs').info('below the level'); logger.flush(); "
+        "print('after flush, logging loaded:', 'logging' in sys.modules)"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert res.stdout.split("\n")[:2] == ["after flush, logging loaded: False", "at exit, logging loaded: False"], (
+        res.stdout + res.stderr
+    )
+
+
 def test_exception_is_written_at_once_with_its_traceback():
     out = _run(
         """

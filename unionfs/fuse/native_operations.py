@@ -94,10 +94,10 @@ class NativeOperations(Operations):
         if conn.flags & abi.HANDLE_KILLPRIV_V2:
             self.requests.kill_privs = True
 
-            def invalidate(node_id, notify=session.notify_inval_inode):
-                notify(node_id, -1)  # attributes only: the kernel holds the written pages locked
+        def invalidate(node_id, notify=session.notify_inval_inode):
+            notify(node_id, -1)  # attributes only: a writer's pages may be locked while it waits for us
 
-            self.requests.attributes_changed = invalidate
+        self.requests.attributes_changed = invalidate
         self.requests.store_data = session.notify_store
         self.requests.drop_data = session.notify_inval_inode  # (node id): every page, and the attributes
         self.requests.applies_umask = bool(conn.flags & abi.DONT_MASK)

@@ -90,6 +90,10 @@ def _file_info(opened) -> FileInfo:
         raise _untranslatable("open reply", opened) from None
 
 
+def _attributes_changed(node_id: int) -> None:
+    pyfuse3.invalidate_inode(node_id, attr_only=True)  # (cached data kept: pages may be locked by a writer)
+
+
 class Pyfuse3Operations(pyfuse3.Operations):
     def __init__(self, requests: UnionRequests):
         super().__init__()
@@ -101,6 +105,7 @@ class Pyfuse3Operations(pyfuse3.Operations):
         requests.bare_entries = bare_entries.available
         requests.nodes.separate_ids = False  # pyfuse3's node id is st_ino
         requests.before_wait = fuse_loop.spare_reader
+        requests.attributes_changed = _attributes_changed
 
     # ----------------------------------------------------------- lookup and attributes
 

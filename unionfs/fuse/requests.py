@@ -195,6 +195,9 @@ class UnionRequests(DirectoryRequests, PassthroughRequests, PrivilegeRequests):
       (FUSE_NOTIFY_STORE); None: never. Where set, a read-only open of a small file that keeps the
       cache (not passed through) fills it (`_fill`), so that the read which mostly follows an open
       finds it there instead of asking.
+    - `attributes_changed`: attributes_changed(node_id) drops the attributes the kernel caches of a
+      node (its data stays), where the daemon changed them behind a request that does not refresh them
+      (a failed rename that touched its parents; a set-user-ID bit dropped on a write); default: nothing.
     - `drop_data`: drop_data(node_id) drops the kernel's cached pages (and attributes) of a node
       (FUSE_NOTIFY_INVAL_INODE); None: never. Where set, a big copy-up for an open passed through has
       them dropped while the bytes are copied, not by the open after it (`_dropper`).
@@ -464,10 +467,26 @@ class UnionRequests(DirectoryRequests, PassthroughRequests, PrivilegeRequests):
             await self._settled_child(parent, name)
             await self._settled_child(new_parent, new_name)
             await self._copy_up(union.copy_up_for_rename, parent, name, new_parent, new_name, flags)
-            union.rename(parent, name, new_parent, new_name, flags)
+            try:
+                union.rename(parent, name, new_parent, new_name, flags)
+            except Exception:
+                # A rename that fails may have touched its parents in the upper first, as the kernel's
+                # does (renames.py, _failing_upper_rename: ext4 changes the times of a parent while it
+                # prepares a RENAME_WHITEOUT), and the kernel refreshes a parent's attributes only after
+                # a rename that succeeded.
+                self._attributes_changed(parent_id, new_parent_id)
+                raise
             self.nodes.moved(parent, name, new_parent, new_name, exchange=bool(flags & RENAME_EXCHANGE))
         except Exception as exc:
             raise _failure(exc, "rename", (parent_id, name, new_parent_id, new_name)) from None
+
+    def _attributes_changed(self, *node_ids: int) -> None:
+        """Tell the kernel the attributes it caches of *node_ids* are stale (the backend's hook)."""
+        for node_id in dict.fromkeys(node_ids):
+            try:
+                self.attributes_changed(node_id)
+            except OSError as exc:
+                log.debug("invalidating the attributes of %d: %s", node_id, exc)
 
     # ----------------------------------------------------------- files
 
