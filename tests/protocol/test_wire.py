@@ -449,7 +449,7 @@ class OpensInPlace(Operations):
             raise NotADirectoryError(errno.ENOTDIR, "no")
         return FileInfo(21, cache_dir=True)
 
-    def readdir_now(self, fh, offset, out):
+    def readdir_now(self, node, fh, offset, out):
         if offset == 0:
             out.reply(b"a", 5, stat.S_IFREG, None, 1)
 

@@ -412,6 +412,50 @@ def test_readdir_offsets_and_a_full_reply(layers):
     run(scenario)
 
 
+def test_readdir_of_handle_0_keeps_a_snapshot_a_reader_until_its_end(layers, monkeypatch):
+    """Directories the kernel opened without an opendir (handle 0): each listing from offset 0 is a
+    snapshot of its own, named by the offsets it gives; it is let go at its end, and a reader whose
+    snapshot was let go goes on at its position in a fresh listing."""
+    from unionfs.fuse import directories
+
+    for name in ("a", "b", "c", "d"):
+        write(f"{layers.dirs['lower']}/{name}", name.encode())
+    r = layers()
+
+    def read(offset, most):
+        got = []
+
+        def take(name, ino, ftype, entry, next_offset):
+            if len(got) == most:
+                return False
+            got.append((name, next_offset))
+            if entry is not None:
+                r.nodes.forget(entry.node_id, 1)
+            return True
+
+        r.readdir_now(0, offset, take, plus=True, node_id=ROOT_ID)
+        return got
+
+    one = read(0, 4)  # ".", "..", two names
+    two = read(0, 4)  # another reader: a snapshot of its own
+    tag1, tag2 = one[0][1] & ~0xFFFFFF, two[0][1] & ~0xFFFFFF
+    assert tag1 and tag2 and tag1 != tag2 and [o for _, o in one] == [tag1 | i for i in range(1, 5)]
+    assert all(o < 2**31 for _, o in one + two)
+    write(f"{layers.dirs['upper']}/e", b"e")  # a name made behind both snapshots
+    rest1 = read(one[-1][1], 10)
+    assert sorted(n for n, _ in one[2:] + rest1) == [b"a", b"b", b"c", b"d"]  # its own snapshot: no "e"
+    assert len(r._snapshots) == 2
+    assert read(rest1[-1][1], 10) == [] and len(r._snapshots) == 1  # read to its end: let go
+    # a reader whose snapshot was let go goes on where it was, in a fresh listing (with "e" now)
+    monkeypatch.setattr(directories, "_SNAPSHOTS", 1)
+    read(0, 1)  # a third reader's snapshot pushes the second's out
+    rest2 = read(two[-1][1], 10)
+    fresh = {o & ~0xFFFFFF for _, o in rest2}
+    assert len(rest2) == 3 and len(fresh) == 1 and fresh != {tag2}  # positions 5-7 of the fresh one
+    (number,) = r._snapshots
+    assert number << 24 in fresh and b"e" in [e[0] for e in r._snapshots[number][1]]
+
+
 def test_readdir_without_plus_takes_no_references(layers):
     write(f"{layers.dirs['lower']}/f", b"x")
     os.mkdir(f"{layers.dirs['lower']}/d")

@@ -7,6 +7,7 @@ session. Apart from native_backend.py (the mount and its serving), because nothi
 the mount is live: the mount program's parent returns before this is imported.
 """
 
+import errno
 import os
 
 from ..logger import get_logger
@@ -61,6 +62,7 @@ class NativeOperations(Operations):
     def __init__(self, requests: UnionRequests, session=None):
         self.requests = requests
         self.session = session
+        self.opendir_unasked = False  # zero-message opendir (init)
         requests.bare_entries = True  # a readdirplus entry with node id 0 is the session's add_bare
         # The session answers these in place (see Operations.lookup_now): the request layer's own
         # methods take the session's values as they are, so no method of this class stands between.
@@ -78,14 +80,18 @@ class NativeOperations(Operations):
         return None if opened is None else _file_info(opened)
 
     def opendir_now(self, node):
+        if self.opendir_unasked:
+            # Zero-message opendir: answered ENOSYS once, the kernel opens directories itself from then
+            # on, with no OPENDIR or RELEASEDIR, handle 0 and the flags below (fuse_file_open's default).
+            raise OSError(errno.ENOSYS, "directories are opened by the kernel")
         # The kernel may keep a directory's listing (FOPEN_CACHE_DIR) and keep it across opens
         # (KEEP_CACHE): it drops it itself when the directory changes through the mount (its mtime or
         # its inode's version moves). A layer changed behind the mount is undefined, as on the kernel.
         return FileInfo(self.requests.opendir_now(node), cache_dir=True, keep_cache=True)
 
-    def readdir_now(self, fh, offset, out):
+    def readdir_now(self, node, fh, offset, out):
         # DirBuffer.reply takes the request layer's callback arguments as they are (entry None: bare)
-        self.requests.readdir_now(fh, offset, out.reply, plus=out.plus)
+        self.requests.readdir_now(fh, offset, out.reply, plus=out.plus, node_id=node)
 
     async def init(self, conn) -> None:
         session = self.session
@@ -99,6 +105,10 @@ class NativeOperations(Operations):
 
         self.requests.attributes_changed = invalidate
         self.requests.store_data = session.notify_store
+        # A warm walk then costs no request a directory (it cost OPENDIR and RELEASEDIR, its listing
+        # coming from the kernel's cache): directories.py lists for handle 0. Not with allow_root,
+        # whose filter works on requests: an open the daemon never hears of would escape it.
+        self.opendir_unasked = bool(conn.kernel_flags & abi.NO_OPENDIR_SUPPORT) and not session.others_denied
         self.requests.drop_data = session.notify_inval_inode  # (node id): every page, and the attributes
         self.requests.applies_umask = bool(conn.flags & abi.DONT_MASK)
         if conn.flags & abi.PASSTHROUGH:
@@ -194,7 +204,7 @@ class NativeOperations(Operations):
         return self.opendir_now(node)
 
     async def readdir(self, node, fh, offset, out, ctx):
-        self.readdir_now(fh, offset, out)
+        self.readdir_now(node, fh, offset, out)
 
     async def releasedir(self, node, fh, ctx):
         await self.requests.releasedir(fh)

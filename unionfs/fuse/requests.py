@@ -242,6 +242,8 @@ class UnionRequests(DirectoryRequests, PassthroughRequests, PrivilegeRequests):
         self._entry = self.nodes.entry
         self._files = {}
         self._dirs = {}
+        self._snapshots = {}  # directories.py: listings of handle 0
+        self._snapshot_number = 0
         self._fh = itertools.count(1)
         self._copy_locks = {}
         self._read_credit = 0

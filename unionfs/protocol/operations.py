@@ -363,7 +363,9 @@ class Operations:
     read_fd = None
     release_now = None  # (fh) -> None
     opendir_now = None  # (node) -> FileInfo
-    readdir_now = None  # (fh, offset, out: DirBuffer) -> None
+    # (node, fh, offset, out: DirBuffer) -> None; fh is 0 where the directory was opened without an
+    # OPENDIR (the filesystem answered it ENOSYS and the kernel offered NO_OPENDIR_SUPPORT)
+    readdir_now = None
     releasedir_now = None  # (fh) -> None
 
     async def init(self, conn: Conn) -> None:

@@ -571,22 +571,22 @@ class Requests:
         _args(abi.OPEN_IN, view, end)
         return _pack_out(32, 0, unique) + self._open_out(self.ops.opendir_now(nodeid))
 
-    def _readdir_now_any(self, view, end, unique, plus):
+    def _readdir_now_any(self, view, end, unique, nodeid, plus):
         fh, offset, size, _, _, _, _ = _args(abi.READ_IN, view, end, abi.COMPAT_READ_IN_SIZE)
         out = DirBuffer(size, plus)
         try:
-            self.ops.readdir_now(fh, offset, out)
+            self.ops.readdir_now(nodeid, fh, offset, out)
         except Exception:
             if not len(out):
                 raise
-            log.debug("readdir of fh %d failed after %d entries", fh, len(out), exc_info=True)
+            log.debug("readdir of node %d failed after %d entries", nodeid, len(out), exc_info=True)
         return self._data(unique, out.getvalue())
 
     def _readdir_now(self, view, end, unique, nodeid):
-        return self._readdir_now_any(view, end, unique, False)
+        return self._readdir_now_any(view, end, unique, nodeid, False)
 
     def _readdirplus_now(self, view, end, unique, nodeid):
-        return self._readdir_now_any(view, end, unique, True)
+        return self._readdir_now_any(view, end, unique, nodeid, True)
 
     def _releasedir_now(self, view, end, unique, nodeid):
         self.ops.releasedir_now(_args(abi.RELEASE_IN, view, end, 8)[0])

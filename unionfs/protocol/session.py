@@ -197,11 +197,13 @@ class Session(Requests):
         self._splicer: Splicer | None = None  # made at the first spliced READ
         self._handlers = self._handler_table()
         self._immediate = self._immediate_table()
+        self.others_denied = False  # deny_others: an open that reaches no handler would escape the filter
 
     def deny_others(self, owner: int) -> None:
         """allow_root, as libfuse does it: the mount is made with allow_other, and requests of users
         other than *owner* and root answer EACCES, except those on what is already open (read, write,
         release ...) and the protocol's own (INIT, FORGET, INTERRUPT, DESTROY)."""
+        self.others_denied = True
         allowed = {0, owner}
         for opcode, handler in list(self._handlers.items()):
             if opcode not in _OPEN_OR_OWN:
