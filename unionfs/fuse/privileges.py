@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import stat
 
-from ..logger import get_logger
-
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (a mount program's start)
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -18,8 +16,6 @@ if TYPE_CHECKING:
     from ..engine import UnionEngine
     from ..engine.idmap import IdMap
     from .nodetable import KernelNodes
-
-log = get_logger("unionfs")
 
 
 def _in_group(caller, gid: int) -> bool:
@@ -39,13 +35,13 @@ def _in_group(caller, gid: int) -> bool:
 
 
 class PrivilegeRequests:
-    """Uses the request layer's `union`, `nodes`, `gid_map` and `attributes_changed` (the backend's
-    way to make the kernel drop a node's cached attributes)."""
+    """Uses the request layer's `union`, `nodes`, `gid_map` and `_attributes_changed` (the backend's
+    way to make the kernel drop the attributes it caches of node ids; a failure is logged)."""
 
     union: UnionEngine
     nodes: KernelNodes
     gid_map: IdMap
-    attributes_changed: Callable[[int], None]
+    _attributes_changed: Callable[..., None]
 
     def _kill_suidgid(self, node, st, caller, handle=None):
         """Clear a regular file's set-user-ID, and its set-group-ID where the group may execute or
@@ -65,8 +61,5 @@ class PrivilegeRequests:
         st = self.union.setattr(node, mode=stat.S_IMODE(mode) & ~kill, handle=handle)
         node_id = self.nodes.id_of(node)
         if node_id is not None:
-            try:
-                self.attributes_changed(node_id)
-            except OSError as exc:
-                log.debug("invalidating the attributes of %d: %s", node_id, exc)
+            self._attributes_changed(node_id)
         return st
