@@ -324,11 +324,13 @@ def test_nodes_nobody_holds_go_away(stack):
     handle = u.open(nodes[7], os.O_RDONLY)
     del nodes
     assert len(u.nodes) == 3  # the root, dir (held by its open child and this test) and f7
+    # Every map that held a dead node weakly lost its entry (the node dropped them as it died).
+    assert len(u.nodes.by_key) == 3 and list(d.children.data) == [b"f7"]
     u.release(handle)
     del handle
-    assert len(u.nodes) == 2
+    assert len(u.nodes) == 2 and len(u.nodes.by_key) == 2 and not d.children.data
     del d
-    assert len(u.nodes) == 1
+    assert len(u.nodes) == 1 and len(u.nodes.by_key) == 1 and not u.root.children.data
 
 
 def test_st_ino_is_the_same_when_a_node_is_made_again(stack):

@@ -43,7 +43,10 @@ class Files:
     def new_handle(self, fd: int, node: Node, layer: int, flags: int) -> FileHandle:
         """A handle of the open fd (of the node's backing in layer), counted on the node."""
         handle = FileHandle(fd, node, layer, flags & ACCMODE != os.O_RDONLY, node.names[0] if node.names else None)
-        node.handles.append(handle)
+        if node.handles:
+            node.handles.append(handle)
+        else:
+            node.handles = [handle]  # (a node without open files holds an empty tuple: most nodes)
         return handle
 
     def copy_up_for_open(self, node: Node, flags: int):
@@ -136,10 +139,12 @@ class Files:
         if handle.fd >= 0:
             os.close(handle.fd)
         handle.fd, handle.later = -1, None
-        try:
-            node.handles.remove(handle)
-        except ValueError:
-            pass
+        handles = node.handles
+        if handle in handles:
+            if len(handles) == 1:
+                node.handles = ()
+            else:
+                handles.remove(handle)
 
     def opendir(self, node: Node) -> None:
         if not node.is_dir:

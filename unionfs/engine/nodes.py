@@ -22,7 +22,7 @@ nobody holds goes away by itself, and a lookup makes it again from the layers.
 import errno
 from types import MappingProxyType
 
-from .weakvalues import WeakValues
+from .weakvalues import WeakValues, ref
 
 ROOT_ID = 1
 _FALLBACK_BASE = 1 << 48
@@ -54,10 +54,11 @@ class Node:
         "absent",
         "listing",
         "is_root",
+        "table",
         "__weakref__",
     )
 
-    def __init__(self, ino, is_dir, layer, merge, key):
+    def __init__(self, ino, is_dir, layer, merge, key, table=None):
         self.ino = ino  # st_ino as shown (see the module docstring)
         self.is_dir = is_dir
         self.names = []  # [(parent Node, name bytes)], the first one is used to reach the file
@@ -67,7 +68,7 @@ class Node:
         # name -> child Node, held weakly (directories; others have none)
         self.children = WeakValues() if is_dir else _NO_CHILDREN
         self.shared_lower = False  # a lower file with other names (hard links): see fuse/nodetable.py
-        self.handles = []  # open FileHandles, to stat a file whose last name is gone
+        self.handles = ()  # open FileHandles (a list while any), to stat a file whose last name is gone
         self.xattr_names = None  # stored xattr names once listed (the kernel asks for
         #                          security.capability before every write): None = not known
         self.lpaths = None  # directories: {lower layer index: path in it} where that differs
@@ -80,6 +81,18 @@ class Node:
         self.listing = None  # directories: (key, [(name, file type)]) of the last listing, see
         #                          Listings.list_entries
         self.is_root = False
+        self.table = table  # the NodeTable whose maps hold this node (they drop it when it dies)
+
+    def __del__(self, _ref=ref):
+        # Nobody holds the node any more: the entries that held it weakly go (see weakvalues). The
+        # names hold its parents, so they are alive here.
+        wr = _ref(self)
+        for parent, name in self.names:
+            parent.children.discard(name, wr)
+        table = self.table
+        if table is not None:
+            table.by_ino.discard(self.ino, wr)
+            table.by_key.discard(self.key, wr)
 
     def __repr__(self):
         return f"Node({self.ino}, {self.names[:1]!r}, layer={self.layer}, merge={self.merge})"
@@ -117,7 +130,7 @@ class NodeTable:
         # The root shows the top layer's root number, as the kernel's overlay (the upper's, or the top
         # lower's): a backend whose node ids are st_ino shows the root as node 1 whatever this says.
         root_ino = self._new_ino(root_key)
-        self.root = Node(root_ino, True, root_merge[0], root_merge, root_key)  # held by the table
+        self.root = Node(root_ino, True, root_merge[0], root_merge, root_key, self)  # held by the table
         self.root.is_root = True
         self.by_ino[root_ino] = self.root
         self.by_key[root_key] = self.root
@@ -164,10 +177,13 @@ class NodeTable:
                     ino_key = ino_key()
                 except OSError:  # changed behind the mount: the backing entry's number will do
                     ino_key = None
-            node = Node(self._new_ino(ino_key or key), is_dir, layer, merge, key)
+            node = Node(self._new_ino(ino_key or key), is_dir, layer, merge, key, self)
             node.lpaths, node.redirect = lpaths, redirect
             self.by_ino[node.ino] = node
             self.by_key[key] = node
+            node.names = [(parent, name)]
+            _set_child(parent, name, node)
+            return node
         node.names.insert(0, (parent, name))
         _set_child(parent, name, node)
         return node

@@ -31,6 +31,7 @@ class Resolution:
     def __init__(self, stack, nodes):
         self.stack, self.nodes = stack, nodes
         self.layers, self.markers = stack.layers, stack.markers
+        self._devs = {}  # st_dev -> the one int object the nodes' keys hold for it
 
     def connect(self, union) -> None:
         self.index, self.attributes = union.index, union.attributes
@@ -140,7 +141,8 @@ class Resolution:
     def attach(self, parent, name, index, st, merge, lpaths=None, redirect=None, new=False) -> Node:
         """The node of a resolved entry, made or found in the node table under parent/name. *new*: an
         upper entry the daemon has just made, which records no origin (none to read)."""
-        key = (index, st.st_dev, st.st_ino)
+        dev = st.st_dev
+        key = (index, self._devs.setdefault(dev, dev), st.st_ino)  # one int object a device, not a node
         is_dir = stat.S_ISDIR(st.st_mode)
         shared = (index != 0 or self.stack.upper is None) and not is_dir and st.st_nlink > 1
         ino_key = None

@@ -1,39 +1,24 @@
-"""WeakValues: a mapping whose values are held weakly (an entry goes when its value does).
+"""WeakValues: a mapping whose values are held weakly; the value drops its own entries when it dies.
 
 The node table keeps three of these per node it makes (the parent's children, by st_ino, by backing
-key), so a cold lookup or a readdirplus entry pays for them every time. weakref.WeakValueDictionary
-does the same job with three Python frames per store (its KeyedRef's __new__ and __init__, and
-__setitem__) and a guard for removals during iteration; here a store is one frame and a C-level ref,
-and iteration works on a copy (dict.copy runs no Python code, so no removal can interleave). Only what
-the node table uses: get, [], del, in, len, values.
+key), so a cold lookup or a readdirplus entry pays for them every time. Each entry holds the value's
+one plain weak reference: `ref(value)` without a callback is the same object however often it is
+made, so the three entries of a node share it (weakref.WeakValueDictionary makes a reference with a
+callback per entry, ~90 bytes each, and three Python frames per store). An entry whose value died
+reads as absent; the value removes its entries itself when it goes (`Node.__del__` calls `discard`).
+Iteration works on a copy. Only what the node table uses: get, [], del, in, len, values, discard.
 """
 
 from _weakref import ref  # weakref.ref itself; the weakref module is ~0.5 ms of a mount's start
 
-__all__ = ["WeakValues"]
-
-
-class _Ref(ref):
-    """A weak reference that knows its key (created and initialized in C: no __new__/__init__ here)."""
-
-    __slots__ = ("key",)
-    key: object
+__all__ = ["WeakValues", "ref"]
 
 
 class WeakValues:
-    __slots__ = ("data", "_gone", "__weakref__")
+    __slots__ = ("data",)
 
     def __init__(self):
-        self.data = {}  # key -> _Ref
-
-        def gone(wr, owner=ref(self)):
-            # The value died. Its key may name a newer value by now: drop only this reference. (The
-            # mapping itself is held weakly here: no cycle keeps a dead directory's children alive.)
-            mapping = owner()
-            if mapping is not None and mapping.data.get(wr.key) is wr:
-                del mapping.data[wr.key]
-
-        self._gone = gone
+        self.data = {}  # key -> the value's plain weak reference
 
     def get(self, key, default=None):
         wr = self.data.get(key)
@@ -49,9 +34,7 @@ class WeakValues:
         return value
 
     def __setitem__(self, key, value) -> None:
-        wr = _Ref(value, self._gone)
-        wr.key = key
-        self.data[key] = wr
+        self.data[key] = ref(value)
 
     def __delitem__(self, key) -> None:
         del self.data[key]
@@ -65,3 +48,11 @@ class WeakValues:
 
     def values(self) -> list:
         return [value for wr in self.data.copy().values() if (value := wr()) is not None]
+
+    def discard(self, key, wr) -> None:
+        """Drop the entry of *key* if it holds *wr* (a dying value's reference) or a dead one. The key
+        may name a newer value by now: that entry stays. (In a garbage cycle the collector clears the
+        references before the finalizers run, so a dying value's own reads as dead there.)"""
+        held = self.data.get(key)
+        if held is not None and (held is wr or held() is None):
+            del self.data[key]
