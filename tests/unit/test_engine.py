@@ -270,6 +270,28 @@ def test_lower_hard_links_share_a_node_until_copy_up(stack):
     assert open(f"{d['upper']}/a", "rb").read() == b"changed"
 
 
+def test_xattr_names_of_lower_entries_with_and_without_listxattrat(stack, monkeypatch):
+    # A lower entry's names are listed through its parent's kept fd: listxattrat where the kernel has
+    # it, else os.listxattr of a /proc path. Both give the same names, and neither follows a symlink.
+    from unionfs.engine import _sys
+
+    write(f"{stack.dirs['lower1']}/d/f", b"x")
+    os.setxattr(f"{stack.dirs['lower1']}/d/f", "user.one", b"1")
+    os.setxattr(f"{stack.dirs['lower1']}/d/f", "user.two", b"2")
+    write(f"{stack.dirs['lower1']}/d/plain", b"")
+    os.symlink("f", f"{stack.dirs['lower1']}/d/link")
+    seen = []
+    for have in (_sys._have_listxattrat, False):
+        monkeypatch.setattr(_sys, "_have_listxattrat", have)
+        u = stack(readonly=True)
+        d = u.child(u.root, b"d")
+        seen.append(
+            [sorted(u.listxattr(u.child(d, name))) for name in (b"f", b"plain", b"link")]
+            + [u.find_xattr(u.child(d, b"f"), b"user.two"), u.find_xattr(u.child(d, b"f"), b"security.capability")]
+        )
+    assert seen[0] == seen[1] == [[b"user.one", b"user.two"], [], [], b"2", None]
+
+
 def test_private_xattrs_are_escaped(stack):
     write(f"{stack.dirs['lower0']}/d/x", b"")
     write(f"{stack.dirs['lower1']}/d/y", b"")

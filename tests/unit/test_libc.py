@@ -94,3 +94,31 @@ def test_renameat2_and_fallocate_flags(tmp_path):
             os.close(fd)
     finally:
         os.close(dfd)
+
+
+def test_listxattrat_lists_a_name_through_its_directory(tmp_path, monkeypatch):
+    (tmp_path / "f").write_bytes(b"")
+    os.setxattr(tmp_path / "f", "user.a", b"1")
+    os.setxattr(tmp_path / "f", "user.long." + "x" * 200, b"2")
+    (tmp_path / "plain").write_bytes(b"")
+    os.symlink("f", tmp_path / "link")
+    d = os.open(tmp_path, os.O_PATH | os.O_DIRECTORY)
+    try:
+        try:
+            _sys.listxattrat(d, b"plain")
+        except OSError as exc:
+            if exc.errno == errno.ENOSYS:
+                pytest.skip("listxattrat needs Linux 6.13")
+            raise
+        assert sorted(_sys.listxattrat(d, b"f")) == sorted(os.fsencode(n) for n in os.listxattr(tmp_path / "f"))
+        assert _sys.listxattrat(d, b"plain") == []
+        assert _sys.listxattrat(d, b"link") == []  # the symlink's own (none), not its target's
+        with pytest.raises(OSError) as exc:
+            _sys.listxattrat(d, b"missing")
+        assert exc.value.errno == errno.ENOENT
+        monkeypatch.setattr(_sys, "_have_listxattrat", False)  # an older kernel: the callers fall back
+        with pytest.raises(OSError) as exc:
+            _sys.listxattrat(d, b"f")
+        assert exc.value.errno == errno.ENOSYS
+    finally:
+        os.close(d)

@@ -10,7 +10,7 @@ import errno
 import os
 import stat
 
-from . import ownership, xattrs
+from . import _sys, ownership, xattrs
 from .layers import O_PATH_DIR, Layer
 from .nodes import Node
 from .whiteout import proc_path
@@ -338,14 +338,30 @@ class Attributes:
             if fd is not None:
                 return frozenset(map(os.fsencode, os.listxattr(fd)))
         try:
-            listed = self._at_entry(self.layers[node.layer], node, os.listxattr)
+            listed = self._list_at_entry(self.layers[node.layer], node)
         except OSError as exc:
             if exc.errno != errno.ENOTSUP:
                 raise
             listed = []
-        names = frozenset(map(os.fsencode, listed)) if listed else _NO_NAMES
+        names = frozenset(listed) if listed else _NO_NAMES
         node.xattr_names = names
         return names
+
+    def _list_at_entry(self, layer: Layer, node: Node) -> list:
+        """The xattr names (bytes) of the node's entry in *layer*: a lower entry's through its parent's
+        kept fd, with listxattrat where the kernel has it (no /proc path to resolve); else as _at_entry."""
+        rel = self.resolution.rel(node, layer.index)
+        if rel:
+            reached = layer.reach(rel)
+            if reached is not None:
+                try:
+                    return _sys.listxattrat(*reached)
+                except OSError as exc:
+                    if exc.errno != errno.ENOSYS:
+                        raise
+                return list(map(os.fsencode, os.listxattr(proc_path(*reached), follow_symlinks=False)))
+        with _ProcPath(layer, rel) as (path, follow):
+            return list(map(os.fsencode, os.listxattr(path, follow_symlinks=follow)))
 
     def listxattr(self, node: Node):
         # The names listed last are current (every change goes through the daemon and forgets them), as
