@@ -7,7 +7,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from benchutil import BenchError, run_cmd
+from benchutil import BenchError, retire, run_cmd
 from layers import kernel_overlay_works
 
 from unionfs.embed import lifecycle
@@ -64,7 +64,7 @@ class Mount:
             errors += self.daemon_log_errors(rc)
         LIVE.pop(mnt, None)
         if not self.is_mount or not lifecycle.mounts_at(real):
-            shutil.rmtree(self.slot, ignore_errors=True)
+            retire(self.slot)
         else:
             errors.append(f"{mnt} is still mounted; left {self.slot} in place")
         return errors
