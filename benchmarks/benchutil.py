@@ -38,7 +38,8 @@ def retire(slot):
     one freed in the last 60 to 360 s (ext4's recently_deleted), and each create scans past those. After
     a slot of thousands of entries was deleted, creating a file near it took 0.7-1 ms instead of 35 us,
     so `untar` and `rename` measured which contender ran right after a big deletion more than the
-    contender itself (untar, one pyunionfs run after another in one directory: 6.1, 9.2, 11.4 s)."""
+    contender itself (untars in one directory, pyunionfs and fuse-overlayfs in turns, each slot deleted
+    after: pyunionfs's took 6.1, 9.2, 11.4 s)."""
     trash = slot.parent / RETIRED
     trash.mkdir(exist_ok=True)
     for dirpath, _, files in os.walk(slot):
