@@ -113,8 +113,8 @@ def fallocate(fd: int, mode: int, offset: int, length: int) -> None:
 def listxattrat(dirfd: int, name: bytes) -> list:
     """The xattr names (bytes) of *name* in directory *dirfd*, not following a symlink there:
     listxattrat(2), Linux 6.13. The same answer as os.listxattr of a /proc/self/fd path, without
-    resolving that path (~5 us of a container engine's diff a file here). OSError(ENOSYS) where the
-    kernel lacks it."""
+    resolving that path (the first getxattr of a file, in process: 9.0-9.9 -> 6.1-8.5 us here).
+    OSError(ENOSYS) where the kernel lacks it."""
     global _have_listxattrat
     if not _have_listxattrat:
         raise OSError(errno.ENOSYS, "listxattrat unavailable")
