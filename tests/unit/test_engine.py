@@ -629,3 +629,39 @@ def test_listings_of_a_read_only_union_are_kept(stack):
     first = u.list_entries(u.root)
     assert [(n, t) for n, t, e in first] == [(b"f", stat.S_IFREG)] and first[0][2] is not None
     assert u.list_entries(u.root) == [(b"f", stat.S_IFREG, None)]
+
+
+def test_setattr_of_an_open_file_goes_through_its_descriptor(stack, monkeypatch):
+    # A tar sets owner, mode and times while the file it wrote is open (and the kernel sends no handle
+    # with those SETATTRs): they go through the open handle's descriptor, with no path resolved, and
+    # land on the file even after its directory was renamed. A lower file opened read-only has no upper
+    # descriptor: its setattr copies up by the path, as before.
+    from unionfs.engine import _sys, layers
+
+    write(f"{stack.dirs['lower1']}/low", b"lower data", mode=0o644)
+    u = stack()
+    d = u.mkdir(u.root, b"d", 0o755, ROOT)[0]
+    node, handle, _ = u.create(d, b"f", 0o600, os.O_WRONLY, ROOT)
+    u.write(handle, 0, b"data")
+    resolved = []
+    real = _sys.openat2
+    monkeypatch.setattr(_sys, "openat2", lambda *a, **k: resolved.append(a[1]) or real(*a, **k))
+    monkeypatch.setattr(layers.Layer, "lstat", lambda *a: pytest.fail("a path was resolved"))
+    st = u.setattr(node, mode=0o640)
+    st = u.setattr(node, uid=1234, gid=4321)
+    assert resolved == []
+    monkeypatch.undo()
+    u.rename(u.root, b"d", u.root, b"e")
+    st = u.setattr(node, atime_ns=1_000_000_000, mtime_ns=2_000_000_000)
+    u.release(handle)
+    on_disk = os.lstat(f"{stack.dirs['upper']}/e/f")
+    assert (stat.S_IMODE(on_disk.st_mode), on_disk.st_uid, on_disk.st_gid) == (0o640, 1234, 4321)
+    assert (on_disk.st_atime_ns, on_disk.st_mtime_ns) == (1_000_000_000, 2_000_000_000)
+    assert (st.st_ino, st.st_mtime_ns) == (on_disk.st_ino, 2_000_000_000)
+    # the lower file, open read-only: copied up by its path, then changed there
+    low = u.child(u.root, b"low")
+    ro = u.open(low, os.O_RDONLY)
+    u.setattr(low, mode=0o600)
+    u.release(ro)
+    assert stat.S_IMODE(os.lstat(f"{stack.dirs['upper']}/low").st_mode) == 0o600
+    assert stat.S_IMODE(os.lstat(f"{stack.dirs['lower1']}/low").st_mode) == 0o644

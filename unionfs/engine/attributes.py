@@ -195,6 +195,8 @@ class Attributes:
         times_only = size is None and mode is None and uid is None and gid is None
         noop_chown = times_only and atime_ns is None and mtime_ns is None
         fd = self.unlinked_fd(node, for_change=True)
+        if fd is None and size is None:
+            fd = self._open_upper_fd(node)
         if fd is not None:
             return self._setattr_fd(node, fd, size, mode, uid, gid, atime_ns, mtime_ns, handle, noop_chown)
         self.copyup.run(job)
@@ -245,8 +247,21 @@ class Attributes:
                 os.utime(target, ns=(atime_ns, mtime_ns), dir_fd=where, follow_symlinks=where is None)
             return self.shown_fd(upper, fd)
 
+    def _open_upper_fd(self, node: Node):
+        """A descriptor open on the node's upper file, from one of its open handles; None when it has
+        none. A change of owner, mode or times through it resolves no path: a tar sets them (three
+        SETATTRs a file, which the kernel sends without the file's handle) while the file it has just
+        written is still open, and each took two openat2 from the layer's root and a /proc path."""
+        if not node.handles or node.layer != 0 or self.index.is_entry(node):
+            return None
+        for handle in node.handles:
+            if handle.layer == 0 and handle.fd >= 0 and not handle.stays:
+                return handle.fd
+        return None
+
     def _setattr_fd(self, node, fd, size, mode, uid, gid, atime_ns, mtime_ns, handle, noop_chown):
-        """setattr of an unlinked, still open file: through its open descriptors."""
+        """setattr through an open descriptor of the upper file: an unlinked, still open file, or one
+        with an open handle (`_open_upper_fd`)."""
         upper = self.stack.upper
         if size is not None:
             writable = [h.fd for h in node.handles if h.writable and h.layer == 0]
@@ -266,7 +281,8 @@ class Attributes:
                 fd,
                 ns=(st.st_atime_ns if atime_ns is None else atime_ns, st.st_mtime_ns if mtime_ns is None else mtime_ns),
             )
-        forget_changed_xattrs(node)
+        if size is not None or mode is not None or uid is not None or gid is not None or noop_chown:
+            forget_changed_xattrs(node)  # a utimes changes no xattr
         return self.shown_fd(upper, fd)
 
     # ------------------------------------------------------------------ xattrs
