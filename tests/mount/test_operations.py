@@ -999,6 +999,38 @@ def test_changes_through_fd_of_unlinked_file(L, impl, kind):
     assert stat.S_IMODE(os.stat(L.upper).st_mode) == stat.S_IMODE(root_mode)
 
 
+def test_changes_through_fd_of_open_file(layers, impl):
+    """fchmod, fchown and futimens on a file open for writing (a tar sets them so, and the kernel sends
+    those SETATTRs without the file's handle): the changes reach the upper file the fd writes, and a
+    lower hard link of it keeps its own (index=off, as the kernel: the copy-up split the pair)."""
+    L = layers({"lower0": {"d/a": "shared\n", "d/h": Hardlink("d/a")}})
+    with union_mount(impl, L):
+        fd = os.open(L.mnt / "d/a", os.O_WRONLY | os.O_APPEND)
+        try:
+            os.write(fd, b"more\n")
+            os.fchmod(fd, 0o604)
+            os.fchown(fd, 4444, 5555)
+            os.utime(fd, ns=(T0, T0))
+            st = os.fstat(fd)
+        finally:
+            os.close(fd)
+        assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, st.st_mtime_ns) == (0o604, 4444, 5555, T0)
+        seen = os.lstat(L.mnt / "d/a")
+        assert (stat.S_IMODE(seen.st_mode), seen.st_uid, seen.st_mtime_ns, seen.st_ino) == (
+            0o604,
+            4444,
+            T0,
+            st.st_ino,
+        )
+        other = os.lstat(L.mnt / "d/h")
+        assert (other.st_uid, other.st_mtime_ns) != (4444, T0)
+        assert (L.mnt / "d/h").read_bytes() == b"shared\n"
+    up = os.lstat(L.upper / "d/a")
+    assert (stat.S_IMODE(up.st_mode), up.st_uid, up.st_gid, up.st_mtime_ns) == (0o604, 4444, 5555, T0)
+    assert (L.upper / "d/a").read_bytes() == b"shared\nmore\n"
+    assert not os.path.lexists(L.upper / "d/h")
+
+
 def test_lower_hardlinks_separate_after_copy_up(layers, impl):
     """index=off semantics: a lower file's hard links share data until one of them is copied up."""
     L = layers({"lower0": {"a": "shared\n", "h": Hardlink("a"), "d/h2": Hardlink("a")}})
