@@ -194,13 +194,17 @@ class Attributes:
         job = self.copy_up_for_setattr(node, size)  # None when the caller ran it, or for an unlinked file
         times_only = size is None and mode is None and uid is None and gid is None
         noop_chown = times_only and atime_ns is None and mtime_ns is None
+        xattrs_change = not times_only or noop_chown  # a utimes changes no xattr
         fd = self.unlinked_fd(node, for_change=True)
         if fd is None and size is None:
             fd = self._open_upper_fd(node)
         if fd is not None:
-            return self._setattr_fd(node, fd, size, mode, uid, gid, atime_ns, mtime_ns, handle, noop_chown)
+            st = self._setattr_fd(node, fd, size, mode, uid, gid, atime_ns, mtime_ns, handle, noop_chown)
+            if xattrs_change:
+                forget_changed_xattrs(node)
+            return st
         self.copyup.run(job)
-        if not times_only or noop_chown:  # a utimes changes no xattr
+        if xattrs_change:
             forget_changed_xattrs(node)
         upper = self.stack.upper
         rel = node.path()
@@ -281,8 +285,6 @@ class Attributes:
                 fd,
                 ns=(st.st_atime_ns if atime_ns is None else atime_ns, st.st_mtime_ns if mtime_ns is None else mtime_ns),
             )
-        if size is not None or mode is not None or uid is not None or gid is not None or noop_chown:
-            forget_changed_xattrs(node)  # a utimes changes no xattr
         return self.shown_fd(upper, fd)
 
     # ------------------------------------------------------------------ xattrs
