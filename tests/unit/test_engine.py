@@ -466,6 +466,44 @@ def test_wh_markers_are_read_by_default_as_fuse_overlayfs(stack):
     assert sorted(u.listdir(u.root)) == [b"d", b"gone", b"keep", b"op"]
 
 
+def test_no_wh_marker_is_looked_for_where_no_layer_follows(stack, monkeypatch):
+    # A .wh. marker only hides what lies in the layers below it: in the last layer a directory merges,
+    # a marker and nothing end the search alike, so a negative lookup does not look for one there.
+    from unionfs.engine import layers
+
+    d = stack.dirs
+    write(f"{d['lower0']}/m/.wh.hidden", b"")
+    write(f"{d['lower1']}/m/hidden", b"h")
+    write(f"{d['lower1']}/m/.wh.stale", b"")  # the bottom of m: hides nothing
+    write(f"{d['upper']}/solo/.wh.x", b"")  # a stale marker in a directory only the upper has
+    u = stack()
+    m, solo = u.child(u.root, b"m"), u.child(u.root, b"solo")
+    probed = []
+    real = layers.Layer.lstat
+    monkeypatch.setattr(layers.Layer, "lstat", lambda self, rel: probed.append((self.index, rel)) or real(self, rel))
+    for parent, name in ((m, b"hidden"), (m, b"stale"), (m, b"nothing"), (solo, b"x"), (solo, b"y")):
+        with pytest.raises(FileNotFoundError):
+            u.lookup(parent, name)
+    assert probed == [
+        (1, b"m/hidden"),
+        (1, b"m/.wh.hidden"),  # found: the search ends
+        (1, b"m/stale"),
+        (1, b"m/.wh.stale"),
+        (2, b"m/stale"),  # the bottom: no marker looked for
+        (1, b"m/nothing"),
+        (1, b"m/.wh.nothing"),
+        (2, b"m/nothing"),
+        (0, b"solo/x"),
+        (0, b"solo/y"),
+    ]
+    monkeypatch.undo()
+    # A name made over the stale marker takes the marker away, as over any .wh. whiteout.
+    node, h, _ = u.create(solo, b"x", 0o644, os.O_WRONLY, ROOT)
+    u.release(h)
+    assert sorted(os.listdir(f"{d['upper']}/solo")) == ["x"]
+    assert u.listdir(m) == []
+
+
 def test_kernel_exact_mode_shows_wh_names_as_plain_names(stack):
     oci_layers(stack.dirs)
     u = stack(whiteout_files=False)

@@ -36,8 +36,11 @@ class Resolution:
     def connect(self, union) -> None:
         self.index, self.attributes = union.index, union.attributes
 
-    def in_layer(self, layer: Layer, rel: bytes):
-        """What one layer holds at rel: its lstat, WHITED_OUT, or None."""
+    def in_layer(self, layer: Layer, rel: bytes, markers: bool = True):
+        """What one layer holds at rel: its lstat, WHITED_OUT, or None. *markers* False: a `.wh.` file
+        is not looked for, where its answer would change nothing (no layer is searched after this
+        one, so a whiteout and nothing end the search alike): one failing lookup less in every
+        negative LOOKUP."""
         try:
             st = layer.lstat(rel)
         except (FileNotFoundError, NotADirectoryError):
@@ -48,7 +51,7 @@ class Resolution:
             return None
         if st is not None:
             return WHITED_OUT if is_whiteout(st) else st
-        if self.markers.read_wh_files:
+        if markers and self.markers.read_wh_files:
             parent_rel, _, name = rel.rpartition(b"/")
             try:
                 layer.lstat(join(parent_rel, WH_PREFIX + name))
@@ -98,7 +101,8 @@ class Resolution:
             else:
                 rel = join(parent_lpaths[index] if index and parent_lpaths else parent_rel, lookup)
             layer = self.layers[index]
-            st = self.in_layer(layer, rel)
+            # (a redirect may give the loop new layers, but only after a directory is found here)
+            st = self.in_layer(layer, rel, pos < len(layers))
             if st is None:
                 continue
             if st is WHITED_OUT:
@@ -211,10 +215,12 @@ class Resolution:
 
     def lower_visible(self, parent: Node, name: bytes) -> bool:
         """Whether a lower layer merged into *parent* shows *name* (so removing it needs a whiteout)."""
-        for index in parent.merge:
+        merge = parent.merge
+        last = merge[-1] if merge else 0
+        for index in merge:
             if index == 0:
                 continue
-            st = self.in_layer(self.layers[index], join(self.rel(parent, index), name))
+            st = self.in_layer(self.layers[index], join(self.rel(parent, index), name), index != last)
             if st is not None:
                 return st is not WHITED_OUT
         return False
