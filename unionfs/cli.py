@@ -67,6 +67,8 @@ OPTIONS
                        WORKDIR/pyunionfs-index)
        readahead=KIB   the mount's readahead (default 1020; as root, native backend); 128 is the
                        kernel's
+       spin=US         native backend: how long the daemon polls for the next request before it
+                       sleeps (default 50 microseconds; 0: it sleeps at once)
        metacopy=off, xino=off|auto
                        accepted: they are what pyunionfs does; other values are refused
        rw, noatime, nodev, nosuid, noexec, sync, lazytime, ...

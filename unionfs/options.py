@@ -18,6 +18,10 @@ MAX_LOWERS = 500  # the kernel's limit
 # root may set it (sysfs).
 READAHEAD_KIB = 1020
 MAX_READAHEAD_KIB = 1 << 20
+# How long, in microseconds, the native backend's reader polls the device without sleeping after an
+# answer (protocol/session.py, SPIN_DEFAULT says why); 0: it sleeps at once, as before.
+SPIN_US = 50
+MAX_SPIN_US = 10_000
 
 # Generic mount(8) options that mount.fuse3 forwards. The ones libfuse takes are passed on; the rest
 # are accepted and ignored (atime handling is the kernel's: libfuse refuses relatime, lazytime, ...).
@@ -106,6 +110,7 @@ class MountOptions:
         self.passthrough = True  # the kernel reads and writes upper files itself (native backend, root)
         self.volatile = False  # fsync is a no-op (the kernel's and fuse-overlayfs's volatile)
         self.readahead = READAHEAD_KIB  # the mount's readahead (native backend, root; see the README)
+        self.spin = SPIN_US  # microseconds the native backend polls for the next request before it sleeps
         self.logfile: str | None = None
         self.timeout = 300.0
         self.fsname = "overlay"
@@ -219,11 +224,18 @@ def build(o: dict) -> MountOptions:
             opts.passthrough = value == "on"
         elif key == "readahead":
             try:
-                opts.readahead = int(value)
+                opts.readahead = int(value if value is not True else "")  # a bare `readahead` is no number
             except (TypeError, ValueError):
                 raise OptionError("readahead needs a number of KiB") from None
             if not 0 <= opts.readahead <= MAX_READAHEAD_KIB:
                 raise OptionError("readahead needs a number of KiB from 0 to %d" % MAX_READAHEAD_KIB)
+        elif key == "spin":
+            try:
+                opts.spin = int(value if value is not True else "")  # a bare `spin` is no number
+            except (TypeError, ValueError):
+                raise OptionError("spin needs a number of microseconds") from None
+            if not 0 <= opts.spin <= MAX_SPIN_US:
+                raise OptionError("spin needs a number of microseconds from 0 to %d" % MAX_SPIN_US)
         elif key == "xattr_permissions":
             if value not in ("0", "1", "2"):
                 raise OptionError("xattr_permissions needs 0, 1 or 2")

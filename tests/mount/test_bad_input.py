@@ -207,6 +207,16 @@ def _(L, tmp, extra):
     return ["-o", opts(L) + ",readahead=2000000", L.mnt]
 
 
+@bad("spin not a number")
+def _(L, tmp, extra):
+    return ["-o", opts(L) + ",spin=fast", L.mnt]
+
+
+@bad("spin above 10 ms")
+def _(L, tmp, extra):
+    return ["-o", opts(L) + ",spin=20000", L.mnt]
+
+
 @bad("redirect_dir=sideways")
 def _(L, tmp, extra):
     return ["-o", opts(L) + ",redirect_dir=sideways", L.mnt]

@@ -695,3 +695,35 @@ def test_native_backend_starts_its_event_loop_when_idle(L):
             f.write(b"changed")
         assert (L.upper / big).read_bytes()[:7] == b"changed"
         assert "event loop started for" not in d.log_text()
+
+
+def _cpu_ticks(pid: int) -> int:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # utime + stime
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("where", ["before the loop", "on the loop"])
+def test_an_idle_daemon_takes_no_cpu(L, where):
+    """After a burst of requests (the reader spins between them, session.SPIN_DEFAULT) an idle daemon
+    sleeps: over a second of nothing it takes at most a tick or two of CPU, before its event loop and
+    on it."""
+    if default_backend() != "native":
+        pytest.skip("the native backend's reader")
+    env = dict(os.environ, PYUNIONFS_LOOP_IDLE="60" if where == "before the loop" else "0.1")
+    with mount_pyunionfs(L.mnt, L.lowers, L.upper, L.work, extra_args=["-d"], env=env) as d:
+        if where == "on the loop":
+            deadline = time.monotonic() + 10
+            while "event loop started" not in d.log_text() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert "event loop started" in d.log_text()
+        for _ in range(300):
+            os.stat(L.mnt)
+            os.listdir(L.mnt)
+        time.sleep(0.3)
+        before = _cpu_ticks(d.proc.pid)
+        time.sleep(1.0)
+        used = _cpu_ticks(d.proc.pid) - before
+        assert used <= 2, f"{used} ticks of CPU in an idle second"
+        if where == "before the loop":
+            assert "event loop started" not in d.log_text()

@@ -652,7 +652,9 @@ def test_decoded_arguments_and_context(minor):
 # ------------------------------------------------------------------ every common opcode, on memfs
 
 
-def test_memfs_through_the_wire():
+@pytest.mark.parametrize("spin", [0.0, 50e-6])
+def test_memfs_through_the_wire(spin):
+    """Every common opcode, with the reader sleeping at once between requests and spinning first."""
     fs = MemFS()
 
     async def script(k):
@@ -760,7 +762,7 @@ def test_memfs_through_the_wire():
         # destroy ends the session
         await k.call(abi.DESTROY, 0)
 
-    session, _ = run_session(fs, script, flags=abi.DEFAULT_INIT_FLAGS | abi.SETXATTR_EXT)
+    session, _ = run_session(fs, script, flags=abi.DEFAULT_INIT_FLAGS | abi.SETXATTR_EXT, spin=spin)
     assert session._destroyed and session.conn.flags & abi.SETXATTR_EXT
 
 

@@ -48,9 +48,21 @@ def test_passthrough_is_on_unless_turned_off(text, expected):
 
 
 @pytest.mark.parametrize(
+    "text,expected", [("lowerdir=/a", 50), ("lowerdir=/a,spin=0", 0), ("lowerdir=/a,spin=10000", 10000)]
+)
+def test_spin_is_50_microseconds_unless_set(text, expected):
+    assert build(parse_o([text])).spin == expected
+
+
+@pytest.mark.parametrize(
     "text,message",
     [
         ("lowerdir=/a,whiteout_files=maybe", "whiteout_files needs on or off"),
+        ("lowerdir=/a,spin=lots", "spin needs a number of microseconds"),
+        ("lowerdir=/a,spin", "spin needs a number of microseconds"),
+        ("lowerdir=/a,readahead", "readahead needs a number of KiB"),
+        ("lowerdir=/a,spin=-1", "spin needs a number of microseconds from 0 to 10000"),
+        ("lowerdir=/a,spin=10001", "spin needs a number of microseconds from 0 to 10000"),
         ("upperdir=/u,workdir=/w", "no lowerdir"),
         ("lowerdir=/a::/b", "empty component"),
         ("lowerdir=/a:", "empty component"),

@@ -109,7 +109,12 @@ class NativeMount:
             ops = NativeOperations(requests)
             flags = INIT_FLAGS | (PASSTHROUGH_FLAGS if self.passthrough else 0)
             session = ops.session = Session(
-                ops, self.fd, flags=flags, max_write=MAX_REQUEST, max_stack_depth=self.stack_depth
+                ops,
+                self.fd,
+                flags=flags,
+                max_write=MAX_REQUEST,
+                max_stack_depth=self.stack_depth,
+                spin=self.opts.spin / 1e6,
             )
             session.splice_reads()
             if self.allow_root:

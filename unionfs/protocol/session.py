@@ -1,7 +1,8 @@
 """The FUSE request loop on trio: read a request from the device, call the filesystem, write the reply.
 
-One reader task reads the device (a plain poll of up to BRIEF_WAIT_MS first, then a non-blocking read;
-trio's wait only when nothing came within it) and runs each handler itself. A request
+One reader task reads the device (a spin of up to `spin` seconds first, see SPIN_DEFAULT, then a plain
+poll of up to BRIEF_WAIT_MS, then a non-blocking read; trio's wait only when nothing came within them)
+and runs each handler itself. A request
 the filesystem answers with a plain method (its `*_now` methods: lookup, getattr, getxattr, listxattr,
 read-only open, read, release, opendir, readdir, releasedir) is answered in place, with no coroutine
 at all. Any other handler's coroutine is driven by hand, so one that finishes without waiting costs no
@@ -34,6 +35,7 @@ import errno
 import os
 import select
 import types
+from time import perf_counter
 
 from ..logger import DEBUG, get_logger
 from . import abi
@@ -52,6 +54,15 @@ __all__ = ["Session", "Malformed"]
 log = get_logger("unionfs.protocol")
 
 READY_STREAK = 16
+# Spinning: after an answer, a reader polls the device without sleeping for up to Session.spin seconds
+# before it waits. A sequential client (tar, find, a container engine's walk) sends its next request a
+# few microseconds after it got the last answer (untar: 58% within 10 us, 94% within 50 us); a reader
+# that slept for it pays the wake-up (on a VM an interrupt through the host) and runs the next handler
+# with cold caches. SPIN_MISSES spins in a row that found nothing turn spinning off (a client that thinks
+# between its requests would only burn a CPU); it is tried again once every SPIN_RETRY waits.
+SPIN_DEFAULT = 50e-6
+SPIN_MISSES = 4
+SPIN_RETRY = 64
 # A reader that finds nothing queued waits this long in a plain poll (the whole loop with it) before it
 # waits in trio's: a client's next request mostly comes within it, and trio's wait (an epoll
 # registration, a task switch and back) was a fifth of the daemon's CPU in a cold read of every small
@@ -156,7 +167,9 @@ class Session(Requests):
     *max_readahead*: None leaves the kernel's. *max_background*, *congestion_threshold*: 0 leaves the
     kernel's. *max_stack_depth* (1 or 2): with PASSTHROUGH in *flags*, how deep the backing files'
     filesystems may be stacked themselves, plus one (the kernel refuses a backing file deeper than that,
-    and no other filesystem may stack on this one deeper than it). The session does not close *fd*.
+    and no other filesystem may stack on this one deeper than it). *spin*: seconds a reader polls the
+    device without sleeping before it waits for the next request (SPIN_DEFAULT above); 0: never. The
+    session does not close *fd*.
     """
 
     def __init__(
@@ -171,8 +184,11 @@ class Session(Requests):
         congestion_threshold: int = 0,
         time_gran: int = 1,
         max_stack_depth: int = 1,
+        spin: float = 0.0,
     ):
         self.ops = ops
+        self.spin = max(0.0, spin)
+        self._spin_misses = 0
         self.fd = fd
         self.want = flags
         self.max_write = max(_PAGE, max_write)
@@ -248,6 +264,7 @@ class Session(Requests):
             poller.register(wake_fd, select.POLLIN)
             timeout = -1 if idle is None else max(1, int(idle * 1000))
         parked: dict = {}  # fd -> (coroutine, its buffer, its length)
+        spin = self.spin
         self._before_loop = True
         every_round = wake_fd is None
         try:
@@ -258,7 +275,9 @@ class Session(Requests):
                     return None
                 # Wait first, read then: a caller's next request mostly comes after the answer to its
                 # last, so reading first would mostly fail (a syscall and an exception per request).
-                events = poller.poll(timeout)
+                events = self._spin_for_request(poller.poll) if spin else []
+                if not events:
+                    events = poller.poll(timeout)
                 if not events:
                     if wake_fd is not None and idle is not None and not parked:
                         return IDLE
@@ -316,6 +335,29 @@ class Session(Requests):
             self._finish_parked(parked)
             self._before_loop = False
             self._buffers.append(buf)
+
+    def _spin_for_request(self, poll) -> list[tuple[int, int]]:
+        """Poll (*poll*: a select.poll's poll) without sleeping for up to self.spin seconds, yielding the
+        CPU to anything else runnable on it meanwhile: the events of the poll that found something, or
+        [] (nothing came). Off after SPIN_MISSES fruitless spins in a row, retried once every SPIN_RETRY
+        calls (see SPIN_DEFAULT)."""
+        misses = self._spin_misses
+        if misses >= SPIN_MISSES:
+            if misses < SPIN_MISSES + SPIN_RETRY:
+                self._spin_misses = misses + 1
+                return []
+            misses = SPIN_MISSES - 1  # one more try: a miss turns spinning off again at once
+        deadline = perf_counter() + self.spin
+        yield_cpu = os.sched_yield
+        while True:
+            events = poll(0)
+            if events:
+                self._spin_misses = 0
+                return events
+            if perf_counter() >= deadline:
+                self._spin_misses = misses + 1
+                return []
+            yield_cpu()
 
     def _resume(self, parked: dict, fd: int, poller=None):
         """Go on with the handler parked on *fd* (readable now). Returns its request (bytes) when it
@@ -413,11 +455,14 @@ class Session(Requests):
         poller.register(fd, select.POLLIN)
         self.readers += 1
         poll = poller.poll
+        spin = self.spin
         ready = False  # trio said the device is readable: read without polling first
         try:
             while not self._ended:
                 # Poll first, read then (as before the loop): a request mostly comes while the reader
                 # waits, and a read that finds nothing costs a syscall and an exception.
+                if not ready and spin and not self._waiting:
+                    ready = bool(self._spin_for_request(poll))
                 if not ready and not poll(0 if self._waiting else BRIEF_WAIT_MS):
                     if self._waiting:
                         return  # another reader waits for the next request: this one is spare
