@@ -56,7 +56,7 @@ log = get_logger("unionfs.protocol")
 READY_STREAK = 16
 # Spinning: after an answer, a reader polls the device without sleeping for up to Session.spin seconds
 # before it waits. A sequential client (tar, find, a container engine's walk) sends its next request a
-# few microseconds after it got the last answer (untar: 58% within 10 us, 94% within 50 us); a reader
+# few microseconds after it got the last answer (untar: 58% within 10 us, 93% within 50 us); a reader
 # that slept for it pays the wake-up (on a VM an interrupt through the host) and runs the next handler
 # with cold caches. SPIN_MISSES spins in a row that found nothing turn spinning off (a client that thinks
 # between its requests would only burn a CPU); it is tried again once every SPIN_RETRY waits.
