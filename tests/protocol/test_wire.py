@@ -4,6 +4,7 @@ socketpair standing in for /dev/fuse (tests/protocol/fakekernel.py)."""
 import errno
 import logging
 import os
+import socket
 import stat
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from tests.protocol.fakekernel import FULL_FLAGS, attr_out, cstr, dirents, entry
 from tests.protocol.memfs import MemFS
 from unionfs.protocol import abi
 from unionfs.protocol.operations import DirBuffer, Entry, FileInfo, Operations
+from unionfs.protocol.session import Session
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -918,3 +920,32 @@ def test_random_requests_get_one_well_formed_answer_each(requests):
         run_session(fs, script)
     finally:
         logging.disable(logging.NOTSET)
+
+
+class _Never:
+    def is_set(self):
+        return False
+
+
+@pytest.mark.parametrize("code", [errno.ENODEV, errno.ECONNABORTED])
+@pytest.mark.parametrize("where", ["before the loop", "on the loop"])
+def test_a_device_gone_ends_the_session_cleanly(monkeypatch, code, where):
+    """The device reports the connection over with ENODEV (unmounted) or ECONNABORTED (aborted; seen
+    after a lazy unmount's last close): the session ends, cleanly, wherever it reads."""
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        a.send(b"x")  # readable, so the reader reads
+
+        def gone(fd, buffers):
+            raise OSError(code, os.strerror(code))
+
+        monkeypatch.setattr(os, "readv", gone)
+        session = Session(Operations(), b.fileno(), spin=50e-6)
+        if where == "before the loop":
+            assert session.serve_before_loop(_Never(), idle=5) is None
+        else:
+            trio.run(session.run)
+        assert session.ended
+    finally:
+        a.close()
+        b.close()

@@ -16,7 +16,8 @@ thread results) are not starved by a busy device.
 The error edge: OSError answers its errno; any other exception, and a malformed request (short, bad
 lengths, a name without its NUL), answers EIO and logs one line; an opcode without a handler answers
 ENOSYS. Writing an answer to a request the kernel gave up on (ENOENT: interrupted) is ignored; ENODEV
-(or end of file, for a socket standing in for the device in tests) ends the loop cleanly.
+or ECONNABORTED (or end of file, for a socket standing in for the device in tests) ends the loop
+cleanly.
 
 Before the loop: `serve_before_loop` answers requests on the calling thread with a plain poll, before
 trio is even imported (~70-100 ms of CPU, most of a mount program's start). Every request is answered
@@ -71,6 +72,10 @@ BRIEF_WAIT_MS = 1
 _HDR = abi.IN_HEADER.size  # 40
 _PAGE = 4096
 _NO_REPLY = (abi.FORGET, abi.BATCH_FORGET)
+# The device's errors that mean the connection is over: ENODEV (unmounted), ECONNABORTED (aborted: the
+# kernel says so instead of ENODEV where the connection was aborted, seen once after a lazy unmount's
+# last close); either ends the session cleanly.
+_GONE = (errno.ENODEV, errno.ECONNABORTED)
 
 _pack_out = abi.OUT_HEADER.pack
 _unpack_head = abi.IN_HEAD.unpack_from
@@ -304,7 +309,7 @@ class Session(Requests):
                 except OSError as exc:
                     if exc.errno == errno.ENOENT:
                         continue
-                    if exc.errno == errno.ENODEV:
+                    if exc.errno in _GONE:
                         self._ended = True
                         return None
                     raise
@@ -482,7 +487,7 @@ class Session(Requests):
                 except OSError as exc:
                     if exc.errno == errno.ENOENT:  # the request was interrupted before it was read
                         continue
-                    if exc.errno == errno.ENODEV:  # unmounted, or the connection aborted
+                    if exc.errno in _GONE:  # unmounted, or the connection aborted
                         self._ended = True
                         return
                     raise
@@ -600,7 +605,7 @@ class Session(Requests):
         except OSError as exc:
             if exc.errno == errno.ENOENT:  # the kernel no longer waits for it (interrupted)
                 return
-            if exc.errno == errno.ENODEV:
+            if exc.errno in _GONE:
                 self._ended = True
                 return
             log.error("writing a reply failed: %s", exc)

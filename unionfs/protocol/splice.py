@@ -36,7 +36,7 @@ class SplicedRead:
 
 
 class DeviceGone(OSError):
-    """The device took no answer: the request is gone (ENOENT) or the connection is (ENODEV)."""
+    """The device took no answer: the request is gone (ENOENT) or the connection is (ENODEV, ECONNABORTED)."""
 
 
 class Splicer:
@@ -96,7 +96,7 @@ class Splicer:
             os.splice(out_r, self.device, 16 + n)
         except OSError as exc:
             self._reset()
-            if exc.errno in (errno.ENOENT, errno.ENODEV):
+            if exc.errno in (errno.ENOENT, errno.ENODEV, errno.ECONNABORTED):
                 raise DeviceGone(exc.errno, exc.strerror) from None
             raise
 
