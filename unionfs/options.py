@@ -130,6 +130,17 @@ class MountOptions:
         return "MountOptions(%s)" % ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
 
 
+def _count(key: str, value, unit: str, most: int) -> int:
+    """The whole number from 0 to *most* that option *key* gives, or a one-line OptionError."""
+    try:
+        number = int(value if value is not True else "")  # a bare `key` is no number
+    except (TypeError, ValueError):
+        raise OptionError(f"{key} needs a number of {unit}") from None
+    if not 0 <= number <= most:
+        raise OptionError(f"{key} needs a number of {unit} from 0 to {most}")
+    return number
+
+
 def split_escaped(text: str, sep: str) -> list:
     """Split on *sep* not preceded by a backslash; `\\x` stands for x."""
     parts, cur, i = [], [], 0
@@ -223,19 +234,9 @@ def build(o: dict) -> MountOptions:
                 raise OptionError("passthrough needs on or off")
             opts.passthrough = value == "on"
         elif key == "readahead":
-            try:
-                opts.readahead = int(value if value is not True else "")  # a bare `readahead` is no number
-            except (TypeError, ValueError):
-                raise OptionError("readahead needs a number of KiB") from None
-            if not 0 <= opts.readahead <= MAX_READAHEAD_KIB:
-                raise OptionError("readahead needs a number of KiB from 0 to %d" % MAX_READAHEAD_KIB)
+            opts.readahead = _count(key, value, "KiB", MAX_READAHEAD_KIB)
         elif key == "spin":
-            try:
-                opts.spin = int(value if value is not True else "")  # a bare `spin` is no number
-            except (TypeError, ValueError):
-                raise OptionError("spin needs a number of microseconds") from None
-            if not 0 <= opts.spin <= MAX_SPIN_US:
-                raise OptionError("spin needs a number of microseconds from 0 to %d" % MAX_SPIN_US)
+            opts.spin = _count(key, value, "microseconds", MAX_SPIN_US)
         elif key == "xattr_permissions":
             if value not in ("0", "1", "2"):
                 raise OptionError("xattr_permissions needs 0, 1 or 2")
