@@ -42,7 +42,7 @@ from ..logger import DEBUG, get_logger
 from . import abi
 from .operations import Context, LoopNeeded
 from .requests import Malformed, Requests, error_reply
-from .splice import DeviceGone, SplicedRead, Splicer
+from .splice import CONNECTION_GONE, DeviceGone, SplicedRead, Splicer
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy takes any TYPE_CHECKING)
 if TYPE_CHECKING:
@@ -72,10 +72,6 @@ BRIEF_WAIT_MS = 1
 _HDR = abi.IN_HEADER.size  # 40
 _PAGE = 4096
 _NO_REPLY = (abi.FORGET, abi.BATCH_FORGET)
-# The device's errors that mean the connection is over: ENODEV (unmounted), ECONNABORTED (aborted: the
-# kernel says so instead of ENODEV where the connection was aborted, seen once after a lazy unmount's
-# last close); either ends the session cleanly.
-_GONE = (errno.ENODEV, errno.ECONNABORTED)
 
 _pack_out = abi.OUT_HEADER.pack
 _unpack_head = abi.IN_HEAD.unpack_from
@@ -309,7 +305,7 @@ class Session(Requests):
                 except OSError as exc:
                     if exc.errno == errno.ENOENT:
                         continue
-                    if exc.errno in _GONE:
+                    if exc.errno in CONNECTION_GONE:
                         self._ended = True
                         return None
                     raise
@@ -487,7 +483,7 @@ class Session(Requests):
                 except OSError as exc:
                     if exc.errno == errno.ENOENT:  # the request was interrupted before it was read
                         continue
-                    if exc.errno in _GONE:  # unmounted, or the connection aborted
+                    if exc.errno in CONNECTION_GONE:  # unmounted, or the connection aborted
                         self._ended = True
                         return
                     raise
@@ -605,7 +601,7 @@ class Session(Requests):
         except OSError as exc:
             if exc.errno == errno.ENOENT:  # the kernel no longer waits for it (interrupted)
                 return
-            if exc.errno in _GONE:
+            if exc.errno in CONNECTION_GONE:
                 self._ended = True
                 return
             log.error("writing a reply failed: %s", exc)

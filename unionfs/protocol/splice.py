@@ -35,8 +35,14 @@ class SplicedRead:
         self.unique, self.fh, self.fd, self.offset, self.size = unique, fh, fd, offset, size
 
 
+# The device's errors that mean the connection is over: ENODEV (unmounted) and ECONNABORTED (aborted: the
+# kernel says so instead of ENODEV where the connection was aborted; seen after a lazy unmount's last
+# close). The session ends cleanly on either, wherever it reads or writes the device.
+CONNECTION_GONE = (errno.ENODEV, errno.ECONNABORTED)
+
+
 class DeviceGone(OSError):
-    """The device took no answer: the request is gone (ENOENT) or the connection is (ENODEV, ECONNABORTED)."""
+    """The device took no answer: the request is gone (ENOENT) or the connection is (CONNECTION_GONE)."""
 
 
 class Splicer:
@@ -96,7 +102,7 @@ class Splicer:
             os.splice(out_r, self.device, 16 + n)
         except OSError as exc:
             self._reset()
-            if exc.errno in (errno.ENOENT, errno.ENODEV, errno.ECONNABORTED):
+            if exc.errno == errno.ENOENT or exc.errno in CONNECTION_GONE:
                 raise DeviceGone(exc.errno, exc.strerror) from None
             raise
 
