@@ -8,13 +8,21 @@ What changed is seen from outside: the mount's read_ahead_kb in sysfs and the RE
 sends (`fuse:fuse_request_send`).
 """
 
+import contextlib
+import ctypes
 import os
 import random
+import shutil
+import subprocess
+import time
 
 import pytest
 
+from tests.helpers.cli import PYTHON_M
 from tests.helpers.fuserequests import requests_counted
-from tests.util import FUSE_SKIP_REASON, mount_pyunionfs
+from tests.helpers.mounting import overlay_options
+from tests.helpers.processes import daemons_under, kill_daemons_under
+from tests.util import FUSE_SKIP_REASON, is_mountpoint, mount_pyunionfs, unmount
 from unionfs.options import default_backend
 from unionfs.protocol import abi
 
@@ -138,3 +146,84 @@ def test_the_mount_reads_ahead_1020_kib_or_as_asked(tmp_path):
     # 8 MiB: 64 READs of 128 KiB with the kernel's readahead; about 8 of 1020 KiB with the default
     assert counts["kernel", "READ"] >= 60, counts
     assert counts["default", "READ"] <= 16, counts
+
+
+def _bdi_read_ahead_kb(major: int, minor: int) -> int:
+    with open(f"/sys/class/bdi/{major}:{minor}/read_ahead_kb") as f:
+        return int(f.read())
+
+
+@contextlib.contextmanager
+def _loop_filesystem(root):
+    """A small ext4 on a loop device of this test's own, mounted at root/fs: (its mount, device number)."""
+    for tool in ("mkfs.ext4", "losetup"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} is not installed")
+    image, fs = root / "image", root / "fs"
+    fs.mkdir()
+    with open(image, "wb") as f:
+        f.truncate(16 * MiB)
+    subprocess.run(["mkfs.ext4", "-q", "-F", str(image)], check=True, capture_output=True, timeout=60)
+    made = subprocess.run(["losetup", "--find", "--show", str(image)], capture_output=True, text=True, timeout=30)
+    if made.returncode != 0:
+        pytest.skip(f"no loop device: {made.stderr.strip()}")
+    device = made.stdout.strip()
+    try:
+        subprocess.run(["mount", device, str(fs)], check=True, capture_output=True, timeout=30)
+        try:
+            yield fs, os.stat(device).st_rdev
+        finally:
+            unmount(fs, fuse=False)
+    finally:
+        subprocess.run(["losetup", "-d", device], capture_output=True, timeout=30)
+
+
+def _fuse_device_at(mnt) -> tuple:
+    """(major, minor) of the FUSE mount at *mnt*, from the mount table (a stat could wait for INIT)."""
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            fstype = fields[fields.index("-") + 1]
+            if fields[4] == str(mnt) and fstype.startswith("fuse"):
+                major, minor = fields[2].split(":")
+                return int(major), int(minor)
+    raise AssertionError(f"no FUSE mount at {mnt}")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the mount's readahead is set through sysfs, as root")
+def test_the_readahead_raised_is_the_mounts_own_whatever_the_path_shows_by_then(tmp_path):
+    """The readahead is raised after INIT's answer, which comes after the mount program has returned.
+    A filesystem mounted over the mount point before that (here a bind mount from a loop device's ext4,
+    made the moment the program returns and kept until a readahead changed) keeps its readahead, and
+    the union gets 1020 KiB. (The daemon used to look the device up by the path at INIT's answer, and
+    raised the readahead of whatever disk the path showed.)"""
+    lower, upper, work, mnt = _layers(tmp_path / "layers")
+    libc = ctypes.CDLL(None, use_errno=True)
+    with _loop_filesystem(tmp_path) as (fs, rdev):
+        disk = os.major(rdev), os.minor(rdev)
+        before = _bdi_read_ahead_kb(*disk)
+        assert before != 1020, before
+        argv = [*PYTHON_M, "-o", overlay_options([lower], upper, work, []), str(mnt)]
+        try:
+            done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=30)
+            assert done.returncode == 0, done.stderr
+            union = _fuse_device_at(mnt)
+            # over the mount at once: the daemon it left behind is still importing its session
+            if libc.mount(os.fsencode(fs), os.fsencode(mnt), None, 4096, None) != 0:  # MS_BIND
+                pytest.fail(f"bind mount over {mnt}: {os.strerror(ctypes.get_errno())}")
+            try:
+                assert os.stat(mnt).st_dev == os.stat(fs).st_dev
+                deadline = time.monotonic() + 20
+                while _bdi_read_ahead_kb(*union) != 1020 and _bdi_read_ahead_kb(*disk) == before:
+                    assert time.monotonic() < deadline, "no readahead raised 20 s after the mount"
+                    time.sleep(0.005)
+                raised = {"disk": _bdi_read_ahead_kb(*disk), "union": _bdi_read_ahead_kb(*union)}
+            finally:
+                assert libc.umount2(os.fsencode(mnt), 0) == 0, os.strerror(ctypes.get_errno())
+            assert raised == {"disk": before, "union": 1020}, raised
+            assert (mnt / "big").stat().st_size == SIZES["big"]
+        finally:
+            daemons = daemons_under(tmp_path)
+            if is_mountpoint(mnt):
+                unmount(mnt)
+            assert not kill_daemons_under(tmp_path), f"daemons {sorted(daemons)} outlived their unmount"

@@ -81,6 +81,12 @@ class NativeMount:
         except fuse_mount.MountError as exc:
             self.layers.close()
             raise MountError(f"cannot mount {opts.mountpoint}: {exc}") from None
+        # The device whose readahead serve() raises after INIT, taken now, while mount(2) has just
+        # returned and the path shows this mount: by INIT's answer it may show another filesystem (one
+        # mounted over it, or the one beneath after a lazy unmount), whose readahead is not ours to change.
+        self.device = None
+        if opts.readahead != KERNEL_READAHEAD_KIB and os.geteuid() == 0:
+            self.device = _fuse_device(self.mountpoint)
 
     def serve(self, signalled: list) -> int:
         """Serve until unmounted (or a signal, which unmounts); 0, or 1 when the loop failed.
@@ -119,9 +125,10 @@ class NativeMount:
             session.splice_reads()
             if self.allow_root:
                 session.deny_others(os.geteuid())
-            if self.opts.readahead != KERNEL_READAHEAD_KIB and os.geteuid() == 0:
+            device = self.device
+            if device is not None:
                 # after INIT's answer: the kernel takes the lower of the mount's and INIT's readahead
-                ops.init_answered = lambda conn: _set_readahead(self.mountpoint, self.opts.readahead)
+                ops.init_answered = lambda conn: _set_readahead(device, self.opts.readahead)
             first = _serve_until_the_loop_is_needed(session, requests, self._signalled)
             if self._signalled:
                 log.info("signal %d: unmounting", self._signalled[0])
@@ -176,18 +183,33 @@ class NativeMount:
             log.warning("unmounting %s: %s", self.mountpoint, exc)
 
 
-def _set_readahead(mountpoint: str, kib: int) -> bool:
-    """Set the readahead of the FUSE mount at *mountpoint* (its backing device's read_ahead_kb in sysfs,
-    which root may write; the kernel gives a FUSE mount 128 KiB and lets INIT lower it, never raise it).
-    False (and a debug line) where that fails."""
+def _set_readahead(device: tuple, kib: int) -> bool:
+    """Set the readahead of the FUSE mount whose device is *device* (its read_ahead_kb in sysfs, which
+    root may write; the kernel gives a FUSE mount 128 KiB and lets INIT lower it, never raise it).
+    False (and a debug line) where that fails: the mount gone already, sysfs read-only."""
+    major, minor = device
     try:
-        major, minor = _mount_device(mountpoint)
         with open(f"/sys/class/bdi/{major}:{minor}/read_ahead_kb", "w") as f:
             f.write(str(kib))
     except OSError as exc:
-        log.debug("readahead of %s left as it is: %s", mountpoint, exc)
+        log.debug("readahead of the mount (device %d:%d) left as it is: %s", major, minor, exc)
         return False
     return True
+
+
+def _fuse_device(mountpoint: str):
+    """(major, minor) of the FUSE mount just made at *mountpoint*, or None (and a debug line) where the
+    path shows no anonymous device: FUSE's are (major 0); a disk's never is, and its readahead is left
+    alone."""
+    try:
+        major, minor = _mount_device(mountpoint)
+    except OSError as exc:
+        log.debug("readahead of %s left as it is: %s", mountpoint, exc)
+        return None
+    if major != 0:
+        log.debug("readahead of %s left as it is: the path shows device %d:%d", mountpoint, major, minor)
+        return None
+    return major, minor
 
 
 _AT_FDCWD = -100
@@ -197,9 +219,9 @@ _AT_STATX_DONT_SYNC = 0x4000
 
 def _mount_device(mountpoint: str) -> tuple:
     """(major, minor) of the filesystem mounted at *mountpoint*, from statx with AT_STATX_DONT_SYNC:
-    FUSE answers it from what the kernel holds and sends no GETATTR, which this daemon, the caller,
-    could not answer while it waits (a plain stat would hang it). The mount table would do too, but
-    reading it is a millisecond where there are hundreds of mounts."""
+    FUSE answers it from what the kernel holds and sends no GETATTR, which nobody could answer yet (the
+    mount is made, INIT is not answered: a plain stat would hang the caller). The mount table would do
+    too, but reading it is a millisecond where there are hundreds of mounts."""
     from .. import libc  # loaded already: the mount was made with it
 
     statx = libc.function("statx", (libc.c_int, libc.c_char_p, libc.c_int, libc.c_uint, libc.c_char_p))
