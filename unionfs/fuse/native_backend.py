@@ -81,12 +81,11 @@ class NativeMount:
         except fuse_mount.MountError as exc:
             self.layers.close()
             raise MountError(f"cannot mount {opts.mountpoint}: {exc}") from None
-        # The device whose readahead serve() raises after INIT, taken now, while mount(2) has just
-        # returned and the path shows this mount: by INIT's answer it may show another filesystem (one
-        # mounted over it, or the one beneath after a lazy unmount), whose readahead is not ours to change.
-        self.device = None
-        if opts.readahead != KERNEL_READAHEAD_KIB and os.geteuid() == 0:
-            self.device = _fuse_device(self.mountpoint)
+        # This mount's device, taken now, while the mount has just been made and the path shows it:
+        # later the path may show another filesystem (one mounted over it, or the one beneath after a
+        # lazy unmount), whose readahead is not ours to raise (after INIT) and which is not ours to
+        # unmount (on a signal). None where the path shows no anonymous device, as FUSE's are.
+        self.device = _fuse_device(self.mountpoint)
 
     def serve(self, signalled: list) -> int:
         """Serve until unmounted (or a signal, which unmounts); 0, or 1 when the loop failed.
@@ -126,7 +125,7 @@ class NativeMount:
             if self.allow_root:
                 session.deny_others(os.geteuid())
             device = self.device
-            if device is not None:
+            if device is not None and self.opts.readahead != KERNEL_READAHEAD_KIB and os.geteuid() == 0:
                 # after INIT's answer: the kernel takes the lower of the mount's and INIT's readahead
                 ops.init_answered = lambda conn: _set_readahead(device, self.opts.readahead)
             first = _serve_until_the_loop_is_needed(session, requests, self._signalled)
@@ -177,6 +176,23 @@ class NativeMount:
             session.stop()
 
     def _unmount(self) -> None:
+        """Unmount, where the mount point still shows this mount: an unmount by path takes whatever is
+        mounted there on top, and a filesystem mounted over this one, or at the path after this one was
+        unmounted, is not this daemon's. Then the mount is left to end with the daemon (ENOTCONN)."""
+        if self.device is not None:
+            try:
+                shown = _mount_device(self.mountpoint)  # no request: this daemon is not answering now
+            except OSError as exc:
+                log.warning("not unmounting %s: %s", self.mountpoint, exc)
+                return
+            if shown != self.device:
+                log.warning(
+                    "not unmounting %s: it shows another filesystem (device %d:%d) than this mount (%d:%d)",
+                    self.mountpoint,
+                    *shown,
+                    *self.device,
+                )
+                return
         try:
             fuse_mount.unmount(self.mountpoint)
         except fuse_mount.MountError as exc:
@@ -199,15 +215,14 @@ def _set_readahead(device: tuple, kib: int) -> bool:
 
 def _fuse_device(mountpoint: str):
     """(major, minor) of the FUSE mount just made at *mountpoint*, or None (and a debug line) where the
-    path shows no anonymous device: FUSE's are (major 0); a disk's never is, and its readahead is left
-    alone."""
+    path shows no anonymous device: FUSE's are (major 0); a disk's never is."""
     try:
         major, minor = _mount_device(mountpoint)
     except OSError as exc:
-        log.debug("readahead of %s left as it is: %s", mountpoint, exc)
+        log.debug("the device of %s: %s", mountpoint, exc)
         return None
     if major != 0:
-        log.debug("readahead of %s left as it is: the path shows device %d:%d", mountpoint, major, minor)
+        log.debug("the device of %s: the path shows %d:%d, not a FUSE mount", mountpoint, major, minor)
         return None
     return major, minor
 
