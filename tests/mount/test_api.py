@@ -6,12 +6,13 @@ import errno
 import os
 import signal
 import stat
+import subprocess
 import time
 
 import pytest
 
 import unionfs
-from tests.util import is_mountpoint, mounts_under
+from tests.util import is_mountpoint, mounts_under, unmount
 from unionfs import DaemonDied, MountError, UnionMount
 from unionfs.embed.api import mount
 
@@ -192,3 +193,35 @@ def test_unionfs_mount_stays_the_api_function():
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
     assert res.returncode == 0, res.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a bind mount over the mount point needs root")
+def test_stop_leaves_a_filesystem_mounted_over_the_union_alone(tmp_path):
+    """An unmount by the path takes the top mount there: with another filesystem mounted over the union
+    (here a bind mount), stop() unmounts nothing, ends the daemon, and says why; the other filesystem
+    stays, and the union under it is dead until unmounted."""
+    low, up, work, mnt = _layers(tmp_path)
+    cover = tmp_path / "cover"
+    cover.mkdir()
+    (cover / "mine").write_text("mine")
+    m = UnionMount(str(low), str(up), str(work), mountpoint=str(mnt))
+    m.start()
+    pid = m.pid
+    try:
+        assert (mnt / "f1").read_text() == "lower f1"
+        subprocess.run(["mount", "--bind", str(cover), str(mnt)], check=True, capture_output=True, timeout=30)
+        try:
+            started = time.monotonic()
+            with pytest.raises(MountError, match="another filesystem is mounted over it"):
+                m.stop()
+            assert time.monotonic() - started < m.stop_timeout  # not waited for: it was not unmounted
+            assert (mnt / "mine").read_text() == "mine"
+            assert not m.alive and _no_daemon(pid)
+        finally:
+            if os.stat(mnt).st_dev == os.stat(cover).st_dev:
+                subprocess.run(["umount", str(mnt)], check=True, capture_output=True, timeout=30)
+    finally:
+        m.stop()
+        if is_mountpoint(mnt):
+            unmount(mnt)
+    assert not is_mountpoint(mnt)

@@ -295,11 +295,13 @@ class UnionMount:
             return True
         return lifecycle.unmount(self._real_mnt, mount_id=self._mount_id)
 
-    def _reap(self) -> None:
+    def _reap(self, wait: bool = True) -> None:
+        """End the daemon: after its unmount it leaves by itself (*wait*: give it stop_timeout seconds),
+        else SIGTERM."""
         proc = self._proc
         if proc is None:
             return
-        lifecycle.reap(proc, self.stop_timeout)
+        lifecycle.reap(proc, self.stop_timeout if wait else 0)
         self.returncode = proc.returncode
 
     def _cleanup_files(self) -> None:
@@ -334,7 +336,8 @@ class UnionMount:
     def stop(self) -> Optional[int]:
         """Unmount (also a dead or busy mount), end the daemon; return its exit status. Idempotent.
 
-        Raises MountError only if the mount could not be removed at all.
+        Raises MountError only if the mount could not be removed at all, or is left because another
+        filesystem is mounted over it (an unmount by the path would take that one).
         """
         with self._lock:
             if self._proc is None:
@@ -342,11 +345,19 @@ class UnionMount:
             if self._mount_id is None and self.returncode is not None:
                 return self.returncode
             gone = self._unmount()
-            self._reap()
+            covered = not gone and self._mount_id is not None and lifecycle.covered(self._real_mnt, self._mount_id)
+            self._reap(wait=not covered)  # covered, it was not unmounted: it would not leave by itself
             still = self._mount_id if not gone else None
             self._mount_id = None
             _live.discard(self)
             self._cleanup_files()
+            if covered:
+                raise MountError(
+                    f"{self._real_mnt} is not unmounted: another filesystem is mounted over it (an unmount "
+                    "by the path would take that one); the union under it is dead until unmounted",
+                    returncode=self.returncode,
+                    argv=self.argv(),
+                )
             if still is not None:
                 raise MountError(
                     f"{self._real_mnt} is still mounted after fusermount3 -u/-uz",

@@ -26,6 +26,7 @@ __all__ = [
     "start_daemon",
     "wait_for_mount",
     "unmount",
+    "covered",
     "reap",
 ]
 
@@ -128,6 +129,14 @@ def _gone(path: str, mount_id: Optional[int]) -> bool:
     return mount_id not in here if mount_id is not None else not here
 
 
+def covered(path, mount_id: int, table: Optional[list] = None) -> bool:
+    """Whether another mount sits on mount *mount_id* at *path* (a real path): an unmount by the path
+    would take that one, the top one, instead."""
+    want = os.fsencode(path)
+    entries = mount_table() if table is None else table
+    return any(e.parent_id == mount_id and e.mountpoint == want for e in entries)
+
+
 def unmount(
     path,
     *,
@@ -140,10 +149,11 @@ def unmount(
 ) -> bool:
     """Unmount *path* (a real path); True once it is gone (also when nothing was mounted there).
 
-    With *mount_id*, only that mount counts (a mount below or above it is left alone). A FUSE mount is
-    unmounted with `fusermount3 -u`, a kernel mount with `umount`, *attempts* times *retry_delay* apart
-    (a busy mount may become free). Then, if *lazy*, detached: `fusermount3 -uz` and, as root,
-    `umount -l` (a FUSE mount); `umount -l` (a kernel mount).
+    With *mount_id*, only that mount counts: a mount below it is left alone, and while another is
+    mounted over it nothing is run (a command on the path would take that one) and this returns False.
+    A FUSE mount is unmounted with `fusermount3 -u`, a kernel mount with `umount`, *attempts* times
+    *retry_delay* apart (a busy mount may become free). Then, if *lazy*, detached: `fusermount3 -uz`
+    and, as root, `umount -l` (a FUSE mount); `umount -l` (a kernel mount).
     """
     path = os.fsdecode(path)
     plain = [FUSERMOUNT, "-u", path] if fuse else ["umount", path]
@@ -156,6 +166,8 @@ def unmount(
     for n, cmd in enumerate(cmds):
         if _gone(path, mount_id):
             return True
+        if mount_id is not None and covered(path, mount_id):
+            return False
         if n and cmd is plain:
             time.sleep(retry_delay)
         try:

@@ -189,6 +189,51 @@ class Layers:
         self.stack.close()
 
 
+def mounted_device(mountpoint: str):
+    """(major, minor) of the FUSE mount just made at *mountpoint*, or None (and a debug line) where the
+    path shows no anonymous device: FUSE's are (major 0), a disk's never is. Taken while the mount has
+    just been made and the path shows it: later the path may show another filesystem (one mounted over
+    it, or the one beneath after a lazy unmount), which is not the daemon's to unmount or tune."""
+    from ..protocol.mount import mount_device
+
+    try:
+        major, minor = mount_device(mountpoint)
+    except OSError as exc:
+        log.debug("the device of %s: %s", mountpoint, exc)
+        return None
+    if major != 0:
+        log.debug("the device of %s: the path shows %d:%d, not a FUSE mount", mountpoint, major, minor)
+        return None
+    return major, minor
+
+
+def still_shows(mountpoint: str, device, say: bool = True) -> bool:
+    """Whether *mountpoint* still shows the mount of *device* (mounted_device's; None: not known, so
+    yes): an unmount by the path takes the top mount there, which is not ours where this says no (and,
+    if *say*, a warning says so; not where the mount is known to be gone already)."""
+    if device is None:
+        return True
+    from ..protocol.mount import mount_device
+
+    try:
+        shown = mount_device(mountpoint)  # no request: the daemon asking is not answering now
+    except OSError as exc:
+        if say:
+            log.warning("not unmounting %s: %s", mountpoint, exc)
+        return False
+    if shown != device:
+        if not say:
+            return False
+        log.warning(
+            "not unmounting %s: it shows another filesystem (device %d:%d) than this mount (%d:%d)",
+            mountpoint,
+            *shown,
+            *device,
+        )
+        return False
+    return True
+
+
 def request_layer(union: UnionEngine, opts) -> UnionRequests:
     """The request layer over *union* with the options' timeouts and id mappings."""
     from .requests import UnionRequests  # not before the mount: the native backend needs it only to serve

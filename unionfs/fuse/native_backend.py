@@ -15,7 +15,6 @@ soon as the mount is live), and trio later still.
 """
 
 import _thread
-import errno
 import os
 import sys
 
@@ -23,7 +22,7 @@ from ..errors import MountError
 from ..logger import get_logger
 from ..logger import load as load_logging
 from ..protocol import mount as fuse_mount
-from .daemon import STOP_SIGNALS, signal  # signal: the C core of the module (see daemon.py)
+from .daemon import STOP_SIGNALS, mounted_device, signal, still_shows  # signal: the C core (see daemon.py)
 
 log = get_logger("unionfs")
 
@@ -85,7 +84,7 @@ class NativeMount:
         # later the path may show another filesystem (one mounted over it, or the one beneath after a
         # lazy unmount), whose readahead is not ours to raise (after INIT) and which is not ours to
         # unmount (on a signal). None where the path shows no anonymous device, as FUSE's are.
-        self.device = _fuse_device(self.mountpoint)
+        self.device = mounted_device(self.mountpoint)
 
     def serve(self, signalled: list) -> int:
         """Serve until unmounted (or a signal, which unmounts); 0, or 1 when the loop failed.
@@ -179,20 +178,8 @@ class NativeMount:
         """Unmount, where the mount point still shows this mount: an unmount by path takes whatever is
         mounted there on top, and a filesystem mounted over this one, or at the path after this one was
         unmounted, is not this daemon's. Then the mount is left to end with the daemon (ENOTCONN)."""
-        if self.device is not None:
-            try:
-                shown = _mount_device(self.mountpoint)  # no request: this daemon is not answering now
-            except OSError as exc:
-                log.warning("not unmounting %s: %s", self.mountpoint, exc)
-                return
-            if shown != self.device:
-                log.warning(
-                    "not unmounting %s: it shows another filesystem (device %d:%d) than this mount (%d:%d)",
-                    self.mountpoint,
-                    *shown,
-                    *self.device,
-                )
-                return
+        if not still_shows(self.mountpoint, self.device):
+            return
         try:
             fuse_mount.unmount(self.mountpoint)
         except fuse_mount.MountError as exc:
@@ -211,42 +198,6 @@ def _set_readahead(device: tuple, kib: int) -> bool:
         log.debug("readahead of the mount (device %d:%d) left as it is: %s", major, minor, exc)
         return False
     return True
-
-
-def _fuse_device(mountpoint: str):
-    """(major, minor) of the FUSE mount just made at *mountpoint*, or None (and a debug line) where the
-    path shows no anonymous device: FUSE's are (major 0); a disk's never is."""
-    try:
-        major, minor = _mount_device(mountpoint)
-    except OSError as exc:
-        log.debug("the device of %s: %s", mountpoint, exc)
-        return None
-    if major != 0:
-        log.debug("the device of %s: the path shows %d:%d, not a FUSE mount", mountpoint, major, minor)
-        return None
-    return major, minor
-
-
-_AT_FDCWD = -100
-_AT_SYMLINK_NOFOLLOW = 0x100
-_AT_STATX_DONT_SYNC = 0x4000
-
-
-def _mount_device(mountpoint: str) -> tuple:
-    """(major, minor) of the filesystem mounted at *mountpoint*, from statx with AT_STATX_DONT_SYNC:
-    FUSE answers it from what the kernel holds and sends no GETATTR, which nobody could answer yet (the
-    mount is made, INIT is not answered: a plain stat would hang the caller). The mount table would do
-    too, but reading it is a millisecond where there are hundreds of mounts."""
-    from .. import libc  # loaded already: the mount was made with it
-
-    statx = libc.function("statx", (libc.c_int, libc.c_char_p, libc.c_int, libc.c_uint, libc.c_char_p))
-    if statx is None:
-        raise OSError(errno.ENOSYS, "no statx in this C library")
-    buf = libc.buffer(256)  # struct statx
-    if statx(_AT_FDCWD, os.fsencode(mountpoint), _AT_SYMLINK_NOFOLLOW | _AT_STATX_DONT_SYNC, 0, buf) != 0:
-        raise libc.error(mountpoint)
-    raw = buf.raw
-    return int.from_bytes(raw[136:140], sys.byteorder), int.from_bytes(raw[140:144], sys.byteorder)  # stx_dev
 
 
 def _stack_depth(*paths) -> int:

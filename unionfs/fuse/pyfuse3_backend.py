@@ -18,7 +18,7 @@ from ..errors import MountError
 from ..logger import get_logger
 from . import bare_entries
 from . import loop as fuse_loop
-from .daemon import STOP_SIGNALS
+from .daemon import STOP_SIGNALS, mounted_device, still_shows
 from .requests import SetAttr, UnionRequests
 
 log = get_logger("unionfs")
@@ -355,6 +355,8 @@ class Pyfuse3Mount:
         except Exception as exc:
             self.union.close()
             raise MountError(_mount_failure(opts.mountpoint, exc)) from None
+        self.mountpoint = opts.mountpoint
+        self.device = mounted_device(opts.mountpoint)  # what libfuse's unmount, by the path, may take
 
     def serve(self, signalled: list) -> int:
         """Serve until unmounted (or a signal); 0, or 1 when the loop failed. *signalled*: the stop
@@ -366,10 +368,11 @@ class Pyfuse3Mount:
             trio.run(self._serve)
         except BaseException:
             log.exception("ERROR: the request loop failed")
-            pyfuse3.close(unmount=True)
+            pyfuse3.close(unmount=still_shows(self.mountpoint, self.device))
             self.union.close()
             return 1
-        pyfuse3.close(unmount=True)
+        # the loop ends by itself when the mount is gone: a warning only where it was to be unmounted here
+        pyfuse3.close(unmount=still_shows(self.mountpoint, self.device, say=bool(self._signalled)))
         self.union.close()
         return 0
 

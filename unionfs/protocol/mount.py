@@ -5,8 +5,11 @@ As root (also root of a user namespace that owns its mount namespace): open /dev
 hands the device fd back over a socketpair (SCM_RIGHTS), its end named by the _FUSE_COMMFD variable.
 Failures raise MountError with one line that says what went wrong.
 
-Imports only `os` and `stat` at load; unionfs.libc (mount(2), umount2(2)) and socket (fusermount3) are
-loaded when a mount or unmount needs them: a mount program execs this before its first answer.
+`mount_device` tells which filesystem a path shows without asking the daemon, so that a mount is known
+by its device, not by a path that may later show another filesystem.
+
+Imports only `os` and `stat` at load; unionfs.libc (mount(2), umount2(2), statx(2)) and socket
+(fusermount3) are loaded when a call needs them: a mount program execs this before its first answer.
 """
 
 import os
@@ -15,7 +18,7 @@ import stat
 # The one MountError of the package (a RuntimeError; str() is one line saying why)
 from ..errors import MountError
 
-__all__ = ["MountError", "open_device", "mount", "unmount", "parse_options"]
+__all__ = ["MountError", "open_device", "mount", "unmount", "parse_options", "mount_device"]
 
 DEVICE = "/dev/fuse"
 FUSERMOUNT = "fusermount3"
@@ -242,3 +245,30 @@ def unmount(mountpoint, *, method: str = "auto", lazy: bool = True) -> None:
     code, message = _finish_fusermount(pid, err_fd)
     if code != 0:
         raise MountError(message or f"{FUSERMOUNT} -u {mountpoint} failed (exit status {code})")
+
+
+_AT_FDCWD = -100
+_AT_SYMLINK_NOFOLLOW = 0x100
+_AT_STATX_DONT_SYNC = 0x4000
+
+
+def mount_device(path) -> tuple:
+    """(major, minor) of the filesystem *path* shows, from statx(2) with AT_STATX_DONT_SYNC: FUSE answers
+    it from what the kernel holds and sends no GETATTR, which the daemon asking could not answer (a
+    plain stat of its own mount, before INIT's answer or while it waits, would hang it). The mount table
+    would do too, but reading it is a millisecond where there are hundreds of mounts. OSError where
+    statx fails."""
+    import sys
+
+    from .. import libc  # loaded already where a mount was made with it
+
+    statx = libc.function("statx", (libc.c_int, libc.c_char_p, libc.c_int, libc.c_uint, libc.c_char_p))
+    if statx is None:
+        import errno
+
+        raise OSError(errno.ENOSYS, "no statx in this C library")
+    buf = libc.buffer(256)  # struct statx
+    if statx(_AT_FDCWD, os.fsencode(path), _AT_SYMLINK_NOFOLLOW | _AT_STATX_DONT_SYNC, 0, buf) != 0:
+        raise libc.error(path)
+    raw = buf.raw
+    return int.from_bytes(raw[136:140], sys.byteorder), int.from_bytes(raw[140:144], sys.byteorder)  # stx_dev
