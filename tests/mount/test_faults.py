@@ -32,7 +32,6 @@ from pathlib import Path
 import pytest
 
 from tests.util import DIR, FUSERMOUNT, hash_tree, is_mountpoint, make_layers, mount_pyunionfs
-from unionfs.options import default_backend
 
 MiB = 1 << 20
 
@@ -705,17 +704,19 @@ def run_ok_quickly(fn, timeout=2.0) -> bool:
 
 @pytest.mark.timeout(60)
 @pytest.mark.skipif(os.geteuid() != 0, reason="a bind mount over the mount point needs root")
-@pytest.mark.skipif(default_backend() != "native", reason="the pyfuse3 backend unmounts through libfuse")
-def test_a_signal_leaves_a_filesystem_mounted_over_the_mount_alone(tmp_path):
-    """On SIGTERM the daemon unmounts its mount by its path, and an unmount by path takes the top mount
-    there: with another filesystem mounted over the mount point meanwhile (here a bind mount), that one
-    would go. The daemon sees the path shows another device, leaves it, and exits; its own mount, under
-    the other, is dead (ENOTCONN) until unmounted."""
+@pytest.mark.parametrize("backend", ["native", "pyfuse3"])
+def test_a_signal_leaves_a_filesystem_mounted_over_the_mount_alone(tmp_path, backend):
+    """On SIGTERM the daemon unmounts its mount by its path (pyfuse3's libfuse too), and an unmount by
+    path takes the top mount there: with another filesystem mounted over the mount point meanwhile (here
+    a bind mount), that one would go. The daemon sees the path shows another device, leaves it, and
+    exits; its own mount, under the other, is dead (ENOTCONN) until unmounted."""
+    if backend == "pyfuse3":
+        pytest.importorskip("pyfuse3")
     L = make_layers(tmp_path / "u", {"lower0": {"keep": "keep\n"}})
     cover = tmp_path / "cover"
     cover.mkdir()
     (cover / "mine").write_text("mine\n")
-    with mount_pyunionfs(*L.mount_args()) as d:
+    with mount_pyunionfs(*L.mount_args(), [f"backend={backend}"]) as d:
         assert (L.mnt / "keep").read_text() == "keep\n"
         subprocess.run(["mount", "--bind", str(cover), str(L.mnt)], check=True, capture_output=True, timeout=30)
         try:
