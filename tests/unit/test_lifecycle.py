@@ -66,3 +66,26 @@ def test_the_wait_sees_a_new_mount_and_unmount_removes_it(tmp_path):
         gone = lifecycle.unmount(mnt, fuse=False)
         lifecycle.reap(proc, 0.1)
     assert gone and lifecycle.mounts_at(mnt) == {}
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
+def test_unmount_by_mount_id_runs_nothing_while_another_mount_covers_it(tmp_path):
+    """Every unmount command works on the path, so on the top mount there: while another mount sits on
+    the one asked for, unmount() leaves both and says False; once uncovered, it unmounts that one."""
+    point = tmp_path / "mnt"
+    point.mkdir()
+    mnt = lifecycle.real_mountpoint(point)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "lifecycle-under", mnt], check=True)
+    try:
+        (under,) = lifecycle.mounts_at(mnt)
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "lifecycle-over", mnt], check=True)
+        try:
+            assert lifecycle.covered(mnt, under)
+            assert lifecycle.unmount(mnt, mount_id=under, fuse=False) is False
+            assert len(lifecycle.mounts_at(mnt)) == 2
+        finally:
+            subprocess.run(["umount", mnt], check=True)  # the top one
+        assert not lifecycle.covered(mnt, under)
+    finally:
+        gone = lifecycle.unmount(mnt, mount_id=under, fuse=False)
+    assert gone and lifecycle.mounts_at(mnt) == {}
