@@ -60,8 +60,7 @@ def _read_all(path, bufsize: int, flags: int = 0) -> bytes:
 
 def _read_ahead_kb(mnt) -> int:
     st = os.stat(mnt)
-    with open(f"/sys/class/bdi/{os.major(st.st_dev)}:{os.minor(st.st_dev)}/read_ahead_kb") as f:
-        return int(f.read())
+    return _bdi_read_ahead_kb(os.major(st.st_dev), os.minor(st.st_dev))
 
 
 def test_every_byte_as_in_the_layer_whatever_the_read_size(tmp_path):
