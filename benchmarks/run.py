@@ -27,7 +27,7 @@ sys.path[:0] = [HERE, os.path.dirname(HERE)]
 
 from benchutil import BenchError, MiB, log, pid_alive, run_cmd  # noqa: E402
 from containers import CTR_CONTENDERS, CTR_WORKLOADS, ENGINES, build_rootfs, ctr_available, mounts_below, run_containers  # noqa: E402
-from contenders import CONTENDERS, DAEMONS, LIVE, Contender  # noqa: E402
+from contenders import CONTENDERS, DAEMONS, LIVE, PYUNIONFS, Contender  # noqa: E402
 from layers import build_layers  # noqa: E402
 from report import ctr_report, fmt_t, report  # noqa: E402
 from reqcount import RequestCounter  # noqa: E402
@@ -136,6 +136,32 @@ def disk_readahead(path):
         except (OSError, ValueError):
             continue
     return None
+
+
+def interpreter_of(command):
+    """A line on the interpreter that runs *command* (a script: its #! line), or None: whether it links
+    libpython statically moves every Python row by 20-30% (scripts/setup.sh)."""
+    try:
+        with open(command, "rb") as f:
+            first = f.readline(4096)
+    except OSError:
+        return None
+    if not first.startswith(b"#!"):
+        return None
+    interp = first[2:].split()[0].decode(errors="replace")
+    probe = (
+        "import os, sys; print(os.path.realpath(sys._base_executable), sys.version.split()[0], "
+        "any('libpython' in line for line in open('/proc/self/maps')))"
+    )
+    try:
+        out = run_cmd([interp, "-c", probe], check=False).stdout.decode().split()
+    except OSError:
+        return None
+    if len(out) != 3:
+        return None
+    base, version, shared = out
+    linked = "libpython a shared library" if shared == "True" else "libpython linked in"
+    return f"pyunionfs's interpreter: {base}, Python {version}, {linked}"
 
 
 def fuse_module_parameters() -> dict:
@@ -282,6 +308,9 @@ def main():
         disk = disk_readahead(layers) if workloads else None
         if disk:
             header.append(f"layers on block device {disk[0]}, read_ahead_kb {disk[1]}")
+        interp = interpreter_of(pyu) if any(c.name in PYUNIONFS for c in active) else None
+        if interp:
+            header.append(interp)
         params = fuse_module_parameters()
         if params:
             # Where the kernel runs a woken daemon moves request-bound rows several-fold (benchmarks/README,
