@@ -8,10 +8,11 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
 # The interpreter of .venv: $PYTHON if set, else the distribution's /usr/bin/python3, else python3 on
-# PATH. Debian's links libpython into the executable; one built with --enable-shared (pyenv's builds
-# here) calls into libpython through the PLT and ran the daemon's handlers with 20-30% more CPU a
-# request (untar through the engine: 205-227 against 147-187 us of user CPU a file) and started 4-6 ms
-# slower. A .venv made from another interpreter is made again.
+# PATH. Debian's links libpython into the executable. In one built with --enable-shared (pyenv's build
+# here) libpython is position-independent code whose calls within itself go through the PLT; it ran
+# the daemon's handlers with 20-30% more CPU a request (untar through the engine: 205-227 against
+# 147-187 us of user CPU a file) and started 4-6 ms slower. A .venv made from another interpreter is
+# made again.
 if [[ -z ${PYTHON:-} ]]; then
     PYTHON=python3
     if [[ -x /usr/bin/python3 ]] && /usr/bin/python3 -c 'import sys; sys.exit(sys.version_info < (3, 9))' 2>/dev/null; then
