@@ -26,6 +26,26 @@ class _Poll:
         return [(3, select.POLLIN)] if self.ready_at is not None and self.calls >= self.ready_at else []
 
 
+class _Clock:
+    """perf_counter for the session module that moves *step* seconds at every reading: what a spin
+    does then cannot depend on how this machine schedules the test."""
+
+    def __init__(self, step):
+        self.now, self.step = 1000.0, step
+
+    def __call__(self):
+        now = self.now
+        self.now += self.step
+        return now
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    fake = _Clock(1e-6)
+    monkeypatch.setattr(session_mod, "perf_counter", fake)
+    return fake
+
+
 @pytest.fixture
 def session():
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -36,23 +56,32 @@ def session():
         b.close()
 
 
-def test_a_spin_ends_when_a_request_comes(session):
+def test_a_spin_ends_when_a_request_comes(session, clock):
     poll = _Poll(ready_at=3)
     session._spin_misses = 2
     assert session._spin_for_request(poll) == [(3, select.POLLIN)]
     assert poll.calls == 3 and session._spin_misses == 0
 
 
+def test_a_spin_polls_until_its_deadline_and_no_longer(session, clock):
+    clock.step = 50e-6  # a quarter of the session's 200 us a reading: polls at 0, 50, 100 and 150 us
+    poll = _Poll()
+    assert session._spin_for_request(poll) == []
+    assert poll.calls == 4 and session._spin_misses == 1
+
+
 def test_a_spin_is_bounded_in_time(session):
+    """On the real clock: it returns once its time is up, not before, and not much later (the bound is
+    loose: the test may be descheduled at any point of it)."""
     poll = _Poll()
     start = time.perf_counter()
     assert session._spin_for_request(poll) == []
     took = time.perf_counter() - start
-    assert poll.calls > 1 and 200e-6 <= took < 0.1
+    assert poll.calls >= 1 and 200e-6 <= took < 2.0
     assert session._spin_misses == 1
 
 
-def test_fruitless_spins_turn_spinning_off_and_it_is_tried_again_later(session):
+def test_fruitless_spins_turn_spinning_off_and_it_is_tried_again_later(session, clock):
     for _ in range(SPIN_MISSES):
         assert session._spin_for_request(_Poll()) == []
     for _ in range(SPIN_RETRY):  # off: no poll at all
