@@ -53,9 +53,12 @@ fi
 
 # --- virtualenv -------------------------------------------------------------
 base_of() { "$1" -c 'import os, sys; print(os.path.realpath(getattr(sys, "_base_executable", sys.executable)))' 2>/dev/null; }
-if [[ -x .venv/bin/python ]] && [[ $(base_of .venv/bin/python) != "$(base_of "$PYTHON")" ]]; then
-    log ".venv is made from $(base_of .venv/bin/python), not $(base_of "$PYTHON"): making it again"
-    rm -rf .venv
+if [[ -x .venv/bin/python ]]; then
+    have=$(base_of .venv/bin/python || true) want_py=$(base_of "$PYTHON" || true)
+    if [[ $have != "$want_py" ]]; then
+        log ".venv is made from ${have:-an interpreter that does not run}, not $want_py: making it again"
+        rm -rf .venv
+    fi
 fi
 if [[ ! -x .venv/bin/python ]]; then
     log "creating .venv with $(command -v "$PYTHON")"

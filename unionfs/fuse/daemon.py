@@ -221,17 +221,14 @@ def still_shows(mountpoint: str, device, say: bool = True) -> bool:
         if say:
             log.warning("not unmounting %s: %s", mountpoint, exc)
         return False
-    if shown != device:
-        if not say:
-            return False
+    if shown != device and say:
         log.warning(
             "not unmounting %s: it shows another filesystem (device %d:%d) than this mount (%d:%d)",
             mountpoint,
             *shown,
             *device,
         )
-        return False
-    return True
+    return shown == device
 
 
 def request_layer(union: UnionEngine, opts) -> UnionRequests:
