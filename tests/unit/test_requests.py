@@ -802,6 +802,13 @@ def test_no_passthrough_for_setuid_files_when_the_daemon_clears_them(layers):
         await r.write(opened.fh, 0, b"y", Context(1000, 1000, os.getpid()))
         assert stat.S_IMODE((await r.getattr(node.node_id)).mode) == 0o755 and told == [node.node_id]
         await r.release(opened.fh)
+        # A create knows the new file's mode: it is not looked up again to decide
+        r._mode_of = lambda handle: pytest.fail("the mode of a new file was looked up")
+        made, _ = await r.create(ROOT_ID, b"new-suid", 0o4755, os.O_WRONLY | os.O_CREAT, ROOT)
+        plain, _ = await r.create(ROOT_ID, b"new-plain", 0o644, os.O_WRONLY | os.O_CREAT, ROOT)
+        assert (made.backing_id, plain.backing_id != 0) == (0, True)
+        await r.release(made.fh)
+        await r.release(plain.fh)
 
     run(scenario)
 

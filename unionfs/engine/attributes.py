@@ -280,11 +280,11 @@ class Attributes:
         if mode is not None:
             os.fchmod(fd, stat.S_IMODE(mode))
         if atime_ns is not None or mtime_ns is not None:
-            st = os.fstat(fd)
-            os.utime(
-                fd,
-                ns=(st.st_atime_ns if atime_ns is None else atime_ns, st.st_mtime_ns if mtime_ns is None else mtime_ns),
-            )
+            if atime_ns is None or mtime_ns is None:  # the one not given stays (a tar gives both)
+                st = os.fstat(fd)
+                atime_ns = st.st_atime_ns if atime_ns is None else atime_ns
+                mtime_ns = st.st_mtime_ns if mtime_ns is None else mtime_ns
+            os.utime(fd, ns=(atime_ns, mtime_ns))
         return self.shown_fd(upper, fd)
 
     # ------------------------------------------------------------------ xattrs

@@ -50,10 +50,12 @@ class Namespace:
         if self.markers.read_wh_files and name.startswith(WH_PREFIX):
             raise OSError(errno.EINVAL, "names starting with .wh. are whiteout markers here")
 
-    def _new_owner(self, parent: Node, caller: Caller, mode: int):
-        """Owner and mode of a new entry: the caller's, with a setgid parent's group inherited."""
+    def _new_owner(self, parent: Node, caller: Caller, mode: int, parent_st=None):
+        """Owner and mode of a new entry: the caller's, with a setgid parent's group inherited.
+        *parent_st*: the parent's attributes as shown, where the caller has them already."""
         gid = caller.gid
-        parent_st = self.attributes.getattr(parent)
+        if parent_st is None:
+            parent_st = self.attributes.getattr(parent)
         if parent_st.st_mode & stat.S_ISGID:
             gid = parent_st.st_gid
             if stat.S_ISDIR(mode):
@@ -137,34 +139,45 @@ class Namespace:
         """Create and open a regular file: (node, FileHandle, stat). *umask*: the caller's, where *mode*
         is not narrowed by it yet (a default ACL of the parent replaces it, as on the kernel)."""
         self._prepare_create(parent, name)
-        uid, gid, mode = self._new_owner(parent, caller, stat.S_IFREG | (mode & 0o7777))
-        tmp = self.stack.tmp_name()
+        mode = stat.S_IFREG | (mode & 0o7777)
         open_flags = (flags & OPEN_KEEP) | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
-        made = self._create_in_place(parent, name, open_flags, uid, gid, mode, umask)
+        made = self._create_in_place(parent, name, open_flags, caller, mode, umask)
         if made is not None:
-            fd, node = made
+            fd, node, st = made
         else:
+            uid, gid, mode = self._new_owner(parent, caller, mode)
+            tmp = self.stack.tmp_name()
             fd = os.open(tmp, open_flags, stat.S_IMODE(mode), dir_fd=self.stack.work.root_fd)
             try:
                 node = self._finish_create(tmp, parent, name, False, uid, gid, mode, umask)
             except BaseException:
                 os.close(fd)
                 raise
+            st = None
         handle = self.files.new_handle(fd, node, 0, flags)
         self.attributes.note_xattr_names(node, fd)
-        return node, handle, self.attributes.shown_fd(self.stack.upper, fd)
+        if st is None:
+            st = self.attributes.shown_fd(self.stack.upper, fd)
+        return node, handle, st
 
-    def _create_in_place(self, parent: Node, name: bytes, open_flags: int, uid: int, gid: int, mode: int, umask: int):
-        """(fd, node) of a regular file made straight in the upper parent, as the kernel's overlay does
-        where no whiteout is in the way; None where it takes the work dir: a whiteout to replace, an
-        owner the daemon must chown to (so that the name never shows a wrong owner), setuid/setgid
-        bits, or ownership records. Saves the rename and the chown of every new file."""
+    def _create_in_place(self, parent: Node, name: bytes, open_flags: int, caller: Caller, mode: int, umask: int):
+        """(fd, node, its attributes as shown) of a regular file made straight in the upper parent, as
+        the kernel's overlay does where no whiteout is in the way; None where it takes the work dir: a
+        whiteout to replace, an owner the daemon must chown to (so that the name never shows a wrong
+        owner), setuid/setgid bits, or ownership records. Saves the rename and the chown of every new
+        file. The parent's attributes come from the fd it is opened with here, and the new file's from
+        the fstat its node is made with: an untar's every file, one openat2 from the layer's root and
+        two fstat fewer."""
         stack = self.stack
+        upper = stack.upper
         if mode & 0o7000 or self.attributes.write_records:
             return None
-        with stack.upper.dir(parent.path()) as dfd:
+        with upper.dir(parent.path()) as dfd:
+            # Without ownership records the upper directory's own attributes are the ones shown.
+            raw = upper.record is None
+            parent_st = os.fstat(dfd) if raw or stack.as_root else None
+            uid, gid, mode = self._new_owner(parent, caller, mode, parent_st if raw else None)
             if stack.as_root:
-                parent_st = os.fstat(dfd)
                 made_gid = parent_st.st_gid if parent_st.st_mode & stat.S_ISGID else stack.egid
                 if (uid, gid) != (stack.euid, made_gid):
                     return None
@@ -176,12 +189,13 @@ class Namespace:
                 mode &= ~(umask & 0o777)
             fd = os.open(name, open_flags, stat.S_IMODE(mode), dir_fd=dfd)
             try:
-                node = self.resolution.attach(parent, name, 0, os.fstat(fd), (), new=True)
+                st = os.fstat(fd)
+                node = self.resolution.attach(parent, name, 0, st, (), new=True)
             except BaseException:
                 os.close(fd)
                 os.unlink(name, dir_fd=dfd)
                 raise
-        return fd, node
+        return fd, node, st if raw else None
 
     def mkdir(self, parent: Node, name: bytes, mode: int, caller: Caller, umask: int = 0):
         self._prepare_create(parent, name)

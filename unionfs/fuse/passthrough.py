@@ -39,8 +39,9 @@ class PassthroughRequests:
     _backing: dict
     _passed: dict
 
-    def _pass_through(self, fh: int, handle) -> int:
-        """The backing id this open may pass through with, or 0.
+    def _pass_through(self, fh: int, handle, mode=None) -> int:
+        """The backing id this open may pass through with, or 0. *mode*: the file's st_mode as shown,
+        where the caller knows it (else it is looked up when needed).
 
         Only a file no later copy-up can change the backing of: one in the upper layer, or any file of
         a mount without an upper layer (nothing is ever copied up there, and a lower layer never
@@ -57,7 +58,7 @@ class PassthroughRequests:
         if held is None:
             if len(node.handles) > 1:
                 return 0
-            if self._has_upper and self.kill_privs and self._mode_of(handle) & _SUIDGID:
+            if self._has_upper and self.kill_privs and (self._mode_of(handle) if mode is None else mode) & _SUIDGID:
                 # Its writes must come here to clear those bits: passed through, the kernel writes
                 # with the daemon's privileges and, with HANDLE_KILLPRIV_V2, asks nobody to clear them.
                 return 0

@@ -492,12 +492,13 @@ class UnionRequests(DirectoryRequests, PassthroughRequests, PrivilegeRequests):
 
     # ----------------------------------------------------------- files
 
-    def _opened(self, handle) -> Opened:
+    def _opened(self, handle, mode=None) -> Opened:
+        """*mode*: the file's st_mode as shown, where the caller has it (a create)."""
         fh = next(self._fh)
         self._files[fh] = handle
         if self.backing_open is None:
             return _new(Opened, (fh, True, False, 0))
-        backing = self._pass_through(fh, handle)
+        backing = self._pass_through(fh, handle, mode)
         # An upper file may have been written past the kernel's page cache (passed through): an open
         # that is not passed through starts with no cached pages. (One passed through may not keep them:
         # the kernel refuses KEEP_CACHE with a backing file.)
@@ -527,7 +528,7 @@ class UnionRequests(DirectoryRequests, PassthroughRequests, PrivilegeRequests):
             node, handle, st = self.union.create(
                 self._node(parent_id), name, mode, flags, self._caller(ctx), self._umask(ctx)
             )
-            return self._opened(handle), self._entry(node, st)
+            return self._opened(handle, st.st_mode), self._entry(node, st)
         except Exception as exc:
             raise _failure(exc, "create", (parent_id, name, mode, flags)) from None
 
