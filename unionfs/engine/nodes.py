@@ -20,14 +20,15 @@ nobody holds goes away by itself, and a lookup makes it again from the layers.
 """
 
 import errno
-from types import MappingProxyType
 
 from .weakvalues import WeakValues, ref
 
 ROOT_ID = 1
 _FALLBACK_BASE = 1 << 48
 _INO_MASK = (1 << 48) - 1
-_NO_CHILDREN = MappingProxyType({})
+# A read-only empty mapping: what types.MappingProxyType is, without importing `types` (~0.5 ms of a
+# daemon's start before its first answer).
+_NO_CHILDREN = type(type.__dict__)({})
 
 
 def _set_child(parent, name: bytes, node) -> None:

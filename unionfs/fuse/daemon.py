@@ -46,6 +46,8 @@ else:
 log = get_logger("unionfs")
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+# RLIMIT_NOFILE where it is 7 (Linux but alpha, mips and sparc): elsewhere `resource` says it.
+_RLIMIT_NOFILE = 7 if os.uname().machine in ("x86_64", "aarch64", "riscv64", "ppc64le", "s390x", "i686") else None
 FD_HUNGRY_LOWERS = 100  # lowers from which the descriptor limit is raised before the layers are opened
 # The collector's youngest generation is collected after this many new objects (CPython: 700). The
 # daemon's objects are mostly long-lived nodes (a cold walk makes a few per entry) or freed by their
@@ -118,7 +120,21 @@ def _setup_logging(opts, to_stderr: bool):
 
 
 def _raise_fd_limit():
-    import resource  # not before the mount: nothing there needs many descriptors
+    """The soft limit of descriptors raised to the hard one. Through libc where the mount loaded it
+    already (as root): the `resource` module is a shared object of its own, ~0.5 ms to load, in the
+    daemon's time before its first answer. Else with `resource` (not before the mount: nothing there
+    needs many descriptors)."""
+    libc = sys.modules.get("unionfs.libc")
+    if libc is not None and _RLIMIT_NOFILE is not None:
+        lim = libc.buffer(16)  # struct rlimit64: cur, max
+        prlimit = libc.function("prlimit64", (libc.c_int, libc.c_int, libc.c_char_p, libc.c_char_p))
+        if prlimit is not None and prlimit(0, _RLIMIT_NOFILE, None, lim) == 0:
+            cur, most = int.from_bytes(lim.raw[:8], sys.byteorder), lim.raw[8:]
+            if cur < int.from_bytes(most, sys.byteorder):
+                lim.raw = most + most
+                prlimit(0, _RLIMIT_NOFILE, lim, None)
+            return
+    import resource
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
