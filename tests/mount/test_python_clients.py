@@ -1,0 +1,231 @@
+"""Python's own tools as clients of the union, on pyunionfs and on a kernel overlay.
+
+- pip works in a virtual environment kept in a lower layer. It installs a wheel (package data and a
+  console script included), uninstalls a package of the lower (setuptools: hundreds of lower files and
+  directories to hide) and reinstalls over its own install.
+- pytest runs a suite kept in a lower layer. It writes its rewritten bytecode and its cache through
+  the mount, reruns the last failures from that cache, then clears it.
+
+Each sequence runs twice, on a kernel overlay and on pyunionfs, at the same mount point with fresh
+upper layers, over one shared lower layer. Each side must give the same results (exit codes and
+output), the same merged tree, and the same upper layer, entry by entry (types, modes, contents,
+whiteouts, opaque markers; the kernel's bookkeeping xattrs aside). The lower must be left untouched.
+SOURCE_DATE_EPOCH makes pip's bytecode hash-based, so the two sides' bytecode is byte for byte alike.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.snapshots import KERNEL_BOOKKEEPING_XATTRS
+from tests.util import (
+    diff_snapshots,
+    kernel_overlay_skip_reason,
+    mount_kernel_overlay,
+    mount_pyunionfs,
+    tree_snapshot,
+)
+
+IGNORE_XATTRS = (*KERNEL_BOOKKEEPING_XATTRS, "trusted.overlay.pyunionfs.origin")
+STEP_TIMEOUT = 120
+
+
+def _env(root: Path) -> dict:
+    """A clean environment for the clients: nothing of the outer test run's PYTHON*/PYTEST* settings,
+    a home and a temporary directory of their own outside the layers."""
+    (root / "home").mkdir(exist_ok=True)
+    (root / "tmp").mkdir(exist_ok=True)
+    return {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(root / "home"),
+        "TMPDIR": str(root / "tmp"),
+        "LANG": "C.UTF-8",
+        "SOURCE_DATE_EPOCH": "1700000000",
+    }
+
+
+def _record_line(path: str, data: bytes) -> str:
+    digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+    return f"{path},sha256={digest},{len(data)}"
+
+
+def make_wheel(where: Path) -> Path:
+    """A small pure-Python wheel, made by hand (no build backend, no network): a package with data
+    and a console script."""
+    files = {
+        "demo_pkg/__init__.py": b"VALUE = 'demo 1.0'\n\n\ndef main():\n    print('demo-tool says', VALUE)\n",
+        "demo_pkg/data/table.txt": b"a 1\nb 2\n",
+        "demo_pkg-1.0.dist-info/METADATA": b"Metadata-Version: 2.1\nName: demo-pkg\nVersion: 1.0\n",
+        "demo_pkg-1.0.dist-info/WHEEL": (
+            b"Wheel-Version: 1.0\nGenerator: unionfs-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+        ),
+        "demo_pkg-1.0.dist-info/entry_points.txt": b"[console_scripts]\ndemo-tool = demo_pkg:main\n",
+    }
+    record = [_record_line(p, d) for p, d in files.items()] + ["demo_pkg-1.0.dist-info/RECORD,,"]
+    files["demo_pkg-1.0.dist-info/RECORD"] = ("\n".join(record) + "\n").encode()
+    wheel = where / "demo_pkg-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as z:
+        for path, data in files.items():
+            z.writestr(path, data)
+    return wheel
+
+
+def _run(argv, env, cwd, extra_env=None) -> tuple:
+    """(exit code, stdout, stderr) of a client, its timing lines cut ("in 0.12s")."""
+    p = subprocess.run(
+        [str(a) for a in argv],
+        capture_output=True,
+        text=True,
+        timeout=STEP_TIMEOUT,
+        env={**env, **(extra_env or {})},
+        cwd=str(cwd),
+        stdin=subprocess.DEVNULL,
+    )
+    untimed = [re.sub(r" in [0-9.]+s", "", s) for s in (p.stdout, p.stderr)]
+    return (p.returncode, *untimed)
+
+
+def on_both(root: Path, lower: Path, steps) -> dict:
+    """Run `steps(mnt)` over *lower* on a kernel overlay and on pyunionfs, each with a fresh upper, both
+    mounted at root/mnt: {side: (steps' results, merged tree, upper tree)}."""
+    reason = kernel_overlay_skip_reason()
+    if reason:
+        pytest.skip(reason)
+    mnt = root / "mnt"
+    mnt.mkdir()
+    before = tree_snapshot(lower)
+    out = {}
+    for side in ("kernel", "pyunionfs"):
+        upper, work = root / side / "upper", root / side / "work"
+        upper.mkdir(parents=True)
+        work.mkdir()
+        if side == "kernel":
+            cm = mount_kernel_overlay(mnt, [lower], upper, work)
+        else:
+            cm = mount_pyunionfs(mnt, [lower], upper, work)
+        with cm:
+            results = steps(mnt)
+            merged = tree_snapshot(mnt, ignore_xattrs=IGNORE_XATTRS)
+        out[side] = (results, merged, tree_snapshot(upper, ignore_xattrs=IGNORE_XATTRS))
+    shutil.rmtree(root / "kernel" / "work", ignore_errors=True)  # a root-only work/work
+    assert not diff_snapshots(before, tree_snapshot(lower)), "the lower layer changed"
+    return out
+
+
+def assert_alike(out: dict) -> None:
+    (k_results, k_merged, k_upper), (p_results, p_merged, p_upper) = out["kernel"], out["pyunionfs"]
+    for i, (k, p) in enumerate(zip(k_results, p_results)):
+        assert p == k, f"step {i}: pyunionfs {p} != kernel {k}"
+    assert not diff_snapshots(k_merged, p_merged), "merged trees differ (kernel -> pyunionfs):\n" + "\n".join(
+        diff_snapshots(k_merged, p_merged)[:40]
+    )
+    assert not diff_snapshots(k_upper, p_upper), "upper layers differ (kernel -> pyunionfs):\n" + "\n".join(
+        diff_snapshots(k_upper, p_upper)[:40]
+    )
+
+
+@pytest.mark.timeout(600)
+def test_pip_in_a_venv_of_a_lower_layer(tmp_path):
+    lower = tmp_path / "lower"
+    lower.mkdir()
+    env = _env(tmp_path)
+    python = getattr(sys, "_base_executable", None) or sys.executable
+    made = subprocess.run(
+        [python, "-m", "venv", str(lower / "venv")], capture_output=True, text=True, timeout=300, env=env
+    )
+    if made.returncode != 0 and "ensurepip" in made.stdout + made.stderr:
+        pytest.skip(f"this interpreter cannot make a venv with pip: {made.stdout.strip()[-200:]}")
+    assert made.returncode == 0, made.stderr
+    wheel = make_wheel(tmp_path)
+    quiet = ["--disable-pip-version-check", "--no-cache-dir", "-q"]
+
+    def steps(mnt):
+        py = mnt / "venv" / "bin" / "python"
+        return [
+            _run([py, "-m", "pip", "install", "--no-index", *quiet, wheel], env, mnt),
+            _run([py, "-m", "pip", "uninstall", "-y", *quiet, "setuptools"], env, mnt),
+            _run([py, "-m", "pip", "list", "--format=freeze", "--disable-pip-version-check"], env, mnt),
+            _run([mnt / "venv" / "bin" / "demo-tool"], env, mnt),
+            _run(
+                [
+                    py,
+                    "-c",
+                    "import demo_pkg, importlib.resources as r; "
+                    "print(demo_pkg.VALUE, r.files('demo_pkg').joinpath('data/table.txt').read_text())",
+                ],
+                env,
+                mnt,
+            ),
+            _run([py, "-m", "pip", "install", "--no-index", "--force-reinstall", *quiet, wheel], env, mnt),
+            _run([py, "-c", "import setuptools"], env, mnt),
+        ]
+
+    out = on_both(tmp_path, lower, steps)
+    results = out["pyunionfs"][0]
+    assert [r[0] for r in results[:6]] == [0] * 6, results
+    assert "demo-pkg==1.0" in results[2][1] and "setuptools" not in results[2][1], results[2]
+    assert results[3][1] == "demo-tool says demo 1.0\n" and "a 1\nb 2" in results[4][1], results
+    assert results[6][0] != 0 and "No module named 'setuptools'" in results[6][2], results[6]
+    upper = out["pyunionfs"][2]
+    site = next(p for p in upper if p.endswith("/site-packages"))
+    assert upper[f"{site}/setuptools"].type == "c" and upper[f"{site}/setuptools"].rdev == (0, 0), (
+        "the lower's setuptools is hidden by a whiteout"
+    )
+    assert upper[f"{site}/demo_pkg/data/table.txt"].type == "f"
+    assert_alike(out)
+
+
+SUITE = {
+    "proj/pytest.ini": "[pytest]\ntestpaths = tests\n",
+    "proj/tests/conftest.py": "import pytest\n\n\n@pytest.fixture\ndef pair():\n    return [1, 2]\n",
+    "proj/tests/test_demo.py": (
+        "import os\n\nimport pytest\n\n\n"
+        "def test_rewritten_assert(pair):\n    assert pair == [1, 2]\n\n\n"
+        "def test_fails_until_fixed():\n    assert os.environ.get('DEMO_FIXED') == '1', 'not fixed yet'\n\n\n"
+        "@pytest.mark.parametrize('n', range(4))\ndef test_many(n):\n    assert n < 4\n"
+    ),
+    "proj/tests/sub/__init__.py": "",
+    "proj/tests/sub/test_pkg.py": "from . import helper\n\n\ndef test_helper():\n    assert helper.TWO == 2\n",
+    "proj/tests/sub/helper.py": "TWO = 2\n",
+}
+
+
+@pytest.mark.timeout(300)
+def test_pytest_runs_a_suite_of_a_lower_layer(tmp_path):
+    lower = tmp_path / "lower"
+    for rel, text in SUITE.items():
+        (lower / rel).parent.mkdir(parents=True, exist_ok=True)
+        (lower / rel).write_text(text)
+    env = _env(tmp_path)
+    fixed = {"DEMO_FIXED": "1"}
+
+    def steps(mnt):
+        proj = mnt / "proj"
+        pytest_cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:randomly"]
+        return [
+            _run(pytest_cmd, env, proj),  # one failure; bytecode and cache written
+            _run([*pytest_cmd, "--lf"], env, proj, fixed),  # the failure alone, from the cache
+            _run(pytest_cmd, env, proj, fixed),  # all, with the bytecode written before
+            _run([*pytest_cmd, "--cache-clear"], env, proj, fixed),  # the cache removed and made again
+        ]
+
+    out = on_both(tmp_path, lower, steps)
+    results = out["pyunionfs"][0]
+    assert results[0][0] == 1 and "1 failed, 6 passed" in results[0][1], results[0]
+    assert results[1][0] == 0 and results[1][1].splitlines()[-1] == "1 passed", results[1]  # the failure alone
+    assert results[2][0] == 0 and "7 passed" in results[2][1], results[2]
+    assert results[3][0] == 0 and "7 passed" in results[3][1], results[3]
+    upper = out["pyunionfs"][2]
+    assert any(p.startswith("proj/tests/__pycache__/test_demo.") and p.endswith(".pyc") for p in upper), sorted(upper)
+    assert "proj/.pytest_cache/v/cache/nodeids" in upper, sorted(upper)
+    assert_alike(out)
