@@ -1,10 +1,13 @@
-"""Python's own tools as clients of the union, on pyunionfs and on a kernel overlay.
+"""Real clients of the union, on pyunionfs and on a kernel overlay: Python's own tools, and git.
 
 - pip works in a virtual environment kept in a lower layer. It installs a wheel (package data and a
   console script included), uninstalls a package of the lower (setuptools: hundreds of lower files and
   directories to hide) and reinstalls over its own install.
 - pytest runs a suite kept in a lower layer. It writes its rewritten bytecode and its cache through
   the mount, reruns the last failures from that cache, then clears it.
+- git works in a repository kept in a lower layer: status (which rewrites the index, its recorded
+  inode numbers being the lower's), a commit that changes, deletes and adds files, a `git mv` of a
+  directory, a gc that packs the lower's loose objects (deleting them), fsck, log and a checkout.
 
 Each sequence runs twice, on a kernel overlay and on pyunionfs, at the same mount point with fresh
 upper layers, over one shared lower layer. Each side must give the same results (exit codes and
@@ -122,16 +125,20 @@ def on_both(root: Path, lower: Path, steps) -> dict:
     return out
 
 
-def assert_alike(out: dict) -> None:
+def assert_alike(out: dict, contents_differ: tuple = ()) -> None:
+    """The two sides' results, merged trees and upper layers are equal. *contents_differ*: paths whose
+    contents legitimately differ between two mounts (git's index records inode and device numbers):
+    their type and mode still count."""
+
+    def comparable(snap):
+        return {p: e._replace(size=None, sha256=None) if p in contents_differ else e for p, e in snap.items()}
+
     (k_results, k_merged, k_upper), (p_results, p_merged, p_upper) = out["kernel"], out["pyunionfs"]
     for i, (k, p) in enumerate(zip(k_results, p_results)):
         assert p == k, f"step {i}: pyunionfs {p} != kernel {k}"
-    assert not diff_snapshots(k_merged, p_merged), "merged trees differ (kernel -> pyunionfs):\n" + "\n".join(
-        diff_snapshots(k_merged, p_merged)[:40]
-    )
-    assert not diff_snapshots(k_upper, p_upper), "upper layers differ (kernel -> pyunionfs):\n" + "\n".join(
-        diff_snapshots(k_upper, p_upper)[:40]
-    )
+    for what, k_snap, p_snap in (("merged trees", k_merged, p_merged), ("upper layers", k_upper, p_upper)):
+        diffs = diff_snapshots(comparable(k_snap), comparable(p_snap))
+        assert not diffs, f"{what} differ (kernel -> pyunionfs):\n" + "\n".join(diffs[:40])
 
 
 @pytest.mark.timeout(600)
@@ -229,3 +236,77 @@ def test_pytest_runs_a_suite_of_a_lower_layer(tmp_path):
     assert any(p.startswith("proj/tests/__pycache__/test_demo.") and p.endswith(".pyc") for p in upper), sorted(upper)
     assert "proj/.pytest_cache/v/cache/nodeids" in upper, sorted(upper)
     assert_alike(out)
+
+
+GIT_ENV = {
+    "GIT_CONFIG_NOSYSTEM": "1",
+    "GIT_AUTHOR_NAME": "Test",
+    "GIT_AUTHOR_EMAIL": "test@example.invalid",
+    "GIT_AUTHOR_DATE": "1700000000 +0000",
+    "GIT_COMMITTER_NAME": "Test",
+    "GIT_COMMITTER_EMAIL": "test@example.invalid",
+    "GIT_COMMITTER_DATE": "1700000000 +0000",
+}
+
+
+@pytest.mark.timeout(300)
+def test_git_in_a_repository_of_a_lower_layer(tmp_path):
+    git = shutil.which("git")
+    if git is None:
+        pytest.skip("git is not installed")
+    env = {**_env(tmp_path), **GIT_ENV}
+    # one pack thread and no automatic gc: the packs both sides write are alike, byte for byte
+    (Path(env["HOME"]) / ".gitconfig").write_text(
+        "[pack]\n\tthreads = 1\n[gc]\n\tauto = 0\n[init]\n\tdefaultBranch = main\n"
+    )
+    lower = tmp_path / "lower"
+    repo = lower / "repo"
+    for i in range(12):
+        f = repo / f"d{i % 3}" / f"f{i}.txt"
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_text(f"file {i}\n" * (i + 1))
+    for argv in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "one"]):
+        subprocess.run([git, *argv], cwd=repo, env=env, check=True, timeout=60, capture_output=True)
+    (repo / "d0" / "f0.txt").write_text("changed in the second commit\n")
+    for argv in (["add", "-A"], ["commit", "-q", "-m", "two"]):
+        subprocess.run([git, *argv], cwd=repo, env=env, check=True, timeout=60, capture_output=True)
+
+    def steps(mnt):
+        r = mnt / "repo"
+        (r / "d1" / "f1.txt").write_text("changed through the mount\n")
+        (r / "d2" / "f2.txt").unlink()
+        (r / "d0" / "new.txt").write_text("new\n")
+        out = [
+            _run([git, "status", "--porcelain"], env, r),
+            _run([git, "add", "-A"], env, r),
+            _run([git, "commit", "-q", "-m", "three"], env, r),
+            # a lower directory: rename(2) says EXDEV (redirect_dir is off), as on the kernel, and git
+            # gives up; moved file by file, it works
+            _run([git, "mv", "d2", "moved"], env, r),
+            _run(["mkdir", "moved"], env, r),
+            _run([git, "mv", "d2/f5.txt", "d2/f8.txt", "d2/f11.txt", "moved/"], env, r),
+            _run(["rmdir", "d2"], env, r),
+            _run([git, "commit", "-q", "-m", "four"], env, r),
+            _run([git, "gc", "-q", "--prune=now"], env, r),
+            _run([git, "fsck", "--full", "--strict"], env, r),
+            _run([git, "log", "--format=%H %s", "--stat"], env, r),
+            _run([git, "checkout", "-q", "-b", "topic", "HEAD~2"], env, r),
+            _run([git, "status", "--porcelain", "--branch"], env, r),
+        ]
+        out.append((0, "\n".join(sorted(os.listdir(r / ".git" / "objects"))), ""))
+        return out
+
+    out = on_both(tmp_path, lower, steps)
+    results = out["pyunionfs"][0]
+    assert results[3][0] == 128 and "Invalid cross-device link" in results[3][2], results[3]
+    assert all(code == 0 for i, (code, _, _) in enumerate(results) if i != 3), results
+    log = results[10][1]
+    assert "four" in log and "three" in log and "{d2 => moved}/f5.txt" in log, log
+    assert results[12][1].startswith("## topic"), results[12]
+    upper = out["pyunionfs"][2]
+    # d2, removed once its files were moved, comes back with the checkout of HEAD~2: opaque
+    assert ("trusted.overlay.opaque", b"y") in upper["repo/d2"].xattrs, upper["repo/d2"]
+    assert any(p.startswith("repo/.git/objects/pack/pack-") for p in upper), sorted(upper)
+    loose = [p for p, e in upper.items() if re.fullmatch(r"repo/\.git/objects/[0-9a-f]{2}", p)]
+    assert loose and all(upper[p].type == "c" for p in loose), "the lower's loose objects are whited out"
+    assert_alike(out, contents_differ=("repo/.git/index",))
