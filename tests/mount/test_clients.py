@@ -98,9 +98,9 @@ def _run(argv, env, cwd, extra_env=None) -> tuple:
     return (p.returncode, *untimed)
 
 
-def on_both(root: Path, lower: Path, steps) -> dict:
-    """Run `steps(mnt)` over *lower* on a kernel overlay and on pyunionfs, each with a fresh upper, both
-    mounted at root/mnt: {side: (steps' results, merged tree, upper tree)}."""
+def on_both(root: Path, lower: Path, steps, options=()) -> dict:
+    """Run `steps(mnt)` over *lower* on a kernel overlay and on pyunionfs (both with *options*), each with
+    a fresh upper, both mounted at root/mnt: {side: (steps' results, merged tree, upper tree)}."""
     reason = kernel_overlay_skip_reason()
     if reason:
         pytest.skip(reason)
@@ -113,9 +113,9 @@ def on_both(root: Path, lower: Path, steps) -> dict:
         upper.mkdir(parents=True)
         work.mkdir()
         if side == "kernel":
-            cm = mount_kernel_overlay(mnt, [lower], upper, work)
+            cm = mount_kernel_overlay(mnt, [lower], upper, work, options)
         else:
-            cm = mount_pyunionfs(mnt, [lower], upper, work)
+            cm = mount_pyunionfs(mnt, [lower], upper, work, options)
         with cm:
             results = steps(mnt)
             merged = tree_snapshot(mnt, ignore_xattrs=IGNORE_XATTRS)
@@ -250,7 +250,8 @@ GIT_ENV = {
 
 
 @pytest.mark.timeout(300)
-def test_git_in_a_repository_of_a_lower_layer(tmp_path):
+@pytest.mark.parametrize("redirect_dir", [False, True], ids=["plain", "redirect_dir"])
+def test_git_in_a_repository_of_a_lower_layer(tmp_path, redirect_dir):
     git = shutil.which("git")
     if git is None:
         pytest.skip("git is not installed")
@@ -277,32 +278,40 @@ def test_git_in_a_repository_of_a_lower_layer(tmp_path):
         (r / "d2" / "f2.txt").unlink()
         (r / "d0" / "new.txt").write_text("new\n")
         out = [
-            _run([git, "status", "--porcelain"], env, r),
-            _run([git, "add", "-A"], env, r),
-            _run([git, "commit", "-q", "-m", "three"], env, r),
-            # a lower directory: rename(2) says EXDEV (redirect_dir is off), as on the kernel, and git
-            # gives up; moved file by file, it works
-            _run([git, "mv", "d2", "moved"], env, r),
-            _run(["mkdir", "moved"], env, r),
-            _run([git, "mv", "d2/f5.txt", "d2/f8.txt", "d2/f11.txt", "moved/"], env, r),
-            _run(["rmdir", "d2"], env, r),
-            _run([git, "commit", "-q", "-m", "four"], env, r),
-            _run([git, "gc", "-q", "--prune=now"], env, r),
-            _run([git, "fsck", "--full", "--strict"], env, r),
-            _run([git, "log", "--format=%H %s", "--stat"], env, r),
-            _run([git, "checkout", "-q", "-b", "topic", "HEAD~2"], env, r),
-            _run([git, "status", "--porcelain", "--branch"], env, r),
+            ("status", _run([git, "status", "--porcelain"], env, r)),
+            ("add", _run([git, "add", "-A"], env, r)),
+            ("commit three", _run([git, "commit", "-q", "-m", "three"], env, r)),
+            # a lower directory: without redirect_dir rename(2) says EXDEV, as on the kernel, and git
+            # gives up, so it is moved file by file; with redirect_dir the rename is made
+            ("mv dir", _run([git, "mv", "d2", "moved"], env, r)),
         ]
-        out.append((0, "\n".join(sorted(os.listdir(r / ".git" / "objects"))), ""))
+        if not redirect_dir:
+            out += [
+                ("mkdir", _run(["mkdir", "moved"], env, r)),
+                ("mv files", _run([git, "mv", "d2/f5.txt", "d2/f8.txt", "d2/f11.txt", "moved/"], env, r)),
+                ("rmdir", _run(["rmdir", "d2"], env, r)),
+            ]
+        out += [
+            ("commit four", _run([git, "commit", "-q", "-m", "four"], env, r)),
+            ("gc", _run([git, "gc", "-q", "--prune=now"], env, r)),
+            ("fsck", _run([git, "fsck", "--full", "--strict"], env, r)),
+            ("log", _run([git, "log", "--format=%H %s", "--stat"], env, r)),
+            ("checkout", _run([git, "checkout", "-q", "-b", "topic", "HEAD~2"], env, r)),
+            ("status topic", _run([git, "status", "--porcelain", "--branch"], env, r)),
+            ("objects", (0, "\n".join(sorted(os.listdir(r / ".git" / "objects"))), "")),
+        ]
         return out
 
-    out = on_both(tmp_path, lower, steps)
-    results = out["pyunionfs"][0]
-    assert results[3][0] == 128 and "Invalid cross-device link" in results[3][2], results[3]
-    assert all(code == 0 for i, (code, _, _) in enumerate(results) if i != 3), results
-    log = results[10][1]
+    out = on_both(tmp_path, lower, steps, ["redirect_dir=on"] if redirect_dir else [])
+    results = dict(out["pyunionfs"][0])
+    failed = {name: res for name, res in results.items() if res[0] != 0}
+    if redirect_dir:
+        assert not failed, failed
+    else:
+        assert list(failed) == ["mv dir"] and "Invalid cross-device link" in failed["mv dir"][2], failed
+    log = results["log"][1]
     assert "four" in log and "three" in log and "{d2 => moved}/f5.txt" in log, log
-    assert results[12][1].startswith("## topic"), results[12]
+    assert results["status topic"][1].startswith("## topic"), results["status topic"]
     upper = out["pyunionfs"][2]
     # d2, removed once its files were moved, comes back with the checkout of HEAD~2: opaque
     assert ("trusted.overlay.opaque", b"y") in upper["repo/d2"].xattrs, upper["repo/d2"]
