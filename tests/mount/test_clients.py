@@ -1,4 +1,4 @@
-"""Real clients of the union, on pyunionfs and on a kernel overlay: Python's own tools, and git.
+"""Real clients of the union, on pyunionfs and on a kernel overlay: Python's own tools, git, SQLite.
 
 - pip works in a virtual environment kept in a lower layer. It installs a wheel (package data and a
   console script included), uninstalls a package of the lower (setuptools: hundreds of lower files and
@@ -8,6 +8,8 @@
 - git works in a repository kept in a lower layer: status (which rewrites the index, its recorded
   inode numbers being the lower's), a commit that changes, deletes and adds files, a `git mv` of a
   directory, a gc that packs the lower's loose objects (deleting them), fsck, log and a checkout.
+- SQLite works on a database kept in a lower layer: a rollback-journal transaction, WAL mode with a
+  reader's snapshot and the shared-memory file, a checkpoint, VACUUM.
 
 Each sequence runs twice, on a kernel overlay and on pyunionfs, at the same mount point with fresh
 upper layers, over one shared lower layer. Each side must give the same results (exit codes and
@@ -23,6 +25,7 @@ import hashlib
 import os
 import re
 import shutil
+import sqlite3
 import subprocess
 import sys
 import zipfile
@@ -319,3 +322,60 @@ def test_git_in_a_repository_of_a_lower_layer(tmp_path, redirect_dir):
     loose = [p for p, e in upper.items() if re.fullmatch(r"repo/\.git/objects/[0-9a-f]{2}", p)]
     assert loose and all(upper[p].type == "c" for p in loose), "the lower's loose objects are whited out"
     assert_alike(out, contents_differ=("repo/.git/index",))
+
+
+SQLITE_STEPS = r"""
+import sqlite3, sys
+db = sys.argv[1]
+out = []
+con = sqlite3.connect(db, isolation_level=None)
+con.execute("BEGIN")
+con.execute("UPDATE t SET v = v || '!' WHERE id % 7 = 0")
+con.execute("DELETE FROM t WHERE id % 11 = 0")
+con.executemany("INSERT INTO t (id, v) VALUES (?, ?)", [(i, "new %d" % i) for i in range(1000, 1200)])
+con.execute("COMMIT")
+out.append(con.execute("PRAGMA integrity_check").fetchone()[0])
+out.append(con.execute("PRAGMA journal_mode=WAL").fetchone()[0])
+reader = sqlite3.connect(db, isolation_level=None)
+reader.execute("BEGIN")
+before = reader.execute("SELECT count(*) FROM t").fetchone()[0]  # a snapshot the writer must not disturb
+con.execute("BEGIN")
+con.executemany("INSERT INTO t (id, v) VALUES (?, ?)", [(i, "wal %d" % i) for i in range(2000, 2300)])
+con.execute("COMMIT")
+out.append((before, reader.execute("SELECT count(*) FROM t").fetchone()[0]))
+reader.execute("COMMIT")
+out.append(reader.execute("SELECT count(*) FROM t").fetchone()[0])
+reader.close()
+out.append(con.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone())
+out.append(con.execute("PRAGMA journal_mode=DELETE").fetchone()[0])
+con.execute("VACUUM")
+out.append(con.execute("PRAGMA integrity_check").fetchone()[0])
+out.append(con.execute("SELECT count(*), sum(length(v)) FROM t").fetchone())
+con.close()
+print(out)
+"""
+
+
+@pytest.mark.timeout(300)
+def test_sqlite_database_of_a_lower_layer(tmp_path):
+    """SQLite on a database kept in a lower layer: a rollback-journal transaction (the copy-up), WAL mode
+    with a reader holding a snapshot while a writer commits (the -shm file is shared memory, mapped by
+    both connections), a checkpoint, VACUUM. Compared with the kernel overlay, byte for byte."""
+    lower = tmp_path / "lower"
+    lower.mkdir()
+    con = sqlite3.connect(lower / "data.db")
+    con.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+    con.executemany("INSERT INTO t VALUES (?, ?)", [(i, "row %d " % i * 5) for i in range(1000)])
+    con.commit()
+    con.close()
+    env = _env(tmp_path)
+
+    def steps(mnt):
+        return [_run([sys.executable, "-c", SQLITE_STEPS, mnt / "data.db"], env, mnt)]
+
+    out = on_both(tmp_path, lower, steps)
+    code, stdout, stderr = out["pyunionfs"][0][0]
+    assert code == 0, stderr
+    assert stdout.startswith("['ok', 'wal', (1109, 1109), 1409,") and "'delete', 'ok'" in stdout, stdout
+    assert sorted(out["pyunionfs"][2]) == [".", "data.db"], "no journal, WAL or -shm file is left behind"
+    assert_alike(out)
