@@ -28,6 +28,8 @@ want=(fuse3 libfuse3-dev pkg-config attr fuse-overlayfs umoci)
 # buildah with runc (crun refuses these machines' cgroup v1 hybrid mode), newuidmap/newgidmap for
 # rootless podman, and the kernel's NFS server for a shared read-only image store.
 want+=(podman buildah runc uidmap nfs-kernel-server)
+# Other real clients the mount tests run on a union (tests/mount/test_clients.py).
+want+=(git rsync)
 # pyfuse3 (the second FUSE backend, in the test extra) is built from source: it needs a C compiler
 # and the Python headers; a Debian system Python needs python3-venv for `-m venv`.
 if ! command -v gcc >/dev/null 2>&1; then want+=(gcc); fi

@@ -1,4 +1,4 @@
-"""Real clients of the union, on pyunionfs and on a kernel overlay: Python's own tools, git, SQLite.
+"""Real clients of the union, on pyunionfs and on a kernel overlay: Python's tools, git, SQLite, rsync.
 
 - pip works in a virtual environment kept in a lower layer. It installs a wheel (package data and a
   console script included), uninstalls a package of the lower (setuptools: hundreds of lower files and
@@ -10,6 +10,8 @@
   directory, a gc that packs the lower's loose objects (deleting them), fsck, log and a checkout.
 - SQLite works on a database kept in a lower layer: a rollback-journal transaction, WAL mode with a
   reader's snapshot and the shared-memory file, a checkpoint, VACUUM.
+- rsync -aHAX --delete updates a tree kept in a lower layer, a checksumming pass finds it in sync, and
+  what it reads back out of the mount is what it sent.
 
 Each sequence runs twice, on a kernel overlay and on pyunionfs, at the same mount point with fresh
 upper layers, over one shared lower layer. Each side must give the same results (exit codes and
@@ -378,4 +380,59 @@ def test_sqlite_database_of_a_lower_layer(tmp_path):
     assert code == 0, stderr
     assert stdout.startswith("['ok', 'wal', (1109, 1109), 1409,") and "'delete', 'ok'" in stdout, stdout
     assert sorted(out["pyunionfs"][2]) == [".", "data.db"], "no journal, WAL or -shm file is left behind"
+    assert_alike(out)
+
+
+def _tree(root: Path, files: dict) -> None:
+    for rel, text in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+
+
+@pytest.mark.timeout(300)
+def test_rsync_onto_a_tree_of_a_lower_layer(tmp_path):
+    """rsync -aHAX --delete onto a tree kept in a lower layer (files changed in place of temporaries,
+    deleted, made; modes, times, hard links, xattrs), checked in sync by a second, checksumming pass,
+    then read back out of the mount. Compared with the kernel overlay."""
+    rsync = shutil.which("rsync")
+    if rsync is None:
+        pytest.skip("rsync is not installed")
+    lower, src = tmp_path / "lower", tmp_path / "src"
+    old = {f"site/d{i % 4}/f{i}.txt": f"old {i}\n" * (i + 1) for i in range(24)}
+    old.update({"site/gone/a": "a\n", "site/gone/deep/b": "b\n", "site/keep.txt": "keep\n"})
+    _tree(lower, old)
+    os.link(lower / "site/d0/f0.txt", lower / "site/d0/f0.link")
+    os.symlink("d1/f1.txt", lower / "site/link")
+    new = {k: v for k, v in old.items() if not k.startswith("site/gone/") and k != "site/d2/f2.txt"}
+    new.update({f"site/d{i % 4}/f{i}.txt": f"new {i}\n" for i in range(0, 24, 3)})  # other sizes
+    new.update({"site/d1/f5.txt": "new 5\n" * 6, "site/fresh/x": "x\n"})  # same size as before
+    _tree(src, new)
+    os.link(src / "site/fresh/x", src / "site/fresh/x.link")
+    os.symlink("d3/f3.txt", src / "site/link")
+    os.chmod(src / "site/keep.txt", 0o600)
+    os.setxattr(src / "site/d3/f7.txt", "user.tag", b"rsynced")
+    for p in sorted(src.rglob("*")):  # every time set, so the second pass has nothing to do
+        os.utime(p, (1_600_000_000, 1_600_000_000), follow_symlinks=False)
+    env = _env(tmp_path)
+    back = tmp_path / "back"
+
+    def steps(mnt):
+        shutil.rmtree(back, ignore_errors=True)
+        return [
+            _run([rsync, "-aHAX", "--delete", "-i", f"{src}/site/", "site/"], env, mnt),
+            _run([rsync, "-aHAX", "--delete", "--checksum", "-n", "-i", f"{src}/site/", "site/"], env, mnt),
+            _run([rsync, "-aHAX", "site/", f"{back}/"], env, mnt),
+            (0, "\n".join(diff_snapshots(tree_snapshot(src / "site"), tree_snapshot(back))), ""),
+        ]
+
+    out = on_both(tmp_path, lower, steps)
+    results = out["pyunionfs"][0]
+    assert [r[0] for r in results] == [0, 0, 0, 0], results
+    assert "*deleting   gone/" in results[0][1] and ">f+++++++++ fresh/x" in results[0][1], results[0]
+    assert results[1][1] == "", "the second pass finds everything in sync"
+    assert results[3][1] == "", "what is read back is what was sent"
+    upper = out["pyunionfs"][2]
+    assert upper["site/gone"].type == "c" and upper["site/d2/f2.txt"].type == "c", sorted(upper)
+    assert ("user.tag", b"rsynced") in upper["site/d3/f7.txt"].xattrs
+    assert os.stat(tmp_path / "pyunionfs" / "upper" / "site/fresh/x").st_nlink == 2
     assert_alike(out)
