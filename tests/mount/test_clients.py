@@ -1,4 +1,5 @@
-"""Real clients of the union, on pyunionfs and on a kernel overlay: Python's tools, git, SQLite, rsync.
+"""Real clients of the union, on pyunionfs and on a kernel overlay: Python's tools, git, SQLite, rsync,
+a service's Unix sockets.
 
 - pip works in a virtual environment kept in a lower layer. It installs a wheel (package data and a
   console script included), uninstalls a package of the lower (setuptools: hundreds of lower files and
@@ -12,6 +13,8 @@
   reader's snapshot and the shared-memory file, a checkpoint, VACUUM.
 - rsync -aHAX --delete updates a tree kept in a lower layer, a checksumming pass finds it in sync, and
   what it reads back out of the mount is what it sent.
+- A service binds a Unix socket in a directory of a lower layer, and a client talks to it; a stale
+  socket file of the lower must be unlinked before its name is bound again.
 
 Each sequence runs twice, on a kernel overlay and on pyunionfs, at the same mount point with fresh
 upper layers, over one shared lower layer. Each side must give the same results (exit codes and
@@ -27,6 +30,7 @@ import hashlib
 import os
 import re
 import shutil
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -435,4 +439,62 @@ def test_rsync_onto_a_tree_of_a_lower_layer(tmp_path):
     assert upper["site/gone"].type == "c" and upper["site/d2/f2.txt"].type == "c", sorted(upper)
     assert ("user.tag", b"rsynced") in upper["site/d3/f7.txt"].xattrs
     assert os.stat(tmp_path / "pyunionfs" / "upper" / "site/fresh/x").st_nlink == 2
+    assert_alike(out)
+
+
+UNIX_SOCKET_STEPS = r"""
+import os, socket, sys, threading
+run = sys.argv[1]
+out = []
+srv = socket.socket(socket.AF_UNIX)
+srv.bind(run + "/app.sock")
+srv.listen(1)
+def serve():
+    c, _ = srv.accept()
+    c.sendall(c.recv(100).upper())
+    c.close()
+t = threading.Thread(target=serve)
+t.start()
+cl = socket.socket(socket.AF_UNIX)
+cl.connect(run + "/app.sock")
+cl.sendall(b"hello")
+out.append(cl.recv(100))
+cl.close()
+t.join()
+stale = run + "/stale.sock"
+try:
+    socket.socket(socket.AF_UNIX).bind(stale)
+except OSError as exc:
+    out.append(exc.errno)
+os.unlink(stale)
+again = socket.socket(socket.AF_UNIX)
+again.bind(stale)
+again.listen(1)
+c = socket.socket(socket.AF_UNIX)
+c.connect(stale)
+out.append("rebound")
+print(out)
+"""
+
+
+@pytest.mark.timeout(120)
+def test_a_service_binds_unix_sockets_in_the_union(tmp_path):
+    """A service binds a Unix socket in a directory of a lower layer and a client talks to it; a stale
+    socket file of the lower refuses a bind (EADDRINUSE) until it is unlinked. Compared with the kernel
+    overlay."""
+    lower = tmp_path / "lower"
+    (lower / "run").mkdir(parents=True)
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(str(lower / "run" / "stale.sock"))
+    s.close()
+    env = _env(tmp_path)
+
+    def steps(mnt):
+        return [_run([sys.executable, "-c", UNIX_SOCKET_STEPS, mnt / "run"], env, mnt)]
+
+    out = on_both(tmp_path, lower, steps)
+    code, stdout, stderr = out["pyunionfs"][0][0]
+    assert code == 0 and stdout == "[b'HELLO', 98, 'rebound']\n", (code, stdout, stderr)
+    upper = out["pyunionfs"][2]
+    assert upper["run/app.sock"].type == "s" and upper["run/stale.sock"].type == "s", sorted(upper)
     assert_alike(out)
