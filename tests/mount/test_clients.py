@@ -134,6 +134,18 @@ def on_both(root: Path, lower: Path, steps, options=()) -> dict:
     return out
 
 
+def script_on_both(root: Path, lower: Path, script: str, *paths: str) -> tuple:
+    """`on_both` with one step: the Python *script*, its arguments *paths* taken in the mount. Returns
+    pyunionfs's (exit code, stdout, stderr) and on_both's result."""
+    env = _env(root)
+
+    def steps(mnt):
+        return [_run([sys.executable, "-c", script, *(mnt / p for p in paths)], env, mnt)]
+
+    out = on_both(root, lower, steps)
+    return out["pyunionfs"][0][0], out
+
+
 def assert_alike(out: dict, contents_differ: tuple = ()) -> None:
     """The two sides' results, merged trees and upper layers are equal. *contents_differ*: paths whose
     contents legitimately differ between two mounts (git's index records inode and device numbers):
@@ -374,13 +386,7 @@ def test_sqlite_database_of_a_lower_layer(tmp_path):
     con.executemany("INSERT INTO t VALUES (?, ?)", [(i, "row %d " % i * 5) for i in range(1000)])
     con.commit()
     con.close()
-    env = _env(tmp_path)
-
-    def steps(mnt):
-        return [_run([sys.executable, "-c", SQLITE_STEPS, mnt / "data.db"], env, mnt)]
-
-    out = on_both(tmp_path, lower, steps)
-    code, stdout, stderr = out["pyunionfs"][0][0]
+    (code, stdout, stderr), out = script_on_both(tmp_path, lower, SQLITE_STEPS, "data.db")
     assert code == 0, stderr
     assert stdout.startswith("['ok', 'wal', (1109, 1109), 1409,") and "'delete', 'ok'" in stdout, stdout
     assert sorted(out["pyunionfs"][2]) == [".", "data.db"], "no journal, WAL or -shm file is left behind"
@@ -487,13 +493,7 @@ def test_a_service_binds_unix_sockets_in_the_union(tmp_path):
     s = socket.socket(socket.AF_UNIX)
     s.bind(str(lower / "run" / "stale.sock"))
     s.close()
-    env = _env(tmp_path)
-
-    def steps(mnt):
-        return [_run([sys.executable, "-c", UNIX_SOCKET_STEPS, mnt / "run"], env, mnt)]
-
-    out = on_both(tmp_path, lower, steps)
-    code, stdout, stderr = out["pyunionfs"][0][0]
+    (code, stdout, stderr), out = script_on_both(tmp_path, lower, UNIX_SOCKET_STEPS, "run")
     assert code == 0 and stdout == "[b'HELLO', 98, 'rebound']\n", (code, stdout, stderr)
     upper = out["pyunionfs"][2]
     assert upper["run/app.sock"].type == "s" and upper["run/stale.sock"].type == "s", sorted(upper)
