@@ -162,18 +162,30 @@ def assert_alike(out: dict, contents_differ: tuple = ()) -> None:
         assert not diffs, f"{what} differ (kernel -> pyunionfs):\n" + "\n".join(diffs[:40])
 
 
-@pytest.mark.timeout(600)
-def test_pip_in_a_venv_of_a_lower_layer(tmp_path):
-    lower = tmp_path / "lower"
+@pytest.fixture(scope="module")
+def venv_lower(tmp_path_factory):
+    """A lower layer holding a virtual environment with pip and setuptools (made once: the tests only
+    read their lower)."""
+    root = tmp_path_factory.mktemp("venv-lower")
+    lower = root / "lower"
     lower.mkdir()
-    env = _env(tmp_path)
     python = getattr(sys, "_base_executable", None) or sys.executable
     made = subprocess.run(
-        [python, "-m", "venv", str(lower / "venv")], capture_output=True, text=True, timeout=300, env=env
+        [python, "-m", "venv", str(lower / "venv")], capture_output=True, text=True, timeout=300, env=_env(root)
     )
     if made.returncode != 0 and "ensurepip" in made.stdout + made.stderr:
         pytest.skip(f"this interpreter cannot make a venv with pip: {made.stdout.strip()[-200:]}")
     assert made.returncode == 0, made.stderr
+    return lower
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("redirect_dir", [False, True], ids=["plain", "redirect_dir"])
+def test_pip_in_a_venv_of_a_lower_layer(tmp_path, venv_lower, redirect_dir):
+    """With redirect_dir=on, pip's uninstall moves the lower's package directories aside by rename
+    before it deletes them."""
+    lower = venv_lower
+    env = _env(tmp_path)
     wheel = make_wheel(tmp_path)
     quiet = ["--disable-pip-version-check", "--no-cache-dir", "-q"]
 
@@ -198,7 +210,7 @@ def test_pip_in_a_venv_of_a_lower_layer(tmp_path):
             _run([py, "-c", "import setuptools"], env, mnt),
         ]
 
-    out = on_both(tmp_path, lower, steps)
+    out = on_both(tmp_path, lower, steps, ["redirect_dir=on"] if redirect_dir else [])
     results = out["pyunionfs"][0]
     assert [r[0] for r in results[:6]] == [0] * 6, results
     assert "demo-pkg==1.0" in results[2][1] and "setuptools" not in results[2][1], results[2]
