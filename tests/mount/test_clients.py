@@ -155,6 +155,7 @@ def assert_alike(out: dict, contents_differ: tuple = ()) -> None:
         return {p: e._replace(size=None, sha256=None) if p in contents_differ else e for p, e in snap.items()}
 
     (k_results, k_merged, k_upper), (p_results, p_merged, p_upper) = out["kernel"], out["pyunionfs"]
+    assert len(p_results) == len(k_results), (p_results, k_results)
     for i, (k, p) in enumerate(zip(k_results, p_results)):
         assert p == k, f"step {i}: pyunionfs {p} != kernel {k}"
     for what, k_snap, p_snap in (("merged trees", k_merged, p_merged), ("upper layers", k_upper, p_upper)):
