@@ -66,6 +66,13 @@ def _env(root: Path) -> dict:
     }
 
 
+def _tree(root: Path, files: dict) -> None:
+    """Text files at the relative paths of *files* under *root*."""
+    for rel, text in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+
+
 def _record_line(path: str, data: bytes) -> str:
     digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
     return f"{path},sha256={digest},{len(data)}"
@@ -244,9 +251,7 @@ SUITE = {
 @pytest.mark.timeout(300)
 def test_pytest_runs_a_suite_of_a_lower_layer(tmp_path):
     lower = tmp_path / "lower"
-    for rel, text in SUITE.items():
-        (lower / rel).parent.mkdir(parents=True, exist_ok=True)
-        (lower / rel).write_text(text)
+    _tree(lower, SUITE)
     env = _env(tmp_path)
     fixed = {"DEMO_FIXED": "1"}
 
@@ -404,12 +409,6 @@ def test_sqlite_database_of_a_lower_layer(tmp_path):
     assert stdout.startswith("['ok', 'wal', (1109, 1109), 1409,") and "'delete', 'ok'" in stdout, stdout
     assert sorted(out["pyunionfs"][2]) == [".", "data.db"], "no journal, WAL or -shm file is left behind"
     assert_alike(out)
-
-
-def _tree(root: Path, files: dict) -> None:
-    for rel, text in files.items():
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        (root / rel).write_text(text)
 
 
 @pytest.mark.timeout(300)
