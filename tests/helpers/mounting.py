@@ -335,22 +335,25 @@ def mount_fuse_overlayfs(
             proc.stdout.close()
 
 
-def on_kernel_and_pyunionfs(root: Path, layers, steps, options: Sequence[str] = ()) -> dict:
+def on_kernel_and_pyunionfs(
+    root: Path, layers, steps, options: Sequence[str] = (), *, kernel_options: Sequence[str] = (), mountpoint=None
+) -> dict:
     """Make the layers twice (`layers(dir)` -> (lower, upper, work), under root/kernel and
-    root/pyunionfs), mount each copy (a kernel overlay; pyunionfs with *options*) at dir/mnt and run
-    `steps(mnt, upper)` on it: {"kernel": (result, upper), "pyunionfs": (result, upper)}. Skips the test
-    where the kernel cannot mount an overlay; the kernel's work dir is removed afterwards (it holds a
-    root-only work/work)."""
+    root/pyunionfs), mount each copy (a kernel overlay with *kernel_options*; pyunionfs with *options*)
+    at dir/mnt, or both in turn at *mountpoint* (for clients that write the mount's path into what they
+    leave), and run `steps(mnt, upper)` on it: {"kernel": (result, upper), "pyunionfs": (result,
+    upper)}. Skips the test where the kernel cannot mount an overlay; the kernel's work dir is removed
+    afterwards (it holds a root-only work/work)."""
     reason = kernel_overlay_skip_reason()
     if reason:
         pytest.skip(reason)
     out = {}
     for side in ("kernel", "pyunionfs"):
         lower, upper, work = layers(root / side)
-        mnt = root / side / "mnt"
+        mnt = Path(mountpoint) if mountpoint is not None else root / side / "mnt"
         mnt.mkdir(exist_ok=True)
         if side == "kernel":
-            cm = mount_kernel_overlay(mnt, [lower], upper, work)
+            cm = mount_kernel_overlay(mnt, [lower], upper, work, kernel_options)
         else:
             cm = mount_pyunionfs(mnt, [lower], upper, work, options)
         with cm:

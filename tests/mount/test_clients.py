@@ -39,14 +39,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.mounting import on_kernel_and_pyunionfs
 from tests.helpers.snapshots import KERNEL_BOOKKEEPING_XATTRS
-from tests.util import (
-    diff_snapshots,
-    kernel_overlay_skip_reason,
-    mount_kernel_overlay,
-    mount_pyunionfs,
-    tree_snapshot,
-)
+from tests.util import diff_snapshots, tree_snapshot
 
 IGNORE_XATTRS = (*KERNEL_BOOKKEEPING_XATTRS, "trusted.overlay.pyunionfs.origin")
 STEP_TIMEOUT = 120
@@ -117,28 +112,24 @@ def _run(argv, env, cwd, extra_env=None) -> tuple:
 def on_both(root: Path, lower: Path, steps, options=()) -> dict:
     """Run `steps(mnt)` over *lower* on a kernel overlay and on pyunionfs (both with *options*), each with
     a fresh upper, both mounted at root/mnt: {side: (steps' results, merged tree, upper tree)}."""
-    reason = kernel_overlay_skip_reason()
-    if reason:
-        pytest.skip(reason)
-    mnt = root / "mnt"
-    mnt.mkdir()
     before = tree_snapshot(lower)
-    out = {}
-    for side in ("kernel", "pyunionfs"):
-        upper, work = root / side / "upper", root / side / "work"
-        upper.mkdir(parents=True)
-        work.mkdir()
-        if side == "kernel":
-            cm = mount_kernel_overlay(mnt, [lower], upper, work, options)
-        else:
-            cm = mount_pyunionfs(mnt, [lower], upper, work, options)
-        with cm:
-            results = steps(mnt)
-            merged = tree_snapshot(mnt, ignore_xattrs=IGNORE_XATTRS)
-        out[side] = (results, merged, tree_snapshot(upper, ignore_xattrs=IGNORE_XATTRS))
-    shutil.rmtree(root / "kernel" / "work", ignore_errors=True)  # a root-only work/work
+
+    def layers(d):
+        (d / "upper").mkdir(parents=True)
+        (d / "work").mkdir()
+        return lower, d / "upper", d / "work"
+
+    def steps_and_tree(mnt, upper):
+        return steps(mnt), tree_snapshot(mnt, ignore_xattrs=IGNORE_XATTRS)
+
+    runs = on_kernel_and_pyunionfs(
+        root, layers, steps_and_tree, options, kernel_options=options, mountpoint=root / "mnt"
+    )
     assert not diff_snapshots(before, tree_snapshot(lower)), "the lower layer changed"
-    return out
+    return {
+        side: (results, merged, tree_snapshot(upper, ignore_xattrs=IGNORE_XATTRS))
+        for side, ((results, merged), upper) in runs.items()
+    }
 
 
 def script_on_both(root: Path, lower: Path, script: str, *paths: str) -> tuple:
